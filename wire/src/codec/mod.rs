@@ -1,0 +1,2 @@
+//! Byte-level encodings: the frame that wraps every record on disk.
+pub mod frame;

@@ -1,0 +1,51 @@
+//! rkyv records stored inside frames. One file per record family:
+//! - [`wal`]: what a WAL segment holds (Raft log entries and hard state);
+//! - [`batch`]: the payload of a Raft entry — the writes a shard made durable in one batch;
+//! - [`snapshot`]: what a shard snapshot file holds.
+//!
+//! Records from disk or the network are read with validated `rkyv::access` (bytecheck) after the
+//! frame's crc has been checked; never with unchecked access.
+
+pub mod batch;
+pub mod snapshot;
+pub mod wal;
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+/// Why a payload is not a valid archive of the expected record type.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid record archive: {0}")]
+pub struct RecordError(String);
+
+impl From<rancor::Error> for RecordError {
+    fn from(e: rancor::Error) -> Self {
+        RecordError(e.to_string())
+    }
+}
+
+/// Bytes copied into a 16-byte aligned buffer when the source is not aligned, so that
+/// `rkyv::access` may read them in place.
+pub enum Aligned<'a> {
+    Borrowed(&'a [u8]),
+    Owned(AlignedVec<16>),
+}
+
+impl<'a> Aligned<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        if (bytes.as_ptr() as usize) % 16 == 0 {
+            Aligned::Borrowed(bytes)
+        } else {
+            let mut v = AlignedVec::<16>::with_capacity(bytes.len());
+            v.extend_from_slice(bytes);
+            Aligned::Owned(v)
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Aligned::Borrowed(b) => b,
+            Aligned::Owned(v) => v.as_slice(),
+        }
+    }
+}
