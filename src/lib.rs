@@ -1,1 +1,9 @@
+//! The corekv server: configuration, the gRPC services, the router in front of the shards.
 
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod router;
+pub mod server;
+pub mod status;
+pub mod validate;

@@ -1,5 +1,20 @@
 //! corekv's shard executors: one per core, each owning a key range's MVCC store, its Raft group
 //! and its WAL. `src/` reaches shards only through [`pool::ShardPool`] and [`pool::ShardHandle`].
 
+pub mod clock;
 pub mod error;
+pub mod exec;
+pub mod msg;
 pub mod mvcc;
+pub mod pool;
+pub mod raft_group;
+pub mod recover;
+pub mod route;
+pub mod snapshot;
+pub mod wal;
+
+pub use clock::RevisionClock;
+pub use error::ShardError;
+pub use msg::{Cross, ShardMsg, ShardStatus, WriteOutcome};
+pub use pool::{PoolConfig, ShardHandle, ShardPool, StartError};
+pub use route::{ShardId, ShardMap};

@@ -1,0 +1,520 @@
+//! The shard executor: two tasks on the shard's glommio executor, sharing its store through an
+//! `Rc<RefCell<_>>` (one thread; never borrowed across an await).
+//!
+//! - the *pump* takes messages from the shard's mailbox; it answers reads itself (at the
+//!   revision the router chose, which only covers durable writes) and hands the rest to
+//! - the *writer*, which drains every queued write, executes them against the store, proposes
+//!   the batch's effects as one Raft entry, makes it durable with one fdatasync (group commit),
+//!   releases its revisions on the clock and answers.
+//!
+//! Between a cross-shard `Hold` and `Release` the writer runs only that operation's steps and
+//! defers other writes.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::channel::mpsc;
+use futures::StreamExt;
+use wire::record::batch::{Batch, BatchOp, Mutation};
+use wire::record::snapshot::SnapshotHeader;
+
+use crate::clock::RevisionClock;
+use crate::error::ShardError;
+use crate::msg::{Cross, Reply, ShardMsg, ShardStatus, WriteOutcome};
+use crate::mvcc::store::LATEST;
+use crate::mvcc::txn::RevisionSource;
+use crate::mvcc::{Op, OpResult, Store};
+use crate::raft_group::RaftGroup;
+use crate::recover::ShardDirs;
+use crate::route::ShardId;
+use crate::snapshot;
+use crate::wal::writer::WalWriter;
+
+const MAX_BATCH: usize = 4096;
+
+/// Tuning of one shard.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub id: ShardId,
+    pub shard_count: u16,
+    /// Take a snapshot after this many Raft entries since the last one.
+    pub snapshot_entries: u64,
+}
+
+/// Leases are not implemented yet: no lease exists, so a put naming one fails as in etcd.
+fn lease_exists(_: i64) -> bool {
+    false
+}
+
+/// Allocates from the clock on first use (single-shard writes).
+struct LazyRevision<'a> {
+    clock: &'a RevisionClock,
+    shard: ShardId,
+    rev: Option<i64>,
+}
+
+impl RevisionSource for LazyRevision<'_> {
+    fn revision(&mut self) -> i64 {
+        let (clock, shard) = (self.clock, self.shard);
+        *self.rev.get_or_insert_with(|| clock.allocate(shard))
+    }
+}
+
+/// Uses the cross-shard write's revision, allocating it here if this is its first change.
+struct CrossRevision<'a> {
+    clock: &'a RevisionClock,
+    shard: ShardId,
+    rev: Option<i64>,
+}
+
+impl RevisionSource for CrossRevision<'_> {
+    fn revision(&mut self) -> i64 {
+        match self.rev {
+            Some(r) => {
+                self.clock.hold(self.shard, r);
+                r
+            }
+            None => {
+                let r = self.clock.allocate(self.shard);
+                self.rev = Some(r);
+                r
+            }
+        }
+    }
+}
+
+enum Ack {
+    Write(Reply<WriteOutcome>, WriteOutcome),
+    Unit(Reply<()>),
+}
+
+pub struct Writer {
+    cfg: ShardConfig,
+    dirs: ShardDirs,
+    store: Rc<RefCell<Store>>,
+    raft: RaftGroup,
+    wal: WalWriter,
+    clock: Arc<RevisionClock>,
+    decided: BTreeSet<i64>,
+    entries_since_snapshot: u64,
+    deferred: VecDeque<ShardMsg>,
+    poisoned: Option<String>,
+}
+
+/// Answers reads and forwards everything else to the writer.
+pub async fn pump(
+    mailbox: flume::Receiver<ShardMsg>,
+    store: Rc<RefCell<Store>>,
+    clock: Arc<RevisionClock>,
+    to_writer: mpsc::UnboundedSender<ShardMsg>,
+) {
+    while let Ok(msg) = mailbox.recv_async().await {
+        match msg {
+            ShardMsg::Range {
+                query,
+                revision,
+                reply,
+            } => {
+                let store = store.borrow();
+                let r = store
+                    .check_readable(revision, clock.visible().max(revision))
+                    .map(|()| store.range_at(&query, revision));
+                let _ = reply.send(r);
+            }
+            ShardMsg::Shutdown { reply } => {
+                let _ = to_writer.unbounded_send(ShardMsg::Shutdown { reply });
+                break;
+            }
+            other => {
+                if let Err(e) = to_writer.unbounded_send(other) {
+                    fail(e.into_inner(), ShardError::Stopped);
+                }
+            }
+        }
+    }
+}
+
+/// Answers a message with an error.
+fn fail(msg: ShardMsg, e: ShardError) {
+    match msg {
+        ShardMsg::Range { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::Write { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::Compact { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::Status { reply } => drop(reply.send(Err(e))),
+        ShardMsg::Shutdown { reply } => drop(reply.send(Err(e))),
+        ShardMsg::Cross(c) => match c {
+            Cross::Hold { reply }
+            | Cross::CheckPuts { reply, .. }
+            | Cross::Prepare { reply, .. }
+            | Cross::CommitLocal { reply, .. }
+            | Cross::Decide { reply, .. }
+            | Cross::Release { reply, .. } => drop(reply.send(Err(e))),
+            Cross::Compare { reply, .. } => drop(reply.send(Err(e))),
+            Cross::Exec { reply, .. } => drop(reply.send(Err(e))),
+        },
+    }
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: ShardConfig,
+        dirs: ShardDirs,
+        store: Rc<RefCell<Store>>,
+        raft: RaftGroup,
+        wal: WalWriter,
+        clock: Arc<RevisionClock>,
+        decided: BTreeSet<i64>,
+    ) -> Writer {
+        Writer {
+            cfg,
+            dirs,
+            store,
+            raft,
+            wal,
+            clock,
+            decided,
+            entries_since_snapshot: 0,
+            deferred: VecDeque::new(),
+            poisoned: None,
+        }
+    }
+
+    /// Persists what Raft produced at startup (the campaign's hard state and empty entry).
+    pub async fn start(&mut self) -> Result<(), ShardError> {
+        self.persist_ready().await
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ShardMsg>) {
+        loop {
+            let first = match self.deferred.pop_front() {
+                Some(m) => m,
+                None => match rx.next().await {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                if let Some(m) = self.deferred.pop_front() {
+                    batch.push(m);
+                } else if let Ok(m) = rx.try_recv() {
+                    batch.push(m);
+                } else {
+                    break;
+                }
+            }
+            if let Some(reply) = self.process(batch, &mut rx).await {
+                self.wal.close().await;
+                let _ = reply.send(Ok(()));
+                return;
+            }
+        }
+    }
+
+    /// Runs one batch; returns the shutdown reply if the batch asked to stop.
+    async fn process(
+        &mut self,
+        batch: Vec<ShardMsg>,
+        rx: &mut mpsc::UnboundedReceiver<ShardMsg>,
+    ) -> Option<Reply<()>> {
+        let mut ops = Vec::new();
+        let mut acks = Vec::new();
+        let mut iter = batch.into_iter();
+        while let Some(msg) = iter.next() {
+            if let Some(p) = &self.poisoned {
+                fail(msg, ShardError::Poisoned { reason: p.clone() });
+                continue;
+            }
+            match msg {
+                ShardMsg::Write { op, reply } => match self.execute(op) {
+                    Ok((outcome, logged)) => {
+                        ops.extend(logged);
+                        acks.push(Ack::Write(reply, outcome));
+                    }
+                    Err(e) => drop(reply.send(Err(e))),
+                },
+                ShardMsg::Compact { revision, reply } => {
+                    self.store.borrow_mut().compact(revision);
+                    ops.push(BatchOp::Compact { revision });
+                    acks.push(Ack::Unit(reply));
+                }
+                ShardMsg::Status { reply } => drop(reply.send(Ok(self.status()))),
+                ShardMsg::Range {
+                    query,
+                    revision,
+                    reply,
+                } => {
+                    let store = self.store.borrow();
+                    let r = store
+                        .check_readable(revision, self.clock.visible().max(revision))
+                        .map(|()| store.range_at(&query, revision));
+                    drop(reply.send(r));
+                }
+                ShardMsg::Cross(Cross::Hold { reply }) => {
+                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks))
+                        .await;
+                    // Messages after the hold in this batch wait until it is released.
+                    self.deferred.extend(iter.by_ref());
+                    self.held(reply, rx).await;
+                }
+                ShardMsg::Cross(other) => fail(ShardMsg::Cross(other), ShardError::Stopped),
+                ShardMsg::Shutdown { reply } => {
+                    self.commit(ops, acks).await;
+                    for m in iter.chain(self.deferred.drain(..)) {
+                        fail(m, ShardError::Stopped);
+                    }
+                    return Some(reply);
+                }
+            }
+        }
+        self.commit(ops, acks).await;
+        None
+    }
+
+    /// Executes one single-shard write against the latest state.
+    fn execute(&mut self, op: Op) -> Result<(WriteOutcome, Option<BatchOp>), ShardError> {
+        let mut store = self.store.borrow_mut();
+        let mut rev = LazyRevision {
+            clock: &self.clock,
+            shard: self.cfg.id,
+            rev: None,
+        };
+        let mut log = Vec::new();
+        let result = match &op {
+            Op::Put(p) => {
+                store.check_put(p, &lease_exists)?;
+                store.exec_put(p, &mut rev, &mut log)
+            }
+            Op::Delete(d) => store.exec_delete(d, &mut rev, &mut log),
+            Op::Txn(t) => OpResult::Txn(store.exec_txn(t, &lease_exists, &mut rev, &mut log)?),
+            Op::Range(q) => store.exec_range(q)?,
+        };
+        Ok(match rev.rev {
+            Some(revision) => (
+                WriteOutcome {
+                    revision,
+                    changed: true,
+                    result,
+                },
+                Some(BatchOp::Write {
+                    revision,
+                    mutations: log,
+                }),
+            ),
+            None => (
+                WriteOutcome {
+                    revision: store.current_revision(),
+                    changed: false,
+                    result,
+                },
+                None,
+            ),
+        })
+    }
+
+    /// Proposes `ops` as one Raft entry, makes it durable, releases revisions and answers.
+    async fn commit(&mut self, ops: Vec<BatchOp>, acks: Vec<Ack>) {
+        if ops.is_empty() && acks.is_empty() {
+            return;
+        }
+        let r = self.log(ops).await;
+        self.clock.release(self.cfg.id);
+        for ack in acks {
+            match (ack, &r) {
+                (Ack::Write(reply, outcome), Ok(())) => drop(reply.send(Ok(outcome))),
+                (Ack::Unit(reply), Ok(())) => drop(reply.send(Ok(()))),
+                (Ack::Write(reply, _), Err(e)) => drop(reply.send(Err(e.clone()))),
+                (Ack::Unit(reply), Err(e)) => drop(reply.send(Err(e.clone()))),
+            }
+        }
+        if r.is_ok() {
+            self.maybe_snapshot().await;
+        }
+    }
+
+    /// Logs `ops` durably through Raft (no-op for an empty list).
+    async fn log(&mut self, ops: Vec<BatchOp>) -> Result<(), ShardError> {
+        if let Some(p) = &self.poisoned {
+            return Err(ShardError::Poisoned { reason: p.clone() });
+        }
+        if !ops.is_empty() {
+            if let Err(e) = self.raft.propose(Batch::new(ops).to_bytes()) {
+                return Err(self.poison(e.to_string()));
+            }
+            self.entries_since_snapshot += 1;
+        }
+        self.persist_ready().await
+    }
+
+    async fn persist_ready(&mut self) -> Result<(), ShardError> {
+        while let Some((rd, recs)) = self.raft.take_ready() {
+            for r in &recs {
+                self.wal.append(r);
+            }
+            if let Err(e) = self.wal.sync().await {
+                return Err(self.poison(e.to_string()));
+            }
+            if let Err(e) = self.raft.on_persisted(rd) {
+                return Err(self.poison(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    fn poison(&mut self, reason: String) -> ShardError {
+        tracing::error!(shard = self.cfg.id.0, %reason, "shard storage failed; refusing further writes");
+        self.poisoned = Some(reason.clone());
+        ShardError::Poisoned { reason }
+    }
+
+    fn status(&self) -> ShardStatus {
+        let store = self.store.borrow();
+        ShardStatus {
+            raft_term: self.raft.term(),
+            raft_index: self.raft.last_index(),
+            raft_applied_index: self.raft.applied_index(),
+            is_leader: self.raft.is_leader(),
+            wal_bytes: self.wal.size_bytes(),
+            keys: store.key_count() as u64,
+            versions: store.version_count() as u64,
+            revision: store.current_revision(),
+            compact_revision: store.compact_revision(),
+        }
+    }
+
+    /// Runs the steps of one cross-shard operation until its `Release`.
+    async fn held(&mut self, reply: Reply<()>, rx: &mut mpsc::UnboundedReceiver<ShardMsg>) {
+        drop(reply.send(Ok(())));
+        let mut log: Vec<Mutation> = Vec::new();
+        let mut changed = false;
+        while let Some(msg) = rx.next().await {
+            let ShardMsg::Cross(step) = msg else {
+                self.deferred.push_back(msg);
+                continue;
+            };
+            match step {
+                Cross::Compare { compares, reply } => {
+                    let store = self.store.borrow();
+                    drop(
+                        reply.send(Ok(compares
+                            .iter()
+                            .map(|c| store.compare_part(c, LATEST))
+                            .collect())),
+                    );
+                }
+                Cross::CheckPuts { puts, reply } => {
+                    let store = self.store.borrow();
+                    drop(
+                        reply.send(
+                            puts.iter()
+                                .try_for_each(|p| store.check_put(p, &lease_exists)),
+                        ),
+                    );
+                }
+                Cross::Exec {
+                    op,
+                    revision,
+                    reply,
+                } => {
+                    let mut store = self.store.borrow_mut();
+                    let mut rev = CrossRevision {
+                        clock: &self.clock,
+                        shard: self.cfg.id,
+                        rev: revision,
+                    };
+                    let before = log.len();
+                    let r = match &op {
+                        Op::Put(p) => Ok(store.exec_put(p, &mut rev, &mut log)),
+                        Op::Delete(d) => Ok(store.exec_delete(d, &mut rev, &mut log)),
+                        Op::Range(q) => store.exec_range(q),
+                        Op::Txn(_) => Err(ShardError::Stopped),
+                    };
+                    changed |= log.len() > before;
+                    drop(reply.send(r.map(|res| (res, rev.rev))));
+                }
+                Cross::Prepare {
+                    revision,
+                    participants,
+                    reply,
+                } => {
+                    let ops = vec![BatchOp::Prepare {
+                        revision,
+                        participants,
+                        mutations: std::mem::take(&mut log),
+                    }];
+                    drop(reply.send(self.log(ops).await));
+                }
+                Cross::CommitLocal { revision, reply } => {
+                    let ops = vec![BatchOp::Write {
+                        revision,
+                        mutations: std::mem::take(&mut log),
+                    }];
+                    drop(reply.send(self.log(ops).await));
+                }
+                Cross::Decide { revision, reply } => {
+                    let r = self.log(vec![BatchOp::Decide { revision }]).await;
+                    if r.is_ok() {
+                        self.decided.insert(revision);
+                    }
+                    drop(reply.send(r));
+                }
+                Cross::Release { aborted, reply } => {
+                    if aborted && changed {
+                        self.poison(
+                            "a cross-shard write was abandoned after it changed this shard".into(),
+                        );
+                    }
+                    self.clock.release(self.cfg.id);
+                    drop(reply.send(Ok(())));
+                    return;
+                }
+                Cross::Hold { reply } => drop(reply.send(Err(ShardError::Busy))),
+            }
+        }
+    }
+
+    async fn maybe_snapshot(&mut self) {
+        if self.entries_since_snapshot < self.cfg.snapshot_entries {
+            return;
+        }
+        self.entries_since_snapshot = 0;
+        let index = self.raft.applied_index();
+        let floor = self.clock.snapshot_floor();
+        let (bytes, revision) = {
+            let store = self.store.borrow();
+            let header = SnapshotHeader {
+                shard: self.cfg.id.0,
+                shard_count: self.cfg.shard_count,
+                index,
+                term: self.raft.term_of(index),
+                revision: store.current_revision(),
+                compact_revision: store.compact_revision(),
+                decided: self
+                    .decided
+                    .iter()
+                    .copied()
+                    .filter(|r| *r > floor)
+                    .collect(),
+            };
+            (snapshot::encode(&store, header), store.current_revision())
+        };
+        match snapshot::write(&self.dirs.snap, index, bytes).await {
+            Ok(path) => {
+                tracing::debug!(shard = self.cfg.id.0, index, path = %path.display(), "snapshot written");
+                self.wal.remove_covered(index);
+                if let Err(e) = self.raft.compact_log(index) {
+                    tracing::warn!(shard = self.cfg.id.0, error = %e, "could not compact in-memory raft log");
+                }
+                self.clock.set_snapshot_floor(self.cfg.id, revision);
+                let floor = self.clock.snapshot_floor();
+                self.decided.retain(|r| *r > floor);
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.cfg.id.0, error = %e, "snapshot failed; will retry later")
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Messages from the router to a shard. Everything here is `Send`; replies come back on a
+//! oneshot. Mailboxes are bounded: a full mailbox slows the caller, it never drops a message.
+
+use futures::channel::oneshot;
+
+use crate::error::ShardError;
+use crate::mvcc::txn::ComparePart;
+use crate::mvcc::{Compare, Op, OpResult, PutOp, RangeQuery, RangeResult};
+
+pub type Reply<T> = oneshot::Sender<Result<T, ShardError>>;
+
+/// A write executed on one shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOutcome {
+    /// The write's revision if it changed something, else the latest revision it observed on
+    /// this shard; the caller waits until this revision is visible before answering.
+    pub revision: i64,
+    pub changed: bool,
+    pub result: OpResult,
+}
+
+/// Raft and storage figures of one shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStatus {
+    pub raft_term: u64,
+    pub raft_index: u64,
+    pub raft_applied_index: u64,
+    pub is_leader: bool,
+    pub wal_bytes: u64,
+    pub keys: u64,
+    pub versions: u64,
+    pub revision: i64,
+    pub compact_revision: i64,
+}
+
+pub enum ShardMsg {
+    /// Read-only: a Range at a revision the router already checked against the frontier.
+    Range {
+        query: RangeQuery,
+        revision: i64,
+        reply: Reply<RangeResult>,
+    },
+    /// A Put, DeleteRange or Txn whose keys all live on this shard.
+    Write {
+        op: Op,
+        reply: Reply<WriteOutcome>,
+    },
+    /// Compaction of history below `revision` (logged, then applied).
+    Compact {
+        revision: i64,
+        reply: Reply<()>,
+    },
+    Status {
+        reply: Reply<ShardStatus>,
+    },
+    /// A step of a cross-shard operation (see `Cross`).
+    Cross(Cross),
+    /// Stop after finishing queued work; replies once the WAL is closed.
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// Steps of a cross-shard write, sent only by the router's cross-shard path, which runs one at
+/// a time. Between `Hold` and `Release` the shard runs no other write.
+pub enum Cross {
+    Hold {
+        reply: Reply<()>,
+    },
+    /// Each compare's part on this shard, at the latest state.
+    Compare {
+        compares: Vec<Compare>,
+        reply: Reply<Vec<ComparePart>>,
+    },
+    /// Put checks (missing key for ignore_*, unknown lease) at the latest state.
+    CheckPuts {
+        puts: Vec<PutOp>,
+        reply: Reply<()>,
+    },
+    /// Executes a Range, Put or Delete at `revision` (allocated here if `None` and needed);
+    /// answers with the result and the revision in use.
+    Exec {
+        op: Op,
+        revision: Option<i64>,
+        reply: Reply<(OpResult, Option<i64>)>,
+    },
+    /// Logs this shard's mutations of the write as a prepare record, durably.
+    Prepare {
+        revision: i64,
+        participants: Vec<u16>,
+        reply: Reply<()>,
+    },
+    /// Logs this shard's mutations as an ordinary write (it is the only shard that changed).
+    CommitLocal {
+        revision: i64,
+        reply: Reply<()>,
+    },
+    /// Logs the commit decision (coordinator only), durably.
+    Decide {
+        revision: i64,
+        reply: Reply<()>,
+    },
+    /// Ends the hold. `aborted` after mutations means the in-memory state is ahead of the log:
+    /// the shard poisons itself, as after a storage failure.
+    Release {
+        aborted: bool,
+        reply: Reply<()>,
+    },
+}
+
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<ShardMsg>();
+};

@@ -1,0 +1,263 @@
+//! Starting and stopping the shards: recovery, one pinned glommio executor per shard, and the
+//! `Send` handles the router uses to reach them.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::channel::{mpsc, oneshot};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::clock::RevisionClock;
+use crate::error::ShardError;
+use crate::exec::{pump, ShardConfig, Writer};
+use crate::msg::{Reply, ShardMsg};
+use crate::raft_group::RaftGroup;
+use crate::recover::{self, RecoverError, RecoveredShard, ShardDirs};
+use crate::route::{ShardId, ShardMap, ShardMapError};
+use crate::wal::writer::WalWriter;
+
+const MAILBOX: usize = 8192;
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub data_dir: PathBuf,
+    /// `None`: the count stored in the data directory, or the number of online CPUs.
+    pub shards: Option<usize>,
+    pub fsync: bool,
+    pub snapshot_entries: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    ShardMap(#[from] ShardMapError),
+    #[error("shard {shard}: {source}")]
+    Recover { shard: usize, source: RecoverError },
+    #[error("shard {shard} failed to start: {reason}")]
+    Executor { shard: usize, reason: String },
+}
+
+/// A `Send` handle to one shard's mailbox.
+#[derive(Clone)]
+pub struct ShardHandle {
+    pub id: ShardId,
+    tx: flume::Sender<ShardMsg>,
+}
+
+impl ShardHandle {
+    /// Sends a request built around a reply channel and waits for the answer.
+    pub async fn request<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> ShardMsg,
+    ) -> Result<T, ShardError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send_async(make(tx))
+            .await
+            .map_err(|_| ShardError::Stopped)?;
+        rx.await.map_err(|_| ShardError::Stopped)?
+    }
+}
+
+pub struct ShardPool {
+    handles: Vec<ShardHandle>,
+    clock: Arc<RevisionClock>,
+    map: Arc<ShardMap>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    pub recovery: RecoveryReport,
+}
+
+/// What startup found, for the log and for tests.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    pub replayed_entries: usize,
+    pub revision: i64,
+    pub keys: usize,
+}
+
+impl ShardPool {
+    pub fn start(cfg: PoolConfig) -> Result<ShardPool, StartError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let map = ShardMap::load_or_create(&cfg.data_dir, cfg.shards, cpus)?;
+        let n = map.shard_count();
+
+        // Phase 1: read every shard's files in parallel; phase 2: replay with all decisions.
+        let read: Vec<_> = std::thread::scope(|s| {
+            let jobs: Vec<_> = (0..n)
+                .map(|i| {
+                    let dirs = ShardDirs::new(&cfg.data_dir, i);
+                    s.spawn(move || recover::read_shard(dirs))
+                })
+                .collect();
+            jobs.into_iter()
+                .map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut shards = Vec::with_capacity(n);
+        for (i, r) in read.into_iter().enumerate() {
+            shards.push(r.map_err(|source| StartError::Recover { shard: i, source })?);
+        }
+        let decided: BTreeSet<i64> = shards
+            .iter()
+            .flat_map(|s| s.decided.iter().copied())
+            .collect();
+        let recovered: Vec<RecoveredShard> = std::thread::scope(|s| {
+            let jobs: Vec<_> = shards
+                .into_iter()
+                .map(|r| s.spawn(|| recover::replay(r, &decided)))
+                .collect();
+            jobs.into_iter()
+                .map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+
+        let current = recovered
+            .iter()
+            .map(|r| r.store.current_revision())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let compacted = recovered
+            .iter()
+            .map(|r| r.store.compact_revision())
+            .max()
+            .unwrap_or(0);
+        let recovery = RecoveryReport {
+            replayed_entries: recovered.iter().map(|r| r.replayed_entries).sum(),
+            revision: current,
+            keys: recovered.iter().map(|r| r.store.key_count()).sum(),
+        };
+        let clock = Arc::new(RevisionClock::new(n, current, compacted));
+        let map = Arc::new(map);
+
+        let mut handles = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        let mut started = Vec::with_capacity(n);
+        for (i, rec) in recovered.into_iter().enumerate() {
+            let (tx, rx) = flume::bounded(MAILBOX);
+            handles.push(ShardHandle {
+                id: ShardId(i as u16),
+                tx,
+            });
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+            started.push(ready_rx);
+            let shard_cfg = ShardConfig {
+                id: ShardId(i as u16),
+                shard_count: n as u16,
+                snapshot_entries: cfg.snapshot_entries,
+            };
+            let clock = clock.clone();
+            let fsync = cfg.fsync;
+            let builder = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
+                .name(&format!("shard-{i}"))
+                .io_memory(1 << 20);
+            let t = builder
+                .spawn(move || async move {
+                    match start_shard(shard_cfg, rec, clock, fsync).await {
+                        Ok((writer, store, clock)) => {
+                            let (wtx, wrx) = mpsc::unbounded();
+                            let _ = ready_tx.send(Ok(()));
+                            let p = glommio::spawn_local(pump(rx, store, clock, wtx));
+                            writer.run(wrx).await;
+                            p.await;
+                        }
+                        Err(e) => drop(ready_tx.send(Err(e))),
+                    }
+                })
+                .map_err(|e| StartError::Executor {
+                    shard: i,
+                    reason: e.to_string(),
+                })?;
+            threads.push(t);
+        }
+        for (i, r) in started.into_iter().enumerate() {
+            match r.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => return Err(StartError::Executor { shard: i, reason }),
+                Err(_) => {
+                    return Err(StartError::Executor {
+                        shard: i,
+                        reason: "executor exited during startup".into(),
+                    })
+                }
+            }
+        }
+        Ok(ShardPool {
+            handles,
+            clock,
+            map,
+            threads,
+            recovery,
+        })
+    }
+
+    pub fn handles(&self) -> &[ShardHandle] {
+        &self.handles
+    }
+
+    pub fn clock(&self) -> &Arc<RevisionClock> {
+        &self.clock
+    }
+
+    pub fn map(&self) -> &Arc<ShardMap> {
+        &self.map
+    }
+
+    /// Asks every shard to finish queued work and close its WAL, then joins the executors.
+    pub fn shutdown(self) {
+        for h in &self.handles {
+            let _ = futures::executor::block_on(h.request(|reply| ShardMsg::Shutdown { reply }));
+        }
+        drop(self.handles);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+type Started = (Writer, Rc<RefCell<crate::mvcc::Store>>, Arc<RevisionClock>);
+
+async fn start_shard(
+    cfg: ShardConfig,
+    rec: RecoveredShard,
+    clock: Arc<RevisionClock>,
+    fsync: bool,
+) -> Result<Started, String> {
+    let RecoveredShard {
+        dirs,
+        store,
+        decided,
+        raft,
+        wal,
+        ..
+    } = rec;
+    let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync)
+        .await
+        .map_err(|e| e.to_string())?;
+    let group = RaftGroup::start(&raft).map_err(|e| e.to_string())?;
+    let store = Rc::new(RefCell::new(store));
+    let mut writer = Writer::new(
+        cfg,
+        dirs,
+        store.clone(),
+        group,
+        writer_wal,
+        clock.clone(),
+        decided,
+    );
+    writer.start().await.map_err(|e| e.to_string())?;
+    Ok((writer, store, clock))
+}

@@ -1,0 +1,180 @@
+//! Startup recovery of every shard, before the executors start: load the newest snapshot,
+//! read the WAL, and replay the batches after the snapshot into the MVCC store.
+//!
+//! Cross-shard writes need all shards at once: a participant's `Prepare` takes effect only if
+//! the coordinator logged (or snapshotted) a `Decide` for the same revision, so recovery first
+//! gathers the decisions of every shard, then replays.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use wire::record::batch::{Batch, BatchOp};
+use wire::record::wal::WalRecord;
+
+use crate::mvcc::Store;
+use crate::raft_group::RecoveredRaft;
+use crate::snapshot::{self, SnapshotError};
+use crate::wal::{self, RecoveredWal, WalError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoverError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("WAL entry {index} of {dir} holds an invalid batch: {reason}")]
+    BadBatch {
+        dir: PathBuf,
+        index: u64,
+        reason: String,
+    },
+}
+
+/// Paths of one shard's files.
+#[derive(Clone, Debug)]
+pub struct ShardDirs {
+    pub root: PathBuf,
+    pub wal: PathBuf,
+    pub snap: PathBuf,
+}
+
+impl ShardDirs {
+    pub fn new(data_dir: &Path, shard: usize) -> ShardDirs {
+        let root = data_dir.join(format!("shard-{shard}"));
+        ShardDirs {
+            wal: root.join("wal"),
+            snap: root.join("snap"),
+            root,
+        }
+    }
+}
+
+/// A shard after reading its files, before replay.
+pub struct ReadShard {
+    pub dirs: ShardDirs,
+    store: Store,
+    batches: Vec<(u64, Batch)>,
+    pub decided: BTreeSet<i64>,
+    pub raft: RecoveredRaft,
+    pub wal: RecoveredWal,
+}
+
+/// A shard ready to run.
+pub struct RecoveredShard {
+    pub dirs: ShardDirs,
+    pub store: Store,
+    pub decided: BTreeSet<i64>,
+    pub raft: RecoveredRaft,
+    pub wal: RecoveredWal,
+    pub replayed_entries: usize,
+}
+
+/// Reads a shard's snapshot and WAL (phase 1).
+pub fn read_shard(dirs: ShardDirs) -> Result<ReadShard, RecoverError> {
+    let snap = snapshot::load_latest(&dirs.snap)?;
+    let wal = wal::recover(&dirs.wal)?;
+    if let Some((path, offset, reason)) = &wal.torn_tail {
+        tracing::warn!(file = %path.display(), offset, reason, "WAL ended in a torn record (crash during a write); cut it off");
+    }
+    let (store, mut raft, mut decided) = match snap {
+        Some(s) => {
+            tracing::info!(path = %s.path.display(), index = s.header.index, keys = s.store.key_count(), "loaded snapshot");
+            let raft = RecoveredRaft {
+                snapshot_index: s.header.index,
+                snapshot_term: s.header.term,
+                ..Default::default()
+            };
+            (s.store, raft, s.header.decided.iter().copied().collect())
+        }
+        None => (Store::new(), RecoveredRaft::default(), BTreeSet::new()),
+    };
+    let mut batches = Vec::new();
+    for rec in &wal.records {
+        match rec {
+            WalRecord::HardState(h) => raft.hard_state = Some(*h),
+            WalRecord::Entry(e) => {
+                if e.index <= raft.snapshot_index {
+                    continue;
+                }
+                // A rewritten index (a new leader overwrote an uncommitted tail) replaces the old.
+                while raft.entries.last().is_some_and(|l| l.index >= e.index) {
+                    raft.entries.pop();
+                    if batches
+                        .last()
+                        .is_some_and(|(i, _): &(u64, Batch)| *i >= e.index)
+                    {
+                        batches.pop();
+                    }
+                }
+                raft.entries.push(e.clone());
+                if e.data.is_empty() {
+                    continue;
+                }
+                let b = Batch::from_bytes(&e.data).map_err(|err| RecoverError::BadBatch {
+                    dir: dirs.wal.clone(),
+                    index: e.index,
+                    reason: err.to_string(),
+                })?;
+                for op in &b.ops {
+                    if let BatchOp::Decide { revision } = op {
+                        decided.insert(*revision);
+                    }
+                }
+                batches.push((e.index, b));
+            }
+        }
+    }
+    Ok(ReadShard {
+        dirs,
+        store,
+        batches,
+        decided,
+        raft,
+        wal,
+    })
+}
+
+/// Replays a shard's batches (phase 2), given the decisions of every shard.
+pub fn replay(read: ReadShard, all_decided: &BTreeSet<i64>) -> RecoveredShard {
+    let ReadShard {
+        dirs,
+        mut store,
+        batches,
+        decided,
+        raft,
+        wal,
+    } = read;
+    let replayed_entries = batches.len();
+    for (_, b) in batches {
+        for op in b.ops {
+            match op {
+                BatchOp::Write {
+                    revision,
+                    mutations,
+                } => store.apply(&mutations, revision),
+                BatchOp::Prepare {
+                    revision,
+                    mutations,
+                    ..
+                } => {
+                    if all_decided.contains(&revision) {
+                        store.apply(&mutations, revision);
+                    } else {
+                        tracing::warn!(revision, shard = %dirs.root.display(), "discarding cross-shard write that was never decided");
+                    }
+                }
+                BatchOp::Decide { revision } => store.observe_revision(revision),
+                BatchOp::Compact { revision } => store.compact(revision),
+            }
+        }
+    }
+    RecoveredShard {
+        dirs,
+        store,
+        decided,
+        raft,
+        wal,
+        replayed_entries,
+    }
+}

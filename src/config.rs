@@ -1,0 +1,112 @@
+//! Command-line configuration, with etcd's flag names and defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// etcd's default `--max-request-bytes` (1.5 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// Extra room gRPC allows above `--max-request-bytes` before refusing a message, as etcd does.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "corekv",
+    version,
+    about = "An etcd v3-compatible key-value server, thread-per-core"
+)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory.
+    #[arg(long, default_value = "./corekv-data")]
+    pub data_dir: PathBuf,
+    /// List of URLs to listen on for client traffic (comma-separated; http only for now).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// List of this member's client URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub advertise_client_urls: String,
+    /// Token for the cluster id (single node: only feeds the id).
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Log level: debug, info, warn, error.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Number of shards (one executor each); default: the stored count, else online CPUs.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Skip fdatasync on the WAL. Unsafe: acknowledged writes can be lost on a crash.
+    #[arg(long, default_value_t = false)]
+    pub unsafe_no_fsync: bool,
+    /// Take a shard snapshot after this many Raft entries (bounds restart replay).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_count: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid URL {url:?} in --listen-client-urls: {reason}")]
+    BadUrl { url: String, reason: &'static str },
+}
+
+impl Config {
+    /// The socket addresses of `--listen-client-urls`.
+    pub fn client_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.listen_client_urls
+            .split(',')
+            .map(|u| parse_url(u.trim()))
+            .collect()
+    }
+}
+
+fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = |reason| ConfigError::BadUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") || url.starts_with("unixs://") {
+        return Err(bad("TLS is not supported yet"));
+    } else {
+        return Err(bad("expected http://host:port"));
+    };
+    let hostport = rest.trim_end_matches('/');
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    hostport
+        .parse()
+        .map_err(|_| bad("expected an IP address and port"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_match_etcd() {
+        let c = Config::parse_from(["corekv"]);
+        assert_eq!(c.data_dir, PathBuf::from("./corekv-data"));
+        assert_eq!(
+            c.client_addrs().expect("addrs"),
+            vec!["127.0.0.1:2379".parse::<SocketAddr>().expect("addr")]
+        );
+        assert_eq!(c.max_request_bytes, 1536 * 1024);
+        assert_eq!(c.max_txn_ops, 128);
+        assert!(!c.unsafe_no_fsync);
+    }
+
+    #[test]
+    fn config_rejects_https_for_now() {
+        let c = Config::parse_from(["corekv", "--listen-client-urls", "https://127.0.0.1:2379"]);
+        assert!(c.client_addrs().is_err());
+    }
+}

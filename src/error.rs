@@ -1,0 +1,22 @@
+//! The errors a client request can end in, before `status.rs` turns them into gRPC statuses.
+
+use shards::ShardError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("key is not provided")]
+    EmptyKey,
+    #[error("value is provided with ignore_value")]
+    ValueProvided,
+    #[error("lease is provided with ignore_lease")]
+    LeaseProvided,
+    #[error("too many operations in txn request")]
+    TooManyOps,
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("request is too large")]
+    RequestTooLarge,
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+}

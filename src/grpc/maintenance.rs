@@ -1,0 +1,119 @@
+//! The Maintenance service. Status answers from every shard's real figures; the other RPCs are
+//! not built yet and answer `Unimplemented` (listed in docs/COMPATIBILITY.md).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use wire::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance};
+
+use super::Member;
+use crate::router::Router;
+
+/// The etcd API version corekv serves.
+pub const ETCD_VERSION: &str = "3.5.0";
+
+pub struct MaintenanceService {
+    pub router: Arc<Router>,
+    pub member: Member,
+    pub data_dir: std::path::PathBuf,
+}
+
+fn not_built(rpc: &str) -> Status {
+    Status::unimplemented(format!("corekv: Maintenance.{rpc} is not implemented yet"))
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        _: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        Err(not_built("Alarm"))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let st = self.router.status().await?;
+        let term = st.iter().map(|s| s.raft_term).max().unwrap_or(0);
+        let revision = self.router.clock().visible();
+        let db_size = dir_size(&self.data_dir) as i64;
+        Ok(Response::new(pb::StatusResponse {
+            header: self.member.header(revision, term),
+            version: ETCD_VERSION.to_string(),
+            db_size,
+            leader: if st.iter().all(|s| s.is_leader) {
+                self.member.member_id
+            } else {
+                0
+            },
+            // One Raft group per shard: indexes are summed so they grow with every write anywhere.
+            raft_index: st.iter().map(|s| s.raft_index).sum(),
+            raft_term: term,
+            raft_applied_index: st.iter().map(|s| s.raft_applied_index).sum(),
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        Err(not_built("Defragment"))
+    }
+
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        Err(not_built("Hash"))
+    }
+
+    async fn hash_kv(
+        &self,
+        _: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        Err(not_built("HashKV"))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(not_built("Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(not_built("MoveLeader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(not_built("Downgrade"))
+    }
+}

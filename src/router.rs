@@ -1,0 +1,446 @@
+//! The thin router: routes each request by key range to its shard(s), fans out multi-shard
+//! reads and merges them, and runs cross-shard writes (atomic, one revision) as a two-phase
+//! commit over the participating shards. It holds no store state: only shard handles, the shard
+//! map and the revision clock.
+//!
+//! Runs on the tokio runtime that serves gRPC; every shard call is one hop over a bounded
+//! mailbox to that shard's executor.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::future::try_join_all;
+use shards::mvcc::range::merge;
+use shards::mvcc::txn::{combine_compare, decide_path, for_each_path_op, ComparePart, TxnPath};
+use shards::mvcc::{
+    Compare, DeleteOp, Op, OpResult, PutOp, RangeQuery, RangeResult, TxnResult, TxnSpec,
+};
+use shards::{
+    Cross, RevisionClock, ShardError, ShardHandle, ShardMap, ShardMsg, ShardPool, ShardStatus,
+    WriteOutcome,
+};
+
+use crate::error::ApiError;
+
+pub struct Router {
+    shards: Vec<ShardHandle>,
+    clock: Arc<RevisionClock>,
+    map: Arc<ShardMap>,
+    /// Cross-shard writes run one at a time, so two can never hold shards in opposite orders.
+    cross: tokio::sync::Mutex<()>,
+}
+
+/// A write's answer: the result and the revision for the response header.
+pub struct Written {
+    pub result: OpResult,
+    pub revision: i64,
+}
+
+impl Router {
+    pub fn new(pool: &ShardPool) -> Router {
+        Router {
+            shards: pool.handles().to_vec(),
+            clock: pool.clock().clone(),
+            map: pool.map().clone(),
+            cross: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn clock(&self) -> &RevisionClock {
+        &self.clock
+    }
+
+    fn shard(&self, i: u16) -> &ShardHandle {
+        &self.shards[i as usize]
+    }
+
+    /// Range at the frontier or at an explicit revision; returns the result and the header
+    /// revision (the current revision, as etcd reports it even for historical reads).
+    pub async fn range(&self, q: RangeQuery) -> Result<(RangeResult, i64), ApiError> {
+        let current = self.clock.visible();
+        let rev = if q.revision > 0 { q.revision } else { current };
+        if rev > current {
+            return Err(ShardError::FutureRevision {
+                requested: rev,
+                current,
+            }
+            .into());
+        }
+        let compacted = self.clock.compacted();
+        if rev < compacted {
+            return Err(ShardError::Compacted {
+                requested: rev,
+                compacted,
+            }
+            .into());
+        }
+        let parts = try_join_all(self.map.shards_of(&q.range).map(|i| {
+            let query = q.clone();
+            self.shard(i).request(move |reply| ShardMsg::Range {
+                query,
+                revision: rev,
+                reply,
+            })
+        }))
+        .await?;
+        Ok((merge(&q, parts), current))
+    }
+
+    async fn single(&self, shard: u16, op: Op) -> Result<Written, ApiError> {
+        let out: WriteOutcome = self
+            .shard(shard)
+            .request(|reply| ShardMsg::Write { op, reply })
+            .await?;
+        self.clock.wait_visible(out.revision).await;
+        let revision = if out.changed {
+            out.revision
+        } else {
+            self.clock.visible()
+        };
+        Ok(Written {
+            result: out.result,
+            revision,
+        })
+    }
+
+    pub async fn put(&self, p: PutOp) -> Result<Written, ApiError> {
+        let shard = self.map.shard_of(&p.key).0;
+        self.single(shard, Op::Put(p)).await
+    }
+
+    pub async fn delete(&self, d: DeleteOp) -> Result<Written, ApiError> {
+        let shards = self.map.shards_of(&d.range);
+        if shards.start() == shards.end() {
+            return self.single(*shards.start(), Op::Delete(d)).await;
+        }
+        let t = TxnSpec {
+            compares: vec![],
+            success: vec![Op::Delete(d)],
+            failure: vec![],
+        };
+        let (mut r, revision) = self.cross_txn(&t, shards.collect()).await?;
+        let result = r
+            .results
+            .pop()
+            .ok_or(ApiError::Shard(ShardError::Stopped))?;
+        Ok(Written { result, revision })
+    }
+
+    pub async fn txn(&self, t: TxnSpec) -> Result<(TxnResult, i64), ApiError> {
+        let mut touched = BTreeSet::new();
+        self.touched(&t, &mut touched);
+        if touched.len() <= 1 {
+            let shard = touched.into_iter().next().unwrap_or(0);
+            let w = self.single(shard, Op::Txn(t)).await?;
+            return match w.result {
+                OpResult::Txn(r) => Ok((r, w.revision)),
+                _ => Err(ShardError::Stopped.into()),
+            };
+        }
+        self.cross_txn(&t, touched.into_iter().collect()).await
+    }
+
+    fn touched(&self, t: &TxnSpec, out: &mut BTreeSet<u16>) {
+        for c in &t.compares {
+            out.extend(self.map.shards_of(&c.range));
+        }
+        for op in t.success.iter().chain(&t.failure) {
+            match op {
+                Op::Range(q) => out.extend(self.map.shards_of(&q.range)),
+                Op::Put(p) => {
+                    out.insert(self.map.shard_of(&p.key).0);
+                }
+                Op::Delete(d) => out.extend(self.map.shards_of(&d.range)),
+                Op::Txn(n) => self.touched(n, out),
+            }
+        }
+    }
+
+    /// Compacts every shard; answers once the compaction is durable everywhere.
+    pub async fn compact(&self, revision: i64) -> Result<i64, ApiError> {
+        let current = self.clock.visible();
+        if revision > current {
+            return Err(ShardError::FutureRevision {
+                requested: revision,
+                current,
+            }
+            .into());
+        }
+        let compacted = self.clock.compacted();
+        if revision <= compacted {
+            return Err(ShardError::Compacted {
+                requested: revision,
+                compacted,
+            }
+            .into());
+        }
+        try_join_all(
+            self.shards
+                .iter()
+                .map(|s| s.request(|reply| ShardMsg::Compact { revision, reply })),
+        )
+        .await?;
+        self.clock.set_compacted(revision);
+        Ok(self.clock.visible())
+    }
+
+    pub async fn status(&self) -> Result<Vec<ShardStatus>, ApiError> {
+        Ok(try_join_all(
+            self.shards
+                .iter()
+                .map(|s| s.request(|reply| ShardMsg::Status { reply })),
+        )
+        .await?)
+    }
+
+    /// A txn over several shards: hold every participant, decide every compare on the state
+    /// before the txn, check puts, run the chosen ops, then log atomically — a single changed
+    /// shard logs an ordinary write; several log a prepare each, then the lowest logs the
+    /// decision — and release.
+    async fn cross_txn(
+        &self,
+        t: &TxnSpec,
+        participants: Vec<u16>,
+    ) -> Result<(TxnResult, i64), ApiError> {
+        let _one_at_a_time = self.cross.lock().await;
+        let mut held = Vec::new();
+        let mut outcome = Ok(());
+        for &p in &participants {
+            match self
+                .shard(p)
+                .request(|reply| ShardMsg::Cross(Cross::Hold { reply }))
+                .await
+            {
+                Ok(()) => held.push(p),
+                Err(e) => {
+                    outcome = Err(e.into());
+                    break;
+                }
+            }
+        }
+        let mut run = CrossRun {
+            router: self,
+            revision: None,
+            changed: BTreeSet::new(),
+        };
+        let result = match outcome {
+            Ok(()) => run.run(t).await,
+            Err(e) => Err(e),
+        };
+        let commit = match (&result, run.revision) {
+            (Ok(_), Some(rev)) => self.cross_commit(rev, &run.changed).await,
+            (Ok(_), None) => Ok(()),
+            (Err(e), _) => Err(e.clone()),
+        };
+        let aborted = commit.is_err();
+        for p in held {
+            let _ = self
+                .shard(p)
+                .request(|reply| ShardMsg::Cross(Cross::Release { aborted, reply }))
+                .await;
+        }
+        let r = result?;
+        commit?;
+        let revision = match run.revision {
+            Some(rev) => {
+                self.clock.wait_visible(rev).await;
+                rev
+            }
+            None => self.clock.visible(),
+        };
+        Ok((r, revision))
+    }
+
+    async fn cross_commit(&self, revision: i64, changed: &BTreeSet<u16>) -> Result<(), ApiError> {
+        let changed: Vec<u16> = changed.iter().copied().collect();
+        match changed.as_slice() {
+            [] => Ok(()),
+            [only] => Ok(self
+                .shard(*only)
+                .request(|reply| ShardMsg::Cross(Cross::CommitLocal { revision, reply }))
+                .await?),
+            [coordinator, ..] => {
+                try_join_all(changed.iter().map(|&p| {
+                    let participants = changed.clone();
+                    self.shard(p).request(move |reply| {
+                        ShardMsg::Cross(Cross::Prepare {
+                            revision,
+                            participants,
+                            reply,
+                        })
+                    })
+                }))
+                .await?;
+                Ok(self
+                    .shard(*coordinator)
+                    .request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply }))
+                    .await?)
+            }
+        }
+    }
+}
+
+/// The state of one cross-shard txn while its ops run.
+struct CrossRun<'a> {
+    router: &'a Router,
+    revision: Option<i64>,
+    changed: BTreeSet<u16>,
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl<'a> CrossRun<'a> {
+    async fn run(&mut self, t: &TxnSpec) -> Result<TxnResult, ApiError> {
+        let path = self.decide(t).await?;
+        self.check_puts(t, &path).await?;
+        let mut i = 0;
+        self.exec_branch(t, &path, &mut i).await
+    }
+
+    /// Decides every compare of the tree (all branches) in one round per shard.
+    async fn decide(&self, t: &TxnSpec) -> Result<TxnPath, ApiError> {
+        let mut all: Vec<&Compare> = Vec::new();
+        collect_compares(t, &mut all);
+        let mut per_shard: HashMap<u16, Vec<usize>> = HashMap::new();
+        for (ci, c) in all.iter().enumerate() {
+            for s in self.router.map.shards_of(&c.range) {
+                per_shard.entry(s).or_default().push(ci);
+            }
+        }
+        let answers = try_join_all(per_shard.iter().map(|(&s, idx)| {
+            let compares: Vec<Compare> = idx.iter().map(|&i| all[i].clone()).collect();
+            self.router
+                .shard(s)
+                .request(move |reply| ShardMsg::Cross(Cross::Compare { compares, reply }))
+        }))
+        .await?;
+        let mut parts: Vec<Vec<ComparePart>> = vec![Vec::new(); all.len()];
+        for ((_, idx), ans) in per_shard.iter().zip(answers) {
+            for (&ci, part) in idx.iter().zip(ans) {
+                parts[ci].push(part);
+            }
+        }
+        let verdict: HashMap<usize, bool> = all
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    *c as *const Compare as usize,
+                    combine_compare(c, parts[i].iter().copied()),
+                )
+            })
+            .collect();
+        Ok(decide_path(t, &mut |cs| {
+            cs.iter().all(|c| {
+                verdict
+                    .get(&(c as *const Compare as usize))
+                    .copied()
+                    .unwrap_or(false)
+            })
+        }))
+    }
+
+    async fn check_puts(&self, t: &TxnSpec, path: &TxnPath) -> Result<(), ApiError> {
+        let mut per_shard: HashMap<u16, Vec<PutOp>> = HashMap::new();
+        for_each_path_op(t, path, &mut |op| {
+            if let Op::Put(p) = op {
+                per_shard
+                    .entry(self.router.map.shard_of(&p.key).0)
+                    .or_default()
+                    .push(p.clone());
+            }
+        });
+        try_join_all(per_shard.into_iter().map(|(s, puts)| {
+            self.router
+                .shard(s)
+                .request(move |reply| ShardMsg::Cross(Cross::CheckPuts { puts, reply }))
+        }))
+        .await?;
+        Ok(())
+    }
+
+    fn exec_branch<'b>(
+        &'b mut self,
+        t: &'b TxnSpec,
+        path: &'b TxnPath,
+        i: &'b mut usize,
+    ) -> BoxFut<'b, Result<TxnResult, ApiError>> {
+        Box::pin(async move {
+            let succeeded = path.0.get(*i).copied().unwrap_or(false);
+            *i += 1;
+            let ops = if succeeded { &t.success } else { &t.failure };
+            let mut results = Vec::with_capacity(ops.len());
+            for op in ops {
+                let r = match op {
+                    Op::Txn(n) => OpResult::Txn(self.exec_branch(n, path, i).await?),
+                    Op::Put(p) => {
+                        let s = self.router.map.shard_of(&p.key).0;
+                        self.exec_on(s, op.clone()).await?
+                    }
+                    Op::Range(q) => {
+                        let mut parts = Vec::new();
+                        for s in self.router.map.shards_of(&q.range) {
+                            match self.exec_on(s, op.clone()).await? {
+                                OpResult::Range(p) => parts.push(p),
+                                _ => return Err(ShardError::Stopped.into()),
+                            }
+                        }
+                        OpResult::Range(merge(q, parts))
+                    }
+                    Op::Delete(d) => {
+                        let (mut deleted, mut prev_kvs) = (0, Vec::new());
+                        for s in self.router.map.shards_of(&d.range) {
+                            if let OpResult::Delete {
+                                deleted: n,
+                                prev_kvs: kvs,
+                            } = self.exec_on(s, op.clone()).await?
+                            {
+                                deleted += n;
+                                prev_kvs.extend(kvs);
+                            }
+                        }
+                        OpResult::Delete { deleted, prev_kvs }
+                    }
+                };
+                results.push(r);
+            }
+            Ok(TxnResult { succeeded, results })
+        })
+    }
+
+    async fn exec_on(&mut self, shard: u16, op: Op) -> Result<OpResult, ApiError> {
+        let revision = self.revision;
+        let (r, rev) = self
+            .router
+            .shard(shard)
+            .request(move |reply| {
+                ShardMsg::Cross(Cross::Exec {
+                    op,
+                    revision,
+                    reply,
+                })
+            })
+            .await?;
+        let changed = match &r {
+            OpResult::Put { .. } => true,
+            OpResult::Delete { deleted, .. } => *deleted > 0,
+            _ => false,
+        };
+        if changed {
+            self.changed.insert(shard);
+            self.revision = rev;
+        }
+        Ok(r)
+    }
+}
+
+fn collect_compares<'a>(t: &'a TxnSpec, out: &mut Vec<&'a Compare>) {
+    out.extend(t.compares.iter());
+    for op in t.success.iter().chain(&t.failure) {
+        if let Op::Txn(n) = op {
+            collect_compares(n, out);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Starts the shards and serves the gRPC API until a shutdown signal, then stops cleanly:
+//! the listeners close, in-flight requests finish, every shard flushes and closes its WAL.
+
+use std::sync::Arc;
+
+use shards::{PoolConfig, ShardPool};
+use tonic::transport::Server;
+use wire::pb::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer};
+
+use crate::config::{Config, GRPC_OVERHEAD_BYTES};
+use crate::grpc::{kv::KvService, maintenance::MaintenanceService, Member};
+use crate::router::Router;
+use crate::validate::Limits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Start(#[from] shards::StartError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn serve(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addrs = cfg.client_addrs()?;
+    let started = std::time::Instant::now();
+    let pool_cfg = PoolConfig {
+        data_dir: cfg.data_dir.clone(),
+        shards: cfg.shards,
+        fsync: !cfg.unsafe_no_fsync,
+        snapshot_entries: cfg.snapshot_count.max(1),
+    };
+    let pool = tokio::task::spawn_blocking(move || ShardPool::start(pool_cfg))
+        .await
+        .map_err(|e| {
+            ServeError::Start(shards::StartError::Executor {
+                shard: 0,
+                reason: e.to_string(),
+            })
+        })??;
+    tracing::info!(
+        shards = pool.handles().len(),
+        revision = pool.recovery.revision,
+        keys = pool.recovery.keys,
+        replayed_entries = pool.recovery.replayed_entries,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        data_dir = %cfg.data_dir.display(),
+        "shards ready"
+    );
+    if cfg.unsafe_no_fsync {
+        tracing::warn!("--unsafe-no-fsync: acknowledged writes may be lost on a crash");
+    }
+    let router = Arc::new(Router::new(&pool));
+    let member = Member::new(
+        &cfg.name,
+        &cfg.initial_cluster_token,
+        &cfg.advertise_client_urls,
+    );
+    let limits = Limits {
+        max_request_bytes: cfg.max_request_bytes,
+        max_txn_ops: cfg.max_txn_ops,
+    };
+    let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let status = router.status().await.unwrap_or_default();
+    let raft_term = status.iter().map(|s| s.raft_term).max().unwrap_or(1);
+
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut servers = Vec::new();
+    for addr in addrs {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { addr, source })?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let kv = KvServer::new(KvService {
+            router: router.clone(),
+            member,
+            limits,
+            raft_term,
+        })
+        .max_decoding_message_size(max_msg)
+        .max_encoding_message_size(usize::MAX);
+        let maint = MaintenanceServer::new(MaintenanceService {
+            router: router.clone(),
+            member,
+            data_dir: cfg.data_dir.clone(),
+        })
+        .max_decoding_message_size(max_msg);
+        let mut stop = stop_tx.subscribe();
+        tracing::info!(%addr, "serving client requests");
+        servers.push(tokio::spawn(
+            Server::builder()
+                .tcp_nodelay(true)
+                .add_service(kv)
+                .add_service(maint)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.recv().await;
+                }),
+        ));
+    }
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    for s in servers {
+        if let Ok(Err(e)) = s.await {
+            tracing::warn!(error = %e, "gRPC server ended with an error");
+        }
+    }
+    drop(router);
+    tokio::task::spawn_blocking(move || pool.shutdown())
+        .await
+        .ok();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The one table from corekv's typed errors to etcd's gRPC status (code and exact message).
+
+use shards::ShardError;
+use tonic::{Code, Status};
+use wire::rpctypes::{self, RpcError};
+
+use crate::error::ApiError;
+
+fn code(c: rpctypes::Code) -> Code {
+    Code::from_i32(c as i32)
+}
+
+/// The etcd error a corekv error is reported as.
+pub fn rpc_error(e: &ApiError) -> RpcError {
+    match e {
+        ApiError::EmptyKey => rpctypes::EMPTY_KEY,
+        ApiError::ValueProvided => rpctypes::VALUE_PROVIDED,
+        ApiError::LeaseProvided => rpctypes::LEASE_PROVIDED,
+        ApiError::TooManyOps => rpctypes::TOO_MANY_OPS,
+        ApiError::DuplicateKey => rpctypes::DUPLICATE_KEY,
+        ApiError::RequestTooLarge => rpctypes::REQUEST_TOO_LARGE,
+        ApiError::Shard(s) => match s {
+            ShardError::Compacted { .. } => rpctypes::COMPACTED,
+            ShardError::FutureRevision { .. } => rpctypes::FUTURE_REV,
+            ShardError::KeyNotFound => rpctypes::KEY_NOT_FOUND,
+            ShardError::LeaseNotFound { .. } => rpctypes::LEASE_NOT_FOUND,
+            ShardError::Busy => rpctypes::TOO_MANY_REQUESTS,
+            ShardError::Stopped => rpctypes::STOPPED,
+            // etcd stops the member on a storage failure; clients see the member as gone.
+            ShardError::Poisoned { .. } => rpctypes::STOPPED,
+            _ => rpctypes::STOPPED,
+        },
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        if let ApiError::Shard(ShardError::Poisoned { reason }) = &e {
+            tracing::error!(%reason, "request failed on a poisoned shard");
+        }
+        let r = rpc_error(&e);
+        Status::new(code(r.code), r.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table_matches_etcd_strings() {
+        let cases = [
+            (
+                ApiError::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                ApiError::TooManyOps,
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                ApiError::DuplicateKey,
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                ApiError::RequestTooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                ApiError::ValueProvided,
+                Code::InvalidArgument,
+                "etcdserver: value is provided",
+            ),
+            (
+                ApiError::LeaseProvided,
+                Code::InvalidArgument,
+                "etcdserver: lease is provided",
+            ),
+            (
+                ApiError::Shard(ShardError::KeyNotFound),
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                ApiError::Shard(ShardError::Compacted {
+                    requested: 1,
+                    compacted: 2,
+                }),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                ApiError::Shard(ShardError::FutureRevision {
+                    requested: 9,
+                    current: 2,
+                }),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                ApiError::Shard(ShardError::LeaseNotFound { lease: 1 }),
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                ApiError::Shard(ShardError::Busy),
+                Code::ResourceExhausted,
+                "etcdserver: too many requests",
+            ),
+            (
+                ApiError::Shard(ShardError::Stopped),
+                Code::Unavailable,
+                "etcdserver: server stopped",
+            ),
+        ];
+        for (e, c, m) in cases {
+            let s = Status::from(e);
+            assert_eq!((s.code(), s.message()), (c, m));
+        }
+    }
+}

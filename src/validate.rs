@@ -1,0 +1,317 @@
+//! Checks client requests as etcd does (`v3rpc/key.go`) and converts them into the shards'
+//! request types. Nothing reaches a shard before passing here.
+
+use bytes::Bytes;
+use prost::Message;
+use shards::mvcc::{
+    Compare, CompareResult, CompareTarget, DeleteOp, KeyRange, Op, PutOp, RangeQuery, SortOrder,
+    SortTarget, TxnSpec,
+};
+use wire::pb::etcdserverpb as pb;
+
+use crate::error::ApiError;
+
+/// Request limits from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+fn range_of(key: Bytes, end: Bytes) -> Result<KeyRange, ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::EmptyKey);
+    }
+    Ok(KeyRange { key, end })
+}
+
+pub fn range(r: pb::RangeRequest) -> Result<RangeQuery, ApiError> {
+    Ok(RangeQuery {
+        range: range_of(r.key, r.range_end)?,
+        revision: r.revision,
+        limit: r.limit,
+        sort_order: match pb::range_request::SortOrder::try_from(r.sort_order) {
+            Ok(pb::range_request::SortOrder::Ascend) => SortOrder::Ascend,
+            Ok(pb::range_request::SortOrder::Descend) => SortOrder::Descend,
+            _ => SortOrder::None,
+        },
+        sort_target: match pb::range_request::SortTarget::try_from(r.sort_target) {
+            Ok(pb::range_request::SortTarget::Version) => SortTarget::Version,
+            Ok(pb::range_request::SortTarget::Create) => SortTarget::Create,
+            Ok(pb::range_request::SortTarget::Mod) => SortTarget::Mod,
+            Ok(pb::range_request::SortTarget::Value) => SortTarget::Value,
+            _ => SortTarget::Key,
+        },
+        keys_only: r.keys_only,
+        count_only: r.count_only,
+        min_mod_revision: r.min_mod_revision,
+        max_mod_revision: r.max_mod_revision,
+        min_create_revision: r.min_create_revision,
+        max_create_revision: r.max_create_revision,
+    })
+}
+
+pub fn put(r: pb::PutRequest) -> Result<PutOp, ApiError> {
+    if r.key.is_empty() {
+        return Err(ApiError::EmptyKey);
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(ApiError::ValueProvided);
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(ApiError::LeaseProvided);
+    }
+    Ok(PutOp {
+        key: r.key,
+        value: r.value,
+        lease: r.lease,
+        prev_kv: r.prev_kv,
+        ignore_value: r.ignore_value,
+        ignore_lease: r.ignore_lease,
+    })
+}
+
+pub fn delete(r: pb::DeleteRangeRequest) -> Result<DeleteOp, ApiError> {
+    Ok(DeleteOp {
+        range: range_of(r.key, r.range_end)?,
+        prev_kv: r.prev_kv,
+    })
+}
+
+fn compare(c: pb::Compare) -> Result<Compare, ApiError> {
+    use pb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    let result = match R::try_from(c.result) {
+        Ok(R::Greater) => CompareResult::Greater,
+        Ok(R::Less) => CompareResult::Less,
+        Ok(R::NotEqual) => CompareResult::NotEqual,
+        _ => CompareResult::Equal,
+    };
+    let int = |u: &Option<U>| match u {
+        Some(U::Version(v) | U::CreateRevision(v) | U::ModRevision(v) | U::Lease(v)) => *v,
+        _ => 0,
+    };
+    let target = match T::try_from(c.target) {
+        Ok(T::Create) => CompareTarget::Create(int(&c.target_union)),
+        Ok(T::Mod) => CompareTarget::Mod(int(&c.target_union)),
+        Ok(T::Value) => CompareTarget::Value(match c.target_union {
+            Some(U::Value(v)) => v,
+            _ => Bytes::new(),
+        }),
+        Ok(T::Lease) => CompareTarget::Lease(int(&c.target_union)),
+        _ => CompareTarget::Version(int(&c.target_union)),
+    };
+    Ok(Compare {
+        range: range_of(c.key, c.range_end)?,
+        result,
+        target,
+    })
+}
+
+fn txn_spec(t: pb::TxnRequest, limits: Limits) -> Result<TxnSpec, ApiError> {
+    let most = t.compare.len().max(t.success.len()).max(t.failure.len());
+    if most > limits.max_txn_ops {
+        return Err(ApiError::TooManyOps);
+    }
+    let compares = t
+        .compare
+        .into_iter()
+        .map(compare)
+        .collect::<Result<_, _>>()?;
+    let ops = |v: Vec<pb::RequestOp>| {
+        v.into_iter()
+            .map(|o| request_op(o, limits))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let success = ops(t.success)?;
+    let failure = ops(t.failure)?;
+    check_intervals(&success)?;
+    check_intervals(&failure)?;
+    Ok(TxnSpec {
+        compares,
+        success,
+        failure,
+    })
+}
+
+fn request_op(o: pb::RequestOp, limits: Limits) -> Result<Op, ApiError> {
+    use pb::request_op::Request;
+    match o.request {
+        Some(Request::RequestRange(r)) => Ok(Op::Range(range(r)?)),
+        Some(Request::RequestPut(p)) => Ok(Op::Put(put(p)?)),
+        Some(Request::RequestDeleteRange(d)) => Ok(Op::Delete(delete(d)?)),
+        Some(Request::RequestTxn(t)) => Ok(Op::Txn(txn_spec(t, limits)?)),
+        // etcd treats an empty op as a range over the empty key, which fails key validation.
+        None => Err(ApiError::EmptyKey),
+    }
+}
+
+/// Validates a whole Txn request, including its encoded size.
+pub fn txn(t: pb::TxnRequest, limits: Limits) -> Result<TxnSpec, ApiError> {
+    if t.encoded_len() > limits.max_request_bytes {
+        return Err(ApiError::RequestTooLarge);
+    }
+    txn_spec(t, limits)
+}
+
+/// Checks a write request's encoded size against `--max-request-bytes`.
+pub fn size(m: &impl Message, limits: Limits) -> Result<(), ApiError> {
+    if m.encoded_len() > limits.max_request_bytes {
+        return Err(ApiError::RequestTooLarge);
+    }
+    Ok(())
+}
+
+/// A delete's key interval (an affine point for a single key).
+fn interval(r: &KeyRange) -> (&[u8], Option<&[u8]>) {
+    if r.is_single() {
+        (&r.key, None)
+    } else if r.unbounded() {
+        (&r.key, Some(&[][..]))
+    } else {
+        (&r.key, Some(&r.end))
+    }
+}
+
+fn dels_hit(dels: &[(Vec<u8>, Option<Vec<u8>>)], k: &[u8]) -> bool {
+    dels.iter().any(|(start, end)| match end {
+        None => start.as_slice() == k,
+        Some(e) if e.is_empty() => k >= start.as_slice(),
+        Some(e) => k >= start.as_slice() && k < e.as_slice(),
+    })
+}
+
+type Puts = std::collections::HashSet<Vec<u8>>;
+type Dels = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// etcd's `checkIntervals`: no key may be put twice, or put and deleted, in one branch path;
+/// puts in the `then` and `else` of one nested txn may coincide (only one runs).
+fn check_intervals(ops: &[Op]) -> Result<(Puts, Dels), ApiError> {
+    let mut dels: Dels = Vec::new();
+    for op in ops {
+        if let Op::Delete(d) = op {
+            let (s, e) = interval(&d.range);
+            dels.push((s.to_vec(), e.map(<[u8]>::to_vec)));
+        }
+    }
+    let mut puts = Puts::new();
+    for op in ops {
+        let Op::Txn(t) = op else { continue };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || dels_hit(&dels, k) {
+                return Err(ApiError::DuplicateKey);
+            }
+        }
+        for k in &puts_else {
+            if (puts.contains(k) && !puts_then.contains(k)) || dels_hit(&dels, k) {
+                return Err(ApiError::DuplicateKey);
+            }
+        }
+        puts.extend(puts_then);
+        puts.extend(puts_else);
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let Op::Put(p) = op else { continue };
+        if puts.contains(p.key.as_ref()) || dels_hit(&dels, &p.key) {
+            return Err(ApiError::DuplicateKey);
+        }
+        puts.insert(p.key.to_vec());
+    }
+    Ok((puts, dels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_request_bytes: 1 << 20,
+        max_txn_ops: 128,
+    };
+
+    fn put_op(k: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: Bytes::from(k.to_string()),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn del_op(k: &str, end: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestDeleteRange(
+                pb::DeleteRangeRequest {
+                    key: Bytes::from(k.to_string()),
+                    range_end: Bytes::from(end.to_string()),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
+    #[test]
+    fn validate_txn_duplicate_put_is_rejected() {
+        let t = pb::TxnRequest {
+            success: vec![put_op("a"), put_op("a")],
+            ..Default::default()
+        };
+        assert_eq!(txn(t, LIMITS), Err(ApiError::DuplicateKey));
+    }
+
+    #[test]
+    fn validate_txn_put_inside_deleted_range_is_rejected() {
+        let t = pb::TxnRequest {
+            success: vec![del_op("a", "c"), put_op("b")],
+            ..Default::default()
+        };
+        assert_eq!(txn(t, LIMITS), Err(ApiError::DuplicateKey));
+    }
+
+    #[test]
+    fn validate_txn_same_put_in_then_and_else_is_allowed() {
+        let nested = pb::TxnRequest {
+            success: vec![put_op("x")],
+            failure: vec![put_op("x")],
+            ..Default::default()
+        };
+        let t = pb::TxnRequest {
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestTxn(nested)),
+            }],
+            ..Default::default()
+        };
+        assert!(txn(t, LIMITS).is_ok());
+    }
+
+    #[test]
+    fn validate_txn_too_many_ops() {
+        let t = pb::TxnRequest {
+            success: (0..129).map(|i| put_op(&format!("k{i}"))).collect(),
+            ..Default::default()
+        };
+        assert_eq!(txn(t, LIMITS), Err(ApiError::TooManyOps));
+    }
+
+    #[test]
+    fn validate_put_checks_in_etcd_order() {
+        assert_eq!(put(pb::PutRequest::default()), Err(ApiError::EmptyKey));
+        let p = pb::PutRequest {
+            key: Bytes::from("k"),
+            value: Bytes::from("v"),
+            ignore_value: true,
+            ..Default::default()
+        };
+        assert_eq!(put(p), Err(ApiError::ValueProvided));
+        let p = pb::PutRequest {
+            key: Bytes::from("k"),
+            lease: 5,
+            ignore_lease: true,
+            ..Default::default()
+        };
+        assert_eq!(put(p), Err(ApiError::LeaseProvided));
+    }
+}
