@@ -27,6 +27,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the server until `shutdown` resolves.
 pub async fn serve(
     cfg: Config,
@@ -110,9 +112,12 @@ pub async fn serve(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
-    for s in servers {
-        if let Ok(Err(e)) = s.await {
-            tracing::warn!(error = %e, "gRPC server ended with an error");
+    // In-flight requests get a grace period; idle client connections do not hold shutdown up.
+    for mut s in servers {
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut s).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Ok(_) => {}
+            Err(_) => s.abort(),
         }
     }
     drop(router);
