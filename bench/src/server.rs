@@ -1,0 +1,298 @@
+//! Starting and stopping the servers `compare` measures.
+//!
+//! Each server gets a fresh temporary directory (data under `data/`, its output in
+//! `server.log`), free ports on 127.0.0.1 only, and fsync left on (neither binary is given an
+//! unsafe flag). The directory is removed when the [`RunningServer`] is dropped; the process is
+//! killed on drop too, so an early error never leaves a server behind.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::driver;
+use crate::error::BenchError;
+
+/// How long a fresh server may take to answer its first KV request (etcd elects itself leader
+/// after about a second).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Log lines quoted in an error about a server.
+const LOG_TAIL_LINES: usize = 20;
+
+/// The servers `compare` knows how to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerKind {
+    Etcd,
+    Corekv,
+}
+
+impl fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Etcd => "etcd",
+            Self::Corekv => "corekv",
+        })
+    }
+}
+
+impl ServerKind {
+    /// Command-line flags for a single-member server on loopback.
+    fn args(self, data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<OsString> {
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let mut args: Vec<OsString> = vec!["--data-dir".into(), data_dir.into()];
+        let mut flag = |name: &str, value: &str| {
+            args.push(name.into());
+            args.push(value.into());
+        };
+        flag("--listen-client-urls", &client_url);
+        flag("--advertise-client-urls", &client_url);
+        if self == Self::Etcd {
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            flag("--listen-peer-urls", &peer_url);
+            flag("--initial-advertise-peer-urls", &peer_url);
+            flag("--initial-cluster", &format!("default={peer_url}"));
+        }
+        args
+    }
+}
+
+/// A server process started by `compare`.
+pub struct RunningServer {
+    kind: ServerKind,
+    child: Child,
+    pid: u32,
+    endpoint: String,
+    log_path: PathBuf,
+    /// Held for its `Drop`, which deletes the data directory after the process is gone.
+    _dir: TempDir,
+}
+
+impl RunningServer {
+    /// Starts `bin` as a `kind` server and waits until it answers a KV request.
+    pub async fn start(kind: ServerKind, bin: &Path) -> Result<Self, BenchError> {
+        let scratch = |source| BenchError::Scratch {
+            server: kind,
+            source,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("corekv-bench-{kind}-"))
+            .tempdir()
+            .map_err(scratch)?;
+        let data_dir = dir.path().join("data");
+        let log_path = dir.path().join("server.log");
+        let log = File::create(&log_path).map_err(scratch)?;
+        let log_err = log.try_clone().map_err(scratch)?;
+        let [client_port, peer_port] = free_ports()?;
+
+        let child = Command::new(bin)
+            .args(kind.args(&data_dir, client_port, peer_port))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| BenchError::Spawn {
+                server: kind,
+                path: bin.to_owned(),
+                source,
+            })?;
+        let pid = child.id().ok_or_else(|| BenchError::Spawn {
+            server: kind,
+            path: bin.to_owned(),
+            source: io::Error::other("process exited before its pid could be read"),
+        })?;
+        let mut server = Self {
+            kind,
+            child,
+            pid,
+            endpoint: format!("127.0.0.1:{client_port}"),
+            log_path,
+            _dir: dir,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    pub fn kind(&self) -> ServerKind {
+        self.kind
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Fails if the process has exited, quoting its log.
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(BenchError::ServerExited {
+                server: self.kind,
+                status,
+                log_tail: log_tail(&self.log_path, LOG_TAIL_LINES),
+            }),
+            Err(source) => Err(self.stop_error(source)),
+        }
+    }
+
+    /// Polls with a KV read: a listening port alone does not mean a leader has been elected.
+    async fn wait_ready(&mut self) -> Result<(), BenchError> {
+        let began = Instant::now();
+        while began.elapsed() < READY_TIMEOUT {
+            self.check_alive()?;
+            if let Ok(mut client) = driver::connect(&self.endpoint, Duration::from_secs(2)).await {
+                if client.get("corekv-bench-ready", None).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(BenchError::NotReady {
+            server: self.kind,
+            endpoint: self.endpoint.clone(),
+            secs: READY_TIMEOUT.as_secs(),
+            log_tail: log_tail(&self.log_path, LOG_TAIL_LINES),
+        })
+    }
+
+    /// Asks the server to exit (SIGTERM), then kills it after a grace period.
+    pub async fn stop(mut self) -> Result<(), BenchError> {
+        if self.child.try_wait().map_err(|e| self.stop_error(e))?.is_some() {
+            return Ok(());
+        }
+        send_sigterm(self.pid).map_err(|e| self.stop_error(e))?;
+        match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
+            Ok(status) => status.map(drop).map_err(|e| self.stop_error(e)),
+            Err(_elapsed) => {
+                self.child.kill().await.map_err(|e| self.stop_error(e))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn stop_error(&self, source: io::Error) -> BenchError {
+        BenchError::Stop {
+            server: self.kind,
+            pid: self.pid,
+            source,
+        }
+    }
+}
+
+/// The first line of `bin --version`, or `unknown`.
+pub async fn version(bin: &Path) -> String {
+    let output = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(5), output).await {
+        Ok(Ok(output)) if output.status.success() => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .map_or_else(|| "unknown".to_owned(), |line| line.trim().to_owned()),
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// Two distinct free ports on 127.0.0.1. Both listeners are held until both are chosen, so the
+/// kernel cannot hand out the same port twice; another process could still take one before the
+/// server binds it, which only makes that start fail loudly.
+fn free_ports() -> Result<[u16; 2], BenchError> {
+    let bind = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BenchError::FreePort);
+    let (a, b) = (bind()?, bind()?);
+    let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).map_err(BenchError::FreePort);
+    Ok([port(&a)?, port(&b)?])
+}
+
+/// Sends SIGTERM, the signal both servers treat as a clean shutdown request.
+fn send_sigterm(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+    // SAFETY: kill(2) takes two integers and touches no memory of ours. `pid` is our own child,
+    // not yet reaped (try_wait just returned None), so it cannot name a recycled process.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The last `lines` lines of a log file, for error messages.
+fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(kind: ServerKind) -> Vec<String> {
+        kind.args(Path::new("/tmp/d"), 2379, 2380)
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn etcd_args_single_member_on_loopback() {
+        assert_eq!(
+            args(ServerKind::Etcd),
+            [
+                "--data-dir",
+                "/tmp/d",
+                "--listen-client-urls",
+                "http://127.0.0.1:2379",
+                "--advertise-client-urls",
+                "http://127.0.0.1:2379",
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "default=http://127.0.0.1:2380",
+            ]
+        );
+    }
+
+    #[test]
+    fn corekv_args_have_no_peer_flags() {
+        let a = args(ServerKind::Corekv);
+        assert_eq!(a[..4], ["--data-dir", "/tmp/d", "--listen-client-urls", "http://127.0.0.1:2379"]);
+        assert!(!a.iter().any(|f| f.contains("peer") || f.contains("fsync")));
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let [a, b] = free_ports().expect("loopback ports");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn log_tail_keeps_last_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        std::fs::write(&path, "1\n2\n3\n4\n").expect("write log");
+        assert_eq!(log_tail(&path, 2), "3\n4");
+        assert_eq!(log_tail(&path, 10), "1\n2\n3\n4");
+    }
+}
