@@ -194,8 +194,7 @@ async fn recovery_restart_replays_only_the_log_after_the_last_snapshot() {
     let log = s.log_text();
     let line = log
         .lines()
-        .filter(|l| l.contains("shards ready"))
-        .last()
+        .rfind(|l| l.contains("shards ready"))
         .expect("ready line")
         .to_string();
     let replayed: usize = line

@@ -193,7 +193,10 @@ impl Shared {
         if self.stop.load(Ordering::Relaxed) {
             return None;
         }
-        if self.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+        if self
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
             return None;
         }
         let ticket = self.issued.fetch_add(1, Ordering::Relaxed);

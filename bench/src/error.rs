@@ -39,7 +39,9 @@ pub enum BenchError {
     },
 
     /// Fixed-width decimal keys cannot number the whole key space.
-    #[error("--key-size {key_size} cannot hold --key-space {key_space}: keys need {needed} digits")]
+    #[error(
+        "--key-size {key_size} cannot hold --key-space {key_space}: keys need {needed} digits"
+    )]
     KeySizeTooSmall {
         key_size: usize,
         key_space: u64,
@@ -51,7 +53,9 @@ pub enum BenchError {
     ZeroOption { option: &'static str },
 
     /// Every `mixed` weight was zero.
-    #[error("mixed workload weights are all zero: give --put, --get, --range or --delete a weight")]
+    #[error(
+        "mixed workload weights are all zero: give --put, --get, --range or --delete a weight"
+    )]
     EmptyMix,
 
     /// Writing the keys a read workload needs failed before measuring started.
@@ -95,7 +99,10 @@ pub enum BenchError {
 
     /// Creating the temporary data directory or log file failed.
     #[error("cannot prepare a scratch directory for {server}: {source}")]
-    Scratch { server: ServerKind, source: io::Error },
+    Scratch {
+        server: ServerKind,
+        source: io::Error,
+    },
 
     /// Spawning a server process failed.
     #[error("cannot start {server} from {path}: {source}")]

@@ -169,7 +169,12 @@ impl RunningServer {
 
     /// Asks the server to exit (SIGTERM), then kills it after a grace period.
     pub async fn stop(mut self) -> Result<(), BenchError> {
-        if self.child.try_wait().map_err(|e| self.stop_error(e))?.is_some() {
+        if self
+            .child
+            .try_wait()
+            .map_err(|e| self.stop_error(e))?
+            .is_some()
+        {
             return Ok(());
         }
         send_sigterm(self.pid).map_err(|e| self.stop_error(e))?;
@@ -213,7 +218,11 @@ pub async fn version(bin: &Path) -> String {
 fn free_ports() -> Result<[u16; 2], BenchError> {
     let bind = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BenchError::FreePort);
     let (a, b) = (bind()?, bind()?);
-    let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).map_err(BenchError::FreePort);
+    let port = |l: &TcpListener| {
+        l.local_addr()
+            .map(|a| a.port())
+            .map_err(BenchError::FreePort)
+    };
     Ok([port(&a)?, port(&b)?])
 }
 
@@ -277,7 +286,15 @@ mod tests {
     #[test]
     fn corekv_args_have_no_peer_flags() {
         let a = args(ServerKind::Corekv);
-        assert_eq!(a[..4], ["--data-dir", "/tmp/d", "--listen-client-urls", "http://127.0.0.1:2379"]);
+        assert_eq!(
+            a[..4],
+            [
+                "--data-dir",
+                "/tmp/d",
+                "--listen-client-urls",
+                "http://127.0.0.1:2379"
+            ]
+        );
         assert!(!a.iter().any(|f| f.contains("peer") || f.contains("fsync")));
     }
 

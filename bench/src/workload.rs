@@ -10,9 +10,7 @@
 
 use std::sync::Arc;
 
-use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
@@ -391,7 +389,11 @@ impl ClientOps {
                 self.kv
                     .get(self.fixed_key.as_slice(), Some(options))
                     .await?;
-                Ok(Outcome::done(if prefix { OpKind::Range } else { OpKind::Get }))
+                Ok(Outcome::done(if prefix {
+                    OpKind::Range
+                } else {
+                    OpKind::Get
+                }))
             }
             Plan::TxnPut => self.txn_put().await,
             Plan::Mixed {

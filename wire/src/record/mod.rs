@@ -33,7 +33,7 @@ pub enum Aligned<'a> {
 
 impl<'a> Aligned<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
-        if (bytes.as_ptr() as usize) % 16 == 0 {
+        if (bytes.as_ptr() as usize).is_multiple_of(16) {
             Aligned::Borrowed(bytes)
         } else {
             let mut v = AlignedVec::<16>::with_capacity(bytes.len());

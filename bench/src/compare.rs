@@ -1,0 +1,471 @@
+//! `compare`: runs the same scenarios against etcd and corekv on this machine and tabulates
+//! throughput, latency, CPU per operation and memory side by side.
+//!
+//! Both servers start once, each on 127.0.0.1 with a fresh data directory and fsync on, and stay
+//! up for the whole comparison; every scenario then runs against one and then the other. The
+//! order flips from one scenario to the next, so neither server always runs while the other is
+//! still flushing what the previous scenario wrote.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::driver::{self, RunConfig};
+use crate::error::BenchError;
+use crate::report::{fmt_opt, RunReport};
+use crate::server::{self, RunningServer, ServerKind};
+use crate::workload::{Consistency, KeySpace, Workload};
+
+/// Key and value shape of every scenario (etcd's benchmark defaults, 256-byte values).
+const KEY_SIZE: usize = 8;
+const KEY_SPACE: u64 = 100_000;
+const VAL_SIZE: usize = 256;
+/// The key the range scenarios read; preloaded with one put.
+const RANGE_KEY: &[u8] = b"bench-range";
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_ERRORS: u64 = 1_000;
+
+/// Options of `corekv-bench compare`.
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// The etcd server binary.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    pub etcd_bin: PathBuf,
+    /// The corekv server binary (build it with `cargo build --release -p corekv`).
+    #[arg(long, default_value = "target/release/corekv")]
+    pub corekv_bin: PathBuf,
+    /// Measured seconds per scenario and server.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub duration_secs: u64,
+    /// Also write the markdown report to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Start and measure only this server.
+    #[arg(long, value_enum)]
+    pub only: Option<ServerKind>,
+    /// Comma-separated scenario names to run (default: all; see --list-scenarios).
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+    /// Print the scenario names and exit.
+    #[arg(long)]
+    pub list_scenarios: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ScenarioKind {
+    Put,
+    Range(Consistency),
+    TxnPut,
+}
+
+/// One row group of the comparison.
+#[derive(Debug, PartialEq, Eq)]
+struct Scenario {
+    name: &'static str,
+    kind: ScenarioKind,
+    clients: usize,
+    conns: usize,
+}
+
+const fn scenario(
+    name: &'static str,
+    kind: ScenarioKind,
+    clients: usize,
+    conns: usize,
+) -> Scenario {
+    Scenario {
+        name,
+        kind,
+        clients,
+        conns,
+    }
+}
+
+/// Writes and both read consistencies at one, a few and many clients, then CAS.
+static SCENARIOS: [Scenario; 10] = [
+    scenario("put-1", ScenarioKind::Put, 1, 1),
+    scenario("put-16", ScenarioKind::Put, 16, 4),
+    scenario("put-256", ScenarioKind::Put, 256, 16),
+    scenario("range-s-1", ScenarioKind::Range(Consistency::S), 1, 1),
+    scenario("range-s-16", ScenarioKind::Range(Consistency::S), 16, 4),
+    scenario("range-s-256", ScenarioKind::Range(Consistency::S), 256, 16),
+    scenario("range-l-1", ScenarioKind::Range(Consistency::L), 1, 1),
+    scenario("range-l-16", ScenarioKind::Range(Consistency::L), 16, 4),
+    scenario("range-l-256", ScenarioKind::Range(Consistency::L), 256, 16),
+    scenario("txn-put-16", ScenarioKind::TxnPut, 16, 4),
+];
+
+impl Scenario {
+    fn describe(&self) -> String {
+        let what = match self.kind {
+            ScenarioKind::Put => "put",
+            ScenarioKind::Range(Consistency::S) => "serializable range (1 key)",
+            ScenarioKind::Range(Consistency::L) => "linearizable range (1 key)",
+            ScenarioKind::TxnPut => "txn compare-and-swap put",
+        };
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "{what}, {}, {}",
+            plural(self.clients, "client"),
+            plural(self.conns, "conn")
+        )
+    }
+
+    fn workload(&self) -> Workload {
+        match self.kind {
+            ScenarioKind::Put => Workload::Put,
+            ScenarioKind::Range(consistency) => Workload::Range {
+                key: RANGE_KEY.to_vec(),
+                prefix_keys: None,
+                consistency,
+            },
+            ScenarioKind::TxnPut => Workload::TxnPut,
+        }
+    }
+
+    fn run_config(
+        &self,
+        server: &RunningServer,
+        duration: Duration,
+    ) -> Result<RunConfig, BenchError> {
+        Ok(RunConfig {
+            label: self.name.to_owned(),
+            server: Some(server.kind().to_string()),
+            endpoints: vec![server.endpoint().to_owned()],
+            clients: self.clients,
+            conns: self.conns,
+            total: None,
+            duration: Some(duration),
+            rate: None,
+            keys: KeySpace::new(KEY_SIZE, KEY_SPACE, false)?,
+            val_size: VAL_SIZE,
+            server_pid: Some(server.pid()),
+            request_timeout: REQUEST_TIMEOUT,
+            max_errors: MAX_ERRORS,
+        })
+    }
+}
+
+/// One scenario's measurements, per server (absent when that server was not run).
+struct ScenarioResult {
+    scenario: &'static Scenario,
+    etcd: Option<RunReport>,
+    corekv: Option<RunReport>,
+}
+
+/// Runs the comparison; prints each run's summary and JSON line, then the markdown tables.
+pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
+    if args.list_scenarios {
+        for s in &SCENARIOS {
+            println!("{:<12} {}", s.name, s.describe());
+        }
+        return Ok(());
+    }
+    let scenarios = select(&args.scenarios)?;
+    let kinds: Vec<ServerKind> = [ServerKind::Etcd, ServerKind::Corekv]
+        .into_iter()
+        .filter(|kind| args.only.is_none_or(|only| only == *kind))
+        .collect();
+    let bin = |kind| match kind {
+        ServerKind::Etcd => args.etcd_bin.as_path(),
+        ServerKind::Corekv => args.corekv_bin.as_path(),
+    };
+    for &kind in &kinds {
+        check_binary(kind, bin(kind))?;
+    }
+
+    let mut header = String::new();
+    for &kind in &kinds {
+        let path = bin(kind);
+        let _ = writeln!(
+            header,
+            "- {kind}: `{}` ({})",
+            path.display(),
+            server::version(path).await
+        );
+    }
+    let _ = writeln!(
+        header,
+        "- fsync on for both; {} s per scenario and server; keys {KEY_SIZE} B from a space of \
+         {KEY_SPACE}, values {VAL_SIZE} B\n- load generator: corekv-bench (etcd-client), {threads} \
+         tokio worker thread(s), on the same host as the servers",
+        args.duration_secs
+    );
+
+    let mut servers = Vec::with_capacity(kinds.len());
+    let mut started = Ok(());
+    for &kind in &kinds {
+        match RunningServer::start(kind, bin(kind)).await {
+            Ok(server) => servers.push(server),
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(scenarios.len());
+    let outcome = match started {
+        Ok(()) => run_scenarios(&scenarios, &mut servers, args.duration_secs, &mut results).await,
+        Err(e) => Err(e),
+    };
+    // Stop the servers whatever happened, then report what was measured.
+    let mut stopped = Ok(());
+    for server in servers {
+        let result = server.stop().await;
+        if stopped.is_ok() {
+            stopped = result;
+        }
+    }
+    if !results.is_empty() {
+        let markdown = render_markdown(&header, &results);
+        println!("\n{markdown}");
+        if let Some(path) = &args.out {
+            std::fs::write(path, &markdown).map_err(|source| BenchError::WriteReport {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    outcome.and(stopped)
+}
+
+/// The scenarios named in `names`, in the canonical order; all of them when `names` is empty.
+fn select(names: &[String]) -> Result<Vec<&'static Scenario>, BenchError> {
+    if let Some(unknown) = names
+        .iter()
+        .find(|name| !SCENARIOS.iter().any(|s| s.name == name.as_str()))
+    {
+        return Err(BenchError::UnknownScenario {
+            name: unknown.clone(),
+            known: SCENARIOS
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(SCENARIOS
+        .iter()
+        .filter(|s| names.is_empty() || names.iter().any(|name| name == s.name))
+        .collect())
+}
+
+fn check_binary(kind: ServerKind, path: &Path) -> Result<(), BenchError> {
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(BenchError::MissingBinary {
+        server: kind,
+        path: path.to_owned(),
+        hint: match kind {
+            ServerKind::Etcd => "install Debian's etcd-server or pass --etcd-bin",
+            ServerKind::Corekv => {
+                "build it with `cargo build --release -p corekv`, pass --corekv-bin, or use --only etcd"
+            }
+        },
+    })
+}
+
+async fn run_scenarios(
+    scenarios: &[&'static Scenario],
+    servers: &mut [RunningServer],
+    duration_secs: u64,
+    results: &mut Vec<ScenarioResult>,
+) -> Result<(), BenchError> {
+    let duration = Duration::from_secs(duration_secs);
+    for (i, &scenario) in scenarios.iter().enumerate() {
+        let mut result = ScenarioResult {
+            scenario,
+            etcd: None,
+            corekv: None,
+        };
+        let workload = scenario.workload();
+        let mut order: Vec<usize> = (0..servers.len()).collect();
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for index in order {
+            let server = &mut servers[index];
+            server.check_alive()?;
+            let report = driver::run(&scenario.run_config(server, duration)?, &workload).await?;
+            print!("{}", report.human());
+            println!("{}", report.json_line());
+            match server.kind() {
+                ServerKind::Etcd => result.etcd = Some(report),
+                ServerKind::Corekv => result.corekv = Some(report),
+            }
+        }
+        results.push(result);
+    }
+    Ok(())
+}
+
+/// `corekv / etcd`, or `–` when either side is missing or etcd's figure is zero.
+fn ratio(etcd: Option<f64>, corekv: Option<f64>) -> String {
+    match (etcd, corekv) {
+        (Some(e), Some(c)) if e > 0.0 && e.is_finite() && c.is_finite() => format!("{:.2}x", c / e),
+        _ => "–".to_owned(),
+    }
+}
+
+fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
+    let mut md = String::from("# corekv vs etcd\n\n");
+    md.push_str(header);
+    md.push_str(
+        "\nRatios are corekv / etcd: above 1 is better for throughput, below 1 is better for \
+         latency and CPU.\n\n## Summary\n\n\
+         | scenario | etcd ops/s | corekv ops/s | throughput | p99 | server CPU/op |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    let ops = |r: &Option<RunReport>| r.as_ref().map(RunReport::ops_per_sec);
+    let p99 = |r: &Option<RunReport>| r.as_ref().map(|r| r.latency.p99_us as f64);
+    let cpu = |r: &Option<RunReport>| r.as_ref().and_then(RunReport::server_cpu_us_per_op);
+    let num = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.0}"));
+    for r in results {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.scenario.name,
+            num(ops(&r.etcd)),
+            num(ops(&r.corekv)),
+            ratio(ops(&r.etcd), ops(&r.corekv)),
+            ratio(p99(&r.etcd), p99(&r.corekv)),
+            ratio(cpu(&r.etcd), cpu(&r.corekv)),
+        );
+    }
+
+    for r in results {
+        let _ = write!(
+            md,
+            "\n## {}: {}\n\n| | etcd | corekv | corekv/etcd |\n|---|---:|---:|---:|\n",
+            r.scenario.name,
+            r.scenario.describe()
+        );
+        type Metric = fn(&RunReport) -> Option<f64>;
+        let rows: [(&str, Metric, bool); 10] = [
+            ("throughput (ops/s)", |r| Some(r.ops_per_sec()), true),
+            ("latency p50 (µs)", |r| Some(r.latency.p50_us as f64), false),
+            ("latency p90 (µs)", |r| Some(r.latency.p90_us as f64), false),
+            ("latency p99 (µs)", |r| Some(r.latency.p99_us as f64), true),
+            (
+                "latency p99.9 (µs)",
+                |r| Some(r.latency.p999_us as f64),
+                false,
+            ),
+            ("latency max (µs)", |r| Some(r.latency.max_us as f64), false),
+            ("server CPU (µs/op)", RunReport::server_cpu_us_per_op, true),
+            ("client CPU (µs/op)", RunReport::client_cpu_us_per_op, false),
+            (
+                "server RSS after (MiB)",
+                |r| r.server_rss_kib.map(|k| k as f64 / 1024.0),
+                false,
+            ),
+            ("errors", |r| Some(r.errors as f64), false),
+        ];
+        for (name, metric, with_ratio) in rows {
+            let e = r.etcd.as_ref().and_then(metric);
+            let c = r.corekv.as_ref().and_then(metric);
+            let cell = |v: Option<f64>| {
+                v.map_or_else(
+                    || "–".to_owned(),
+                    |v| {
+                        if v.fract() == 0.0 || v >= 1000.0 {
+                            format!("{v:.0}")
+                        } else {
+                            fmt_opt(Some(v))
+                        }
+                    },
+                )
+            };
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} |",
+                cell(e),
+                cell(c),
+                if with_ratio {
+                    ratio(e, c)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(ops: u64, p99_us: u64, server_cpu_ms: u64) -> RunReport {
+        let mut r = RunReport {
+            label: "put-16".into(),
+            ops,
+            elapsed: Duration::from_secs(1),
+            server_cpu: Some(Duration::from_millis(server_cpu_ms)),
+            ..RunReport::default()
+        };
+        r.latency.p99_us = p99_us;
+        r
+    }
+
+    #[test]
+    fn select_empty_means_all_in_order() {
+        let all = select(&[]).expect("all scenarios");
+        assert_eq!(all.len(), SCENARIOS.len());
+        assert_eq!(all[0].name, "put-1");
+    }
+
+    #[test]
+    fn select_unknown_name_lists_known_ones() {
+        let err = select(&["put-7".to_owned()]).expect_err("unknown scenario");
+        assert!(err.to_string().contains("put-16"));
+    }
+
+    #[test]
+    fn select_keeps_canonical_order() {
+        let picked = select(&["txn-put-16".to_owned(), "put-1".to_owned()]).expect("known");
+        assert_eq!(
+            picked.iter().map(|s| s.name).collect::<Vec<_>>(),
+            ["put-1", "txn-put-16"]
+        );
+    }
+
+    #[test]
+    fn ratio_formats_and_handles_missing() {
+        assert_eq!(ratio(Some(100.0), Some(150.0)), "1.50x");
+        assert_eq!(ratio(None, Some(1.0)), "–");
+        assert_eq!(ratio(Some(0.0), Some(1.0)), "–");
+    }
+
+    #[test]
+    fn markdown_has_summary_and_ratio_rows() {
+        let results = [ScenarioResult {
+            scenario: &SCENARIOS[1],
+            etcd: Some(report(10_000, 4_000, 1_150)),
+            corekv: Some(report(20_000, 2_000, 1_150)),
+        }];
+        let md = render_markdown("- test\n", &results);
+        assert!(
+            md.contains("| put-16 | 10000 | 20000 | 2.00x | 0.50x | 0.50x |"),
+            "{md}"
+        );
+        assert!(md.contains("## put-16: put, 16 clients, 4 conns"));
+        assert!(md.contains("| throughput (ops/s) | 10000 | 20000 | 2.00x |"));
+        assert!(
+            md.contains("| server CPU (µs/op) | 115 | 57.5 | 0.50x |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn markdown_single_server_leaves_other_column_empty() {
+        let results = [ScenarioResult {
+            scenario: &SCENARIOS[0],
+            etcd: Some(report(500, 3_000, 100)),
+            corekv: None,
+        }];
+        let md = render_markdown("", &results);
+        assert!(md.contains("| put-1 | 500 | – | – | – | – |"), "{md}");
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the tests and benchmarks need on a fresh Debian machine that has only the Rust
+# toolchain: etcdctl (etcd-client) for the CLI tests, etcd (etcd-server) for side-by-side
+# benchmarks, and protoc (protobuf-compiler; the build also works without it). Idempotent.
+set -euo pipefail
+
+need=()
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "setup: installing ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian's etcd-server package may start a system etcd on 127.0.0.1:2379; the tests never use
+# that port, and the benchmarks start their own etcd on free ports.
+etcdctl version | head -n1
