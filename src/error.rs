@@ -15,6 +15,8 @@ pub enum ApiError {
     TooManyOps,
     #[error("duplicate key given in txn request")]
     DuplicateKey,
+    #[error("invalid sort option")]
+    InvalidSortOption,
     #[error("request is too large")]
     RequestTooLarge,
     #[error(transparent)]

@@ -19,6 +19,7 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
         ApiError::TooManyOps => rpctypes::TOO_MANY_OPS,
         ApiError::DuplicateKey => rpctypes::DUPLICATE_KEY,
         ApiError::RequestTooLarge => rpctypes::REQUEST_TOO_LARGE,
+        ApiError::InvalidSortOption => rpctypes::INVALID_SORT_OPTION,
         ApiError::Shard(s) => match s {
             ShardError::Compacted { .. } => rpctypes::COMPACTED,
             ShardError::FutureRevision { .. } => rpctypes::FUTURE_REV,

@@ -26,22 +26,26 @@ fn range_of(key: Bytes, end: Bytes) -> Result<KeyRange, ApiError> {
 }
 
 pub fn range(r: pb::RangeRequest) -> Result<RangeQuery, ApiError> {
+    use pb::range_request::{SortOrder as O, SortTarget as T};
+    let range = range_of(r.key, r.range_end)?;
+    let sort_order = match O::try_from(r.sort_order).map_err(|_| ApiError::InvalidSortOption)? {
+        O::None => SortOrder::None,
+        O::Ascend => SortOrder::Ascend,
+        O::Descend => SortOrder::Descend,
+    };
+    let sort_target = match T::try_from(r.sort_target).map_err(|_| ApiError::InvalidSortOption)? {
+        T::Key => SortTarget::Key,
+        T::Version => SortTarget::Version,
+        T::Create => SortTarget::Create,
+        T::Mod => SortTarget::Mod,
+        T::Value => SortTarget::Value,
+    };
     Ok(RangeQuery {
-        range: range_of(r.key, r.range_end)?,
+        range,
         revision: r.revision,
         limit: r.limit,
-        sort_order: match pb::range_request::SortOrder::try_from(r.sort_order) {
-            Ok(pb::range_request::SortOrder::Ascend) => SortOrder::Ascend,
-            Ok(pb::range_request::SortOrder::Descend) => SortOrder::Descend,
-            _ => SortOrder::None,
-        },
-        sort_target: match pb::range_request::SortTarget::try_from(r.sort_target) {
-            Ok(pb::range_request::SortTarget::Version) => SortTarget::Version,
-            Ok(pb::range_request::SortTarget::Create) => SortTarget::Create,
-            Ok(pb::range_request::SortTarget::Mod) => SortTarget::Mod,
-            Ok(pb::range_request::SortTarget::Value) => SortTarget::Value,
-            _ => SortTarget::Key,
-        },
+        sort_order,
+        sort_target,
         keys_only: r.keys_only,
         count_only: r.count_only,
         min_mod_revision: r.min_mod_revision,

@@ -527,3 +527,56 @@ async fn kv_data_survives_clean_restart_and_revisions_continue() {
         43
     );
 }
+
+#[tokio::test]
+async fn kv_more_shards_than_cores_range_txn_and_history_across_all() {
+    // Five shards on a 2-core machine; boundaries at '3', 'F', 'Y', 'l'.
+    let s = Server::start(&["--shards", "5"]);
+    let mut c = s.client().await;
+    let spread = ["0a", "Aa", "Ma", "ba", "za"];
+    for k in spread {
+        c.put(k, "v1", None).await.expect("put"); // revs 2..6
+    }
+    let all = c
+        .get("", Some(GetOptions::new().with_all_keys().with_limit(3)))
+        .await
+        .expect("range");
+    assert_eq!(
+        (keys(&all), all.count(), all.more()),
+        (vec!["0a".to_string(), "Aa".into(), "Ma".into()], 5, true)
+    );
+    // A txn on the last shard reading at a revision only another shard has written (7).
+    c.put("0b", "x", None).await.expect("put"); // rev 7, shard 0
+    let t = Txn::new().and_then([TxnOp::get("za", Some(GetOptions::new().with_revision(7)))]);
+    let r = c
+        .txn(t)
+        .await
+        .expect("single-shard txn reading a revision written elsewhere");
+    match &r.op_responses()[0] {
+        TxnOpResponse::Get(g) => assert_eq!(g.kvs()[0].value(), b"v1"),
+        other => panic!("unexpected {other:?}"),
+    }
+    c.delete("0b", None).await.expect("delete"); // rev 8
+                                                 // A txn over all five shards, one revision.
+    let t = Txn::new()
+        .when([Compare::value("0", CompareOp::Equal, "v1").with_range("{")])
+        .and_then(
+            spread
+                .iter()
+                .map(|k| TxnOp::put(*k, "all", None))
+                .collect::<Vec<_>>(),
+        );
+    let r = c.txn(t).await.expect("txn over all shards");
+    assert!(r.succeeded());
+    let after = c
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .expect("all");
+    let revs: Vec<i64> = after.kvs().iter().map(|kv| kv.mod_revision()).collect();
+    assert_eq!(revs, vec![9; 5]);
+    let d = c
+        .delete("", Some(DeleteOptions::new().with_all_keys()))
+        .await
+        .expect("delete all");
+    assert_eq!((d.deleted(), rev(d.header())), (5, 10));
+}

@@ -289,8 +289,14 @@ impl Writer {
                 store.exec_put(p, &mut rev, &mut log)
             }
             Op::Delete(d) => store.exec_delete(d, &mut rev, &mut log),
-            Op::Txn(t) => OpResult::Txn(store.exec_txn(t, &lease_exists, &mut rev, &mut log)?),
-            Op::Range(q) => store.exec_range(q)?,
+            Op::Txn(t) => OpResult::Txn(store.exec_txn(
+                t,
+                self.clock.visible(),
+                &lease_exists,
+                &mut rev,
+                &mut log,
+            )?),
+            Op::Range(q) => store.exec_range(q, self.clock.visible())?,
         };
         Ok(match rev.rev {
             Some(revision) => (
@@ -429,7 +435,7 @@ impl Writer {
                     let r = match &op {
                         Op::Put(p) => Ok(store.exec_put(p, &mut rev, &mut log)),
                         Op::Delete(d) => Ok(store.exec_delete(d, &mut rev, &mut log)),
-                        Op::Range(q) => store.exec_range(q),
+                        Op::Range(q) => store.exec_range(q, self.clock.visible()),
                         Op::Txn(_) => Err(ShardError::Stopped),
                     };
                     changed |= log.len() > before;

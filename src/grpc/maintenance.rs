@@ -53,7 +53,11 @@ impl Maintenance for MaintenanceService {
         let st = self.router.status().await?;
         let term = st.iter().map(|s| s.raft_term).max().unwrap_or(0);
         let revision = self.router.clock().visible();
-        let db_size = dir_size(&self.data_dir) as i64;
+        // Logical bytes: WAL records written (not the preallocated segment space) plus snapshots.
+        let snapshots: u64 = (0..st.len())
+            .map(|i| dir_size(&self.data_dir.join(format!("shard-{i}/snap"))))
+            .sum();
+        let db_size = (st.iter().map(|s| s.wal_bytes).sum::<u64>() + snapshots) as i64;
         Ok(Response::new(pb::StatusResponse {
             header: self.member.header(revision, term),
             version: ETCD_VERSION.to_string(),

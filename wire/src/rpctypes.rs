@@ -46,6 +46,7 @@ rpc_errors! {
     TOO_MANY_OPS = (InvalidArgument, "etcdserver: too many operations in txn request");
     DUPLICATE_KEY = (InvalidArgument, "etcdserver: duplicate key given in txn request");
     REQUEST_TOO_LARGE = (InvalidArgument, "etcdserver: request is too large");
+    INVALID_SORT_OPTION = (InvalidArgument, "etcdserver: invalid sort option");
     COMPACTED = (OutOfRange, "etcdserver: mvcc: required revision has been compacted");
     FUTURE_REV = (OutOfRange, "etcdserver: mvcc: required revision is a future revision");
     NO_SPACE = (ResourceExhausted, "etcdserver: mvcc: database space exceeded");

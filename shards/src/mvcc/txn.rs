@@ -191,10 +191,11 @@ impl Store {
     }
 
     /// A Range inside a write txn: revision 0 reads the latest state, including this txn's own
-    /// writes; an explicit revision reads history.
-    pub fn exec_range(&self, q: &RangeQuery) -> Result<OpResult, ShardError> {
+    /// writes; an explicit revision reads history. `current` is the newest revision that exists
+    /// cluster-wide (other shards may be ahead of this one).
+    pub fn exec_range(&self, q: &RangeQuery, current: i64) -> Result<OpResult, ShardError> {
         let rev = if q.revision > 0 {
-            self.check_readable(q.revision, self.current_revision())?;
+            self.check_readable(q.revision, current.max(self.current_revision()))?;
             q.revision
         } else {
             LATEST
@@ -202,10 +203,11 @@ impl Store {
         Ok(OpResult::Range(self.range_at(q, rev)))
     }
 
-    /// Runs a whole txn whose keys all live on this shard.
+    /// Runs a whole txn whose keys all live on this shard; `current` as for [`Self::exec_range`].
     pub fn exec_txn(
         &mut self,
         t: &TxnSpec,
+        current: i64,
         lease_exists: &impl Fn(i64) -> bool,
         rev: &mut dyn RevisionSource,
         log: &mut Vec<Mutation>,
@@ -221,13 +223,13 @@ impl Store {
             }
             if let (Op::Range(q), Ok(())) = (op, &check) {
                 if q.revision > 0 {
-                    check = self.check_readable(q.revision, self.current_revision());
+                    check = self.check_readable(q.revision, current.max(self.current_revision()));
                 }
             }
         });
         check?;
         let mut i = 0;
-        self.exec_branch(t, &path, &mut i, rev, log)
+        self.exec_branch(t, &path, &mut i, current, rev, log)
     }
 
     fn exec_branch(
@@ -235,6 +237,7 @@ impl Store {
         t: &TxnSpec,
         path: &TxnPath,
         i: &mut usize,
+        current: i64,
         rev: &mut dyn RevisionSource,
         log: &mut Vec<Mutation>,
     ) -> Result<TxnResult, ShardError> {
@@ -244,10 +247,10 @@ impl Store {
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             results.push(match op {
-                Op::Range(q) => self.exec_range(q)?,
+                Op::Range(q) => self.exec_range(q, current)?,
                 Op::Put(p) => self.exec_put(p, rev, log),
                 Op::Delete(d) => self.exec_delete(d, rev, log),
-                Op::Txn(n) => OpResult::Txn(self.exec_branch(n, path, i, rev, log)?),
+                Op::Txn(n) => OpResult::Txn(self.exec_branch(n, path, i, current, rev, log)?),
             });
         }
         Ok(TxnResult { succeeded, results })
@@ -306,7 +309,7 @@ mod tests {
         };
         let mut log = Vec::new();
         let r = s
-            .exec_txn(&t, &no_leases, &mut Counter(1, None), &mut log)
+            .exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log)
             .expect("txn");
         assert!(r.succeeded);
         assert_eq!(log.len(), 1);
@@ -336,7 +339,7 @@ mod tests {
         };
         let mut log = Vec::new();
         let r = s
-            .exec_txn(&t, &no_leases, &mut Counter(1, None), &mut log)
+            .exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log)
             .expect("txn");
         // The inner compare ran before `a` was put, so it succeeded.
         assert!(matches!(
@@ -372,7 +375,7 @@ mod tests {
         };
         let mut log = Vec::new();
         assert_eq!(
-            s.exec_txn(&t, &no_leases, &mut Counter(1, None), &mut log),
+            s.exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log),
             Err(ShardError::KeyNotFound)
         );
         assert!(log.is_empty());
@@ -392,7 +395,8 @@ mod tests {
         };
         let mut c = Counter(1, None);
         let mut log = Vec::new();
-        s.exec_txn(&t, &no_leases, &mut c, &mut log).expect("txn");
+        s.exec_txn(&t, 0, &no_leases, &mut c, &mut log)
+            .expect("txn");
         assert_eq!(c.1, None);
     }
 
@@ -412,7 +416,7 @@ mod tests {
         };
         let mut log = Vec::new();
         let r = s
-            .exec_txn(&t, &no_leases, &mut Counter(1, None), &mut log)
+            .exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log)
             .expect("txn");
         match &r.results[1] {
             OpResult::Range(rr) => assert_eq!(rr.kvs.len(), 1),
