@@ -186,7 +186,7 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
     }
     let _ = writeln!(
         header,
-        "- fsync on for both; {} s per scenario and server; keys {KEY_SIZE} B from a space of \
+        "- fsync on (no server gets an unsafe no-fsync flag); {} s per scenario and server; keys {KEY_SIZE} B from a space of \
          {KEY_SPACE}, values {VAL_SIZE} B\n- load generator: corekv-bench (etcd-client), {threads} \
          tokio worker thread(s), on the same host as the servers",
         args.duration_secs

@@ -111,13 +111,14 @@ pub async fn run(config: &RunConfig, workload: &Workload) -> Result<RunReport, B
     }
     let elapsed = start.elapsed();
     let client_cpu = proc_stats::cpu_time(Process::Current)?.saturating_sub(client_cpu_before);
-    let server_cpu = match (server, server_cpu_before) {
-        (Some(process), Some(before)) => {
-            Some(proc_stats::cpu_time(process)?.saturating_sub(before))
-        }
-        _ => None,
-    };
-    let server_rss_kib = server.map(proc_stats::resident_kib).transpose()?;
+    // A server that exited during the run has no /proc entry left: its failed requests are
+    // already counted, so report its CPU and RSS as unmeasured rather than losing the report.
+    let server_cpu = server.zip(server_cpu_before).and_then(|(process, before)| {
+        proc_stats::cpu_time(process)
+            .ok()
+            .map(|after| after.saturating_sub(before))
+    });
+    let server_rss_kib = server.and_then(|process| proc_stats::resident_kib(process).ok());
 
     Ok(RunReport {
         label: config.label.clone(),
@@ -294,7 +295,7 @@ async fn client_loop(mut ops: ClientOps, shared: Arc<Shared>) -> Tally {
             Err(error) => {
                 tally.errors += 1;
                 if tally.first_error.is_none() {
-                    tally.first_error = Some(error.to_string());
+                    tally.first_error = Some(crate::error::chain(&error));
                 }
                 shared.on_error();
             }

@@ -2,7 +2,12 @@
 //!
 //! Failed requests during a measured run are not errors here: they are counted in the run report.
 //! A `BenchError` means the run itself could not be set up, measured or reported.
+//!
+//! Messages do not repeat their cause: the cause is `source()`, and [`chain`] renders the whole
+//! chain once (tonic's transport errors only say *why* in their own sources).
 
+use std::error::Error;
+use std::fmt::Write as _;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -18,21 +23,21 @@ pub enum BenchError {
     NoEndpoints,
 
     /// An endpoint did not parse as a URI.
-    #[error("invalid endpoint {endpoint:?}: {source}")]
+    #[error("invalid endpoint {endpoint:?}")]
     InvalidEndpoint {
         endpoint: String,
         source: tonic::transport::Error,
     },
 
     /// Dialing an endpoint failed (refused, timed out, ...).
-    #[error("cannot connect to {endpoint}: {source}")]
+    #[error("cannot connect to {endpoint}")]
     Connect {
         endpoint: String,
         source: tonic::transport::Error,
     },
 
     /// etcd-client refused to build a client over an established connection.
-    #[error("cannot set up the etcd client for {endpoint}: {source}")]
+    #[error("cannot set up the etcd client for {endpoint}")]
     Client {
         endpoint: String,
         source: etcd_client::Error,
@@ -59,18 +64,18 @@ pub enum BenchError {
     EmptyMix,
 
     /// Writing the keys a read workload needs failed before measuring started.
-    #[error("preloading {keys} key(s) before the run: {source}")]
+    #[error("preloading {keys} key(s) before the run")]
     Preload {
         keys: u64,
         source: etcd_client::Error,
     },
 
     /// A client task panicked or was cancelled; its results are lost.
-    #[error("a client task failed: {0}")]
+    #[error("a client task failed")]
     ClientTask(#[from] tokio::task::JoinError),
 
     /// Reading a file under /proc failed (typically: the process is gone).
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     ProcRead { path: PathBuf, source: io::Error },
 
     /// A /proc file did not have the layout proc(5) documents.
@@ -78,8 +83,8 @@ pub enum BenchError {
     ProcFormat { path: PathBuf, reason: &'static str },
 
     /// Building the tokio runtime failed.
-    #[error("cannot start the tokio runtime: {0}")]
-    Runtime(io::Error),
+    #[error("cannot start the tokio runtime")]
+    Runtime(#[source] io::Error),
 
     /// `compare --scenarios` named a scenario that does not exist.
     #[error("unknown scenario {name:?}; known: {known}")]
@@ -94,18 +99,18 @@ pub enum BenchError {
     },
 
     /// Reserving a free loopback port failed.
-    #[error("cannot reserve a free port on 127.0.0.1: {0}")]
-    FreePort(io::Error),
+    #[error("cannot reserve a free port on 127.0.0.1")]
+    FreePort(#[source] io::Error),
 
     /// Creating the temporary data directory or log file failed.
-    #[error("cannot prepare a scratch directory for {server}: {source}")]
+    #[error("cannot prepare a scratch directory for {server}")]
     Scratch {
         server: ServerKind,
         source: io::Error,
     },
 
     /// Spawning a server process failed.
-    #[error("cannot start {server} from {path}: {source}")]
+    #[error("cannot start {server} from {path}")]
     Spawn {
         server: ServerKind,
         path: PathBuf,
@@ -130,7 +135,7 @@ pub enum BenchError {
     },
 
     /// Signalling or reaping a server process failed.
-    #[error("cannot stop {server} (pid {pid}): {source}")]
+    #[error("cannot stop {server} (pid {pid})")]
     Stop {
         server: ServerKind,
         pid: u32,
@@ -138,6 +143,31 @@ pub enum BenchError {
     },
 
     /// Writing the `--out` report failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     WriteReport { path: PathBuf, source: io::Error },
+}
+
+/// `error: cause: cause ...`, one line, for printing an error with everything that led to it.
+pub fn chain(error: &dyn Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let _ = write!(line, ": {next}");
+        cause = next.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_joins_sources_once() {
+        let error = BenchError::ProcRead {
+            path: PathBuf::from("/proc/1/stat"),
+            source: io::Error::new(io::ErrorKind::NotFound, "gone"),
+        };
+        assert_eq!(chain(&error), "reading /proc/1/stat: gone");
+    }
 }

@@ -196,7 +196,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("corekv-bench: {error}");
+            eprintln!("corekv-bench: {}", error::chain(&error));
             ExitCode::FAILURE
         }
     }
