@@ -82,7 +82,8 @@ pub async fn serve(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Listen { addr, source })?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Nagle's algorithm would hold small responses back for the client's delayed ACK (40 ms).
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let kv = KvServer::new(KvService {
             router: router.clone(),
             member,
@@ -101,7 +102,6 @@ pub async fn serve(
         tracing::info!(%addr, "serving client requests");
         servers.push(tokio::spawn(
             Server::builder()
-                .tcp_nodelay(true)
                 .add_service(kv)
                 .add_service(maint)
                 .serve_with_incoming_shutdown(incoming, async move {
