@@ -11,11 +11,7 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "corekv",
-    version,
-    about = "An etcd v3-compatible key-value server, thread-per-core"
-)]
+#[command(name = "corekv", version, about = "An etcd v3-compatible key-value server, thread-per-core")]
 pub struct Config {
     /// Human-readable name for this member.
     #[arg(long, default_value = "default")]
@@ -52,27 +48,41 @@ pub struct Config {
     pub snapshot_count: u64,
 }
 
+/// Largest accepted `--max-request-bytes`: one request must fit in one WAL frame with room.
+pub const MAX_MAX_REQUEST_BYTES: usize = 64 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("--max-request-bytes {0} exceeds the limit of {MAX_MAX_REQUEST_BYTES} bytes")]
+    MaxRequestBytesTooLarge(usize),
+    #[error("--shards {0} is out of range (1 to {max})", max = shards::route::MAX_SHARDS)]
+    BadShardCount(usize),
     #[error("invalid URL {url:?} in --listen-client-urls: {reason}")]
     BadUrl { url: String, reason: &'static str },
 }
 
 impl Config {
+    /// Checks limits that flags alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_request_bytes > MAX_MAX_REQUEST_BYTES {
+            return Err(ConfigError::MaxRequestBytesTooLarge(self.max_request_bytes));
+        }
+        if let Some(n) = self.shards {
+            if n == 0 || n > shards::route::MAX_SHARDS {
+                return Err(ConfigError::BadShardCount(n));
+            }
+        }
+        self.client_addrs().map(|_| ())
+    }
+
     /// The socket addresses of `--listen-client-urls`.
     pub fn client_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
-        self.listen_client_urls
-            .split(',')
-            .map(|u| parse_url(u.trim()))
-            .collect()
+        self.listen_client_urls.split(',').map(|u| parse_url(u.trim())).collect()
     }
 }
 
 fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
-    let bad = |reason| ConfigError::BadUrl {
-        url: url.to_string(),
-        reason,
-    };
+    let bad = |reason| ConfigError::BadUrl { url: url.to_string(), reason };
     let rest = if let Some(r) = url.strip_prefix("http://") {
         r
     } else if url.starts_with("https://") || url.starts_with("unixs://") {
@@ -82,9 +92,7 @@ fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
     };
     let hostport = rest.trim_end_matches('/');
     let hostport = hostport.replace("localhost", "127.0.0.1");
-    hostport
-        .parse()
-        .map_err(|_| bad("expected an IP address and port"))
+    hostport.parse().map_err(|_| bad("expected an IP address and port"))
 }
 
 #[cfg(test)]
@@ -95,10 +103,7 @@ mod tests {
     fn config_defaults_match_etcd() {
         let c = Config::parse_from(["corekv"]);
         assert_eq!(c.data_dir, PathBuf::from("./corekv-data"));
-        assert_eq!(
-            c.client_addrs().expect("addrs"),
-            vec!["127.0.0.1:2379".parse::<SocketAddr>().expect("addr")]
-        );
+        assert_eq!(c.client_addrs().expect("addrs"), vec!["127.0.0.1:2379".parse::<SocketAddr>().expect("addr")]);
         assert_eq!(c.max_request_bytes, 1536 * 1024);
         assert_eq!(c.max_txn_ops, 128);
         assert!(!c.unsafe_no_fsync);

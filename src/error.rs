@@ -15,6 +15,9 @@ pub enum ApiError {
     TooManyOps,
     #[error("duplicate key given in txn request")]
     DuplicateKey,
+    /// A txn op with no request in it.
+    #[error("empty operation in txn")]
+    EmptyOp,
     #[error("invalid sort option")]
     InvalidSortOption,
     #[error("request is too large")]

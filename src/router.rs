@@ -14,13 +14,8 @@ use std::sync::Arc;
 use futures::future::try_join_all;
 use shards::mvcc::range::merge;
 use shards::mvcc::txn::{combine_compare, decide_path, for_each_path_op, ComparePart, TxnPath};
-use shards::mvcc::{
-    Compare, DeleteOp, Op, OpResult, PutOp, RangeQuery, RangeResult, TxnResult, TxnSpec,
-};
-use shards::{
-    Cross, RevisionClock, ShardError, ShardHandle, ShardMap, ShardMsg, ShardPool, ShardStatus,
-    WriteOutcome,
-};
+use shards::mvcc::{Compare, DeleteOp, Op, OpResult, PutOp, RangeQuery, RangeResult, TxnResult, TxnSpec};
+use shards::{Cross, RevisionClock, ShardError, ShardHandle, ShardMap, ShardMsg, ShardPool, ShardStatus, WriteOutcome};
 
 use crate::error::ApiError;
 
@@ -62,47 +57,25 @@ impl Router {
         let current = self.clock.visible();
         let rev = if q.revision > 0 { q.revision } else { current };
         if rev > current {
-            return Err(ShardError::FutureRevision {
-                requested: rev,
-                current,
-            }
-            .into());
+            return Err(ShardError::FutureRevision { requested: rev, current }.into());
         }
         let compacted = self.clock.compacted();
         if rev < compacted {
-            return Err(ShardError::Compacted {
-                requested: rev,
-                compacted,
-            }
-            .into());
+            return Err(ShardError::Compacted { requested: rev, compacted }.into());
         }
         let parts = try_join_all(self.map.shards_of(&q.range).map(|i| {
             let query = q.clone();
-            self.shard(i).request(move |reply| ShardMsg::Range {
-                query,
-                revision: rev,
-                reply,
-            })
+            self.shard(i).request(move |reply| ShardMsg::Range { query, revision: rev, reply })
         }))
         .await?;
         Ok((merge(&q, parts), current))
     }
 
     async fn single(&self, shard: u16, op: Op) -> Result<Written, ApiError> {
-        let out: WriteOutcome = self
-            .shard(shard)
-            .request(|reply| ShardMsg::Write { op, reply })
-            .await?;
+        let out: WriteOutcome = self.shard(shard).request(|reply| ShardMsg::Write { op, reply }).await?;
         self.clock.wait_visible(out.revision).await;
-        let revision = if out.changed {
-            out.revision
-        } else {
-            self.clock.visible()
-        };
-        Ok(Written {
-            result: out.result,
-            revision,
-        })
+        let revision = if out.changed { out.revision } else { self.clock.visible() };
+        Ok(Written { result: out.result, revision })
     }
 
     pub async fn put(&self, p: PutOp) -> Result<Written, ApiError> {
@@ -110,25 +83,18 @@ impl Router {
         self.single(shard, Op::Put(p)).await
     }
 
-    pub async fn delete(&self, d: DeleteOp) -> Result<Written, ApiError> {
+    pub async fn delete(self: &Arc<Self>, d: DeleteOp) -> Result<Written, ApiError> {
         let shards = self.map.shards_of(&d.range);
         if shards.start() == shards.end() {
             return self.single(*shards.start(), Op::Delete(d)).await;
         }
-        let t = TxnSpec {
-            compares: vec![],
-            success: vec![Op::Delete(d)],
-            failure: vec![],
-        };
-        let (mut r, revision) = self.cross_txn(&t, shards.collect()).await?;
-        let result = r
-            .results
-            .pop()
-            .ok_or(ApiError::Shard(ShardError::Stopped))?;
+        let t = TxnSpec { compares: vec![], success: vec![Op::Delete(d)], failure: vec![] };
+        let (mut r, revision) = self.cross_detached(t, shards.collect()).await?;
+        let result = r.results.pop().ok_or(ApiError::Shard(ShardError::Stopped))?;
         Ok(Written { result, revision })
     }
 
-    pub async fn txn(&self, t: TxnSpec) -> Result<(TxnResult, i64), ApiError> {
+    pub async fn txn(self: &Arc<Self>, t: TxnSpec) -> Result<(TxnResult, i64), ApiError> {
         let mut touched = BTreeSet::new();
         self.touched(&t, &mut touched);
         if touched.len() <= 1 {
@@ -139,7 +105,7 @@ impl Router {
                 _ => Err(ShardError::Stopped.into()),
             };
         }
-        self.cross_txn(&t, touched.into_iter().collect()).await
+        self.cross_detached(t, touched.into_iter().collect()).await
     }
 
     fn touched(&self, t: &TxnSpec, out: &mut BTreeSet<u16>) {
@@ -162,84 +128,55 @@ impl Router {
     pub async fn compact(&self, revision: i64) -> Result<i64, ApiError> {
         let current = self.clock.visible();
         if revision > current {
-            return Err(ShardError::FutureRevision {
-                requested: revision,
-                current,
-            }
-            .into());
+            return Err(ShardError::FutureRevision { requested: revision, current }.into());
         }
         let compacted = self.clock.compacted();
         if revision <= compacted {
-            return Err(ShardError::Compacted {
-                requested: revision,
-                compacted,
-            }
-            .into());
+            return Err(ShardError::Compacted { requested: revision, compacted }.into());
         }
-        try_join_all(
-            self.shards
-                .iter()
-                .map(|s| s.request(|reply| ShardMsg::Compact { revision, reply })),
-        )
-        .await?;
+        try_join_all(self.shards.iter().map(|s| s.request(|reply| ShardMsg::Compact { revision, reply }))).await?;
         self.clock.set_compacted(revision);
         Ok(self.clock.visible())
     }
 
     pub async fn status(&self) -> Result<Vec<ShardStatus>, ApiError> {
-        Ok(try_join_all(
-            self.shards
-                .iter()
-                .map(|s| s.request(|reply| ShardMsg::Status { reply })),
-        )
-        .await?)
+        Ok(try_join_all(self.shards.iter().map(|s| s.request(|reply| ShardMsg::Status { reply }))).await?)
     }
 
     /// A txn over several shards: hold every participant, decide every compare on the state
     /// before the txn, check puts, run the chosen ops, then log atomically — a single changed
     /// shard logs an ordinary write; several log a prepare each, then the lowest logs the
     /// decision — and release.
-    async fn cross_txn(
-        &self,
-        t: &TxnSpec,
-        participants: Vec<u16>,
-    ) -> Result<(TxnResult, i64), ApiError> {
+    async fn cross_txn(&self, t: &TxnSpec, participants: Vec<u16>) -> Result<(TxnResult, i64), ApiError> {
         let _one_at_a_time = self.cross.lock().await;
         let mut held = Vec::new();
         let mut outcome = Ok(());
+        // The newest revision any participant holds: everything the txn reads is at or below it.
+        let mut observed = 0;
         for &p in &participants {
-            match self
-                .shard(p)
-                .request(|reply| ShardMsg::Cross(Cross::Hold { reply }))
-                .await
-            {
-                Ok(()) => held.push(p),
+            match self.shard(p).request(|reply| ShardMsg::Cross(Cross::Hold { reply })).await {
+                Ok(current) => {
+                    observed = observed.max(current);
+                    held.push(p);
+                }
                 Err(e) => {
                     outcome = Err(e.into());
                     break;
                 }
             }
         }
-        let mut run = CrossRun {
-            router: self,
-            revision: None,
-            changed: BTreeSet::new(),
-        };
+        let mut run = CrossRun { router: self, revision: None, changed: BTreeSet::new(), observed };
         let result = match outcome {
             Ok(()) => run.run(t).await,
             Err(e) => Err(e),
         };
         let commit = match (&result, run.revision) {
             (Ok(_), Some(rev)) => self.cross_commit(rev, &run.changed).await,
-            (Ok(_), None) => Ok(()),
-            (Err(e), _) => Err(e.clone()),
+            _ => Ok(()),
         };
         let aborted = commit.is_err();
         for p in held {
-            let _ = self
-                .shard(p)
-                .request(|reply| ShardMsg::Cross(Cross::Release { aborted, reply }))
-                .await;
+            let _ = self.shard(p).request(|reply| ShardMsg::Cross(Cross::Release { aborted, reply })).await;
         }
         let r = result?;
         commit?;
@@ -248,35 +185,44 @@ impl Router {
                 self.clock.wait_visible(rev).await;
                 rev
             }
-            None => self.clock.visible(),
+            None => {
+                // A txn that wrote nothing may still have read the newest durable writes of
+                // the participants; answer only once those are visible.
+                self.clock.wait_visible(observed).await;
+                self.clock.visible()
+            }
         };
         Ok((r, revision))
+    }
+
+    /// Runs a cross-shard txn in its own task: once shards are held it must reach `Release`
+    /// even if the client goes away and its request future is dropped.
+    async fn cross_detached(
+        self: &Arc<Self>,
+        t: TxnSpec,
+        participants: Vec<u16>,
+    ) -> Result<(TxnResult, i64), ApiError> {
+        let me = self.clone();
+        tokio::spawn(async move { me.cross_txn(&t, participants).await })
+            .await
+            .map_err(|_| ApiError::Shard(ShardError::Stopped))?
     }
 
     async fn cross_commit(&self, revision: i64, changed: &BTreeSet<u16>) -> Result<(), ApiError> {
         let changed: Vec<u16> = changed.iter().copied().collect();
         match changed.as_slice() {
             [] => Ok(()),
-            [only] => Ok(self
-                .shard(*only)
-                .request(|reply| ShardMsg::Cross(Cross::CommitLocal { revision, reply }))
-                .await?),
+            [only] => {
+                Ok(self.shard(*only).request(|reply| ShardMsg::Cross(Cross::CommitLocal { revision, reply })).await?)
+            }
             [coordinator, ..] => {
                 try_join_all(changed.iter().map(|&p| {
                     let participants = changed.clone();
-                    self.shard(p).request(move |reply| {
-                        ShardMsg::Cross(Cross::Prepare {
-                            revision,
-                            participants,
-                            reply,
-                        })
-                    })
+                    self.shard(p)
+                        .request(move |reply| ShardMsg::Cross(Cross::Prepare { revision, participants, reply }))
                 }))
                 .await?;
-                Ok(self
-                    .shard(*coordinator)
-                    .request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply }))
-                    .await?)
+                Ok(self.shard(*coordinator).request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply })).await?)
             }
         }
     }
@@ -287,6 +233,8 @@ struct CrossRun<'a> {
     router: &'a Router,
     revision: Option<i64>,
     changed: BTreeSet<u16>,
+    /// The newest revision the held participants had when held.
+    observed: i64,
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -294,6 +242,9 @@ type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 impl<'a> CrossRun<'a> {
     async fn run(&mut self, t: &TxnSpec) -> Result<TxnResult, ApiError> {
         let path = self.decide(t).await?;
+        // Every check that can fail runs before the first change, so a failing txn never
+        // leaves a shard changed.
+        self.check_ranges(t, &path)?;
         self.check_puts(t, &path).await?;
         let mut i = 0;
         self.exec_branch(t, &path, &mut i).await
@@ -311,9 +262,7 @@ impl<'a> CrossRun<'a> {
         }
         let answers = try_join_all(per_shard.iter().map(|(&s, idx)| {
             let compares: Vec<Compare> = idx.iter().map(|&i| all[i].clone()).collect();
-            self.router
-                .shard(s)
-                .request(move |reply| ShardMsg::Cross(Cross::Compare { compares, reply }))
+            self.router.shard(s).request(move |reply| ShardMsg::Cross(Cross::Compare { compares, reply }))
         }))
         .await?;
         let mut parts: Vec<Vec<ComparePart>> = vec![Vec::new(); all.len()];
@@ -325,37 +274,39 @@ impl<'a> CrossRun<'a> {
         let verdict: HashMap<usize, bool> = all
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                (
-                    *c as *const Compare as usize,
-                    combine_compare(c, parts[i].iter().copied()),
-                )
-            })
+            .map(|(i, c)| (*c as *const Compare as usize, combine_compare(c, parts[i].iter().copied())))
             .collect();
         Ok(decide_path(t, &mut |cs| {
-            cs.iter().all(|c| {
-                verdict
-                    .get(&(c as *const Compare as usize))
-                    .copied()
-                    .unwrap_or(false)
-            })
+            cs.iter().all(|c| verdict.get(&(c as *const Compare as usize)).copied().unwrap_or(false))
         }))
+    }
+
+    /// Explicit revisions of the path's ranges must be neither compacted nor in the future.
+    fn check_ranges(&self, t: &TxnSpec, path: &TxnPath) -> Result<(), ApiError> {
+        let current = self.router.clock.visible().max(self.observed);
+        let compacted = self.router.clock.compacted();
+        let mut err = None;
+        for_each_path_op(t, path, &mut |op| {
+            if let (Op::Range(q), None) = (op, &err) {
+                if q.revision > current {
+                    err = Some(ShardError::FutureRevision { requested: q.revision, current });
+                } else if q.revision > 0 && q.revision < compacted {
+                    err = Some(ShardError::Compacted { requested: q.revision, compacted });
+                }
+            }
+        });
+        err.map_or(Ok(()), |e| Err(e.into()))
     }
 
     async fn check_puts(&self, t: &TxnSpec, path: &TxnPath) -> Result<(), ApiError> {
         let mut per_shard: HashMap<u16, Vec<PutOp>> = HashMap::new();
         for_each_path_op(t, path, &mut |op| {
             if let Op::Put(p) = op {
-                per_shard
-                    .entry(self.router.map.shard_of(&p.key).0)
-                    .or_default()
-                    .push(p.clone());
+                per_shard.entry(self.router.map.shard_of(&p.key).0).or_default().push(p.clone());
             }
         });
         try_join_all(per_shard.into_iter().map(|(s, puts)| {
-            self.router
-                .shard(s)
-                .request(move |reply| ShardMsg::Cross(Cross::CheckPuts { puts, reply }))
+            self.router.shard(s).request(move |reply| ShardMsg::Cross(Cross::CheckPuts { puts, reply }))
         }))
         .await?;
         Ok(())
@@ -392,11 +343,7 @@ impl<'a> CrossRun<'a> {
                     Op::Delete(d) => {
                         let (mut deleted, mut prev_kvs) = (0, Vec::new());
                         for s in self.router.map.shards_of(&d.range) {
-                            if let OpResult::Delete {
-                                deleted: n,
-                                prev_kvs: kvs,
-                            } = self.exec_on(s, op.clone()).await?
-                            {
+                            if let OpResult::Delete { deleted: n, prev_kvs: kvs } = self.exec_on(s, op.clone()).await? {
                                 deleted += n;
                                 prev_kvs.extend(kvs);
                             }
@@ -412,17 +359,8 @@ impl<'a> CrossRun<'a> {
 
     async fn exec_on(&mut self, shard: u16, op: Op) -> Result<OpResult, ApiError> {
         let revision = self.revision;
-        let (r, rev) = self
-            .router
-            .shard(shard)
-            .request(move |reply| {
-                ShardMsg::Cross(Cross::Exec {
-                    op,
-                    revision,
-                    reply,
-                })
-            })
-            .await?;
+        let (r, rev) =
+            self.router.shard(shard).request(move |reply| ShardMsg::Cross(Cross::Exec { op, revision, reply })).await?;
         let changed = match &r {
             OpResult::Put { .. } => true,
             OpResult::Delete { deleted, .. } => *deleted > 0,

@@ -19,10 +19,7 @@ pub enum ServeError {
     #[error(transparent)]
     Start(#[from] shards::StartError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -34,6 +31,7 @@ pub async fn serve(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    cfg.validate()?;
     let addrs = cfg.client_addrs()?;
     let started = std::time::Instant::now();
     let pool_cfg = PoolConfig {
@@ -44,12 +42,7 @@ pub async fn serve(
     };
     let pool = tokio::task::spawn_blocking(move || ShardPool::start(pool_cfg))
         .await
-        .map_err(|e| {
-            ServeError::Start(shards::StartError::Executor {
-                shard: 0,
-                reason: e.to_string(),
-            })
-        })??;
+        .map_err(|e| ServeError::Start(shards::StartError::Executor { shard: 0, reason: e.to_string() }))??;
     tracing::info!(
         shards = pool.handles().len(),
         revision = pool.recovery.revision,
@@ -63,15 +56,8 @@ pub async fn serve(
         tracing::warn!("--unsafe-no-fsync: acknowledged writes may be lost on a crash");
     }
     let router = Arc::new(Router::new(&pool));
-    let member = Member::new(
-        &cfg.name,
-        &cfg.initial_cluster_token,
-        &cfg.advertise_client_urls,
-    );
-    let limits = Limits {
-        max_request_bytes: cfg.max_request_bytes,
-        max_txn_ops: cfg.max_txn_ops,
-    };
+    let member = Member::new(&cfg.name, &cfg.initial_cluster_token, &cfg.advertise_client_urls);
+    let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let status = router.status().await.unwrap_or_default();
     let raft_term = status.iter().map(|s| s.raft_term).max().unwrap_or(1);
@@ -79,19 +65,13 @@ pub async fn serve(
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
     for addr in addrs {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Listen { addr, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
         // Nagle's algorithm would hold small responses back for the client's delayed ACK (40 ms).
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let kv = KvServer::new(KvService {
-            router: router.clone(),
-            member,
-            limits,
-            raft_term,
-        })
-        .max_decoding_message_size(max_msg)
-        .max_encoding_message_size(usize::MAX);
+        let kv = KvServer::new(KvService { router: router.clone(), member, limits, raft_term })
+            .max_decoding_message_size(max_msg)
+            .max_encoding_message_size(usize::MAX);
         let maint = MaintenanceServer::new(MaintenanceService {
             router: router.clone(),
             member,
@@ -100,30 +80,27 @@ pub async fn serve(
         .max_decoding_message_size(max_msg);
         let mut stop = stop_tx.subscribe();
         tracing::info!(%addr, "serving client requests");
-        servers.push(tokio::spawn(
-            Server::builder()
-                .add_service(kv)
-                .add_service(maint)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.recv().await;
-                }),
-        ));
+        servers.push(tokio::spawn(Server::builder().add_service(kv).add_service(maint).serve_with_incoming_shutdown(
+            incoming,
+            async move {
+                let _ = stop.recv().await;
+            },
+        )));
     }
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
     // In-flight requests get a grace period; idle client connections do not hold shutdown up.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     for mut s in servers {
-        match tokio::time::timeout(SHUTDOWN_GRACE, &mut s).await {
+        match tokio::time::timeout_at(deadline, &mut s).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
             Ok(_) => {}
             Err(_) => s.abort(),
         }
     }
     drop(router);
-    tokio::task::spawn_blocking(move || pool.shutdown())
-        .await
-        .ok();
+    tokio::task::spawn_blocking(move || pool.shutdown()).await.ok();
     tracing::info!("stopped");
     Ok(())
 }

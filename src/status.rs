@@ -20,6 +20,7 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
         ApiError::DuplicateKey => rpctypes::DUPLICATE_KEY,
         ApiError::RequestTooLarge => rpctypes::REQUEST_TOO_LARGE,
         ApiError::InvalidSortOption => rpctypes::INVALID_SORT_OPTION,
+        ApiError::EmptyOp => rpctypes::KEY_NOT_FOUND,
         ApiError::Shard(s) => match s {
             ShardError::Compacted { .. } => rpctypes::COMPACTED,
             ShardError::FutureRevision { .. } => rpctypes::FUTURE_REV,
@@ -27,8 +28,6 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
             ShardError::LeaseNotFound { .. } => rpctypes::LEASE_NOT_FOUND,
             ShardError::Busy => rpctypes::TOO_MANY_REQUESTS,
             ShardError::Stopped => rpctypes::STOPPED,
-            // etcd stops the member on a storage failure; clients see the member as gone.
-            ShardError::Poisoned { .. } => rpctypes::STOPPED,
             _ => rpctypes::STOPPED,
         },
     }
@@ -36,9 +35,6 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        if let ApiError::Shard(ShardError::Poisoned { reason }) = &e {
-            tracing::error!(%reason, "request failed on a poisoned shard");
-        }
         let r = rpc_error(&e);
         Status::new(code(r.code), r.message)
     }
@@ -51,54 +47,22 @@ mod tests {
     #[test]
     fn status_table_matches_etcd_strings() {
         let cases = [
+            (ApiError::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
+            (ApiError::TooManyOps, Code::InvalidArgument, "etcdserver: too many operations in txn request"),
+            (ApiError::DuplicateKey, Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
+            (ApiError::RequestTooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
+            (ApiError::ValueProvided, Code::InvalidArgument, "etcdserver: value is provided"),
+            (ApiError::InvalidSortOption, Code::InvalidArgument, "etcdserver: invalid sort option"),
+            (ApiError::EmptyOp, Code::InvalidArgument, "etcdserver: key not found"),
+            (ApiError::LeaseProvided, Code::InvalidArgument, "etcdserver: lease is provided"),
+            (ApiError::Shard(ShardError::KeyNotFound), Code::InvalidArgument, "etcdserver: key not found"),
             (
-                ApiError::EmptyKey,
-                Code::InvalidArgument,
-                "etcdserver: key is not provided",
-            ),
-            (
-                ApiError::TooManyOps,
-                Code::InvalidArgument,
-                "etcdserver: too many operations in txn request",
-            ),
-            (
-                ApiError::DuplicateKey,
-                Code::InvalidArgument,
-                "etcdserver: duplicate key given in txn request",
-            ),
-            (
-                ApiError::RequestTooLarge,
-                Code::InvalidArgument,
-                "etcdserver: request is too large",
-            ),
-            (
-                ApiError::ValueProvided,
-                Code::InvalidArgument,
-                "etcdserver: value is provided",
-            ),
-            (
-                ApiError::LeaseProvided,
-                Code::InvalidArgument,
-                "etcdserver: lease is provided",
-            ),
-            (
-                ApiError::Shard(ShardError::KeyNotFound),
-                Code::InvalidArgument,
-                "etcdserver: key not found",
-            ),
-            (
-                ApiError::Shard(ShardError::Compacted {
-                    requested: 1,
-                    compacted: 2,
-                }),
+                ApiError::Shard(ShardError::Compacted { requested: 1, compacted: 2 }),
                 Code::OutOfRange,
                 "etcdserver: mvcc: required revision has been compacted",
             ),
             (
-                ApiError::Shard(ShardError::FutureRevision {
-                    requested: 9,
-                    current: 2,
-                }),
+                ApiError::Shard(ShardError::FutureRevision { requested: 9, current: 2 }),
                 Code::OutOfRange,
                 "etcdserver: mvcc: required revision is a future revision",
             ),
@@ -107,16 +71,8 @@ mod tests {
                 Code::NotFound,
                 "etcdserver: requested lease not found",
             ),
-            (
-                ApiError::Shard(ShardError::Busy),
-                Code::ResourceExhausted,
-                "etcdserver: too many requests",
-            ),
-            (
-                ApiError::Shard(ShardError::Stopped),
-                Code::Unavailable,
-                "etcdserver: server stopped",
-            ),
+            (ApiError::Shard(ShardError::Busy), Code::ResourceExhausted, "etcdserver: too many requests"),
+            (ApiError::Shard(ShardError::Stopped), Code::Unavailable, "etcdserver: server stopped"),
         ];
         for (e, c, m) in cases {
             let s = Status::from(e);

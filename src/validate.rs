@@ -4,8 +4,7 @@
 use bytes::Bytes;
 use prost::Message;
 use shards::mvcc::{
-    Compare, CompareResult, CompareTarget, DeleteOp, KeyRange, Op, PutOp, RangeQuery, SortOrder,
-    SortTarget, TxnSpec,
+    Compare, CompareResult, CompareTarget, DeleteOp, KeyRange, Op, PutOp, RangeQuery, SortOrder, SortTarget, TxnSpec,
 };
 use wire::pb::etcdserverpb as pb;
 
@@ -76,10 +75,7 @@ pub fn put(r: pb::PutRequest) -> Result<PutOp, ApiError> {
 }
 
 pub fn delete(r: pb::DeleteRangeRequest) -> Result<DeleteOp, ApiError> {
-    Ok(DeleteOp {
-        range: range_of(r.key, r.range_end)?,
-        prev_kv: r.prev_kv,
-    })
+    Ok(DeleteOp { range: range_of(r.key, r.range_end)?, prev_kv: r.prev_kv })
 }
 
 fn compare(c: pb::Compare) -> Result<Compare, ApiError> {
@@ -104,62 +100,58 @@ fn compare(c: pb::Compare) -> Result<Compare, ApiError> {
         Ok(T::Lease) => CompareTarget::Lease(int(&c.target_union)),
         _ => CompareTarget::Version(int(&c.target_union)),
     };
-    Ok(Compare {
-        range: range_of(c.key, c.range_end)?,
-        result,
-        target,
-    })
+    Ok(Compare { range: range_of(c.key, c.range_end)?, result, target })
 }
 
-fn txn_spec(t: pb::TxnRequest, limits: Limits) -> Result<TxnSpec, ApiError> {
+/// etcd's `checkTxnRequest`: `max_ops` bounds the compares and each branch; a nested txn gets
+/// what its parent left (`max_ops` minus the parent's largest list).
+fn txn_spec(t: pb::TxnRequest, max_ops: usize) -> Result<TxnSpec, ApiError> {
     let most = t.compare.len().max(t.success.len()).max(t.failure.len());
-    if most > limits.max_txn_ops {
+    if most > max_ops {
         return Err(ApiError::TooManyOps);
     }
-    let compares = t
-        .compare
-        .into_iter()
-        .map(compare)
-        .collect::<Result<_, _>>()?;
-    let ops = |v: Vec<pb::RequestOp>| {
-        v.into_iter()
-            .map(|o| request_op(o, limits))
-            .collect::<Result<Vec<_>, _>>()
-    };
+    let compares = t.compare.into_iter().map(compare).collect::<Result<_, _>>()?;
+    let nested = max_ops - most;
+    let ops = |v: Vec<pb::RequestOp>| v.into_iter().map(|o| request_op(o, nested)).collect::<Result<Vec<_>, _>>();
     let success = ops(t.success)?;
     let failure = ops(t.failure)?;
     check_intervals(&success)?;
     check_intervals(&failure)?;
-    Ok(TxnSpec {
-        compares,
-        success,
-        failure,
-    })
+    Ok(TxnSpec { compares, success, failure })
 }
 
-fn request_op(o: pb::RequestOp, limits: Limits) -> Result<Op, ApiError> {
+fn request_op(o: pb::RequestOp, max_ops: usize) -> Result<Op, ApiError> {
     use pb::request_op::Request;
     match o.request {
         Some(Request::RequestRange(r)) => Ok(Op::Range(range(r)?)),
         Some(Request::RequestPut(p)) => Ok(Op::Put(put(p)?)),
         Some(Request::RequestDeleteRange(d)) => Ok(Op::Delete(delete(d)?)),
-        Some(Request::RequestTxn(t)) => Ok(Op::Txn(txn_spec(t, limits)?)),
-        // etcd treats an empty op as a range over the empty key, which fails key validation.
-        None => Err(ApiError::EmptyKey),
+        Some(Request::RequestTxn(t)) => Ok(Op::Txn(txn_spec(t, max_ops)?)),
+        // etcd's checkRequestOp answers an empty op with "key not found".
+        None => Err(ApiError::EmptyOp),
     }
 }
 
-/// Validates a whole Txn request, including its encoded size.
+/// Validates a whole Txn request. As in etcd, the size limit applies only to a txn that may
+/// write (a read-only txn is never proposed), and after the content checks.
 pub fn txn(t: pb::TxnRequest, limits: Limits) -> Result<TxnSpec, ApiError> {
-    if t.encoded_len() > limits.max_request_bytes {
+    let len = t.encoded_len();
+    let spec = txn_spec(t, limits.max_txn_ops)?;
+    let writes = spec.success.iter().chain(&spec.failure).any(Op::may_write);
+    if writes && len > limits.max_request_bytes {
         return Err(ApiError::RequestTooLarge);
     }
-    txn_spec(t, limits)
+    Ok(spec)
 }
 
-/// Checks a write request's encoded size against `--max-request-bytes`.
-pub fn size(m: &impl Message, limits: Limits) -> Result<(), ApiError> {
-    if m.encoded_len() > limits.max_request_bytes {
+/// The encoded size of a request, as etcd measures proposals against `--max-request-bytes`.
+pub fn encoded_len(m: &impl Message) -> usize {
+    m.encoded_len()
+}
+
+/// Checks a write request's encoded size (taken before conversion) against the limit.
+pub fn size(len: usize, limits: Limits) -> Result<(), ApiError> {
+    if len > limits.max_request_bytes {
         return Err(ApiError::RequestTooLarge);
     }
     Ok(())
@@ -231,10 +223,7 @@ fn check_intervals(ops: &[Op]) -> Result<(Puts, Dels), ApiError> {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        max_request_bytes: 1 << 20,
-        max_txn_ops: 128,
-    };
+    const LIMITS: Limits = Limits { max_request_bytes: 1 << 20, max_txn_ops: 128 };
 
     fn put_op(k: &str) -> pb::RequestOp {
         pb::RequestOp {
@@ -247,75 +236,71 @@ mod tests {
 
     fn del_op(k: &str, end: &str) -> pb::RequestOp {
         pb::RequestOp {
-            request: Some(pb::request_op::Request::RequestDeleteRange(
-                pb::DeleteRangeRequest {
-                    key: Bytes::from(k.to_string()),
-                    range_end: Bytes::from(end.to_string()),
-                    ..Default::default()
-                },
-            )),
+            request: Some(pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: Bytes::from(k.to_string()),
+                range_end: Bytes::from(end.to_string()),
+                ..Default::default()
+            })),
         }
     }
 
     #[test]
     fn validate_txn_duplicate_put_is_rejected() {
-        let t = pb::TxnRequest {
-            success: vec![put_op("a"), put_op("a")],
-            ..Default::default()
-        };
+        let t = pb::TxnRequest { success: vec![put_op("a"), put_op("a")], ..Default::default() };
         assert_eq!(txn(t, LIMITS), Err(ApiError::DuplicateKey));
     }
 
     #[test]
     fn validate_txn_put_inside_deleted_range_is_rejected() {
-        let t = pb::TxnRequest {
-            success: vec![del_op("a", "c"), put_op("b")],
-            ..Default::default()
-        };
+        let t = pb::TxnRequest { success: vec![del_op("a", "c"), put_op("b")], ..Default::default() };
         assert_eq!(txn(t, LIMITS), Err(ApiError::DuplicateKey));
     }
 
     #[test]
     fn validate_txn_same_put_in_then_and_else_is_allowed() {
-        let nested = pb::TxnRequest {
-            success: vec![put_op("x")],
-            failure: vec![put_op("x")],
-            ..Default::default()
-        };
+        let nested = pb::TxnRequest { success: vec![put_op("x")], failure: vec![put_op("x")], ..Default::default() };
         let t = pb::TxnRequest {
-            success: vec![pb::RequestOp {
-                request: Some(pb::request_op::Request::RequestTxn(nested)),
-            }],
+            success: vec![pb::RequestOp { request: Some(pb::request_op::Request::RequestTxn(nested)) }],
             ..Default::default()
         };
         assert!(txn(t, LIMITS).is_ok());
     }
 
     #[test]
-    fn validate_txn_too_many_ops() {
-        let t = pb::TxnRequest {
-            success: (0..129).map(|i| put_op(&format!("k{i}"))).collect(),
-            ..Default::default()
+    fn validate_txn_empty_op_is_key_not_found_like_etcd() {
+        let t = pb::TxnRequest { success: vec![pb::RequestOp { request: None }], ..Default::default() };
+        assert_eq!(txn(t, LIMITS), Err(ApiError::EmptyOp));
+    }
+
+    #[test]
+    fn validate_txn_nested_gets_what_parent_left_of_max_ops() {
+        let nested =
+            pb::TxnRequest { success: (0..2).map(|i| put_op(&format!("n{i}"))).collect(), ..Default::default() };
+        let limits = Limits { max_request_bytes: 1 << 20, max_txn_ops: 3 };
+        let ops = |n: usize| -> Vec<pb::RequestOp> {
+            let mut v: Vec<pb::RequestOp> = (0..n).map(|i| put_op(&format!("k{i}"))).collect();
+            v.push(pb::RequestOp { request: Some(pb::request_op::Request::RequestTxn(nested.clone())) });
+            v
         };
+        // Parent has 2 ops: the nested txn may use 1, and has 2.
+        assert_eq!(txn(pb::TxnRequest { success: ops(1), ..Default::default() }, limits), Err(ApiError::TooManyOps));
+        // Parent has 1 op (the nested txn itself): 2 are left.
+        assert!(txn(pb::TxnRequest { success: ops(0), ..Default::default() }, limits).is_ok());
+    }
+
+    #[test]
+    fn validate_txn_too_many_ops() {
+        let t = pb::TxnRequest { success: (0..129).map(|i| put_op(&format!("k{i}"))).collect(), ..Default::default() };
         assert_eq!(txn(t, LIMITS), Err(ApiError::TooManyOps));
     }
 
     #[test]
     fn validate_put_checks_in_etcd_order() {
         assert_eq!(put(pb::PutRequest::default()), Err(ApiError::EmptyKey));
-        let p = pb::PutRequest {
-            key: Bytes::from("k"),
-            value: Bytes::from("v"),
-            ignore_value: true,
-            ..Default::default()
-        };
+        let p =
+            pb::PutRequest { key: Bytes::from("k"), value: Bytes::from("v"), ignore_value: true, ..Default::default() };
         assert_eq!(put(p), Err(ApiError::ValueProvided));
-        let p = pb::PutRequest {
-            key: Bytes::from("k"),
-            lease: 5,
-            ignore_lease: true,
-            ..Default::default()
-        };
+        let p = pb::PutRequest { key: Bytes::from("k"), lease: 5, ignore_lease: true, ..Default::default() };
         assert_eq!(put(p), Err(ApiError::LeaseProvided));
     }
 }

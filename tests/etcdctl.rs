@@ -15,59 +15,27 @@ fn etcdctl_put_get_del_txn_compaction_and_status_work() {
     assert_eq!(ok(s.etcdctl(&["put", "K1", "hello"])).trim(), "OK");
     assert_eq!(ok(s.etcdctl(&["put", "q1", "world"])).trim(), "OK");
     assert_eq!(ok(s.etcdctl(&["get", "K1"])), "K1\nhello\n");
-    assert_eq!(
-        ok(s.etcdctl(&["get", "K", "r", "--keys-only"])),
-        "K1\n\nq1\n\n"
-    );
-    assert_eq!(
-        ok(s.etcdctl(&["get", "", "--prefix", "--limit", "1"])),
-        "K1\nhello\n"
-    );
+    assert_eq!(ok(s.etcdctl(&["get", "K", "r", "--keys-only"])), "K1\n\nq1\n\n");
+    assert_eq!(ok(s.etcdctl(&["get", "", "--prefix", "--limit", "1"])), "K1\nhello\n");
     let json = ok(s.etcdctl(&["get", "q1", "-w", "json"]));
-    assert!(
-        json.contains("\"revision\":3") && json.contains("\"count\":1"),
-        "{json}"
-    );
-    assert_eq!(
-        ok(s.etcdctl(&["put", "K1", "again", "--prev-kv"])),
-        "OK\nK1\nhello\n"
-    );
+    assert!(json.contains("\"revision\":3") && json.contains("\"count\":1"), "{json}");
+    assert_eq!(ok(s.etcdctl(&["put", "K1", "again", "--prev-kv"])), "OK\nK1\nhello\n");
 
     let txn = "value(\"K1\") = \"again\"\n\nput q1 \"swapped\"\nput K2 \"new\"\n\nget K1\n\n";
     assert_eq!(ok(s.etcdctl_stdin(&["txn"], txn)), "SUCCESS\n\nOK\n\nOK\n");
-    assert_eq!(
-        ok(s.etcdctl(&["get", "q1", "--print-value-only"])).trim(),
-        "swapped"
-    );
+    assert_eq!(ok(s.etcdctl(&["get", "q1", "--print-value-only"])).trim(), "swapped");
     let failing = "value(\"K1\") = \"nope\"\n\nput q1 \"x\"\n\nget K1\n\n";
-    assert_eq!(
-        ok(s.etcdctl_stdin(&["txn"], failing)),
-        "FAILURE\n\nK1\nagain\n"
-    );
+    assert_eq!(ok(s.etcdctl_stdin(&["txn"], failing)), "FAILURE\n\nK1\nagain\n");
 
-    assert_eq!(
-        ok(s.etcdctl(&["del", "K", "r", "--prev-kv"]))
-            .lines()
-            .next(),
-        Some("3")
-    );
+    assert_eq!(ok(s.etcdctl(&["del", "K", "r", "--prev-kv"])).lines().next(), Some("3"));
     assert_eq!(ok(s.etcdctl(&["get", "", "--from-key"])), "");
 
-    assert_eq!(
-        ok(s.etcdctl(&["compaction", "3"])).trim(),
-        "compacted revision 3"
-    );
+    assert_eq!(ok(s.etcdctl(&["compaction", "3"])).trim(), "compacted revision 3");
     let (success, _, err) = s.etcdctl(&["get", "K1", "--rev", "2"]);
-    assert!(
-        !success && err.contains("required revision has been compacted"),
-        "{err}"
-    );
+    assert!(!success && err.contains("required revision has been compacted"), "{err}");
 
     let status = ok(s.etcdctl(&["endpoint", "status", "-w", "json"]));
-    assert!(
-        status.contains("\"version\":\"3.5.0\"") && status.contains("\"leader\":"),
-        "{status}"
-    );
+    assert!(status.contains("\"version\":\"3.5.0\"") && status.contains("\"leader\":"), "{status}");
     let health = s.etcdctl(&["endpoint", "health"]);
     // `endpoint health` reads a key through the KV API; it must report healthy.
     assert!(health.0 && health.2.contains("is healthy"), "{health:?}");
@@ -79,8 +47,5 @@ fn etcdctl_errors_carry_etcd_messages() {
     let (success, _, err) = s.etcdctl(&["put", "", "v"]);
     assert!(!success && err.contains("key is not provided"), "{err}");
     let (success, _, err) = s.etcdctl(&["put", "k", "v", "--lease", "1234"]);
-    assert!(
-        !success && err.contains("requested lease not found"),
-        "{err}"
-    );
+    assert!(!success && err.contains("requested lease not found"), "{err}");
 }

@@ -6,16 +6,12 @@ mod common;
 
 use common::{status_of, Server};
 use etcd_client::{
-    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse,
+    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use tonic::Code;
 
 fn keys(r: &etcd_client::GetResponse) -> Vec<String> {
-    r.kvs()
-        .iter()
-        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-        .collect()
+    r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()
 }
 
 fn rev(h: Option<&etcd_client::ResponseHeader>) -> i64 {
@@ -30,38 +26,18 @@ async fn kv_revisions_count_exactly_like_etcd() {
     assert_eq!(rev(c.get("none", None).await.expect("get").header()), 1);
     assert_eq!(rev(c.put("K1", "a", None).await.expect("put").header()), 2);
     assert_eq!(rev(c.put("q1", "b", None).await.expect("put").header()), 3);
-    let p = c
-        .put("K1", "c", Some(PutOptions::new().with_prev_key()))
-        .await
-        .expect("put");
+    let p = c.put("K1", "c", Some(PutOptions::new().with_prev_key())).await.expect("put");
     assert_eq!(rev(p.header()), 4);
     let prev = p.prev_key().expect("prev kv");
-    assert_eq!(
-        (prev.value(), prev.mod_revision(), prev.version()),
-        (&b"a"[..], 2, 1)
-    );
+    assert_eq!((prev.value(), prev.mod_revision(), prev.version()), (&b"a"[..], 2, 1));
     let g = c.get("K1", None).await.expect("get");
     let kv = &g.kvs()[0];
-    assert_eq!(
-        (
-            kv.create_revision(),
-            kv.mod_revision(),
-            kv.version(),
-            kv.value()
-        ),
-        (2, 4, 2, &b"c"[..])
-    );
+    assert_eq!((kv.create_revision(), kv.mod_revision(), kv.version(), kv.value()), (2, 4, 2, &b"c"[..]));
     // Deleting nothing does not take a revision.
     let d = c.delete("nothing", None).await.expect("delete");
     assert_eq!((d.deleted(), rev(d.header())), (0, 4));
     // A delete across both shards takes one revision for both keys.
-    let d = c
-        .delete(
-            "K",
-            Some(DeleteOptions::new().with_range("r").with_prev_key()),
-        )
-        .await
-        .expect("delete");
+    let d = c.delete("K", Some(DeleteOptions::new().with_range("r").with_prev_key())).await.expect("delete");
     assert_eq!((d.deleted(), rev(d.header())), (2, 5));
     assert_eq!(d.prev_kvs().len(), 2);
     // Re-creating a deleted key restarts its version and create revision.
@@ -69,10 +45,7 @@ async fn kv_revisions_count_exactly_like_etcd() {
     let kv = c.get("K1", None).await.expect("get").kvs()[0].clone();
     assert_eq!((kv.create_revision(), kv.version()), (6, 1));
     // History stays readable.
-    let old = c
-        .get("K1", Some(GetOptions::new().with_revision(3)))
-        .await
-        .expect("get");
+    let old = c.get("K1", Some(GetOptions::new().with_revision(3))).await.expect("get");
     assert_eq!(old.kvs()[0].value(), b"a");
     assert_eq!(rev(old.header()), 6, "header carries the current revision");
 }
@@ -89,58 +62,29 @@ async fn kv_range_options_across_shard_boundary() {
     // revisions: K1=2 K2=3 N9=4 P1=5 q1=6 q2=7; update K2 so it has version 2 and mod 8.
     c.put("K2", "v0", None).await.expect("put");
 
-    let all = c
-        .get("K", Some(GetOptions::new().with_range("r")))
-        .await
-        .expect("range");
+    let all = c.get("K", Some(GetOptions::new().with_range("r"))).await.expect("range");
     assert_eq!(keys(&all), names);
     assert_eq!((all.count(), all.more()), (6, false));
 
-    let lim = c
-        .get("K", Some(GetOptions::new().with_range("r").with_limit(4)))
-        .await
-        .expect("limit");
+    let lim = c.get("K", Some(GetOptions::new().with_range("r").with_limit(4))).await.expect("limit");
     assert_eq!(keys(&lim), ["K1", "K2", "N9", "P1"]);
     assert_eq!((lim.count(), lim.more()), (6, true));
 
     let desc = c
-        .get(
-            "K",
-            Some(
-                GetOptions::new()
-                    .with_range("r")
-                    .with_limit(2)
-                    .with_sort(SortTarget::Key, SortOrder::Descend),
-            ),
-        )
+        .get("K", Some(GetOptions::new().with_range("r").with_limit(2).with_sort(SortTarget::Key, SortOrder::Descend)))
         .await
         .expect("desc");
     assert_eq!(keys(&desc), ["q2", "q1"]);
     assert!(desc.more());
 
     let by_mod = c
-        .get(
-            "K",
-            Some(
-                GetOptions::new()
-                    .with_range("r")
-                    .with_sort(SortTarget::Mod, SortOrder::Descend)
-                    .with_limit(2),
-            ),
-        )
+        .get("K", Some(GetOptions::new().with_range("r").with_sort(SortTarget::Mod, SortOrder::Descend).with_limit(2)))
         .await
         .expect("mod");
     assert_eq!(keys(&by_mod), ["K2", "q2"]);
 
     let by_value = c
-        .get(
-            "K",
-            Some(
-                GetOptions::new()
-                    .with_range("r")
-                    .with_sort(SortTarget::Value, SortOrder::None),
-            ),
-        )
+        .get("K", Some(GetOptions::new().with_range("r").with_sort(SortTarget::Value, SortOrder::None)))
         .await
         .expect("value");
     assert_eq!(keys(&by_value), ["K2", "q2", "q1", "P1", "N9", "K1"]);
@@ -148,12 +92,7 @@ async fn kv_range_options_across_shard_boundary() {
     let by_version = c
         .get(
             "K",
-            Some(
-                GetOptions::new()
-                    .with_range("r")
-                    .with_sort(SortTarget::Version, SortOrder::Descend)
-                    .with_limit(1),
-            ),
+            Some(GetOptions::new().with_range("r").with_sort(SortTarget::Version, SortOrder::Descend).with_limit(1)),
         )
         .await
         .expect("version");
@@ -162,96 +101,45 @@ async fn kv_range_options_across_shard_boundary() {
     let by_create = c
         .get(
             "K",
-            Some(
-                GetOptions::new()
-                    .with_range("r")
-                    .with_sort(SortTarget::Create, SortOrder::Ascend)
-                    .with_limit(3),
-            ),
+            Some(GetOptions::new().with_range("r").with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(3)),
         )
         .await
         .expect("create");
     assert_eq!(keys(&by_create), ["K1", "K2", "N9"]);
 
-    let prefix = c
-        .get("q", Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("prefix");
+    let prefix = c.get("q", Some(GetOptions::new().with_prefix())).await.expect("prefix");
     assert_eq!(keys(&prefix), ["q1", "q2"]);
 
-    let from = c
-        .get("P", Some(GetOptions::new().with_from_key()))
-        .await
-        .expect("from key");
+    let from = c.get("P", Some(GetOptions::new().with_from_key())).await.expect("from key");
     assert_eq!(keys(&from), ["P1", "q1", "q2"]);
 
-    let everything = c
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .expect("all");
+    let everything = c.get("", Some(GetOptions::new().with_all_keys())).await.expect("all");
     assert_eq!(everything.count(), 6);
 
-    let ko = c
-        .get(
-            "K",
-            Some(GetOptions::new().with_range("r").with_keys_only()),
-        )
-        .await
-        .expect("keys only");
+    let ko = c.get("K", Some(GetOptions::new().with_range("r").with_keys_only())).await.expect("keys only");
     assert!(ko.kvs().iter().all(|kv| kv.value().is_empty()));
     assert_eq!(ko.kvs().len(), 6);
 
-    let co = c
-        .get(
-            "K",
-            Some(GetOptions::new().with_range("r").with_count_only()),
-        )
-        .await
-        .expect("count only");
+    let co = c.get("K", Some(GetOptions::new().with_range("r").with_count_only())).await.expect("count only");
     assert_eq!((co.kvs().len(), co.count()), (0, 6));
 
     let filtered = c
-        .get(
-            "K",
-            Some(
-                GetOptions::new()
-                    .with_range("r")
-                    .with_min_mod_revision(4)
-                    .with_max_mod_revision(7),
-            ),
-        )
+        .get("K", Some(GetOptions::new().with_range("r").with_min_mod_revision(4).with_max_mod_revision(7)))
         .await
         .expect("mod filter");
     assert_eq!(keys(&filtered), ["N9", "P1", "q1", "q2"]);
     assert_eq!(filtered.count(), 6, "count ignores filters, as in etcd");
     let created = c
-        .get(
-            "K",
-            Some(
-                GetOptions::new()
-                    .with_range("r")
-                    .with_min_create_revision(3)
-                    .with_max_create_revision(5),
-            ),
-        )
+        .get("K", Some(GetOptions::new().with_range("r").with_min_create_revision(3).with_max_create_revision(5)))
         .await
         .expect("create filter");
     assert_eq!(keys(&created), ["K2", "N9", "P1"]);
 
-    let hist = c
-        .get(
-            "K",
-            Some(GetOptions::new().with_range("r").with_revision(5)),
-        )
-        .await
-        .expect("historical");
+    let hist = c.get("K", Some(GetOptions::new().with_range("r").with_revision(5))).await.expect("historical");
     assert_eq!(keys(&hist), ["K1", "K2", "N9", "P1"]);
     assert_eq!(hist.kvs()[1].value(), b"v8");
 
-    let ser = c
-        .get("K1", Some(GetOptions::new().with_serializable()))
-        .await
-        .expect("serializable");
+    let ser = c.get("K1", Some(GetOptions::new().with_serializable())).await.expect("serializable");
     assert_eq!(keys(&ser), ["K1"]);
 }
 
@@ -300,16 +188,12 @@ async fn kv_txn_compares_branches_and_nested() {
     let r = c.txn(t).await.expect("cross-shard txn");
     assert!(r.succeeded());
     assert_eq!(rev(r.header()), 5, "a cross-shard txn takes one revision");
-    let both = c
-        .get("K", Some(GetOptions::new().with_range("r")))
-        .await
-        .expect("get");
+    let both = c.get("K", Some(GetOptions::new().with_range("r"))).await.expect("get");
     assert!(both.kvs().iter().all(|kv| kv.mod_revision() == 5));
 
     // Nested txn: inner compares see the state before the outer txn ran.
-    let inner = Txn::new()
-        .when([Compare::version("P5", CompareOp::Equal, 0)])
-        .and_then([TxnOp::put("L5", "inner", None)]);
+    let inner =
+        Txn::new().when([Compare::version("P5", CompareOp::Equal, 0)]).and_then([TxnOp::put("L5", "inner", None)]);
     let outer = Txn::new().and_then([
         TxnOp::put("P5", "outer", None),
         TxnOp::txn(inner),
@@ -321,16 +205,9 @@ async fn kv_txn_compares_branches_and_nested() {
         TxnOpResponse::Txn(t) => assert!(t.succeeded()),
         other => panic!("unexpected {other:?}"),
     }
-    let g = c
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .expect("all");
+    let g = c.get("", Some(GetOptions::new().with_all_keys())).await.expect("all");
     assert_eq!(keys(&g), ["K1", "L5", "P5"]);
-    assert!(g
-        .kvs()
-        .iter()
-        .filter(|kv| kv.key() != b"K1")
-        .all(|kv| kv.mod_revision() == 6));
+    assert!(g.kvs().iter().filter(|kv| kv.key() != b"K1").all(|kv| kv.mod_revision() == 6));
 }
 
 #[tokio::test]
@@ -340,45 +217,15 @@ async fn kv_compact_fails_reads_below_and_allows_at_revision() {
     for i in 0..5 {
         c.put("K", format!("v{i}"), None).await.expect("put"); // revs 2..6
     }
-    c.compact(
-        4,
-        Some(etcd_client::CompactionOptions::new().with_physical()),
-    )
-    .await
-    .expect("compact");
-    let (code, msg) = status_of(
-        c.get("K", Some(GetOptions::new().with_revision(3)))
-            .await
-            .expect_err("compacted"),
-    );
-    assert_eq!(
-        (code, msg.as_str()),
-        (
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision has been compacted"
-        )
-    );
-    let at = c
-        .get("K", Some(GetOptions::new().with_revision(4)))
-        .await
-        .expect("at compact revision");
+    c.compact(4, Some(etcd_client::CompactionOptions::new().with_physical())).await.expect("compact");
+    let (code, msg) = status_of(c.get("K", Some(GetOptions::new().with_revision(3))).await.expect_err("compacted"));
+    assert_eq!((code, msg.as_str()), (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
+    let at = c.get("K", Some(GetOptions::new().with_revision(4))).await.expect("at compact revision");
     assert_eq!(at.kvs()[0].value(), b"v2");
     let (code, msg) = status_of(c.compact(4, None).await.expect_err("again"));
-    assert_eq!(
-        (code, msg.as_str()),
-        (
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision has been compacted"
-        )
-    );
+    assert_eq!((code, msg.as_str()), (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
     let (code, msg) = status_of(c.compact(100, None).await.expect_err("future"));
-    assert_eq!(
-        (code, msg.as_str()),
-        (
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision is a future revision"
-        )
-    );
+    assert_eq!((code, msg.as_str()), (Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"));
 }
 
 #[tokio::test]
@@ -387,61 +234,37 @@ async fn kv_bad_requests_get_etcd_errors_and_change_nothing() {
     let mut c = s.client().await;
     c.put("K1", "v", None).await.expect("put");
     let cases: Vec<(etcd_client::Error, Code, &str)> = vec![
+        (c.put("", "v", None).await.expect_err("empty"), Code::InvalidArgument, "etcdserver: key is not provided"),
+        (c.get("", None).await.expect_err("empty"), Code::InvalidArgument, "etcdserver: key is not provided"),
         (
-            c.put("", "v", None).await.expect_err("empty"),
-            Code::InvalidArgument,
-            "etcdserver: key is not provided",
-        ),
-        (
-            c.get("", None).await.expect_err("empty"),
-            Code::InvalidArgument,
-            "etcdserver: key is not provided",
-        ),
-        (
-            c.get("K1", Some(GetOptions::new().with_revision(99)))
-                .await
-                .expect_err("future"),
+            c.get("K1", Some(GetOptions::new().with_revision(99))).await.expect_err("future"),
             Code::OutOfRange,
             "etcdserver: mvcc: required revision is a future revision",
         ),
         (
-            c.put("missing", "", Some(PutOptions::new().with_ignore_value()))
-                .await
-                .expect_err("ignore value"),
+            c.put("missing", "", Some(PutOptions::new().with_ignore_value())).await.expect_err("ignore value"),
             Code::InvalidArgument,
             "etcdserver: key not found",
         ),
         (
-            c.put("missing", "", Some(PutOptions::new().with_ignore_lease()))
-                .await
-                .expect_err("ignore lease"),
+            c.put("missing", "", Some(PutOptions::new().with_ignore_lease())).await.expect_err("ignore lease"),
             Code::InvalidArgument,
             "etcdserver: key not found",
         ),
         (
-            c.put("K1", "v", Some(PutOptions::new().with_ignore_value()))
-                .await
-                .expect_err("value provided"),
+            c.put("K1", "v", Some(PutOptions::new().with_ignore_value())).await.expect_err("value provided"),
             Code::InvalidArgument,
             "etcdserver: value is provided",
         ),
         (
-            c.put("K1", "v", Some(PutOptions::new().with_lease(1234)))
-                .await
-                .expect_err("lease"),
+            c.put("K1", "v", Some(PutOptions::new().with_lease(1234))).await.expect_err("lease"),
             Code::NotFound,
             "etcdserver: requested lease not found",
         ),
         (
-            c.txn(
-                Txn::new().and_then(
-                    (0..129)
-                        .map(|i| TxnOp::put(format!("k{i}"), "v", None))
-                        .collect::<Vec<_>>(),
-                ),
-            )
-            .await
-            .expect_err("ops"),
+            c.txn(Txn::new().and_then((0..129).map(|i| TxnOp::put(format!("k{i}"), "v", None)).collect::<Vec<_>>()))
+                .await
+                .expect_err("ops"),
             Code::InvalidArgument,
             "etcdserver: too many operations in txn request",
         ),
@@ -453,9 +276,7 @@ async fn kv_bad_requests_get_etcd_errors_and_change_nothing() {
             "etcdserver: duplicate key given in txn request",
         ),
         (
-            c.put("big", vec![b'x'; 8192], None)
-                .await
-                .expect_err("too large"),
+            c.put("big", vec![b'x'; 8192], None).await.expect_err("too large"),
             Code::InvalidArgument,
             "etcdserver: request is too large",
         ),
@@ -464,68 +285,36 @@ async fn kv_bad_requests_get_etcd_errors_and_change_nothing() {
         let (got_code, got_msg) = status_of(e);
         assert_eq!((got_code, got_msg.as_str()), (code, msg));
     }
-    let g = c
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .expect("all");
-    assert_eq!(
-        (keys(&g), rev(g.header())),
-        (vec!["K1".to_string()], 2),
-        "failed requests changed nothing"
-    );
+    let g = c.get("", Some(GetOptions::new().with_all_keys())).await.expect("all");
+    assert_eq!((keys(&g), rev(g.header())), (vec!["K1".to_string()], 2), "failed requests changed nothing");
     // ignore_value on an existing key keeps the value.
-    c.put("K1", "", Some(PutOptions::new().with_ignore_value()))
-        .await
-        .expect("ignore value");
+    c.put("K1", "", Some(PutOptions::new().with_ignore_value())).await.expect("ignore value");
     assert_eq!(c.get("K1", None).await.expect("get").kvs()[0].value(), b"v");
 }
 
 #[tokio::test]
 async fn kv_data_survives_clean_restart_and_revisions_continue() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let mut s = Server::start_in(
-        &tmp.path().join("d"),
-        &["--shards", "2", "--snapshot-count", "5"],
-    );
+    let mut s = Server::start_in(&tmp.path().join("d"), &["--shards", "2", "--snapshot-count", "5"]);
     {
         let mut c = s.client().await;
         for i in 0..20 {
-            c.put(format!("K{i:02}"), format!("v{i}"), None)
-                .await
-                .expect("put");
-            c.put(format!("q{i:02}"), format!("w{i}"), None)
-                .await
-                .expect("put");
+            c.put(format!("K{i:02}"), format!("v{i}"), None).await.expect("put");
+            c.put(format!("q{i:02}"), format!("w{i}"), None).await.expect("put");
         }
-        c.txn(Txn::new().and_then([TxnOp::put("K00", "x", None), TxnOp::put("q00", "y", None)]))
-            .await
-            .expect("cross");
+        c.txn(Txn::new().and_then([TxnOp::put("K00", "x", None), TxnOp::put("q00", "y", None)])).await.expect("cross");
         c.compact(10, None).await.expect("compact");
     }
     assert!(s.stop(), "clean shutdown; log:\n{}", s.log_text());
     s.restart();
     let mut c = s.client().await;
-    let g = c
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .expect("all");
+    let g = c.get("", Some(GetOptions::new().with_all_keys())).await.expect("all");
     assert_eq!(g.count(), 40);
     assert_eq!(rev(g.header()), 42);
     let k0 = c.get("K00", None).await.expect("get");
-    assert_eq!(
-        (k0.kvs()[0].value(), k0.kvs()[0].mod_revision()),
-        (&b"x"[..], 42)
-    );
-    assert!(
-        c.get("K00", Some(GetOptions::new().with_revision(9)))
-            .await
-            .is_err(),
-        "compaction survives restart"
-    );
-    assert_eq!(
-        rev(c.put("K99", "z", None).await.expect("put").header()),
-        43
-    );
+    assert_eq!((k0.kvs()[0].value(), k0.kvs()[0].mod_revision()), (&b"x"[..], 42));
+    assert!(c.get("K00", Some(GetOptions::new().with_revision(9))).await.is_err(), "compaction survives restart");
+    assert_eq!(rev(c.put("K99", "z", None).await.expect("put").header()), 43);
 }
 
 #[tokio::test]
@@ -537,21 +326,12 @@ async fn kv_more_shards_than_cores_range_txn_and_history_across_all() {
     for k in spread {
         c.put(k, "v1", None).await.expect("put"); // revs 2..6
     }
-    let all = c
-        .get("", Some(GetOptions::new().with_all_keys().with_limit(3)))
-        .await
-        .expect("range");
-    assert_eq!(
-        (keys(&all), all.count(), all.more()),
-        (vec!["0a".to_string(), "Aa".into(), "Ma".into()], 5, true)
-    );
+    let all = c.get("", Some(GetOptions::new().with_all_keys().with_limit(3))).await.expect("range");
+    assert_eq!((keys(&all), all.count(), all.more()), (vec!["0a".to_string(), "Aa".into(), "Ma".into()], 5, true));
     // A txn on the last shard reading at a revision only another shard has written (7).
     c.put("0b", "x", None).await.expect("put"); // rev 7, shard 0
     let t = Txn::new().and_then([TxnOp::get("za", Some(GetOptions::new().with_revision(7)))]);
-    let r = c
-        .txn(t)
-        .await
-        .expect("single-shard txn reading a revision written elsewhere");
+    let r = c.txn(t).await.expect("single-shard txn reading a revision written elsewhere");
     match &r.op_responses()[0] {
         TxnOpResponse::Get(g) => assert_eq!(g.kvs()[0].value(), b"v1"),
         other => panic!("unexpected {other:?}"),
@@ -560,23 +340,41 @@ async fn kv_more_shards_than_cores_range_txn_and_history_across_all() {
                                                  // A txn over all five shards, one revision.
     let t = Txn::new()
         .when([Compare::value("0", CompareOp::Equal, "v1").with_range("{")])
-        .and_then(
-            spread
-                .iter()
-                .map(|k| TxnOp::put(*k, "all", None))
-                .collect::<Vec<_>>(),
-        );
+        .and_then(spread.iter().map(|k| TxnOp::put(*k, "all", None)).collect::<Vec<_>>());
     let r = c.txn(t).await.expect("txn over all shards");
     assert!(r.succeeded());
-    let after = c
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .expect("all");
+    let after = c.get("", Some(GetOptions::new().with_all_keys())).await.expect("all");
     let revs: Vec<i64> = after.kvs().iter().map(|kv| kv.mod_revision()).collect();
     assert_eq!(revs, vec![9; 5]);
-    let d = c
-        .delete("", Some(DeleteOptions::new().with_all_keys()))
-        .await
-        .expect("delete all");
+    let d = c.delete("", Some(DeleteOptions::new().with_all_keys())).await.expect("delete all");
     assert_eq!((d.deleted(), rev(d.header())), (5, 10));
+}
+
+#[tokio::test]
+async fn kv_cross_shard_txn_failing_check_changes_nothing_and_server_keeps_serving() {
+    let s = Server::start(&["--shards", "2"]);
+    let mut c = s.client().await;
+    for i in 0..4 {
+        c.put("K1", format!("v{i}"), None).await.expect("put"); // revs 2..5
+    }
+    c.compact(4, None).await.expect("compact");
+    let bad = Txn::new().and_then([
+        TxnOp::put("K2", "x", None),
+        TxnOp::put("q2", "y", None),
+        TxnOp::get("K1", Some(GetOptions::new().with_revision(3))),
+    ]);
+    let (code, msg) = status_of(c.txn(bad).await.expect_err("compacted read in a cross-shard txn"));
+    assert_eq!((code, msg.as_str()), (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
+    let future =
+        Txn::new().and_then([TxnOp::put("K2", "x", None), TxnOp::get("q2", Some(GetOptions::new().with_revision(99)))]);
+    let (code, _) = status_of(c.txn(future).await.expect_err("future read in a cross-shard txn"));
+    assert_eq!(code, Code::OutOfRange);
+    let missing = Txn::new()
+        .and_then([TxnOp::put("K2", "x", None), TxnOp::put("q9", "", Some(PutOptions::new().with_ignore_value()))]);
+    let (code, msg) = status_of(c.txn(missing).await.expect_err("ignore_value on a missing key"));
+    assert_eq!((code, msg.as_str()), (Code::InvalidArgument, "etcdserver: key not found"));
+    let g = c.get("", Some(GetOptions::new().with_all_keys())).await.expect("all");
+    assert_eq!((keys(&g), rev(g.header())), (vec!["K1".to_string()], 5), "failed txns changed nothing");
+    let ok = Txn::new().and_then([TxnOp::put("K2", "x", None), TxnOp::put("q2", "y", None)]);
+    assert_eq!(rev(c.txn(ok).await.expect("both shards still write").header()), 6);
 }

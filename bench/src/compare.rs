@@ -67,18 +67,8 @@ struct Scenario {
     conns: usize,
 }
 
-const fn scenario(
-    name: &'static str,
-    kind: ScenarioKind,
-    clients: usize,
-    conns: usize,
-) -> Scenario {
-    Scenario {
-        name,
-        kind,
-        clients,
-        conns,
-    }
+const fn scenario(name: &'static str, kind: ScenarioKind, clients: usize, conns: usize) -> Scenario {
+    Scenario { name, kind, clients, conns }
 }
 
 /// Writes and both read consistencies at one, a few and many clients, then CAS.
@@ -104,30 +94,20 @@ impl Scenario {
             ScenarioKind::TxnPut => "txn compare-and-swap put",
         };
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-        format!(
-            "{what}, {}, {}",
-            plural(self.clients, "client"),
-            plural(self.conns, "conn")
-        )
+        format!("{what}, {}, {}", plural(self.clients, "client"), plural(self.conns, "conn"))
     }
 
     fn workload(&self) -> Workload {
         match self.kind {
             ScenarioKind::Put => Workload::Put,
-            ScenarioKind::Range(consistency) => Workload::Range {
-                key: RANGE_KEY.to_vec(),
-                prefix_keys: None,
-                consistency,
-            },
+            ScenarioKind::Range(consistency) => {
+                Workload::Range { key: RANGE_KEY.to_vec(), prefix_keys: None, consistency }
+            }
             ScenarioKind::TxnPut => Workload::TxnPut,
         }
     }
 
-    fn run_config(
-        &self,
-        server: &RunningServer,
-        duration: Duration,
-    ) -> Result<RunConfig, BenchError> {
+    fn run_config(&self, server: &RunningServer, duration: Duration) -> Result<RunConfig, BenchError> {
         Ok(RunConfig {
             label: self.name.to_owned(),
             server: Some(server.kind().to_string()),
@@ -177,12 +157,7 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
     let mut header = String::new();
     for &kind in &kinds {
         let path = bin(kind);
-        let _ = writeln!(
-            header,
-            "- {kind}: `{}` ({})",
-            path.display(),
-            server::version(path).await
-        );
+        let _ = writeln!(header, "- {kind}: `{}` ({})", path.display(), server::version(path).await);
     }
     let _ = writeln!(
         header,
@@ -220,10 +195,7 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
         let markdown = render_markdown(&header, &results);
         println!("\n{markdown}");
         if let Some(path) = &args.out {
-            std::fs::write(path, &markdown).map_err(|source| BenchError::WriteReport {
-                path: path.clone(),
-                source,
-            })?;
+            std::fs::write(path, &markdown).map_err(|source| BenchError::WriteReport { path: path.clone(), source })?;
         }
     }
     outcome.and(stopped)
@@ -231,23 +203,13 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
 
 /// The scenarios named in `names`, in the canonical order; all of them when `names` is empty.
 fn select(names: &[String]) -> Result<Vec<&'static Scenario>, BenchError> {
-    if let Some(unknown) = names
-        .iter()
-        .find(|name| !SCENARIOS.iter().any(|s| s.name == name.as_str()))
-    {
+    if let Some(unknown) = names.iter().find(|name| !SCENARIOS.iter().any(|s| s.name == name.as_str())) {
         return Err(BenchError::UnknownScenario {
             name: unknown.clone(),
-            known: SCENARIOS
-                .iter()
-                .map(|s| s.name)
-                .collect::<Vec<_>>()
-                .join(", "),
+            known: SCENARIOS.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
         });
     }
-    Ok(SCENARIOS
-        .iter()
-        .filter(|s| names.is_empty() || names.iter().any(|name| name == s.name))
-        .collect())
+    Ok(SCENARIOS.iter().filter(|s| names.is_empty() || names.iter().any(|name| name == s.name)).collect())
 }
 
 fn check_binary(kind: ServerKind, path: &Path) -> Result<(), BenchError> {
@@ -274,11 +236,7 @@ async fn run_scenarios(
 ) -> Result<(), BenchError> {
     let duration = Duration::from_secs(duration_secs);
     for (i, &scenario) in scenarios.iter().enumerate() {
-        let mut result = ScenarioResult {
-            scenario,
-            etcd: None,
-            corekv: None,
-        };
+        let mut result = ScenarioResult { scenario, etcd: None, corekv: None };
         let workload = scenario.workload();
         let mut order: Vec<usize> = (0..servers.len()).collect();
         if i % 2 == 1 {
@@ -347,19 +305,11 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
             ("latency p50 (µs)", |r| Some(r.latency.p50_us as f64), false),
             ("latency p90 (µs)", |r| Some(r.latency.p90_us as f64), false),
             ("latency p99 (µs)", |r| Some(r.latency.p99_us as f64), true),
-            (
-                "latency p99.9 (µs)",
-                |r| Some(r.latency.p999_us as f64),
-                false,
-            ),
+            ("latency p99.9 (µs)", |r| Some(r.latency.p999_us as f64), false),
             ("latency max (µs)", |r| Some(r.latency.max_us as f64), false),
             ("server CPU (µs/op)", RunReport::server_cpu_us_per_op, true),
             ("client CPU (µs/op)", RunReport::client_cpu_us_per_op, false),
-            (
-                "server RSS after (MiB)",
-                |r| r.server_rss_kib.map(|k| k as f64 / 1024.0),
-                false,
-            ),
+            ("server RSS after (MiB)", |r| r.server_rss_kib.map(|k| k as f64 / 1024.0), false),
             ("errors", |r| Some(r.errors as f64), false),
         ];
         for (name, metric, with_ratio) in rows {
@@ -382,11 +332,7 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
                 "| {name} | {} | {} | {} |",
                 cell(e),
                 cell(c),
-                if with_ratio {
-                    ratio(e, c)
-                } else {
-                    String::new()
-                }
+                if with_ratio { ratio(e, c) } else { String::new() }
             );
         }
     }
@@ -425,10 +371,7 @@ mod tests {
     #[test]
     fn select_keeps_canonical_order() {
         let picked = select(&["txn-put-16".to_owned(), "put-1".to_owned()]).expect("known");
-        assert_eq!(
-            picked.iter().map(|s| s.name).collect::<Vec<_>>(),
-            ["put-1", "txn-put-16"]
-        );
+        assert_eq!(picked.iter().map(|s| s.name).collect::<Vec<_>>(), ["put-1", "txn-put-16"]);
     }
 
     #[test]
@@ -446,25 +389,15 @@ mod tests {
             corekv: Some(report(20_000, 2_000, 1_150)),
         }];
         let md = render_markdown("- test\n", &results);
-        assert!(
-            md.contains("| put-16 | 10000 | 20000 | 2.00x | 0.50x | 0.50x |"),
-            "{md}"
-        );
+        assert!(md.contains("| put-16 | 10000 | 20000 | 2.00x | 0.50x | 0.50x |"), "{md}");
         assert!(md.contains("## put-16: put, 16 clients, 4 conns"));
         assert!(md.contains("| throughput (ops/s) | 10000 | 20000 | 2.00x |"));
-        assert!(
-            md.contains("| server CPU (µs/op) | 115 | 57.5 | 0.50x |"),
-            "{md}"
-        );
+        assert!(md.contains("| server CPU (µs/op) | 115 | 57.5 | 0.50x |"), "{md}");
     }
 
     #[test]
     fn markdown_single_server_leaves_other_column_empty() {
-        let results = [ScenarioResult {
-            scenario: &SCENARIOS[0],
-            etcd: Some(report(500, 3_000, 100)),
-            corekv: None,
-        }];
+        let results = [ScenarioResult { scenario: &SCENARIOS[0], etcd: Some(report(500, 3_000, 100)), corekv: None }];
         let md = render_markdown("", &results);
         assert!(md.contains("| put-1 | 500 | – | – | – | – |"), "{md}");
     }

@@ -97,12 +97,7 @@ pub async fn run(config: &RunConfig, workload: &Workload) -> Result<RunReport, B
 
     let mut tasks = JoinSet::new();
     for (client, conn) in (0..config.clients).zip(conns.iter().cycle()) {
-        let ops = workload.client_ops(
-            conn.kv_client(),
-            config.keys,
-            Arc::clone(&value),
-            client as u64,
-        );
+        let ops = workload.client_ops(conn.kv_client(), config.keys, Arc::clone(&value), client as u64);
         tasks.spawn(client_loop(ops, Arc::clone(&shared)));
     }
     let mut total = Tally::new();
@@ -113,11 +108,9 @@ pub async fn run(config: &RunConfig, workload: &Workload) -> Result<RunReport, B
     let client_cpu = proc_stats::cpu_time(Process::Current)?.saturating_sub(client_cpu_before);
     // A server that exited during the run has no /proc entry left: its failed requests are
     // already counted, so report its CPU and RSS as unmeasured rather than losing the report.
-    let server_cpu = server.zip(server_cpu_before).and_then(|(process, before)| {
-        proc_stats::cpu_time(process)
-            .ok()
-            .map(|after| after.saturating_sub(before))
-    });
+    let server_cpu = server
+        .zip(server_cpu_before)
+        .and_then(|(process, before)| proc_stats::cpu_time(process).ok().map(|after| after.saturating_sub(before)));
     let server_rss_kib = server.and_then(|process| proc_stats::resident_kib(process).ok());
 
     Ok(RunReport {
@@ -141,31 +134,18 @@ pub async fn run(config: &RunConfig, workload: &Workload) -> Result<RunReport, B
 
 /// Dials `endpoint` once and wraps the connection in an etcd client.
 pub async fn connect(endpoint: &str, request_timeout: Duration) -> Result<Client, BenchError> {
-    let uri = if endpoint.contains("://") {
-        endpoint.to_owned()
-    } else {
-        format!("http://{endpoint}")
-    };
+    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
     let channel = Endpoint::from_shared(uri)
-        .map_err(|source| BenchError::InvalidEndpoint {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?
+        .map_err(|source| BenchError::InvalidEndpoint { endpoint: endpoint.to_owned(), source })?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(request_timeout)
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|source| BenchError::Connect {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?;
+        .map_err(|source| BenchError::Connect { endpoint: endpoint.to_owned(), source })?;
     Client::from_channel(etcd_client::Channel::Tonic(channel), None)
         .await
-        .map_err(|source| BenchError::Client {
-            endpoint: endpoint.to_owned(),
-            source,
-        })
+        .map_err(|source| BenchError::Client { endpoint: endpoint.to_owned(), source })
 }
 
 /// The value every write sends: random bytes, so no layer gains from compressing it.
@@ -194,10 +174,7 @@ impl Shared {
         if self.stop.load(Ordering::Relaxed) {
             return None;
         }
-        if self
-            .deadline
-            .is_some_and(|deadline| Instant::now() >= deadline)
-        {
+        if self.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return None;
         }
         let ticket = self.issued.fetch_add(1, Ordering::Relaxed);
@@ -225,11 +202,7 @@ struct Pacer {
 
 impl Pacer {
     fn new(start: Instant, rate: NonZeroU64) -> Self {
-        Self {
-            start,
-            interval_ns: (1_000_000_000 / rate.get()).max(1),
-            next_ns: AtomicU64::new(0),
-        }
+        Self { start, interval_ns: (1_000_000_000 / rate.get()).max(1), next_ns: AtomicU64::new(0) }
     }
 
     async fn wait(&self) {
@@ -263,9 +236,7 @@ impl Tally {
     }
 
     fn merge(&mut self, other: Self) {
-        self.histogram
-            .add(&other.histogram)
-            .expect("invariant: all tallies share the same histogram bounds");
+        self.histogram.add(&other.histogram).expect("invariant: all tallies share the same histogram bounds");
         for (mine, theirs) in self.ops_by_kind.iter_mut().zip(other.ops_by_kind) {
             *mine += theirs;
         }

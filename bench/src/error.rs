@@ -24,51 +24,31 @@ pub enum BenchError {
 
     /// An endpoint did not parse as a URI.
     #[error("invalid endpoint {endpoint:?}")]
-    InvalidEndpoint {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
+    InvalidEndpoint { endpoint: String, source: tonic::transport::Error },
 
     /// Dialing an endpoint failed (refused, timed out, ...).
     #[error("cannot connect to {endpoint}")]
-    Connect {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
+    Connect { endpoint: String, source: tonic::transport::Error },
 
     /// etcd-client refused to build a client over an established connection.
     #[error("cannot set up the etcd client for {endpoint}")]
-    Client {
-        endpoint: String,
-        source: etcd_client::Error,
-    },
+    Client { endpoint: String, source: etcd_client::Error },
 
     /// Fixed-width decimal keys cannot number the whole key space.
-    #[error(
-        "--key-size {key_size} cannot hold --key-space {key_space}: keys need {needed} digits"
-    )]
-    KeySizeTooSmall {
-        key_size: usize,
-        key_space: u64,
-        needed: usize,
-    },
+    #[error("--key-size {key_size} cannot hold --key-space {key_space}: keys need {needed} digits")]
+    KeySizeTooSmall { key_size: usize, key_space: u64, needed: usize },
 
     /// A count option that must be positive was zero.
     #[error("--{option} must be at least 1")]
     ZeroOption { option: &'static str },
 
     /// Every `mixed` weight was zero.
-    #[error(
-        "mixed workload weights are all zero: give --put, --get, --range or --delete a weight"
-    )]
+    #[error("mixed workload weights are all zero: give --put, --get, --range or --delete a weight")]
     EmptyMix,
 
     /// Writing the keys a read workload needs failed before measuring started.
     #[error("preloading {keys} key(s) before the run")]
-    Preload {
-        keys: u64,
-        source: etcd_client::Error,
-    },
+    Preload { keys: u64, source: etcd_client::Error },
 
     /// A client task panicked or was cancelled; its results are lost.
     #[error("a client task failed")]
@@ -92,11 +72,7 @@ pub enum BenchError {
 
     /// A server binary for `compare` is missing.
     #[error("{server} binary {path} not found ({hint})")]
-    MissingBinary {
-        server: ServerKind,
-        path: PathBuf,
-        hint: &'static str,
-    },
+    MissingBinary { server: ServerKind, path: PathBuf, hint: &'static str },
 
     /// Reserving a free loopback port failed.
     #[error("cannot reserve a free port on 127.0.0.1")]
@@ -104,43 +80,23 @@ pub enum BenchError {
 
     /// Creating the temporary data directory or log file failed.
     #[error("cannot prepare a scratch directory for {server}")]
-    Scratch {
-        server: ServerKind,
-        source: io::Error,
-    },
+    Scratch { server: ServerKind, source: io::Error },
 
     /// Spawning a server process failed.
     #[error("cannot start {server} from {path}")]
-    Spawn {
-        server: ServerKind,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Spawn { server: ServerKind, path: PathBuf, source: io::Error },
 
     /// A server did not answer a KV request in time after starting.
     #[error("{server} did not answer on {endpoint} within {secs} s; last log lines:\n{log_tail}")]
-    NotReady {
-        server: ServerKind,
-        endpoint: String,
-        secs: u64,
-        log_tail: String,
-    },
+    NotReady { server: ServerKind, endpoint: String, secs: u64, log_tail: String },
 
     /// A server exited while it should have been serving.
     #[error("{server} exited unexpectedly ({status}); last log lines:\n{log_tail}")]
-    ServerExited {
-        server: ServerKind,
-        status: ExitStatus,
-        log_tail: String,
-    },
+    ServerExited { server: ServerKind, status: ExitStatus, log_tail: String },
 
     /// Signalling or reaping a server process failed.
     #[error("cannot stop {server} (pid {pid})")]
-    Stop {
-        server: ServerKind,
-        pid: u32,
-        source: io::Error,
-    },
+    Stop { server: ServerKind, pid: u32, source: io::Error },
 
     /// Writing the `--out` report failed.
     #[error("cannot write {path}")]

@@ -30,11 +30,7 @@ use crate::workload::{Consistency, KeySpace, MixWeights, Workload};
 const DEFAULT_TOTAL: u64 = 10_000;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "corekv-bench",
-    version,
-    about = "Load generator for etcd v3 API servers (corekv, etcd)"
-)]
+#[command(name = "corekv-bench", version, about = "Load generator for etcd v3 API servers (corekv, etcd)")]
 struct Cli {
     /// Tokio worker threads running the clients. Two by default: the generator shares this
     /// 2-core machine with the server, and more workers only add contention.
@@ -108,19 +104,10 @@ impl CommonArgs {
         Ok(RunConfig {
             label: label.to_owned(),
             server: None,
-            endpoints: self
-                .endpoints
-                .iter()
-                .map(|e| e.trim().to_owned())
-                .filter(|e| !e.is_empty())
-                .collect(),
+            endpoints: self.endpoints.iter().map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()).collect(),
             clients: self.clients,
             conns: self.conns,
-            total: self.total.or(if duration.is_none() {
-                Some(DEFAULT_TOTAL)
-            } else {
-                None
-            }),
+            total: self.total.or(if duration.is_none() { Some(DEFAULT_TOTAL) } else { None }),
             duration,
             rate: self.rate,
             keys: KeySpace::new(self.key_size, self.key_space, self.seq_keys)?,
@@ -218,12 +205,7 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
         Command::Mixed(args) => (
             args.common.run_config("mixed")?,
             Workload::Mixed {
-                weights: MixWeights::new(
-                    args.put_weight,
-                    args.get_weight,
-                    args.range_weight,
-                    args.delete_weight,
-                )?,
+                weights: MixWeights::new(args.put_weight, args.get_weight, args.range_weight, args.delete_weight)?,
                 range_width: args.range_width,
                 consistency: args.consistency,
             },
@@ -256,8 +238,7 @@ mod tests {
         assert_eq!(config.total, Some(DEFAULT_TOTAL));
         assert_eq!((config.clients, config.conns), (16, 4));
 
-        let cli = Cli::try_parse_from(["corekv-bench", "put", "--duration-secs", "3"])
-            .expect("valid command line");
+        let cli = Cli::try_parse_from(["corekv-bench", "put", "--duration-secs", "3"]).expect("valid command line");
         let Command::Put(args) = cli.command else {
             panic!("expected put");
         };

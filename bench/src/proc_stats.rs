@@ -34,10 +34,7 @@ impl Process {
 pub fn cpu_time(process: Process) -> Result<Duration, BenchError> {
     let path = process.path("stat");
     let text = read(&path)?;
-    let ticks = parse_stat_cpu_ticks(&text).map_err(|reason| BenchError::ProcFormat {
-        path: path.clone(),
-        reason,
-    })?;
+    let ticks = parse_stat_cpu_ticks(&text).map_err(|reason| BenchError::ProcFormat { path: path.clone(), reason })?;
     Ok(ticks_to_duration(ticks, clock_ticks_per_second()))
 }
 
@@ -45,17 +42,11 @@ pub fn cpu_time(process: Process) -> Result<Duration, BenchError> {
 pub fn resident_kib(process: Process) -> Result<u64, BenchError> {
     let path = process.path("status");
     let text = read(&path)?;
-    parse_vm_rss_kib(&text).ok_or(BenchError::ProcFormat {
-        path,
-        reason: "no VmRSS line (kernel thread or zombie?)",
-    })
+    parse_vm_rss_kib(&text).ok_or(BenchError::ProcFormat { path, reason: "no VmRSS line (kernel thread or zombie?)" })
 }
 
 fn read(path: &PathBuf) -> Result<String, BenchError> {
-    fs::read_to_string(path).map_err(|source| BenchError::ProcRead {
-        path: path.clone(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| BenchError::ProcRead { path: path.clone(), source })
 }
 
 /// Sum of `utime` and `stime` (fields 14 and 15 of proc(5)), in clock ticks.
@@ -63,18 +54,11 @@ fn read(path: &PathBuf) -> Result<String, BenchError> {
 /// The second field, `comm`, is parenthesised and may itself hold spaces and parentheses
 /// (`tokio-runtime-w`, or a binary named `a) b`), so fields are counted after the *last* `)`.
 fn parse_stat_cpu_ticks(stat: &str) -> Result<u64, &'static str> {
-    let after_comm = stat
-        .rfind(')')
-        .map(|i| &stat[i + 1..])
-        .ok_or("no ')' closing the comm field")?;
+    let after_comm = stat.rfind(')').map(|i| &stat[i + 1..]).ok_or("no ')' closing the comm field")?;
     // After `comm` comes field 3 (`state`), so utime (14) and stime (15) are at indexes 11, 12.
     let mut fields = after_comm.split_ascii_whitespace().skip(11);
     let mut next_number = || -> Result<u64, &'static str> {
-        fields
-            .next()
-            .ok_or("fewer than 15 fields")?
-            .parse::<u64>()
-            .map_err(|_| "utime or stime is not a number")
+        fields.next().ok_or("fewer than 15 fields")?.parse::<u64>().map_err(|_| "utime or stime is not a number")
     };
     let utime = next_number()?;
     let stime = next_number()?;
@@ -83,9 +67,7 @@ fn parse_stat_cpu_ticks(stat: &str) -> Result<u64, &'static str> {
 
 /// The `VmRSS:` value in KiB, if present.
 fn parse_vm_rss_kib(status: &str) -> Option<u64> {
-    let rest = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?;
+    let rest = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
     // The line reads `VmRSS:     12345 kB`; the unit is always kB.
     rest.split_ascii_whitespace().next()?.parse().ok()
 }

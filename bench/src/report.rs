@@ -83,8 +83,7 @@ impl RunReport {
     /// CPU per answered request (errors cost the server work too).
     fn per_op_us(&self, cpu: Option<Duration>) -> Option<f64> {
         let requests = self.ops + self.errors;
-        cpu.filter(|_| requests > 0)
-            .map(|cpu| cpu.as_secs_f64() * 1e6 / requests as f64)
+        cpu.filter(|_| requests > 0).map(|cpu| cpu.as_secs_f64() * 1e6 / requests as f64)
     }
 
     pub fn server_cpu_us_per_op(&self) -> Option<f64> {
@@ -98,16 +97,8 @@ impl RunReport {
     /// A few aligned lines for a person.
     pub fn human(&self) -> String {
         let mut out = String::new();
-        let server = self
-            .server
-            .as_deref()
-            .map(|s| format!(" [{s}]"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "{}{server}: {} clients, {} conns",
-            self.label, self.clients, self.conns
-        );
+        let server = self.server.as_deref().map(|s| format!(" [{s}]")).unwrap_or_default();
+        let _ = writeln!(out, "{}{server}: {} clients, {} conns", self.label, self.clients, self.conns);
         let _ = writeln!(
             out,
             "  requests   {} ok in {:.3} s = {:.0} ops/s; errors {}{}{}",
@@ -115,16 +106,8 @@ impl RunReport {
             self.elapsed.as_secs_f64(),
             self.ops_per_sec(),
             self.errors,
-            if self.cas_failed > 0 {
-                format!("; cas failed {}", self.cas_failed)
-            } else {
-                String::new()
-            },
-            if self.aborted {
-                " (aborted: too many errors)"
-            } else {
-                ""
-            },
+            if self.cas_failed > 0 { format!("; cas failed {}", self.cas_failed) } else { String::new() },
+            if self.aborted { " (aborted: too many errors)" } else { "" },
         );
         let l = &self.latency;
         let _ = writeln!(
@@ -201,9 +184,7 @@ struct JsonObject {
 
 impl JsonObject {
     fn new() -> Self {
-        Self {
-            buf: String::from("{"),
-        }
+        Self { buf: String::from("{") }
     }
 
     fn key(&mut self, key: &str) {
@@ -324,10 +305,7 @@ mod tests {
 
     #[test]
     fn latency_summary_empty_histogram_is_zero() {
-        assert_eq!(
-            LatencySummary::from_histogram(&histogram()),
-            LatencySummary::default()
-        );
+        assert_eq!(LatencySummary::from_histogram(&histogram()), LatencySummary::default());
     }
 
     #[test]

@@ -79,14 +79,8 @@ pub struct RunningServer {
 impl RunningServer {
     /// Starts `bin` as a `kind` server and waits until it answers a KV request.
     pub async fn start(kind: ServerKind, bin: &Path) -> Result<Self, BenchError> {
-        let scratch = |source| BenchError::Scratch {
-            server: kind,
-            source,
-        };
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("corekv-bench-{kind}-"))
-            .tempdir()
-            .map_err(scratch)?;
+        let scratch = |source| BenchError::Scratch { server: kind, source };
+        let dir = tempfile::Builder::new().prefix(&format!("corekv-bench-{kind}-")).tempdir().map_err(scratch)?;
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("server.log");
         let log = File::create(&log_path).map_err(scratch)?;
@@ -100,24 +94,13 @@ impl RunningServer {
             .stderr(log_err)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| BenchError::Spawn {
-                server: kind,
-                path: bin.to_owned(),
-                source,
-            })?;
+            .map_err(|source| BenchError::Spawn { server: kind, path: bin.to_owned(), source })?;
         let pid = child.id().ok_or_else(|| BenchError::Spawn {
             server: kind,
             path: bin.to_owned(),
             source: io::Error::other("process exited before its pid could be read"),
         })?;
-        let mut server = Self {
-            kind,
-            child,
-            pid,
-            endpoint: format!("127.0.0.1:{client_port}"),
-            log_path,
-            _dir: dir,
-        };
+        let mut server = Self { kind, child, pid, endpoint: format!("127.0.0.1:{client_port}"), log_path, _dir: dir };
         server.wait_ready().await?;
         Ok(server)
     }
@@ -169,12 +152,7 @@ impl RunningServer {
 
     /// Asks the server to exit (SIGTERM), then kills it after a grace period.
     pub async fn stop(mut self) -> Result<(), BenchError> {
-        if self
-            .child
-            .try_wait()
-            .map_err(|e| self.stop_error(e))?
-            .is_some()
-        {
+        if self.child.try_wait().map_err(|e| self.stop_error(e))?.is_some() {
             return Ok(());
         }
         send_sigterm(self.pid).map_err(|e| self.stop_error(e))?;
@@ -188,21 +166,13 @@ impl RunningServer {
     }
 
     fn stop_error(&self, source: io::Error) -> BenchError {
-        BenchError::Stop {
-            server: self.kind,
-            pid: self.pid,
-            source,
-        }
+        BenchError::Stop { server: self.kind, pid: self.pid, source }
     }
 }
 
 /// The first line of `bin --version`, or `unknown`.
 pub async fn version(bin: &Path) -> String {
-    let output = Command::new(bin)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
+    let output = Command::new(bin).arg("--version").stdin(Stdio::null()).kill_on_drop(true).output();
     match tokio::time::timeout(Duration::from_secs(5), output).await {
         Ok(Ok(output)) if output.status.success() => String::from_utf8_lossy(&output.stdout)
             .lines()
@@ -218,11 +188,7 @@ pub async fn version(bin: &Path) -> String {
 fn free_ports() -> Result<[u16; 2], BenchError> {
     let bind = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BenchError::FreePort);
     let (a, b) = (bind()?, bind()?);
-    let port = |l: &TcpListener| {
-        l.local_addr()
-            .map(|a| a.port())
-            .map_err(BenchError::FreePort)
-    };
+    let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).map_err(BenchError::FreePort);
     Ok([port(&a)?, port(&b)?])
 }
 
@@ -256,10 +222,7 @@ mod tests {
     use super::*;
 
     fn args(kind: ServerKind) -> Vec<String> {
-        kind.args(Path::new("/tmp/d"), 2379, 2380)
-            .into_iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
+        kind.args(Path::new("/tmp/d"), 2379, 2380).into_iter().map(|a| a.to_string_lossy().into_owned()).collect()
     }
 
     #[test]
@@ -286,15 +249,7 @@ mod tests {
     #[test]
     fn corekv_args_have_no_peer_flags() {
         let a = args(ServerKind::Corekv);
-        assert_eq!(
-            a[..4],
-            [
-                "--data-dir",
-                "/tmp/d",
-                "--listen-client-urls",
-                "http://127.0.0.1:2379"
-            ]
-        );
+        assert_eq!(a[..4], ["--data-dir", "/tmp/d", "--listen-client-urls", "http://127.0.0.1:2379"]);
         assert!(!a.iter().any(|f| f.contains("peer") || f.contains("fsync")));
     }
 

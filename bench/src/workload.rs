@@ -77,10 +77,7 @@ pub struct Outcome {
 
 impl Outcome {
     const fn done(kind: OpKind) -> Self {
-        Self {
-            kind,
-            cas_failed: false,
-        }
+        Self { kind, cas_failed: false }
     }
 }
 
@@ -96,12 +93,7 @@ pub struct MixWeights {
 impl MixWeights {
     /// Rejects a mix that can never pick anything.
     pub fn new(put: u32, get: u32, range: u32, delete: u32) -> Result<Self, BenchError> {
-        let weights = Self {
-            put,
-            get,
-            range,
-            delete,
-        };
+        let weights = Self { put, get, range, delete };
         if weights.total() == 0 {
             return Err(BenchError::EmptyMix);
         }
@@ -109,20 +101,13 @@ impl MixWeights {
     }
 
     fn total(self) -> u32 {
-        self.put
-            .saturating_add(self.get)
-            .saturating_add(self.range)
-            .saturating_add(self.delete)
+        self.put.saturating_add(self.get).saturating_add(self.range).saturating_add(self.delete)
     }
 
     /// Maps `roll` in `0..total()` to a kind, each with probability weight / total.
     fn pick(self, roll: u32) -> OpKind {
         let mut roll = roll;
-        for (weight, kind) in [
-            (self.put, OpKind::Put),
-            (self.get, OpKind::Get),
-            (self.range, OpKind::Range),
-        ] {
+        for (weight, kind) in [(self.put, OpKind::Put), (self.get, OpKind::Get), (self.range, OpKind::Range)] {
             if roll < weight {
                 return kind;
             }
@@ -144,23 +129,13 @@ impl KeySpace {
     /// Keys `0..space`, each written as `width` decimal digits.
     pub fn new(width: usize, space: u64, sequential: bool) -> Result<Self, BenchError> {
         if space == 0 {
-            return Err(BenchError::ZeroOption {
-                option: "key-space",
-            });
+            return Err(BenchError::ZeroOption { option: "key-space" });
         }
         let needed = decimal_digits(space - 1);
         if width < needed {
-            return Err(BenchError::KeySizeTooSmall {
-                key_size: width,
-                key_space: space,
-                needed,
-            });
+            return Err(BenchError::KeySizeTooSmall { key_size: width, key_space: space, needed });
         }
-        Ok(Self {
-            width,
-            space,
-            sequential,
-        })
+        Ok(Self { width, space, sequential })
     }
 
     /// The key number for the request holding `ticket`: the ticket itself (wrapped) with
@@ -176,10 +151,7 @@ impl KeySpace {
 
     /// The largest number that still fits the key width, used to clamp range ends.
     fn max_number(self) -> u64 {
-        u32::try_from(self.width)
-            .ok()
-            .and_then(|w| 10u64.checked_pow(w))
-            .map_or(u64::MAX, |limit| limit - 1)
+        u32::try_from(self.width).ok().and_then(|w| 10u64.checked_pow(w)).map_or(u64::MAX, |limit| limit - 1)
     }
 
     fn write(self, n: u64, buf: &mut Vec<u8>) {
@@ -221,29 +193,18 @@ pub enum Workload {
     /// Put a `--val-size` value under a key from the key space.
     Put,
     /// Read one key, or with `prefix_keys` the prefix covering that many preloaded keys.
-    Range {
-        key: Vec<u8>,
-        prefix_keys: Option<u64>,
-        consistency: Consistency,
-    },
+    Range { key: Vec<u8>, prefix_keys: Option<u64>, consistency: Consistency },
     /// Compare-and-swap: a Txn putting the client's own key only if its mod revision is still
     /// the one this client last wrote or saw.
     TxnPut,
     /// Puts, single-key gets, short ranges and deletes over the key space.
-    Mixed {
-        weights: MixWeights,
-        range_width: u64,
-        consistency: Consistency,
-    },
+    Mixed { weights: MixWeights, range_width: u64, consistency: Consistency },
 }
 
 impl Workload {
     /// Writes the keys a read benchmark expects to find, before measuring starts.
     pub async fn preload(&self, conns: &[Client], value: &Arc<[u8]>) -> Result<(), BenchError> {
-        let Self::Range {
-            key, prefix_keys, ..
-        } = self
-        else {
+        let Self::Range { key, prefix_keys, .. } = self else {
             return Ok(());
         };
         let Some(first) = conns.first() else {
@@ -278,35 +239,19 @@ impl Workload {
             });
         }
         while let Some(joined) = set.join_next().await {
-            joined?.map_err(|source| BenchError::Preload {
-                keys: count,
-                source,
-            })?;
+            joined?.map_err(|source| BenchError::Preload { keys: count, source })?;
         }
         Ok(())
     }
 
     /// The request loop state for client number `client`.
-    pub fn client_ops(
-        &self,
-        kv: KvClient,
-        keys: KeySpace,
-        value: Arc<[u8]>,
-        client: u64,
-    ) -> ClientOps {
+    pub fn client_ops(&self, kv: KvClient, keys: KeySpace, value: Arc<[u8]>, client: u64) -> ClientOps {
         let mut fixed_key = Vec::new();
         let plan = match self {
             Self::Put => Plan::Put,
-            Self::Range {
-                key,
-                prefix_keys,
-                consistency,
-            } => {
+            Self::Range { key, prefix_keys, consistency } => {
                 fixed_key.clone_from(key);
-                Plan::Read {
-                    consistency: *consistency,
-                    prefix: prefix_keys.is_some(),
-                }
+                Plan::Read { consistency: *consistency, prefix: prefix_keys.is_some() }
             }
             Self::TxnPut => {
                 // One key per client, so clients only conflict (and report CAS failures) when
@@ -314,15 +259,9 @@ impl Workload {
                 keys.write(client % keys.space, &mut fixed_key);
                 Plan::TxnPut
             }
-            Self::Mixed {
-                weights,
-                range_width,
-                consistency,
-            } => Plan::Mixed {
-                weights: *weights,
-                range_width: *range_width,
-                consistency: *consistency,
-            },
+            Self::Mixed { weights, range_width, consistency } => {
+                Plan::Mixed { weights: *weights, range_width: *range_width, consistency: *consistency }
+            }
         };
         ClientOps {
             kv,
@@ -343,16 +282,9 @@ impl Workload {
 #[derive(Clone, Copy, Debug)]
 enum Plan {
     Put,
-    Read {
-        consistency: Consistency,
-        prefix: bool,
-    },
+    Read { consistency: Consistency, prefix: bool },
     TxnPut,
-    Mixed {
-        weights: MixWeights,
-        range_width: u64,
-        consistency: Consistency,
-    },
+    Mixed { weights: MixWeights, range_width: u64, consistency: Consistency },
 }
 
 /// One client's request state; see the module docs.
@@ -376,46 +308,25 @@ impl ClientOps {
     pub async fn run(&mut self, ticket: u64) -> Result<Outcome, etcd_client::Error> {
         match self.plan {
             Plan::Put => self.put(ticket).await,
-            Plan::Read {
-                consistency,
-                prefix,
-            } => {
+            Plan::Read { consistency, prefix } => {
                 let options = consistency.options();
-                let options = if prefix {
-                    options.with_prefix()
-                } else {
-                    options
-                };
-                self.kv
-                    .get(self.fixed_key.as_slice(), Some(options))
-                    .await?;
-                Ok(Outcome::done(if prefix {
-                    OpKind::Range
-                } else {
-                    OpKind::Get
-                }))
+                let options = if prefix { options.with_prefix() } else { options };
+                self.kv.get(self.fixed_key.as_slice(), Some(options)).await?;
+                Ok(Outcome::done(if prefix { OpKind::Range } else { OpKind::Get }))
             }
             Plan::TxnPut => self.txn_put().await,
-            Plan::Mixed {
-                weights,
-                range_width,
-                consistency,
-            } => {
+            Plan::Mixed { weights, range_width, consistency } => {
                 let kind = weights.pick(self.rng.random_range(0..weights.total()));
                 match kind {
                     OpKind::Put => self.put(ticket).await,
                     OpKind::Get => {
                         self.pick_key(ticket);
-                        self.kv
-                            .get(self.key_buf.as_slice(), Some(consistency.options()))
-                            .await?;
+                        self.kv.get(self.key_buf.as_slice(), Some(consistency.options())).await?;
                         Ok(Outcome::done(kind))
                     }
                     OpKind::Range => {
                         let start = self.pick_key(ticket);
-                        let end = start
-                            .saturating_add(range_width)
-                            .min(self.keys.max_number());
+                        let end = start.saturating_add(range_width).min(self.keys.max_number());
                         self.keys.write(end, &mut self.end_buf);
                         let options = consistency.options().with_range(self.end_buf.as_slice());
                         self.kv.get(self.key_buf.as_slice(), Some(options)).await?;
@@ -440,9 +351,7 @@ impl ClientOps {
 
     async fn put(&mut self, ticket: u64) -> Result<Outcome, etcd_client::Error> {
         self.pick_key(ticket);
-        self.kv
-            .put(self.key_buf.as_slice(), &self.value[..], None)
-            .await?;
+        self.kv.put(self.key_buf.as_slice(), &self.value[..], None).await?;
         Ok(Outcome::done(OpKind::Put))
     }
 
@@ -469,10 +378,7 @@ impl ClientOps {
             // The put is the Txn's only write, so the key's new mod revision is the header's.
             response.header().map_or(0, |header| header.revision())
         };
-        Ok(Outcome {
-            kind: OpKind::Txn,
-            cas_failed,
-        })
+        Ok(Outcome { kind: OpKind::Txn, cas_failed })
     }
 }
 
@@ -498,15 +404,9 @@ mod tests {
 
     #[test]
     fn key_space_too_narrow_is_rejected() {
-        assert!(matches!(
-            KeySpace::new(4, 100_000, false),
-            Err(BenchError::KeySizeTooSmall { needed: 5, .. })
-        ));
+        assert!(matches!(KeySpace::new(4, 100_000, false), Err(BenchError::KeySizeTooSmall { needed: 5, .. })));
         assert!(KeySpace::new(5, 100_000, false).is_ok());
-        assert!(matches!(
-            KeySpace::new(8, 0, false),
-            Err(BenchError::ZeroOption { .. })
-        ));
+        assert!(matches!(KeySpace::new(8, 0, false), Err(BenchError::ZeroOption { .. })));
     }
 
     #[test]
@@ -526,10 +426,7 @@ mod tests {
             counts[mix.pick(roll).index()] += 1;
         }
         assert_eq!(counts, [40, 40, 10, 10, 0]);
-        assert!(matches!(
-            MixWeights::new(0, 0, 0, 0),
-            Err(BenchError::EmptyMix)
-        ));
+        assert!(matches!(MixWeights::new(0, 0, 0, 0), Err(BenchError::EmptyMix)));
         let only_delete = MixWeights::new(0, 0, 0, 3).expect("non-empty mix");
         assert_eq!(only_delete.pick(2), OpKind::Delete);
     }

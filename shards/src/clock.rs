@@ -103,11 +103,7 @@ impl RevisionClock {
 
     /// The lowest revision any shard's latest snapshot covers.
     pub fn snapshot_floor(&self) -> i64 {
-        self.snapshot_floor
-            .iter()
-            .map(|f| f.load(SeqCst))
-            .min()
-            .unwrap_or(0)
+        self.snapshot_floor.iter().map(|f| f.load(SeqCst)).min().unwrap_or(0)
     }
 }
 

@@ -13,13 +13,11 @@ pub enum ShardError {
     KeyNotFound,
     #[error("lease {lease:#x} not found")]
     LeaseNotFound { lease: i64 },
-    /// The shard's mailbox is full (backpressure).
-    #[error("shard mailbox is full")]
+    /// The shard is already held by another cross-shard operation (a protocol violation:
+    /// the router runs them one at a time).
+    #[error("shard is busy with another cross-shard operation")]
     Busy,
     /// The shard has stopped (shutdown, or its executor ended).
     #[error("shard stopped")]
     Stopped,
-    /// A write to the WAL failed; the shard refuses every later write (errors are sticky).
-    #[error("shard storage failed: {reason}")]
-    Poisoned { reason: String },
 }

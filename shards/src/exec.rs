@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::channel::mpsc;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use wire::record::batch::{Batch, BatchOp, Mutation};
 use wire::record::snapshot::SnapshotHeader;
 
@@ -33,6 +33,11 @@ use crate::snapshot;
 use crate::wal::writer::WalWriter;
 
 const MAX_BATCH: usize = 4096;
+/// A batch stops growing past this many bytes of keys and values, keeping Raft entries and WAL
+/// frames far below the frame size limit.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Exit status after a WAL write or fdatasync failed.
+pub const EXIT_STORAGE_FAILURE: i32 = 70;
 
 /// Tuning of one shard.
 #[derive(Clone, Debug)]
@@ -85,6 +90,13 @@ impl RevisionSource for CrossRevision<'_> {
     }
 }
 
+fn mutation_bytes(m: &Mutation) -> usize {
+    match m {
+        Mutation::Put { key, value, .. } => key.len() + value.len(),
+        Mutation::Delete { key } => key.len(),
+    }
+}
+
 enum Ack {
     Write(Reply<WriteOutcome>, WriteOutcome),
     Unit(Reply<()>),
@@ -100,7 +112,6 @@ pub struct Writer {
     decided: BTreeSet<i64>,
     entries_since_snapshot: u64,
     deferred: VecDeque<ShardMsg>,
-    poisoned: Option<String>,
 }
 
 /// Answers reads and forwards everything else to the writer.
@@ -108,15 +119,11 @@ pub async fn pump(
     mailbox: flume::Receiver<ShardMsg>,
     store: Rc<RefCell<Store>>,
     clock: Arc<RevisionClock>,
-    to_writer: mpsc::UnboundedSender<ShardMsg>,
+    mut to_writer: mpsc::Sender<ShardMsg>,
 ) {
     while let Ok(msg) = mailbox.recv_async().await {
         match msg {
-            ShardMsg::Range {
-                query,
-                revision,
-                reply,
-            } => {
+            ShardMsg::Range { query, revision, reply } => {
                 let store = store.borrow();
                 let r = store
                     .check_readable(revision, clock.visible().max(revision))
@@ -124,13 +131,13 @@ pub async fn pump(
                 let _ = reply.send(r);
             }
             ShardMsg::Shutdown { reply } => {
-                let _ = to_writer.unbounded_send(ShardMsg::Shutdown { reply });
+                let _ = to_writer.send(ShardMsg::Shutdown { reply }).await;
                 break;
             }
+            // A full writer queue stops the pump here: backpressure reaches the mailbox and,
+            // through it, the router. If the writer is gone, the dropped reply tells the caller.
             other => {
-                if let Err(e) = to_writer.unbounded_send(other) {
-                    fail(e.into_inner(), ShardError::Stopped);
-                }
+                let _ = to_writer.send(other).await;
             }
         }
     }
@@ -145,8 +152,8 @@ fn fail(msg: ShardMsg, e: ShardError) {
         ShardMsg::Status { reply } => drop(reply.send(Err(e))),
         ShardMsg::Shutdown { reply } => drop(reply.send(Err(e))),
         ShardMsg::Cross(c) => match c {
-            Cross::Hold { reply }
-            | Cross::CheckPuts { reply, .. }
+            Cross::Hold { reply } => drop(reply.send(Err(e))),
+            Cross::CheckPuts { reply, .. }
             | Cross::Prepare { reply, .. }
             | Cross::CommitLocal { reply, .. }
             | Cross::Decide { reply, .. }
@@ -168,26 +175,15 @@ impl Writer {
         clock: Arc<RevisionClock>,
         decided: BTreeSet<i64>,
     ) -> Writer {
-        Writer {
-            cfg,
-            dirs,
-            store,
-            raft,
-            wal,
-            clock,
-            decided,
-            entries_since_snapshot: 0,
-            deferred: VecDeque::new(),
-            poisoned: None,
-        }
+        Writer { cfg, dirs, store, raft, wal, clock, decided, entries_since_snapshot: 0, deferred: VecDeque::new() }
     }
 
     /// Persists what Raft produced at startup (the campaign's hard state and empty entry).
-    pub async fn start(&mut self) -> Result<(), ShardError> {
-        self.persist_ready().await
+    pub async fn start(&mut self) {
+        self.persist_ready().await;
     }
 
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ShardMsg>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) {
         loop {
             let first = match self.deferred.pop_front() {
                 Some(m) => m,
@@ -215,24 +211,24 @@ impl Writer {
     }
 
     /// Runs one batch; returns the shutdown reply if the batch asked to stop.
-    async fn process(
-        &mut self,
-        batch: Vec<ShardMsg>,
-        rx: &mut mpsc::UnboundedReceiver<ShardMsg>,
-    ) -> Option<Reply<()>> {
+    async fn process(&mut self, batch: Vec<ShardMsg>, rx: &mut mpsc::Receiver<ShardMsg>) -> Option<Reply<()>> {
         let mut ops = Vec::new();
         let mut acks = Vec::new();
+        let mut batch_bytes = 0usize;
         let mut iter = batch.into_iter();
         while let Some(msg) = iter.next() {
-            if let Some(p) = &self.poisoned {
-                fail(msg, ShardError::Poisoned { reason: p.clone() });
-                continue;
-            }
             match msg {
                 ShardMsg::Write { op, reply } => match self.execute(op) {
                     Ok((outcome, logged)) => {
+                        if let Some(BatchOp::Write { mutations, .. }) = &logged {
+                            batch_bytes += mutations.iter().map(mutation_bytes).sum::<usize>();
+                        }
                         ops.extend(logged);
                         acks.push(Ack::Write(reply, outcome));
+                        if batch_bytes > MAX_BATCH_BYTES {
+                            self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
+                            batch_bytes = 0;
+                        }
                     }
                     Err(e) => drop(reply.send(Err(e))),
                 },
@@ -242,11 +238,7 @@ impl Writer {
                     acks.push(Ack::Unit(reply));
                 }
                 ShardMsg::Status { reply } => drop(reply.send(Ok(self.status()))),
-                ShardMsg::Range {
-                    query,
-                    revision,
-                    reply,
-                } => {
+                ShardMsg::Range { query, revision, reply } => {
                     let store = self.store.borrow();
                     let r = store
                         .check_readable(revision, self.clock.visible().max(revision))
@@ -254,8 +246,7 @@ impl Writer {
                     drop(reply.send(r));
                 }
                 ShardMsg::Cross(Cross::Hold { reply }) => {
-                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks))
-                        .await;
+                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
                     // Messages after the hold in this batch wait until it is released.
                     self.deferred.extend(iter.by_ref());
                     self.held(reply, rx).await;
@@ -277,11 +268,7 @@ impl Writer {
     /// Executes one single-shard write against the latest state.
     fn execute(&mut self, op: Op) -> Result<(WriteOutcome, Option<BatchOp>), ShardError> {
         let mut store = self.store.borrow_mut();
-        let mut rev = LazyRevision {
-            clock: &self.clock,
-            shard: self.cfg.id,
-            rev: None,
-        };
+        let mut rev = LazyRevision { clock: &self.clock, shard: self.cfg.id, rev: None };
         let mut log = Vec::new();
         let result = match &op {
             Op::Put(p) => {
@@ -289,35 +276,14 @@ impl Writer {
                 store.exec_put(p, &mut rev, &mut log)
             }
             Op::Delete(d) => store.exec_delete(d, &mut rev, &mut log),
-            Op::Txn(t) => OpResult::Txn(store.exec_txn(
-                t,
-                self.clock.visible(),
-                &lease_exists,
-                &mut rev,
-                &mut log,
-            )?),
+            Op::Txn(t) => OpResult::Txn(store.exec_txn(t, self.clock.visible(), &lease_exists, &mut rev, &mut log)?),
             Op::Range(q) => store.exec_range(q, self.clock.visible())?,
         };
         Ok(match rev.rev {
-            Some(revision) => (
-                WriteOutcome {
-                    revision,
-                    changed: true,
-                    result,
-                },
-                Some(BatchOp::Write {
-                    revision,
-                    mutations: log,
-                }),
-            ),
-            None => (
-                WriteOutcome {
-                    revision: store.current_revision(),
-                    changed: false,
-                    result,
-                },
-                None,
-            ),
+            Some(revision) => {
+                (WriteOutcome { revision, changed: true, result }, Some(BatchOp::Write { revision, mutations: log }))
+            }
+            None => (WriteOutcome { revision: store.current_revision(), changed: false, result }, None),
         })
     }
 
@@ -326,54 +292,49 @@ impl Writer {
         if ops.is_empty() && acks.is_empty() {
             return;
         }
-        let r = self.log(ops).await;
+        self.log(ops).await;
         self.clock.release(self.cfg.id);
         for ack in acks {
-            match (ack, &r) {
-                (Ack::Write(reply, outcome), Ok(())) => drop(reply.send(Ok(outcome))),
-                (Ack::Unit(reply), Ok(())) => drop(reply.send(Ok(()))),
-                (Ack::Write(reply, _), Err(e)) => drop(reply.send(Err(e.clone()))),
-                (Ack::Unit(reply), Err(e)) => drop(reply.send(Err(e.clone()))),
+            match ack {
+                Ack::Write(reply, outcome) => drop(reply.send(Ok(outcome))),
+                Ack::Unit(reply) => drop(reply.send(Ok(()))),
             }
         }
-        if r.is_ok() {
-            self.maybe_snapshot().await;
-        }
+        self.maybe_snapshot().await;
     }
 
-    /// Logs `ops` durably through Raft (no-op for an empty list).
-    async fn log(&mut self, ops: Vec<BatchOp>) -> Result<(), ShardError> {
-        if let Some(p) = &self.poisoned {
-            return Err(ShardError::Poisoned { reason: p.clone() });
-        }
+    /// Logs `ops` durably through Raft (no-op for an empty list). Returns only once durable: a
+    /// failure ends the process (see [`Self::fatal`]).
+    async fn log(&mut self, ops: Vec<BatchOp>) {
         if !ops.is_empty() {
             if let Err(e) = self.raft.propose(Batch::new(ops).to_bytes()) {
-                return Err(self.poison(e.to_string()));
+                self.fatal(e.to_string());
             }
             self.entries_since_snapshot += 1;
         }
         self.persist_ready().await
     }
 
-    async fn persist_ready(&mut self) -> Result<(), ShardError> {
+    async fn persist_ready(&mut self) {
         while let Some((rd, recs)) = self.raft.take_ready() {
             for r in &recs {
                 self.wal.append(r);
             }
             if let Err(e) = self.wal.sync().await {
-                return Err(self.poison(e.to_string()));
+                self.fatal(e.to_string());
             }
             if let Err(e) = self.raft.on_persisted(rd) {
-                return Err(self.poison(e.to_string()));
+                self.fatal(e.to_string());
             }
         }
-        Ok(())
     }
 
-    fn poison(&mut self, reason: String) -> ShardError {
-        tracing::error!(shard = self.cfg.id.0, %reason, "shard storage failed; refusing further writes");
-        self.poisoned = Some(reason.clone());
-        ShardError::Poisoned { reason }
+    /// A storage failure is fatal, as in etcd (`raft.go` calls `lg.Fatal` when saving fails):
+    /// the store has executed writes the log does not hold, so serving on would let readers see
+    /// writes a restart loses. The process exits and a restart recovers from the durable log.
+    fn fatal(&self, reason: String) -> ! {
+        tracing::error!(shard = self.cfg.id.0, %reason, "shard storage failed; stopping the server");
+        std::process::exit(EXIT_STORAGE_FAILURE);
     }
 
     fn status(&self) -> ShardStatus {
@@ -392,8 +353,8 @@ impl Writer {
     }
 
     /// Runs the steps of one cross-shard operation until its `Release`.
-    async fn held(&mut self, reply: Reply<()>, rx: &mut mpsc::UnboundedReceiver<ShardMsg>) {
-        drop(reply.send(Ok(())));
+    async fn held(&mut self, reply: Reply<i64>, rx: &mut mpsc::Receiver<ShardMsg>) {
+        drop(reply.send(Ok(self.store.borrow().current_revision())));
         let mut log: Vec<Mutation> = Vec::new();
         let mut changed = false;
         while let Some(msg) = rx.next().await {
@@ -404,33 +365,15 @@ impl Writer {
             match step {
                 Cross::Compare { compares, reply } => {
                     let store = self.store.borrow();
-                    drop(
-                        reply.send(Ok(compares
-                            .iter()
-                            .map(|c| store.compare_part(c, LATEST))
-                            .collect())),
-                    );
+                    drop(reply.send(Ok(compares.iter().map(|c| store.compare_part(c, LATEST)).collect())));
                 }
                 Cross::CheckPuts { puts, reply } => {
                     let store = self.store.borrow();
-                    drop(
-                        reply.send(
-                            puts.iter()
-                                .try_for_each(|p| store.check_put(p, &lease_exists)),
-                        ),
-                    );
+                    drop(reply.send(puts.iter().try_for_each(|p| store.check_put(p, &lease_exists))));
                 }
-                Cross::Exec {
-                    op,
-                    revision,
-                    reply,
-                } => {
+                Cross::Exec { op, revision, reply } => {
                     let mut store = self.store.borrow_mut();
-                    let mut rev = CrossRevision {
-                        clock: &self.clock,
-                        shard: self.cfg.id,
-                        rev: revision,
-                    };
+                    let mut rev = CrossRevision { clock: &self.clock, shard: self.cfg.id, rev: revision };
                     let before = log.len();
                     let r = match &op {
                         Op::Put(p) => Ok(store.exec_put(p, &mut rev, &mut log)),
@@ -441,37 +384,24 @@ impl Writer {
                     changed |= log.len() > before;
                     drop(reply.send(r.map(|res| (res, rev.rev))));
                 }
-                Cross::Prepare {
-                    revision,
-                    participants,
-                    reply,
-                } => {
-                    let ops = vec![BatchOp::Prepare {
-                        revision,
-                        participants,
-                        mutations: std::mem::take(&mut log),
-                    }];
-                    drop(reply.send(self.log(ops).await));
+                Cross::Prepare { revision, participants, reply } => {
+                    let ops = vec![BatchOp::Prepare { revision, participants, mutations: std::mem::take(&mut log) }];
+                    self.log(ops).await;
+                    drop(reply.send(Ok(())));
                 }
                 Cross::CommitLocal { revision, reply } => {
-                    let ops = vec![BatchOp::Write {
-                        revision,
-                        mutations: std::mem::take(&mut log),
-                    }];
-                    drop(reply.send(self.log(ops).await));
+                    let ops = vec![BatchOp::Write { revision, mutations: std::mem::take(&mut log) }];
+                    self.log(ops).await;
+                    drop(reply.send(Ok(())));
                 }
                 Cross::Decide { revision, reply } => {
-                    let r = self.log(vec![BatchOp::Decide { revision }]).await;
-                    if r.is_ok() {
-                        self.decided.insert(revision);
-                    }
-                    drop(reply.send(r));
+                    self.log(vec![BatchOp::Decide { revision }]).await;
+                    self.decided.insert(revision);
+                    drop(reply.send(Ok(())));
                 }
                 Cross::Release { aborted, reply } => {
                     if aborted && changed {
-                        self.poison(
-                            "a cross-shard write was abandoned after it changed this shard".into(),
-                        );
+                        self.fatal("a cross-shard write was abandoned after it changed this shard".into());
                     }
                     self.clock.release(self.cfg.id);
                     drop(reply.send(Ok(())));
@@ -498,12 +428,7 @@ impl Writer {
                 term: self.raft.term_of(index),
                 revision: store.current_revision(),
                 compact_revision: store.compact_revision(),
-                decided: self
-                    .decided
-                    .iter()
-                    .copied()
-                    .filter(|r| *r > floor)
-                    .collect(),
+                decided: self.decided.iter().copied().filter(|r| *r > floor).collect(),
             };
             (snapshot::encode(&store, header), store.current_revision())
         };

@@ -55,7 +55,8 @@ pub enum ShardMsg {
     },
     /// A step of a cross-shard operation (see `Cross`).
     Cross(Cross),
-    /// Stop after finishing queued work; replies once the WAL is closed.
+    /// Stop: writes already taken into the running batch complete, later queued ones fail with
+    /// `Stopped`; replies once the WAL is closed.
     Shutdown {
         reply: Reply<()>,
     },
@@ -64,48 +65,24 @@ pub enum ShardMsg {
 /// Steps of a cross-shard write, sent only by the router's cross-shard path, which runs one at
 /// a time. Between `Hold` and `Release` the shard runs no other write.
 pub enum Cross {
-    Hold {
-        reply: Reply<()>,
-    },
+    /// Starts holding; answers with the shard's newest revision (all of it durable).
+    Hold { reply: Reply<i64> },
     /// Each compare's part on this shard, at the latest state.
-    Compare {
-        compares: Vec<Compare>,
-        reply: Reply<Vec<ComparePart>>,
-    },
+    Compare { compares: Vec<Compare>, reply: Reply<Vec<ComparePart>> },
     /// Put checks (missing key for ignore_*, unknown lease) at the latest state.
-    CheckPuts {
-        puts: Vec<PutOp>,
-        reply: Reply<()>,
-    },
+    CheckPuts { puts: Vec<PutOp>, reply: Reply<()> },
     /// Executes a Range, Put or Delete at `revision` (allocated here if `None` and needed);
     /// answers with the result and the revision in use.
-    Exec {
-        op: Op,
-        revision: Option<i64>,
-        reply: Reply<(OpResult, Option<i64>)>,
-    },
+    Exec { op: Op, revision: Option<i64>, reply: Reply<(OpResult, Option<i64>)> },
     /// Logs this shard's mutations of the write as a prepare record, durably.
-    Prepare {
-        revision: i64,
-        participants: Vec<u16>,
-        reply: Reply<()>,
-    },
+    Prepare { revision: i64, participants: Vec<u16>, reply: Reply<()> },
     /// Logs this shard's mutations as an ordinary write (it is the only shard that changed).
-    CommitLocal {
-        revision: i64,
-        reply: Reply<()>,
-    },
+    CommitLocal { revision: i64, reply: Reply<()> },
     /// Logs the commit decision (coordinator only), durably.
-    Decide {
-        revision: i64,
-        reply: Reply<()>,
-    },
+    Decide { revision: i64, reply: Reply<()> },
     /// Ends the hold. `aborted` after mutations means the in-memory state is ahead of the log:
-    /// the shard poisons itself, as after a storage failure.
-    Release {
-        aborted: bool,
-        reply: Reply<()>,
-    },
+    /// the process stops, as after a storage failure (a restart recovers from the log).
+    Release { aborted: bool, reply: Reply<()> },
 }
 
 const _: () = {

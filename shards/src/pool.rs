@@ -20,6 +20,8 @@ use crate::route::{ShardId, ShardMap, ShardMapError};
 use crate::wal::writer::WalWriter;
 
 const MAILBOX: usize = 8192;
+/// Messages the pump may queue for the writer beyond the batch it is running.
+const WRITER_QUEUE: usize = 8192;
 
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -34,10 +36,7 @@ pub struct PoolConfig {
 #[non_exhaustive]
 pub enum StartError {
     #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     ShardMap(#[from] ShardMapError),
     #[error("shard {shard}: {source}")]
@@ -55,15 +54,9 @@ pub struct ShardHandle {
 
 impl ShardHandle {
     /// Sends a request built around a reply channel and waits for the answer.
-    pub async fn request<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> ShardMsg,
-    ) -> Result<T, ShardError> {
+    pub async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> ShardMsg) -> Result<T, ShardError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send_async(make(tx))
-            .await
-            .map_err(|_| ShardError::Stopped)?;
+        self.tx.send_async(make(tx)).await.map_err(|_| ShardError::Stopped)?;
         rx.await.map_err(|_| ShardError::Stopped)?
     }
 }
@@ -86,10 +79,8 @@ pub struct RecoveryReport {
 
 impl ShardPool {
     pub fn start(cfg: PoolConfig) -> Result<ShardPool, StartError> {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
-            path: cfg.data_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let map = ShardMap::load_or_create(&cfg.data_dir, cfg.shards, cpus)?;
         let n = map.shard_count();
@@ -102,39 +93,20 @@ impl ShardPool {
                     s.spawn(move || recover::read_shard(dirs))
                 })
                 .collect();
-            jobs.into_iter()
-                .map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
+            jobs.into_iter().map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         });
         let mut shards = Vec::with_capacity(n);
         for (i, r) in read.into_iter().enumerate() {
             shards.push(r.map_err(|source| StartError::Recover { shard: i, source })?);
         }
-        let decided: BTreeSet<i64> = shards
-            .iter()
-            .flat_map(|s| s.decided.iter().copied())
-            .collect();
+        let decided: BTreeSet<i64> = shards.iter().flat_map(|s| s.decided.iter().copied()).collect();
         let recovered: Vec<RecoveredShard> = std::thread::scope(|s| {
-            let jobs: Vec<_> = shards
-                .into_iter()
-                .map(|r| s.spawn(|| recover::replay(r, &decided)))
-                .collect();
-            jobs.into_iter()
-                .map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
+            let jobs: Vec<_> = shards.into_iter().map(|r| s.spawn(|| recover::replay(r, &decided))).collect();
+            jobs.into_iter().map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         });
 
-        let current = recovered
-            .iter()
-            .map(|r| r.store.current_revision())
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let compacted = recovered
-            .iter()
-            .map(|r| r.store.compact_revision())
-            .max()
-            .unwrap_or(0);
+        let current = recovered.iter().map(|r| r.store.current_revision()).max().unwrap_or(0).max(1);
+        let compacted = recovered.iter().map(|r| r.store.compact_revision()).max().unwrap_or(0);
         let recovery = RecoveryReport {
             replayed_entries: recovered.iter().map(|r| r.replayed_entries).sum(),
             revision: current,
@@ -148,27 +120,20 @@ impl ShardPool {
         let mut started = Vec::with_capacity(n);
         for (i, rec) in recovered.into_iter().enumerate() {
             let (tx, rx) = flume::bounded(MAILBOX);
-            handles.push(ShardHandle {
-                id: ShardId(i as u16),
-                tx,
-            });
+            handles.push(ShardHandle { id: ShardId(i as u16), tx });
             let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
             started.push(ready_rx);
-            let shard_cfg = ShardConfig {
-                id: ShardId(i as u16),
-                shard_count: n as u16,
-                snapshot_entries: cfg.snapshot_entries,
-            };
+            let shard_cfg =
+                ShardConfig { id: ShardId(i as u16), shard_count: n as u16, snapshot_entries: cfg.snapshot_entries };
             let clock = clock.clone();
             let fsync = cfg.fsync;
-            let builder = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
-                .name(&format!("shard-{i}"))
-                .io_memory(1 << 20);
+            let builder =
+                LocalExecutorBuilder::new(Placement::Fixed(i % cpus)).name(&format!("shard-{i}")).io_memory(1 << 20);
             let t = builder
                 .spawn(move || async move {
                     match start_shard(shard_cfg, rec, clock, fsync).await {
                         Ok((writer, store, clock)) => {
-                            let (wtx, wrx) = mpsc::unbounded();
+                            let (wtx, wrx) = mpsc::channel(WRITER_QUEUE);
                             let _ = ready_tx.send(Ok(()));
                             let p = glommio::spawn_local(pump(rx, store, clock, wtx));
                             writer.run(wrx).await;
@@ -177,10 +142,7 @@ impl ShardPool {
                         Err(e) => drop(ready_tx.send(Err(e))),
                     }
                 })
-                .map_err(|e| StartError::Executor {
-                    shard: i,
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| StartError::Executor { shard: i, reason: e.to_string() })?;
             threads.push(t);
         }
         for (i, r) in started.into_iter().enumerate() {
@@ -188,20 +150,11 @@ impl ShardPool {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => return Err(StartError::Executor { shard: i, reason }),
                 Err(_) => {
-                    return Err(StartError::Executor {
-                        shard: i,
-                        reason: "executor exited during startup".into(),
-                    })
+                    return Err(StartError::Executor { shard: i, reason: "executor exited during startup".into() })
                 }
             }
         }
-        Ok(ShardPool {
-            handles,
-            clock,
-            map,
-            threads,
-            recovery,
-        })
+        Ok(ShardPool { handles, clock, map, threads, recovery })
     }
 
     pub fn handles(&self) -> &[ShardHandle] {
@@ -216,7 +169,8 @@ impl ShardPool {
         &self.map
     }
 
-    /// Asks every shard to finish queued work and close its WAL, then joins the executors.
+    /// Asks every shard to stop (see `ShardMsg::Shutdown`) and close its WAL, then joins the
+    /// executors.
     pub fn shutdown(self) {
         for h in &self.handles {
             let _ = futures::executor::block_on(h.request(|reply| ShardMsg::Shutdown { reply }));
@@ -236,28 +190,11 @@ async fn start_shard(
     clock: Arc<RevisionClock>,
     fsync: bool,
 ) -> Result<Started, String> {
-    let RecoveredShard {
-        dirs,
-        store,
-        decided,
-        raft,
-        wal,
-        ..
-    } = rec;
-    let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync)
-        .await
-        .map_err(|e| e.to_string())?;
+    let RecoveredShard { dirs, store, decided, raft, wal, .. } = rec;
+    let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync).await.map_err(|e| e.to_string())?;
     let group = RaftGroup::start(&raft).map_err(|e| e.to_string())?;
     let store = Rc::new(RefCell::new(store));
-    let mut writer = Writer::new(
-        cfg,
-        dirs,
-        store.clone(),
-        group,
-        writer_wal,
-        clock.clone(),
-        decided,
-    );
-    writer.start().await.map_err(|e| e.to_string())?;
+    let mut writer = Writer::new(cfg, dirs, store.clone(), group, writer_wal, clock.clone(), decided);
+    writer.start().await;
     Ok((writer, store, clock))
 }

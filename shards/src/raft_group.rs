@@ -36,22 +36,13 @@ pub struct RaftGroup {
 }
 
 fn to_entry(e: &LogEntry) -> Entry {
-    Entry {
-        entry_type: e.entry_type as i32,
-        term: e.term,
-        index: e.index,
-        data: e.data.clone(),
-        ..Default::default()
-    }
+    Entry { entry_type: e.entry_type as i32, term: e.term, index: e.index, data: e.data.clone(), ..Default::default() }
 }
 
 impl RaftGroup {
     /// Rebuilds the group from durable state and campaigns (a lone voter wins at once).
     pub fn start(rec: &RecoveredRaft) -> Result<RaftGroup, RaftError> {
-        let voters = ConfState {
-            voters: vec![NODE_ID],
-            ..Default::default()
-        };
+        let voters = ConfState { voters: vec![NODE_ID], ..Default::default() };
         let storage = MemStorage::new_with_conf_state(voters.clone());
         let mut last = rec.snapshot_index;
         {
@@ -67,39 +58,22 @@ impl RaftGroup {
                 };
                 w.apply_snapshot(snap)?;
             }
-            let entries: Vec<Entry> = rec
-                .entries
-                .iter()
-                .filter(|e| e.index > rec.snapshot_index)
-                .map(to_entry)
-                .collect();
+            let entries: Vec<Entry> =
+                rec.entries.iter().filter(|e| e.index > rec.snapshot_index).map(to_entry).collect();
             if let Some(e) = entries.last() {
                 last = e.index;
             }
             w.append(&entries)?;
             let mut hs = HardState::default();
             if let Some(h) = rec.hard_state {
-                hs = HardState {
-                    term: h.term,
-                    vote: h.vote,
-                    commit: h.commit,
-                };
+                hs = HardState { term: h.term, vote: h.vote, commit: h.commit };
             }
-            hs.term = hs
-                .term
-                .max(rec.snapshot_term)
-                .max(rec.entries.last().map_or(0, |e| e.term));
+            hs.term = hs.term.max(rec.snapshot_term).max(rec.entries.last().map_or(0, |e| e.term));
             // Every durable entry of a lone voter is committed.
             hs.commit = last;
             w.set_hardstate(hs);
         }
-        let cfg = Config {
-            id: NODE_ID,
-            applied: last,
-            election_tick: 10,
-            heartbeat_tick: 1,
-            ..Default::default()
-        };
+        let cfg = Config { id: NODE_ID, applied: last, election_tick: 10, heartbeat_tick: 1, ..Default::default() };
         cfg.validate()?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let mut node = RawNode::new(&cfg, storage, &logger)?;
@@ -148,11 +122,7 @@ impl RaftGroup {
             }));
         }
         if let Some(hs) = rd.hs() {
-            recs.push(WalRecord::HardState(HardStateRecord {
-                term: hs.term,
-                vote: hs.vote,
-                commit: hs.commit,
-            }));
+            recs.push(WalRecord::HardState(HardStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit }));
         }
         Some((rd, recs))
     }

@@ -23,17 +23,16 @@ pub enum RecoverError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error("WAL in {dir} is missing entries: expected index {expected}, found {found}")]
+    Gap { dir: PathBuf, expected: u64, found: u64 },
     #[error("WAL entry {index} of {dir} holds an invalid batch: {reason}")]
-    BadBatch {
-        dir: PathBuf,
-        index: u64,
-        reason: String,
-    },
+    BadBatch { dir: PathBuf, index: u64, reason: String },
 }
 
 /// Paths of one shard's files.
 #[derive(Clone, Debug)]
 pub struct ShardDirs {
+    pub shard: u16,
     pub root: PathBuf,
     pub wal: PathBuf,
     pub snap: PathBuf,
@@ -42,11 +41,7 @@ pub struct ShardDirs {
 impl ShardDirs {
     pub fn new(data_dir: &Path, shard: usize) -> ShardDirs {
         let root = data_dir.join(format!("shard-{shard}"));
-        ShardDirs {
-            wal: root.join("wal"),
-            snap: root.join("snap"),
-            root,
-        }
+        ShardDirs { shard: shard as u16, wal: root.join("wal"), snap: root.join("snap"), root }
     }
 }
 
@@ -72,7 +67,7 @@ pub struct RecoveredShard {
 
 /// Reads a shard's snapshot and WAL (phase 1).
 pub fn read_shard(dirs: ShardDirs) -> Result<ReadShard, RecoverError> {
-    let snap = snapshot::load_latest(&dirs.snap)?;
+    let snap = snapshot::load_latest(&dirs.snap, dirs.shard)?;
     let wal = wal::recover(&dirs.wal)?;
     if let Some((path, offset, reason)) = &wal.torn_tail {
         tracing::warn!(file = %path.display(), offset, reason, "WAL ended in a torn record (crash during a write); cut it off");
@@ -80,11 +75,8 @@ pub fn read_shard(dirs: ShardDirs) -> Result<ReadShard, RecoverError> {
     let (store, mut raft, mut decided) = match snap {
         Some(s) => {
             tracing::info!(path = %s.path.display(), index = s.header.index, keys = s.store.key_count(), "loaded snapshot");
-            let raft = RecoveredRaft {
-                snapshot_index: s.header.index,
-                snapshot_term: s.header.term,
-                ..Default::default()
-            };
+            let raft =
+                RecoveredRaft { snapshot_index: s.header.index, snapshot_term: s.header.term, ..Default::default() };
             (s.store, raft, s.header.decided.iter().copied().collect())
         }
         None => (Store::new(), RecoveredRaft::default(), BTreeSet::new()),
@@ -100,12 +92,13 @@ pub fn read_shard(dirs: ShardDirs) -> Result<ReadShard, RecoverError> {
                 // A rewritten index (a new leader overwrote an uncommitted tail) replaces the old.
                 while raft.entries.last().is_some_and(|l| l.index >= e.index) {
                     raft.entries.pop();
-                    if batches
-                        .last()
-                        .is_some_and(|(i, _): &(u64, Batch)| *i >= e.index)
-                    {
+                    if batches.last().is_some_and(|(i, _): &(u64, Batch)| *i >= e.index) {
                         batches.pop();
                     }
+                }
+                let expected = raft.entries.last().map_or(raft.snapshot_index, |l| l.index) + 1;
+                if e.index != expected {
+                    return Err(RecoverError::Gap { dir: dirs.wal.clone(), expected, found: e.index });
                 }
                 raft.entries.push(e.clone());
                 if e.data.is_empty() {
@@ -125,39 +118,18 @@ pub fn read_shard(dirs: ShardDirs) -> Result<ReadShard, RecoverError> {
             }
         }
     }
-    Ok(ReadShard {
-        dirs,
-        store,
-        batches,
-        decided,
-        raft,
-        wal,
-    })
+    Ok(ReadShard { dirs, store, batches, decided, raft, wal })
 }
 
 /// Replays a shard's batches (phase 2), given the decisions of every shard.
 pub fn replay(read: ReadShard, all_decided: &BTreeSet<i64>) -> RecoveredShard {
-    let ReadShard {
-        dirs,
-        mut store,
-        batches,
-        decided,
-        raft,
-        wal,
-    } = read;
+    let ReadShard { dirs, mut store, batches, decided, raft, wal } = read;
     let replayed_entries = batches.len();
     for (_, b) in batches {
         for op in b.ops {
             match op {
-                BatchOp::Write {
-                    revision,
-                    mutations,
-                } => store.apply(&mutations, revision),
-                BatchOp::Prepare {
-                    revision,
-                    mutations,
-                    ..
-                } => {
+                BatchOp::Write { revision, mutations } => store.apply(&mutations, revision),
+                BatchOp::Prepare { revision, mutations, .. } => {
                     if all_decided.contains(&revision) {
                         store.apply(&mutations, revision);
                     } else {
@@ -169,12 +141,5 @@ pub fn replay(read: ReadShard, all_decided: &BTreeSet<i64>) -> RecoveredShard {
             }
         }
     }
-    RecoveredShard {
-        dirs,
-        store,
-        decided,
-        raft,
-        wal,
-        replayed_entries,
-    }
+    RecoveredShard { dirs, store, decided, raft, wal, replayed_entries }
 }

@@ -14,6 +14,11 @@ use crate::mvcc::KeyRange;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardId(pub u16);
 
+/// Most shards a node runs (two-byte boundaries keep them distinct well past this).
+pub const MAX_SHARDS: usize = 1024;
+
+const HEADER: &str = "corekv-shardmap-v1";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardMap {
     boundaries: Vec<Bytes>,
@@ -22,10 +27,7 @@ pub struct ShardMap {
 #[derive(Debug, thiserror::Error)]
 pub enum ShardMapError {
     #[error("cannot read or write shard map {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("shard map {path} is malformed at line {line}")]
     Malformed { path: String, line: usize },
     #[error("data directory was created with {stored} shards but --shards {requested} was given")]
@@ -40,20 +42,25 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 impl ShardMap {
     /// Default boundaries for `n` shards: printable first bytes (0x20..0x7f) split evenly, so
     /// ordinary text keys spread over the shards.
     pub fn even(n: usize) -> ShardMap {
-        let n = n.max(1);
-        let boundaries = (1..n)
-            .map(|i| Bytes::from(vec![0x20 + (0x5f * i / n) as u8]))
-            .collect();
+        let n = n.clamp(1, MAX_SHARDS);
+        let boundaries = if n <= 0x5f {
+            (1..n).map(|i| Bytes::from(vec![0x20 + (0x5f * i / n) as u8])).collect()
+        } else {
+            // Too many shards for one byte: split on the first two bytes instead.
+            (1..n)
+                .map(|i| {
+                    let p = 0x2000 + 0x5f00 * i / n;
+                    Bytes::from(vec![(p >> 8) as u8, p as u8])
+                })
+                .collect()
+        };
         ShardMap { boundaries }
     }
 
@@ -86,60 +93,47 @@ impl ShardMap {
         } else if range.end.as_ref() <= range.key.as_ref() {
             first
         } else {
-            self.boundaries
-                .partition_point(|b| b.as_ref() < range.end.as_ref()) as u16
+            self.boundaries.partition_point(|b| b.as_ref() < range.end.as_ref()) as u16
         };
         first..=last.max(first)
     }
 
     /// Loads the persisted map, or persists a new one of `requested` shards (default `default_n`).
-    pub fn load_or_create(
-        dir: &Path,
-        requested: Option<usize>,
-        default_n: usize,
-    ) -> Result<ShardMap, ShardMapError> {
+    pub fn load_or_create(dir: &Path, requested: Option<usize>, default_n: usize) -> Result<ShardMap, ShardMapError> {
         let path = dir.join("shardmap");
         let p = path.display().to_string();
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let mut boundaries = Vec::new();
+                if text.lines().next() != Some(HEADER) {
+                    return Err(ShardMapError::Malformed { path: p, line: 1 });
+                }
                 for (i, line) in text.lines().enumerate().skip(1) {
-                    boundaries.push(Bytes::from(unhex(line.trim()).ok_or(
-                        ShardMapError::Malformed {
-                            path: p.clone(),
-                            line: i + 1,
-                        },
-                    )?));
+                    boundaries.push(Bytes::from(
+                        unhex(line.trim()).ok_or(ShardMapError::Malformed { path: p.clone(), line: i + 1 })?,
+                    ));
                 }
                 let map = ShardMap::from_boundaries(boundaries);
                 match requested {
-                    Some(n) if n != map.shard_count() => Err(ShardMapError::CountMismatch {
-                        stored: map.shard_count(),
-                        requested: n,
-                    }),
+                    Some(n) if n != map.shard_count() => {
+                        Err(ShardMapError::CountMismatch { stored: map.shard_count(), requested: n })
+                    }
                     _ => Ok(map),
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let map = ShardMap::even(requested.unwrap_or(default_n));
-                let mut text = String::from("corekv-shardmap-v1\n");
+                let mut text = format!("{HEADER}\n");
                 for b in &map.boundaries {
                     text.push_str(&hex(b));
                     text.push('\n');
                 }
                 let tmp = dir.join("shardmap.tmp");
-                let io = |source| ShardMapError::Io {
-                    path: p.clone(),
-                    source,
-                };
+                let io = |source| ShardMapError::Io { path: p.clone(), source };
                 std::fs::write(&tmp, text).map_err(io)?;
-                std::fs::File::open(&tmp)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io)?;
+                std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
                 std::fs::rename(&tmp, &path).map_err(io)?;
-                std::fs::File::open(dir)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io)?;
+                std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io)?;
                 Ok(map)
             }
             Err(source) => Err(ShardMapError::Io { path: p, source }),
@@ -163,22 +157,20 @@ mod tests {
     #[test]
     fn shard_map_ranges_cover_touched_shards() {
         let m = ShardMap::even(4);
-        let all = KeyRange {
-            key: Bytes::from_static(b"\0"),
-            end: Bytes::from_static(b"\0"),
-        };
+        let all = KeyRange { key: Bytes::from_static(b"\0"), end: Bytes::from_static(b"\0") };
         assert_eq!(m.shards_of(&all), 0..=3);
-        let r = KeyRange {
-            key: Bytes::from_static(b"A"),
-            end: Bytes::from_static(b"B"),
-        };
+        let r = KeyRange { key: Bytes::from_static(b"A"), end: Bytes::from_static(b"B") };
         assert_eq!(m.shards_of(&r).count(), 1);
         let b1 = m.boundaries()[0].clone();
-        let exact = KeyRange {
-            key: Bytes::from_static(b" "),
-            end: b1,
-        };
+        let exact = KeyRange { key: Bytes::from_static(b" "), end: b1 };
         assert_eq!(m.shards_of(&exact), 0..=0);
+    }
+
+    #[test]
+    fn shard_map_many_shards_have_distinct_boundaries() {
+        let m = ShardMap::even(300);
+        assert_eq!(m.shard_count(), 300);
+        assert_eq!(ShardMap::from_boundaries(m.boundaries().to_vec()), m);
     }
 
     #[test]
@@ -187,9 +179,6 @@ mod tests {
         let a = ShardMap::load_or_create(dir.path(), Some(3), 2).expect("create");
         let b = ShardMap::load_or_create(dir.path(), None, 8).expect("load");
         assert_eq!(a, b);
-        assert!(matches!(
-            ShardMap::load_or_create(dir.path(), Some(2), 2),
-            Err(ShardMapError::CountMismatch { .. })
-        ));
+        assert!(matches!(ShardMap::load_or_create(dir.path(), Some(2), 2), Err(ShardMapError::CountMismatch { .. })));
     }
 }

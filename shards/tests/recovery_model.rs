@@ -35,20 +35,10 @@ type Model = BTreeMap<Vec<u8>, (Vec<u8>, i64)>;
 
 fn live(store: &Store) -> Model {
     let mut out = Model::new();
-    store.scan_at(
-        &KeyRange {
-            key: Bytes::from_static(b"\0"),
-            end: Bytes::from_static(b"\0"),
-        },
-        LATEST,
-        |k, v| {
-            out.insert(
-                k.to_vec(),
-                (v.value.clone().unwrap_or_default().to_vec(), v.mod_revision),
-            );
-            true
-        },
-    );
+    store.scan_at(&KeyRange { key: Bytes::from_static(b"\0"), end: Bytes::from_static(b"\0") }, LATEST, |k, v| {
+        out.insert(k.to_vec(), (v.value.clone().unwrap_or_default().to_vec(), v.mod_revision));
+        true
+    });
     out
 }
 
@@ -73,34 +63,17 @@ fn generate(seed: u64) -> (Vec<u8>, Vec<(usize, Model)>) {
                 } else {
                     let value = format!("v{index}-{}", rng.below(1000)).into_bytes();
                     model.insert(key.clone(), (value.clone(), rev));
-                    mutations.push(Mutation::Put {
-                        key,
-                        value,
-                        lease: 0,
-                    });
+                    mutations.push(Mutation::Put { key, value, lease: 0 });
                 }
             }
             if mutations.is_empty() {
                 rev -= 1;
                 continue;
             }
-            ops.push(BatchOp::Write {
-                revision: rev,
-                mutations,
-            });
+            ops.push(BatchOp::Write { revision: rev, mutations });
         }
-        let data = if ops.is_empty() {
-            Vec::new()
-        } else {
-            Batch::new(ops).to_bytes()
-        };
-        let payload = WalRecord::Entry(LogEntry {
-            index,
-            term: 1,
-            entry_type: 0,
-            data,
-        })
-        .to_bytes();
+        let data = if ops.is_empty() { Vec::new() } else { Batch::new(ops).to_bytes() };
+        let payload = WalRecord::Entry(LogEntry { index, term: 1, entry_type: 0, data }).to_bytes();
         encode_into(&mut buf, RecordKind::Wal, &payload);
         // The record is complete once its payload is; the zero padding after it is optional.
         let padded_payload = payload.len().div_ceil(16) * 16;
@@ -135,33 +108,19 @@ fn recovery_model_any_crash_point_recovers_last_complete_entry() {
         }
         let expected = complete.map(|i| ends[i].1.clone()).unwrap_or_default();
         let got = live(&recover_from(&disk));
-        assert_eq!(
-            got,
-            expected,
-            "seed {seed}: cut at {cut} of {} bytes",
-            log.len()
-        );
+        assert_eq!(got, expected, "seed {seed}: cut at {cut} of {} bytes", log.len());
     }
 }
 
 fn prepare_log(index: u64, ops: Vec<BatchOp>) -> Vec<u8> {
     let mut buf = Vec::new();
-    let rec = WalRecord::Entry(LogEntry {
-        index,
-        term: 1,
-        entry_type: 0,
-        data: Batch::new(ops).to_bytes(),
-    });
+    let rec = WalRecord::Entry(LogEntry { index, term: 1, entry_type: 0, data: Batch::new(ops).to_bytes() });
     encode_into(&mut buf, RecordKind::Wal, &rec.to_bytes());
     buf
 }
 
 fn put(k: &str) -> Mutation {
-    Mutation::Put {
-        key: k.as_bytes().to_vec(),
-        value: b"v".to_vec(),
-        lease: 0,
-    }
+    Mutation::Put { key: k.as_bytes().to_vec(), value: b"v".to_vec(), lease: 0 }
 }
 
 #[test]
@@ -169,16 +128,8 @@ fn recovery_model_cross_shard_prepare_commits_only_with_decision() {
     for decided in [false, true] {
         let tmp = tempfile::tempdir().expect("tmp");
         let mut logs = vec![
-            vec![BatchOp::Prepare {
-                revision: 2,
-                participants: vec![0, 1],
-                mutations: vec![put("a")],
-            }],
-            vec![BatchOp::Prepare {
-                revision: 2,
-                participants: vec![0, 1],
-                mutations: vec![put("z")],
-            }],
+            vec![BatchOp::Prepare { revision: 2, participants: vec![0, 1], mutations: vec![put("a")] }],
+            vec![BatchOp::Prepare { revision: 2, participants: vec![0, 1], mutations: vec![put("z")] }],
         ];
         if decided {
             logs[0].push(BatchOp::Decide { revision: 2 });
@@ -187,21 +138,13 @@ fn recovery_model_cross_shard_prepare_commits_only_with_decision() {
         for (i, ops) in logs.into_iter().enumerate() {
             let dirs = ShardDirs::new(tmp.path(), i);
             std::fs::create_dir_all(&dirs.wal).expect("mkdir");
-            std::fs::write(dirs.wal.join("0000000000000001.wal"), prepare_log(1, ops))
-                .expect("write");
+            std::fs::write(dirs.wal.join("0000000000000001.wal"), prepare_log(1, ops)).expect("write");
             read.push(read_shard(dirs).expect("read"));
         }
-        let all: BTreeSet<i64> = read
-            .iter()
-            .flat_map(|r| r.decided.iter().copied())
-            .collect();
+        let all: BTreeSet<i64> = read.iter().flat_map(|r| r.decided.iter().copied()).collect();
         let stores: Vec<Store> = read.into_iter().map(|r| replay(r, &all).store).collect();
         let counts: Vec<usize> = stores.iter().map(Store::key_count).collect();
-        assert_eq!(
-            counts,
-            if decided { vec![1, 1] } else { vec![0, 0] },
-            "decided={decided}"
-        );
+        assert_eq!(counts, if decided { vec![1, 1] } else { vec![0, 0] }, "decided={decided}");
     }
 }
 
@@ -237,11 +180,7 @@ fn raft_group_restart_keeps_log_and_raises_term() {
     persist(&mut g, &mut durable);
     assert!(g.is_leader());
     assert!(g.term() > term, "a restart campaigns in a new term");
-    assert_eq!(
-        g.last_index(),
-        5,
-        "the new term's empty entry follows the old log"
-    );
+    assert_eq!(g.last_index(), 5, "the new term's empty entry follows the old log");
     g.propose(vec![9]).expect("propose");
     persist(&mut g, &mut durable);
     assert_eq!(g.commit_index(), 6);

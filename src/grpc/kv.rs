@@ -19,12 +19,7 @@ pub struct KvService {
 }
 
 fn range_response(r: RangeResult, header: Option<pb::ResponseHeader>) -> pb::RangeResponse {
-    pb::RangeResponse {
-        header,
-        kvs: r.kvs,
-        more: r.more,
-        count: r.count,
-    }
+    pb::RangeResponse { header, kvs: r.kvs, more: r.more, count: r.count }
 }
 
 impl KvService {
@@ -35,51 +30,30 @@ impl KvService {
     /// Nested responses carry only the revision, as in etcd.
     fn op_response(&self, r: OpResult, revision: i64) -> pb::ResponseOp {
         use pb::response_op::Response as R;
-        let header = Some(pb::ResponseHeader {
-            revision,
-            ..Default::default()
-        });
+        let header = Some(pb::ResponseHeader { revision, ..Default::default() });
         let response = match r {
             OpResult::Range(rr) => R::ResponseRange(range_response(rr, header)),
             OpResult::Put { prev_kv } => R::ResponsePut(pb::PutResponse { header, prev_kv }),
             OpResult::Delete { deleted, prev_kvs } => {
-                R::ResponseDeleteRange(pb::DeleteRangeResponse {
-                    header,
-                    deleted,
-                    prev_kvs,
-                })
+                R::ResponseDeleteRange(pb::DeleteRangeResponse { header, deleted, prev_kvs })
             }
             OpResult::Txn(t) => R::ResponseTxn(self.txn_response(t, revision, header)),
         };
-        pb::ResponseOp {
-            response: Some(response),
-        }
+        pb::ResponseOp { response: Some(response) }
     }
 
-    fn txn_response(
-        &self,
-        t: TxnResult,
-        revision: i64,
-        header: Option<pb::ResponseHeader>,
-    ) -> pb::TxnResponse {
+    fn txn_response(&self, t: TxnResult, revision: i64, header: Option<pb::ResponseHeader>) -> pb::TxnResponse {
         pb::TxnResponse {
             header,
             succeeded: t.succeeded,
-            responses: t
-                .results
-                .into_iter()
-                .map(|r| self.op_response(r, revision))
-                .collect(),
+            responses: t.results.into_iter().map(|r| self.op_response(r, revision)).collect(),
         }
     }
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(
-        &self,
-        req: Request<pb::RangeRequest>,
-    ) -> Result<Response<pb::RangeResponse>, Status> {
+    async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let q = validate::range(req.into_inner())?;
         let (r, revision) = self.router.range(q).await?;
         Ok(Response::new(range_response(r, self.header(revision))))
@@ -87,16 +61,15 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let req = req.into_inner();
-        validate::size(&req, self.limits)?;
-        let w = self.router.put(validate::put(req)?).await?;
+        let len = validate::encoded_len(&req);
+        let put = validate::put(req)?;
+        validate::size(len, self.limits)?;
+        let w = self.router.put(put).await?;
         let prev_kv = match w.result {
             OpResult::Put { prev_kv } => prev_kv,
             _ => None,
         };
-        Ok(Response::new(pb::PutResponse {
-            header: self.header(w.revision),
-            prev_kv,
-        }))
+        Ok(Response::new(pb::PutResponse { header: self.header(w.revision), prev_kv }))
     }
 
     async fn delete_range(
@@ -104,36 +77,25 @@ impl Kv for KvService {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let req = req.into_inner();
-        validate::size(&req, self.limits)?;
-        let w = self.router.delete(validate::delete(req)?).await?;
+        let len = validate::encoded_len(&req);
+        let delete = validate::delete(req)?;
+        validate::size(len, self.limits)?;
+        let w = self.router.delete(delete).await?;
         let (deleted, prev_kvs) = match w.result {
             OpResult::Delete { deleted, prev_kvs } => (deleted, prev_kvs),
             _ => (0, Vec::new()),
         };
-        Ok(Response::new(pb::DeleteRangeResponse {
-            header: self.header(w.revision),
-            deleted,
-            prev_kvs,
-        }))
+        Ok(Response::new(pb::DeleteRangeResponse { header: self.header(w.revision), deleted, prev_kvs }))
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let spec = validate::txn(req.into_inner(), self.limits)?;
         let (t, revision) = self.router.txn(spec).await?;
-        Ok(Response::new(self.txn_response(
-            t,
-            revision,
-            self.header(revision),
-        )))
+        Ok(Response::new(self.txn_response(t, revision, self.header(revision))))
     }
 
-    async fn compact(
-        &self,
-        req: Request<pb::CompactionRequest>,
-    ) -> Result<Response<pb::CompactionResponse>, Status> {
+    async fn compact(&self, req: Request<pb::CompactionRequest>) -> Result<Response<pb::CompactionResponse>, Status> {
         let revision = self.router.compact(req.into_inner().revision).await?;
-        Ok(Response::new(pb::CompactionResponse {
-            header: self.header(revision),
-        }))
+        Ok(Response::new(pb::CompactionResponse { header: self.header(revision) }))
     }
 }

@@ -39,34 +39,22 @@ fn dir_size(p: &std::path::Path) -> u64 {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(
-        &self,
-        _: Request<pb::AlarmRequest>,
-    ) -> Result<Response<pb::AlarmResponse>, Status> {
+    async fn alarm(&self, _: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
         Err(not_built("Alarm"))
     }
 
-    async fn status(
-        &self,
-        _: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.router.status().await?;
         let term = st.iter().map(|s| s.raft_term).max().unwrap_or(0);
         let revision = self.router.clock().visible();
         // Logical bytes: WAL records written (not the preallocated segment space) plus snapshots.
-        let snapshots: u64 = (0..st.len())
-            .map(|i| dir_size(&self.data_dir.join(format!("shard-{i}/snap"))))
-            .sum();
+        let snapshots: u64 = (0..st.len()).map(|i| dir_size(&self.data_dir.join(format!("shard-{i}/snap")))).sum();
         let db_size = (st.iter().map(|s| s.wal_bytes).sum::<u64>() + snapshots) as i64;
         Ok(Response::new(pb::StatusResponse {
             header: self.member.header(revision, term),
             version: ETCD_VERSION.to_string(),
             db_size,
-            leader: if st.iter().all(|s| s.is_leader) {
-                self.member.member_id
-            } else {
-                0
-            },
+            leader: if st.iter().all(|s| s.is_leader) { self.member.member_id } else { 0 },
             // One Raft group per shard: indexes are summed so they grow with every write anywhere.
             raft_index: st.iter().map(|s| s.raft_index).sum(),
             raft_term: term,
@@ -77,47 +65,29 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(
-        &self,
-        _: Request<pb::DefragmentRequest>,
-    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+    async fn defragment(&self, _: Request<pb::DefragmentRequest>) -> Result<Response<pb::DefragmentResponse>, Status> {
         Err(not_built("Defragment"))
     }
 
-    async fn hash(
-        &self,
-        _: Request<pb::HashRequest>,
-    ) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
         Err(not_built("Hash"))
     }
 
-    async fn hash_kv(
-        &self,
-        _: Request<pb::HashKvRequest>,
-    ) -> Result<Response<pb::HashKvResponse>, Status> {
+    async fn hash_kv(&self, _: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
         Err(not_built("HashKV"))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
-    async fn snapshot(
-        &self,
-        _: Request<pb::SnapshotRequest>,
-    ) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, _: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         Err(not_built("Snapshot"))
     }
 
-    async fn move_leader(
-        &self,
-        _: Request<pb::MoveLeaderRequest>,
-    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+    async fn move_leader(&self, _: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         Err(not_built("MoveLeader"))
     }
 
-    async fn downgrade(
-        &self,
-        _: Request<pb::DowngradeRequest>,
-    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+    async fn downgrade(&self, _: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(not_built("Downgrade"))
     }
 }

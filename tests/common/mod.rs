@@ -57,11 +57,7 @@ impl Server {
         for _attempt in 0..5 {
             self.port = free_port();
             let offset = self.log_text().len();
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.log)
-                .expect("log file");
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
             let child = Command::new(env!("CARGO_BIN_EXE_corekv"))
                 .arg("--data-dir")
                 .arg(&self.dir)
@@ -89,17 +85,11 @@ impl Server {
                     }
                     panic!("corekv exited during startup with {status}; log:\n{text}");
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "corekv did not start; log:\n{text}"
-                );
+                assert!(Instant::now() < deadline, "corekv did not start; log:\n{text}");
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        panic!(
-            "corekv could not find a free port; log:\n{}",
-            self.log_text()
-        );
+        panic!("corekv could not find a free port; log:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {
@@ -107,9 +97,7 @@ impl Server {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint()], None)
-            .await
-            .expect("connect")
+        etcd_client::Client::connect([self.endpoint()], None).await.expect("connect")
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -125,10 +113,7 @@ impl Server {
         let Some(mut c) = self.child.take() else {
             return true;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = c.try_wait() {
@@ -172,12 +157,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run etcdctl (install it with scripts/setup.sh)");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
         let out = child.wait_with_output().expect("etcdctl output");
         (
             out.status.success(),

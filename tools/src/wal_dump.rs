@@ -11,10 +11,7 @@ use wire::record::batch::{Batch, BatchOp, Mutation};
 use wire::record::wal::WalRecord;
 
 #[derive(Parser)]
-#[command(
-    name = "corekv-wal-dump",
-    about = "Print the records of corekv WAL segments"
-)]
+#[command(name = "corekv-wal-dump", about = "Print the records of corekv WAL segments")]
 struct Args {
     /// Segment files to read.
     files: Vec<PathBuf>,
@@ -26,11 +23,7 @@ struct Args {
 fn show(m: &Mutation) -> String {
     match m {
         Mutation::Put { key, value, lease } => {
-            format!(
-                "put {:?} ({} bytes, lease {lease})",
-                String::from_utf8_lossy(key),
-                value.len()
-            )
+            format!("put {:?} ({} bytes, lease {lease})", String::from_utf8_lossy(key), value.len())
         }
         Mutation::Delete { key } => format!("delete {:?}", String::from_utf8_lossy(key)),
     }
@@ -39,22 +32,11 @@ fn show(m: &Mutation) -> String {
 fn dump_batch(b: &Batch, keys: bool) {
     for op in &b.ops {
         let (what, muts) = match op {
-            BatchOp::Write {
-                revision,
-                mutations,
-            } => (
-                format!("  write rev={revision} mutations={}", mutations.len()),
-                Some(mutations),
-            ),
-            BatchOp::Prepare {
-                revision,
-                participants,
-                mutations,
-            } => (
-                format!(
-                    "  prepare rev={revision} participants={participants:?} mutations={}",
-                    mutations.len()
-                ),
+            BatchOp::Write { revision, mutations } => {
+                (format!("  write rev={revision} mutations={}", mutations.len()), Some(mutations))
+            }
+            BatchOp::Prepare { revision, participants, mutations } => (
+                format!("  prepare rev={revision} participants={participants:?} mutations={}", mutations.len()),
                 Some(mutations),
             ),
             BatchOp::Decide { revision } => (format!("  decide rev={revision}"), None),
@@ -86,17 +68,11 @@ fn main() -> ExitCode {
         for f in &scan.frames {
             let at = f.payload.start - frame::HEADER_LEN;
             match WalRecord::from_bytes(&data[f.payload.clone()]) {
-                Ok(WalRecord::HardState(h)) => println!(
-                    "@{at} hardstate term={} vote={} commit={}",
-                    h.term, h.vote, h.commit
-                ),
+                Ok(WalRecord::HardState(h)) => {
+                    println!("@{at} hardstate term={} vote={} commit={}", h.term, h.vote, h.commit)
+                }
                 Ok(WalRecord::Entry(e)) => {
-                    println!(
-                        "@{at} entry index={} term={} bytes={}",
-                        e.index,
-                        e.term,
-                        e.data.len()
-                    );
+                    println!("@{at} entry index={} term={} bytes={}", e.index, e.term, e.data.len());
                     if !e.data.is_empty() {
                         match Batch::from_bytes(&e.data) {
                             Ok(b) => dump_batch(&b, args.keys),

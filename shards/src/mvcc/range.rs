@@ -5,7 +5,8 @@
 //! etcd (`apply.go` Range): with a sort order or a min/max filter, everything in the range is
 //! fetched, filtered, sorted, then cut to `limit` (`more` set when cut); otherwise `limit + 1`
 //! keys are fetched in key order. `count` is the number of keys in the range at the revision,
-//! before filters. A sort target other than KEY with order NONE sorts ascending.
+//! before filters. A sort target other than KEY with order NONE sorts ascending — but only the
+//! `limit + 1` keys fetched in key order, since the fetch decision looks at the order as sent.
 
 use std::cmp::Ordering;
 
@@ -29,9 +30,10 @@ impl RangeQuery {
         }
     }
 
-    /// How many keys to collect in key order before post-processing (0 = all).
+    /// How many keys to collect in key order before post-processing (0 = all). etcd decides on
+    /// the order as sent, not the effective one.
     fn fetch_limit(&self) -> usize {
-        if self.effective_order() != SortOrder::None || self.has_filters() || self.limit <= 0 {
+        if self.sort_order != SortOrder::None || self.has_filters() || self.limit <= 0 {
             0
         } else {
             self.limit as usize + 1
@@ -89,11 +91,7 @@ impl Store {
             true
         });
         if q.count_only {
-            return RangeResult {
-                kvs: Vec::new(),
-                count,
-                more: false,
-            };
+            return RangeResult { kvs: Vec::new(), count, more: false };
         }
         finish_part(q, kvs, count)
     }
@@ -115,13 +113,16 @@ fn finish_part(q: &RangeQuery, kvs: Vec<KeyValue>, count: i64) -> RangeResult {
 pub fn merge(q: &RangeQuery, parts: Vec<RangeResult>) -> RangeResult {
     let count = parts.iter().map(|p| p.count).sum();
     if q.count_only {
-        return RangeResult {
-            kvs: Vec::new(),
-            count,
-            more: false,
-        };
+        return RangeResult { kvs: Vec::new(), count, more: false };
     }
-    let kvs: Vec<KeyValue> = parts.into_iter().flat_map(|p| p.kvs).collect();
+    let mut kvs: Vec<KeyValue> = parts.into_iter().flat_map(|p| p.kvs).collect();
+    let fetch = q.fetch_limit();
+    if fetch > 0 && q.effective_order() != SortOrder::None {
+        // Each part holds its shard's first keys, sorted by the target: the answer is the
+        // first `limit + 1` keys of the whole range, then sorted.
+        kvs.sort_by(|a, b| a.key.cmp(&b.key));
+        kvs.truncate(fetch);
+    }
     // Parts are each in final order; concatenation is in key order only for key-ordered output.
     let mut kq = q.clone();
     kq.min_mod_revision = 0;
@@ -148,21 +149,11 @@ mod tests {
     }
 
     fn q(limit: i64) -> RangeQuery {
-        RangeQuery {
-            range: KeyRange {
-                key: Bytes::from("k"),
-                end: Bytes::from("l"),
-            },
-            limit,
-            ..Default::default()
-        }
+        RangeQuery { range: KeyRange { key: Bytes::from("k"), end: Bytes::from("l") }, limit, ..Default::default() }
     }
 
     fn keys(r: &RangeResult) -> Vec<String> {
-        r.kvs
-            .iter()
-            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
-            .collect()
+        r.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect()
     }
 
     #[test]
@@ -183,9 +174,16 @@ mod tests {
         query.sort_order = SortOrder::Descend;
         let r = merge(&query, vec![s.range_at(&query, 10)]);
         assert_eq!(keys(&r), ["k0", "k1"]);
-        query.sort_order = SortOrder::None; // non-key target with NONE sorts ascending
+        // A non-key target with order NONE sorts ascending, but only the first limit+1 keys.
+        query.sort_order = SortOrder::None;
         let r = merge(&query, vec![s.range_at(&query, 10)]);
-        assert_eq!(keys(&r), ["k4", "k3"]);
+        assert_eq!(keys(&r), ["k2", "k1"]);
+        let mut a = query.clone();
+        a.range = KeyRange { key: Bytes::from("k0"), end: Bytes::from("k2") };
+        let mut b = query.clone();
+        b.range = KeyRange { key: Bytes::from("k2"), end: Bytes::from("l") };
+        let r = merge(&query, vec![s.range_at(&a, 10), s.range_at(&b, 10)]);
+        assert_eq!(keys(&r), ["k2", "k1"], "same answer when the range spans shards");
     }
 
     #[test]
@@ -203,15 +201,9 @@ mod tests {
     fn range_merge_of_two_parts_with_limit_is_key_ordered() {
         let s = store();
         let mut a = q(3);
-        a.range = KeyRange {
-            key: Bytes::from("k0"),
-            end: Bytes::from("k2"),
-        };
+        a.range = KeyRange { key: Bytes::from("k0"), end: Bytes::from("k2") };
         let mut b = q(3);
-        b.range = KeyRange {
-            key: Bytes::from("k2"),
-            end: Bytes::from("l"),
-        };
+        b.range = KeyRange { key: Bytes::from("k2"), end: Bytes::from("l") };
         let r = merge(&q(3), vec![s.range_at(&a, 10), s.range_at(&b, 10)]);
         assert_eq!(keys(&r), ["k0", "k1", "k2"]);
         assert!(r.more);

@@ -60,11 +60,7 @@ impl Version {
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,
-            value: if keys_only {
-                Bytes::new()
-            } else {
-                self.value.clone().unwrap_or_default()
-            },
+            value: if keys_only { Bytes::new() } else { self.value.clone().unwrap_or_default() },
             lease: self.lease,
         }
     }
@@ -94,28 +90,17 @@ impl Store {
     /// Checks that `rev` can be read: not below the compaction point, not above `current`.
     pub fn check_readable(&self, rev: i64, current: i64) -> Result<(), ShardError> {
         if rev > current {
-            return Err(ShardError::FutureRevision {
-                requested: rev,
-                current,
-            });
+            return Err(ShardError::FutureRevision { requested: rev, current });
         }
         if rev < self.compact_revision {
-            return Err(ShardError::Compacted {
-                requested: rev,
-                compacted: self.compact_revision,
-            });
+            return Err(ShardError::Compacted { requested: rev, compacted: self.compact_revision });
         }
         Ok(())
     }
 
     /// Calls `f` for every key in `range` that is live at `rev`, in ascending key order, until
     /// `f` returns false.
-    pub fn scan_at<'a>(
-        &'a self,
-        range: &KeyRange,
-        rev: i64,
-        mut f: impl FnMut(&'a Bytes, &'a Version) -> bool,
-    ) {
+    pub fn scan_at<'a>(&'a self, range: &KeyRange, rev: i64, mut f: impl FnMut(&'a Bytes, &'a Version) -> bool) {
         if range.is_single() {
             if let Some((k, h)) = self.keys.get_key_value(range.key.as_ref()) {
                 if let Some(v) = visible_at(h, rev) {
@@ -124,18 +109,11 @@ impl Store {
             }
             return;
         }
-        let upper = if range.unbounded() {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(range.end.as_ref())
-        };
+        let upper = if range.unbounded() { Bound::Unbounded } else { Bound::Excluded(range.end.as_ref()) };
         if !range.unbounded() && range.end.as_ref() <= range.key.as_ref() {
             return;
         }
-        for (k, h) in self
-            .keys
-            .range::<[u8], _>((Bound::Included(range.key.as_ref()), upper))
-        {
+        for (k, h) in self.keys.range::<[u8], _>((Bound::Included(range.key.as_ref()), upper)) {
             if let Some(v) = visible_at(h, rev) {
                 if !f(k, v) {
                     return;
@@ -152,10 +130,7 @@ impl Store {
 
     /// Puts `key` at revision `rev` (after every revision already executed here).
     pub fn put(&mut self, key: &Bytes, value: Bytes, lease: i64, rev: i64) -> Option<KeyValue> {
-        debug_assert!(
-            rev >= self.current_revision,
-            "revisions executed out of order"
-        );
+        debug_assert!(rev >= self.current_revision, "revisions executed out of order");
         self.current_revision = rev;
         self.version_count += 1;
         // Copy the value: the caller's Bytes may pin a whole receive buffer.
@@ -167,13 +142,7 @@ impl Store {
                     Some(p) => (p.create_revision, p.version + 1),
                     None => (rev, 1),
                 };
-                let v = Version {
-                    mod_revision: rev,
-                    create_revision,
-                    version,
-                    lease,
-                    value,
-                };
+                let v = Version { mod_revision: rev, create_revision, version, lease, value };
                 match h.last_mut() {
                     // Same key twice in one revision (a txn): the later write wins.
                     Some(last) if last.mod_revision == rev => {
@@ -186,13 +155,7 @@ impl Store {
             }
             None => {
                 let k = Bytes::copy_from_slice(key);
-                let v = Version {
-                    mod_revision: rev,
-                    create_revision: rev,
-                    version: 1,
-                    lease,
-                    value,
-                };
+                let v = Version { mod_revision: rev, create_revision: rev, version: 1, lease, value };
                 self.keys.insert(k, vec![v]);
                 None
             }
@@ -214,19 +177,10 @@ impl Store {
     }
 
     fn tombstone(&mut self, key: &[u8], rev: i64) {
-        debug_assert!(
-            rev >= self.current_revision,
-            "revisions executed out of order"
-        );
+        debug_assert!(rev >= self.current_revision, "revisions executed out of order");
         self.current_revision = rev;
         if let Some(h) = self.keys.get_mut(key) {
-            let t = Version {
-                mod_revision: rev,
-                create_revision: 0,
-                version: 0,
-                lease: 0,
-                value: None,
-            };
+            let t = Version { mod_revision: rev, create_revision: 0, version: 0, lease: 0, value: None };
             match h.last_mut() {
                 Some(last) if last.mod_revision == rev => *last = t,
                 _ => {
@@ -242,12 +196,7 @@ impl Store {
         for m in mutations {
             match m {
                 Mutation::Put { key, value, lease } => {
-                    self.put(
-                        &Bytes::copy_from_slice(key),
-                        Bytes::copy_from_slice(value),
-                        *lease,
-                        rev,
-                    );
+                    self.put(&Bytes::copy_from_slice(key), Bytes::copy_from_slice(value), *lease, rev);
                 }
                 Mutation::Delete { key } => self.tombstone(key, rev),
             }
@@ -273,11 +222,7 @@ impl Store {
             if idx == 0 {
                 return true;
             }
-            let keep_from = if h[idx - 1].value.is_some() {
-                idx - 1
-            } else {
-                idx
-            };
+            let keep_from = if h[idx - 1].value.is_some() { idx - 1 } else { idx };
             removed += keep_from;
             h.drain(..keep_from);
             !h.is_empty()
@@ -285,15 +230,22 @@ impl Store {
         self.version_count -= removed;
     }
 
-    /// Iterates keys after `after` (exclusive; `None` = from the start) as snapshot records.
-    pub fn export_from(&self, after: Option<&Bytes>, max_keys: usize) -> Vec<KeyRecord> {
+    /// Iterates keys after `after` (exclusive; `None` = from the start) as snapshot records, at
+    /// most `max_keys` and stopping once `max_bytes` of keys and values are taken.
+    pub fn export_from(&self, after: Option<&Bytes>, max_keys: usize, max_bytes: usize) -> Vec<KeyRecord> {
         let lower = match after {
             Some(k) => Bound::Excluded(k.as_ref()),
             None => Bound::Unbounded,
         };
+        let mut bytes = 0usize;
         self.keys
             .range::<[u8], _>((lower, Bound::Unbounded))
             .take(max_keys)
+            .take_while(|(k, h)| {
+                let first = bytes == 0;
+                bytes += k.len() + h.iter().map(|v| v.value.as_ref().map_or(0, |b| b.len())).sum::<usize>();
+                first || bytes <= max_bytes
+            })
             .map(|(k, h)| KeyRecord {
                 key: k.to_vec(),
                 versions: h
@@ -348,10 +300,7 @@ mod tests {
     }
 
     fn range(k: &str, e: &str) -> KeyRange {
-        KeyRange {
-            key: b(k),
-            end: b(e),
-        }
+        KeyRange { key: b(k), end: b(e) }
     }
 
     fn keys_at(s: &Store, r: &KeyRange, rev: i64) -> Vec<(String, i64)> {
@@ -410,15 +359,9 @@ mod tests {
         assert_eq!(s.key_count(), 1);
         assert_eq!(s.get_at(b"a", 5).map(|(_, v)| v.mod_revision), Some(3));
         assert_eq!(s.get_at(b"a", 6).map(|(_, v)| v.mod_revision), Some(6));
-        assert!(matches!(
-            s.check_readable(4, 6),
-            Err(ShardError::Compacted { .. })
-        ));
+        assert!(matches!(s.check_readable(4, 6), Err(ShardError::Compacted { .. })));
         assert!(s.check_readable(5, 6).is_ok());
-        assert!(matches!(
-            s.check_readable(7, 6),
-            Err(ShardError::FutureRevision { .. })
-        ));
+        assert!(matches!(s.check_readable(7, 6), Err(ShardError::FutureRevision { .. })));
     }
 
     #[test]
@@ -428,14 +371,11 @@ mod tests {
         s.put(&b("b"), b("2"), 7, 3);
         s.delete(&KeyRange::single(b("a")), 4);
         let mut t = Store::new();
-        for r in s.export_from(None, 100) {
+        for r in s.export_from(None, 100, 1 << 20) {
             t.import(r);
         }
         assert_eq!(t.current_revision(), 4);
-        assert_eq!(
-            keys_at(&t, &range("a", "\0"), 3),
-            keys_at(&s, &range("a", "\0"), 3)
-        );
+        assert_eq!(keys_at(&t, &range("a", "\0"), 3), keys_at(&s, &range("a", "\0"), 3));
         assert_eq!(t.get_at(b"b", 4).map(|(_, v)| v.lease), Some(7));
     }
 }

@@ -33,9 +33,7 @@ pub fn compare_kv(c: &Compare, v: Option<&Version>) -> bool {
         (CompareTarget::Create(x), v) => cmp_i64(v.map_or(0, |v| v.create_revision), *x),
         (CompareTarget::Mod(x), v) => cmp_i64(v.map_or(0, |v| v.mod_revision), *x),
         (CompareTarget::Lease(x), v) => cmp_i64(v.map_or(0, |v| v.lease), *x),
-        (CompareTarget::Value(x), Some(v)) => {
-            v.value.as_deref().unwrap_or_default().cmp(x.as_ref())
-        }
+        (CompareTarget::Value(x), Some(v)) => v.value.as_deref().unwrap_or_default().cmp(x.as_ref()),
         // etcd: comparing the value of a missing key always fails.
         (CompareTarget::Value(_), None) => return false,
     };
@@ -117,11 +115,7 @@ impl Store {
 
     /// Checks a put against the latest state: the key must exist for `ignore_value` /
     /// `ignore_lease`, and a lease must be known (`lease_exists`).
-    pub fn check_put(
-        &self,
-        p: &PutOp,
-        lease_exists: &impl Fn(i64) -> bool,
-    ) -> Result<(), ShardError> {
+    pub fn check_put(&self, p: &PutOp, lease_exists: &impl Fn(i64) -> bool) -> Result<(), ShardError> {
         if (p.ignore_value || p.ignore_lease) && self.get_at(&p.key, LATEST).is_none() {
             return Err(ShardError::KeyNotFound);
         }
@@ -132,15 +126,8 @@ impl Store {
     }
 
     /// Executes a put at the latest state; logs its mutation.
-    pub fn exec_put(
-        &mut self,
-        p: &PutOp,
-        rev: &mut dyn RevisionSource,
-        log: &mut Vec<Mutation>,
-    ) -> OpResult {
-        let cur = self
-            .get_at(&p.key, LATEST)
-            .map(|(_, v)| (v.value.clone(), v.lease));
+    pub fn exec_put(&mut self, p: &PutOp, rev: &mut dyn RevisionSource, log: &mut Vec<Mutation>) -> OpResult {
+        let cur = self.get_at(&p.key, LATEST).map(|(_, v)| (v.value.clone(), v.lease));
         let value = match (&cur, p.ignore_value) {
             (Some((Some(v), _)), true) => v.clone(),
             _ => p.value.clone(),
@@ -150,44 +137,25 @@ impl Store {
             _ => p.lease,
         };
         let r = rev.revision();
-        log.push(Mutation::Put {
-            key: p.key.to_vec(),
-            value: value.to_vec(),
-            lease,
-        });
+        log.push(Mutation::Put { key: p.key.to_vec(), value: value.to_vec(), lease });
         let prev = self.put(&p.key, value, lease, r);
-        OpResult::Put {
-            prev_kv: if p.prev_kv { prev } else { None },
-        }
+        OpResult::Put { prev_kv: if p.prev_kv { prev } else { None } }
     }
 
     /// Executes a delete at the latest state; takes a revision only if a key is deleted.
-    pub fn exec_delete(
-        &mut self,
-        d: &DeleteOp,
-        rev: &mut dyn RevisionSource,
-        log: &mut Vec<Mutation>,
-    ) -> OpResult {
+    pub fn exec_delete(&mut self, d: &DeleteOp, rev: &mut dyn RevisionSource, log: &mut Vec<Mutation>) -> OpResult {
         let mut any = false;
         self.scan_at(&d.range, LATEST, |_, _| {
             any = true;
             false
         });
         if !any {
-            return OpResult::Delete {
-                deleted: 0,
-                prev_kvs: Vec::new(),
-            };
+            return OpResult::Delete { deleted: 0, prev_kvs: Vec::new() };
         }
         let r = rev.revision();
         let deleted = self.delete(&d.range, r);
-        log.extend(deleted.iter().map(|kv| Mutation::Delete {
-            key: kv.key.to_vec(),
-        }));
-        OpResult::Delete {
-            deleted: deleted.len() as i64,
-            prev_kvs: if d.prev_kv { deleted } else { Vec::new() },
-        }
+        log.extend(deleted.iter().map(|kv| Mutation::Delete { key: kv.key.to_vec() }));
+        OpResult::Delete { deleted: deleted.len() as i64, prev_kvs: if d.prev_kv { deleted } else { Vec::new() } }
     }
 
     /// A Range inside a write txn: revision 0 reads the latest state, including this txn's own
@@ -212,10 +180,7 @@ impl Store {
         rev: &mut dyn RevisionSource,
         log: &mut Vec<Mutation>,
     ) -> Result<TxnResult, ShardError> {
-        let path = decide_path(t, &mut |cs| {
-            cs.iter()
-                .all(|c| combine_compare(c, [self.compare_part(c, LATEST)]))
-        });
+        let path = decide_path(t, &mut |cs| cs.iter().all(|c| combine_compare(c, [self.compare_part(c, LATEST)])));
         let mut check = Ok(());
         for_each_path_op(t, &path, &mut |op| {
             if let (Op::Put(p), Ok(())) = (op, &check) {
@@ -288,11 +253,7 @@ mod tests {
     }
 
     fn cmp_version(k: &str, r: CompareResult, x: i64) -> Compare {
-        Compare {
-            range: KeyRange::single(key(k)),
-            result: r,
-            target: CompareTarget::Version(x),
-        }
+        Compare { range: KeyRange::single(key(k)), result: r, target: CompareTarget::Version(x) }
     }
 
     fn no_leases(_: i64) -> bool {
@@ -308,9 +269,7 @@ mod tests {
             failure: vec![],
         };
         let mut log = Vec::new();
-        let r = s
-            .exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log)
-            .expect("txn");
+        let r = s.exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log).expect("txn");
         assert!(r.succeeded);
         assert_eq!(log.len(), 1);
         let value_cmp = Compare {
@@ -318,10 +277,7 @@ mod tests {
             result: CompareResult::NotEqual,
             target: CompareTarget::Value(key("x")),
         };
-        assert!(!combine_compare(
-            &value_cmp,
-            [s.compare_part(&value_cmp, LATEST)]
-        ));
+        assert!(!combine_compare(&value_cmp, [s.compare_part(&value_cmp, LATEST)]));
     }
 
     #[test]
@@ -332,23 +288,11 @@ mod tests {
             success: vec![put("b", "inner")],
             failure: vec![],
         };
-        let t = TxnSpec {
-            compares: vec![],
-            success: vec![put("a", "1"), Op::Txn(inner)],
-            failure: vec![],
-        };
+        let t = TxnSpec { compares: vec![], success: vec![put("a", "1"), Op::Txn(inner)], failure: vec![] };
         let mut log = Vec::new();
-        let r = s
-            .exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log)
-            .expect("txn");
+        let r = s.exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log).expect("txn");
         // The inner compare ran before `a` was put, so it succeeded.
-        assert!(matches!(
-            &r.results[1],
-            OpResult::Txn(TxnResult {
-                succeeded: true,
-                ..
-            })
-        ));
+        assert!(matches!(&r.results[1], OpResult::Txn(TxnResult { succeeded: true, .. })));
         assert!(s.get_at(b"b", LATEST).is_some());
         // Both puts share one revision.
         assert_eq!(
@@ -368,16 +312,9 @@ mod tests {
             ignore_value: true,
             ignore_lease: false,
         });
-        let t = TxnSpec {
-            compares: vec![],
-            success: vec![put("a", "1"), bad],
-            failure: vec![],
-        };
+        let t = TxnSpec { compares: vec![], success: vec![put("a", "1"), bad], failure: vec![] };
         let mut log = Vec::new();
-        assert_eq!(
-            s.exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log),
-            Err(ShardError::KeyNotFound)
-        );
+        assert_eq!(s.exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log), Err(ShardError::KeyNotFound));
         assert!(log.is_empty());
         assert!(s.get_at(b"a", LATEST).is_none());
     }
@@ -387,16 +324,12 @@ mod tests {
         let mut s = Store::new();
         let t = TxnSpec {
             compares: vec![],
-            success: vec![Op::Delete(DeleteOp {
-                range: KeyRange::single(key("none")),
-                prev_kv: false,
-            })],
+            success: vec![Op::Delete(DeleteOp { range: KeyRange::single(key("none")), prev_kv: false })],
             failure: vec![],
         };
         let mut c = Counter(1, None);
         let mut log = Vec::new();
-        s.exec_txn(&t, 0, &no_leases, &mut c, &mut log)
-            .expect("txn");
+        s.exec_txn(&t, 0, &no_leases, &mut c, &mut log).expect("txn");
         assert_eq!(c.1, None);
     }
 
@@ -407,17 +340,12 @@ mod tests {
             compares: vec![],
             success: vec![
                 put("a", "1"),
-                Op::Range(RangeQuery {
-                    range: KeyRange::single(key("a")),
-                    ..Default::default()
-                }),
+                Op::Range(RangeQuery { range: KeyRange::single(key("a")), ..Default::default() }),
             ],
             failure: vec![],
         };
         let mut log = Vec::new();
-        let r = s
-            .exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log)
-            .expect("txn");
+        let r = s.exec_txn(&t, 0, &no_leases, &mut Counter(1, None), &mut log).expect("txn");
         match &r.results[1] {
             OpResult::Range(rr) => assert_eq!(rr.kvs.len(), 1),
             other => panic!("unexpected {other:?}"),

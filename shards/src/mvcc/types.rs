@@ -14,10 +14,7 @@ pub struct KeyRange {
 
 impl KeyRange {
     pub fn single(key: impl Into<Bytes>) -> Self {
-        KeyRange {
-            key: key.into(),
-            end: Bytes::new(),
-        }
+        KeyRange { key: key.into(), end: Bytes::new() }
     }
 
     pub fn is_single(&self) -> bool {
@@ -159,12 +156,7 @@ pub struct TxnResult {
 #[derive(Clone, Debug, PartialEq)]
 pub enum OpResult {
     Range(RangeResult),
-    Put {
-        prev_kv: Option<KeyValue>,
-    },
-    Delete {
-        deleted: i64,
-        prev_kvs: Vec<KeyValue>,
-    },
+    Put { prev_kv: Option<KeyValue> },
+    Delete { deleted: i64, prev_kvs: Vec<KeyValue> },
     Txn(TxnResult),
 }

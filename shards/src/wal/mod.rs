@@ -21,16 +21,9 @@ pub const SEGMENT_BYTES: u64 = 64 << 20;
 #[non_exhaustive]
 pub enum WalError {
     #[error("WAL file {path} is damaged at offset {offset}: {reason}")]
-    Damaged {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Damaged { path: PathBuf, offset: u64, reason: String },
     #[error("WAL I/O error on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// A segment found on disk.
@@ -58,10 +51,7 @@ pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
-    move |source| WalError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| WalError::Io { path: path.to_path_buf(), source }
 }
 
 /// Lists segment files in sequence order.
@@ -70,12 +60,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => {
-            return Err(WalError::Io {
-                path: dir.to_path_buf(),
-                source: e,
-            })
-        }
+        Err(e) => return Err(WalError::Io { path: dir.to_path_buf(), source: e }),
     };
     for entry in rd {
         let entry = entry.map_err(io_err(dir))?;
@@ -103,16 +88,12 @@ pub fn recover(dir: &Path) -> Result<RecoveredWal, WalError> {
         let scan = frame::scan(&data);
         let mut last_index = 0;
         for f in &scan.frames {
-            let damaged = |reason: String| WalError::Damaged {
-                path: path.clone(),
-                offset: f.payload.start as u64 - 16,
-                reason,
-            };
+            let damaged =
+                |reason: String| WalError::Damaged { path: path.clone(), offset: f.payload.start as u64 - 16, reason };
             if f.kind != RecordKind::Wal {
                 return Err(damaged(format!("unexpected record kind {:?}", f.kind)));
             }
-            let rec = WalRecord::from_bytes(&data[f.payload.clone()])
-                .map_err(|e| damaged(e.to_string()))?;
+            let rec = WalRecord::from_bytes(&data[f.payload.clone()]).map_err(|e| damaged(e.to_string()))?;
             if let WalRecord::Entry(e) = &rec {
                 last_index = e.index;
             }
@@ -125,21 +106,13 @@ pub fn recover(dir: &Path) -> Result<RecoveredWal, WalError> {
                 out.torn_tail = Some((path.clone(), offset as u64, error.to_string()));
             }
             ScanEnd::TornTail { offset, error } | ScanEnd::Damaged { offset, error } => {
-                return Err(WalError::Damaged {
-                    path,
-                    offset: offset as u64,
-                    reason: error.to_string(),
-                });
+                return Err(WalError::Damaged { path, offset: offset as u64, reason: error.to_string() });
             }
         }
         if is_last {
             out.tail_len = scan.valid_len as u64;
         }
-        out.segments.push(Segment {
-            seq,
-            path,
-            last_index,
-        });
+        out.segments.push(Segment { seq, path, last_index });
     }
     Ok(out)
 }
@@ -153,11 +126,7 @@ fn zero_tail(path: &Path, data: &[u8], offset: usize) -> std::io::Result<()> {
         let next = (end / block + 1) * block;
         let stop = next.min(data.len());
         end = stop;
-        if stop >= data.len()
-            || data[stop..(stop + block).min(data.len())]
-                .iter()
-                .all(|&b| b == 0)
-        {
+        if stop >= data.len() || data[stop..(stop + block).min(data.len())].iter().all(|&b| b == 0) {
             break;
         }
     }
@@ -184,36 +153,17 @@ mod tests {
     }
 
     fn entry(i: u64) -> WalRecord {
-        WalRecord::Entry(LogEntry {
-            index: i,
-            term: 1,
-            entry_type: 0,
-            data: vec![i as u8; 40],
-        })
+        WalRecord::Entry(LogEntry { index: i, term: 1, entry_type: 0, data: vec![i as u8; 40] })
     }
 
     #[test]
     fn wal_recover_reads_segments_in_order() {
         let d = tempfile::tempdir().expect("tmp");
         write_segment(d.path(), 1, &[entry(1), entry(2)]);
-        write_segment(
-            d.path(),
-            2,
-            &[
-                entry(3),
-                WalRecord::HardState(HardStateRecord {
-                    term: 1,
-                    vote: 1,
-                    commit: 3,
-                }),
-            ],
-        );
+        write_segment(d.path(), 2, &[entry(3), WalRecord::HardState(HardStateRecord { term: 1, vote: 1, commit: 3 })]);
         let r = recover(d.path()).expect("recover");
         assert_eq!(r.records.len(), 4);
-        assert_eq!(
-            r.segments.iter().map(|s| s.last_index).collect::<Vec<_>>(),
-            vec![2, 3]
-        );
+        assert_eq!(r.segments.iter().map(|s| s.last_index).collect::<Vec<_>>(), vec![2, 3]);
         assert!(r.torn_tail.is_none());
     }
 

@@ -39,46 +39,25 @@ pub struct WalWriter {
 }
 
 fn io(path: &Path) -> impl FnOnce(glommio::GlommioError<()>) -> WalError + '_ {
-    move |e| WalError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    }
+    move |e| WalError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) }
 }
 
 async fn open_segment(dir: &Path, seq: u64, create: bool) -> Result<DmaFile, WalError> {
     let path = segment_path(dir, seq);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .dma_open(&path)
-        .await
-        .map_err(io(&path))?;
+    let file = OpenOptions::new().read(true).write(true).create(create).dma_open(&path).await.map_err(io(&path))?;
     if create {
-        file.pre_allocate(SEGMENT_BYTES, false)
-            .await
-            .map_err(io(&path))?;
+        file.pre_allocate(SEGMENT_BYTES, false).await.map_err(io(&path))?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|source| WalError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| WalError::Io { path: dir.to_path_buf(), source })?;
     }
     Ok(file)
 }
 
 impl WalWriter {
     /// Opens the log for appending where recovery left it (or creates the first segment).
-    pub async fn open(
-        dir: &Path,
-        recovered: &RecoveredWal,
-        fsync: bool,
-    ) -> Result<WalWriter, WalError> {
-        std::fs::create_dir_all(dir).map_err(|source| WalError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+    pub async fn open(dir: &Path, recovered: &RecoveredWal, fsync: bool) -> Result<WalWriter, WalError> {
+        std::fs::create_dir_all(dir).map_err(|source| WalError::Io { path: dir.to_path_buf(), source })?;
         let mut sealed: VecDeque<Segment> = recovered.segments.iter().cloned().collect();
         let (seq, end, current_last_index) = match sealed.pop_back() {
             Some(last) => (last.seq, recovered.tail_len, last.last_index),
@@ -89,10 +68,7 @@ impl WalWriter {
         let mut tail_block = Vec::new();
         if end > block_start {
             let path = segment_path(dir, seq);
-            let r = file
-                .read_at_aligned(block_start, BLOCK as usize)
-                .await
-                .map_err(io(&path))?;
+            let r = file.read_at_aligned(block_start, BLOCK as usize).await.map_err(io(&path))?;
             tail_block.extend_from_slice(&r[..(end - block_start) as usize]);
         }
         Ok(WalWriter {
@@ -164,11 +140,7 @@ impl WalWriter {
         let new_block_start = new_end / BLOCK * BLOCK;
         let keep_from = (new_block_start - block_start) as usize;
         let new_tail = bytes[keep_from..(new_end - block_start) as usize].to_vec();
-        let written = self
-            .file
-            .write_at(buf, block_start)
-            .await
-            .map_err(io(&path))?;
+        let written = self.file.write_at(buf, block_start).await.map_err(io(&path))?;
         if (written as u64) < write_len {
             return Err(WalError::Io {
                 path,
@@ -191,11 +163,7 @@ impl WalWriter {
         let old = std::mem::replace(&mut self.file, next);
         let path = segment_path(&self.dir, self.seq);
         old.close().await.map_err(io(&path))?;
-        self.sealed.push_back(Segment {
-            seq: self.seq,
-            path,
-            last_index: self.current_last_index,
-        });
+        self.sealed.push_back(Segment { seq: self.seq, path, last_index: self.current_last_index });
         self.seq += 1;
         self.end = 0;
         self.tail_block.clear();

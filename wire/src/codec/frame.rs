@@ -22,8 +22,10 @@ pub const MAGIC: u16 = 0x4B43;
 pub const FRAME_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 16;
 pub const ALIGN: usize = 16;
-/// Upper bound on one payload; a larger length field is corruption, not a big record.
-pub const MAX_PAYLOAD: usize = 256 << 20;
+/// Upper bound on one payload; a larger length field is corruption, not a big record. Writers
+/// stay far below it: WAL batches close at 16 MiB, snapshot chunks at 4 MiB, and a request is at
+/// most 64 MiB (`--max-request-bytes` is capped).
+pub const MAX_PAYLOAD: usize = 1 << 30;
 
 /// The record family a frame carries; decoders reject a frame of the wrong family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,10 +99,7 @@ pub fn encode_into(out: &mut Vec<u8>, kind: RecordKind, payload: &[u8]) {
     header[2] = FRAME_VERSION;
     header[3] = kind as u8;
     // INVARIANT: callers bound payloads by the request size limit, far below MAX_PAYLOAD.
-    assert!(
-        payload.len() <= MAX_PAYLOAD,
-        "invariant: frame payload within MAX_PAYLOAD"
-    );
+    assert!(payload.len() <= MAX_PAYLOAD, "invariant: frame payload within MAX_PAYLOAD");
     let len = payload.len() as u32;
     header[4..8].copy_from_slice(&len.to_le_bytes());
     let crc = crc_of(&header[0..8], payload);
@@ -126,10 +125,7 @@ pub fn is_end(buf: &[u8], at: usize) -> bool {
 pub fn decode_at(buf: &[u8], at: usize) -> Result<Frame, FrameError> {
     let available = buf.len().saturating_sub(at);
     if available < HEADER_LEN {
-        return Err(FrameError::Truncated {
-            needed: HEADER_LEN,
-            available,
-        });
+        return Err(FrameError::Truncated { needed: HEADER_LEN, available });
     }
     let h = &buf[at..at + HEADER_LEN];
     let magic = u16::from_le_bytes([h[0], h[1]]);
@@ -157,11 +153,7 @@ pub fn decode_at(buf: &[u8], at: usize) -> Result<Frame, FrameError> {
     if stored != computed {
         return Err(FrameError::BadCrc { stored, computed });
     }
-    Ok(Frame {
-        kind,
-        payload,
-        next: (at + framed_len(len)).min(buf.len()),
-    })
+    Ok(Frame { kind, payload, next: (at + framed_len(len)).min(buf.len()) })
 }
 
 /// How a scan of a whole log file ended.
@@ -191,11 +183,7 @@ pub fn scan(buf: &[u8]) -> Scan {
     let mut at = 0;
     loop {
         if is_end(buf, at) {
-            return Scan {
-                frames,
-                valid_len: at.min(buf.len()),
-                end: ScanEnd::Clean,
-            };
+            return Scan { frames, valid_len: at.min(buf.len()), end: ScanEnd::Clean };
         }
         match decode_at(buf, at) {
             Ok(f) => {
@@ -208,11 +196,7 @@ pub fn scan(buf: &[u8]) -> Scan {
                 } else {
                     ScanEnd::TornTail { offset: at, error }
                 };
-                return Scan {
-                    frames,
-                    valid_len: at,
-                    end,
-                };
+                return Scan { frames, valid_len: at, end };
             }
         }
     }
@@ -269,11 +253,7 @@ mod tests {
         let cut = &buf[..buf.len() - 5];
         let s = scan(cut);
         assert_eq!(s.frames.len(), 1);
-        assert!(
-            matches!(s.end, ScanEnd::TornTail { offset: 32, .. }),
-            "{:?}",
-            s.end
-        );
+        assert!(matches!(s.end, ScanEnd::TornTail { offset: 32, .. }), "{:?}", s.end);
     }
 
     #[test]
@@ -290,13 +270,7 @@ mod tests {
         buf[HEADER_LEN] ^= 0x01;
         let s = scan(&buf);
         assert_eq!(s.frames.len(), 0);
-        assert!(matches!(
-            s.end,
-            ScanEnd::Damaged {
-                offset: 0,
-                error: FrameError::BadCrc { .. }
-            }
-        ));
+        assert!(matches!(s.end, ScanEnd::Damaged { offset: 0, error: FrameError::BadCrc { .. } }));
     }
 
     proptest! {

@@ -13,31 +13,18 @@ pub const BATCH_FORMAT: u16 = 1;
 /// A key change at one revision.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Mutation {
-    Put {
-        key: Vec<u8>,
-        value: Vec<u8>,
-        lease: i64,
-    },
-    Delete {
-        key: Vec<u8>,
-    },
+    Put { key: Vec<u8>, value: Vec<u8>, lease: i64 },
+    Delete { key: Vec<u8> },
 }
 
 /// One operation in a batch.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum BatchOp {
     /// A single-shard write transaction at `revision`.
-    Write {
-        revision: i64,
-        mutations: Vec<Mutation>,
-    },
+    Write { revision: i64, mutations: Vec<Mutation> },
     /// This shard's part of a cross-shard write at `revision`; it takes effect only if the
     /// coordinator (the lowest participant) logged a `Decide` for the same revision.
-    Prepare {
-        revision: i64,
-        participants: Vec<u16>,
-        mutations: Vec<Mutation>,
-    },
+    Prepare { revision: i64, participants: Vec<u16>, mutations: Vec<Mutation> },
     /// The commit decision of cross-shard write `revision`, logged by its coordinator after every
     /// participant's `Prepare` was durable.
     Decide { revision: i64 },
@@ -54,10 +41,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(ops: Vec<BatchOp>) -> Batch {
-        Batch {
-            format: BATCH_FORMAT,
-            ops,
-        }
+        Batch { format: BATCH_FORMAT, ops }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -73,10 +57,7 @@ impl Batch {
         let archived = rkyv::access::<ArchivedBatch, rancor::Error>(aligned.bytes())?;
         let batch = rkyv::deserialize::<Batch, rancor::Error>(archived)?;
         if batch.format != BATCH_FORMAT {
-            return Err(RecordError(format!(
-                "unsupported batch format {}",
-                batch.format
-            )));
+            return Err(RecordError(format!("unsupported batch format {}", batch.format)));
         }
         Ok(batch)
     }
@@ -93,19 +74,11 @@ mod tests {
             BatchOp::Write {
                 revision: 5,
                 mutations: vec![
-                    Mutation::Put {
-                        key: b"k".to_vec(),
-                        value: b"v".to_vec(),
-                        lease: 0,
-                    },
+                    Mutation::Put { key: b"k".to_vec(), value: b"v".to_vec(), lease: 0 },
                     Mutation::Delete { key: b"d".to_vec() },
                 ],
             },
-            BatchOp::Prepare {
-                revision: 6,
-                participants: vec![0, 1],
-                mutations: vec![],
-            },
+            BatchOp::Prepare { revision: 6, participants: vec![0, 1], mutations: vec![] },
             BatchOp::Decide { revision: 6 },
             BatchOp::Compact { revision: 3 },
         ]);

@@ -61,9 +61,7 @@ impl SnapshotRecord {
     pub fn from_bytes(bytes: &[u8]) -> Result<SnapshotRecord, RecordError> {
         let aligned = super::Aligned::new(bytes);
         let archived = rkyv::access::<ArchivedSnapshotRecord, rancor::Error>(aligned.bytes())?;
-        Ok(rkyv::deserialize::<SnapshotRecord, rancor::Error>(
-            archived,
-        )?)
+        Ok(rkyv::deserialize::<SnapshotRecord, rancor::Error>(archived)?)
     }
 }
 
@@ -77,20 +75,8 @@ mod tests {
         let r = SnapshotRecord::Keys(vec![KeyRecord {
             key: b"a".to_vec(),
             versions: vec![
-                VersionRecord {
-                    mod_revision: 2,
-                    create_revision: 2,
-                    version: 1,
-                    lease: 0,
-                    value: Some(b"x".to_vec()),
-                },
-                VersionRecord {
-                    mod_revision: 3,
-                    create_revision: 2,
-                    version: 0,
-                    lease: 0,
-                    value: None,
-                },
+                VersionRecord { mod_revision: 2, create_revision: 2, version: 1, lease: 0, value: Some(b"x".to_vec()) },
+                VersionRecord { mod_revision: 3, create_revision: 2, version: 0, lease: 0, value: None },
             ],
         }]);
         assert_eq!(SnapshotRecord::from_bytes(&r.to_bytes()).expect("valid"), r);

@@ -57,18 +57,9 @@ mod tests {
 
     #[test]
     fn wal_record_roundtrip_preserves_fields() {
-        let r = WalRecord::Entry(LogEntry {
-            index: 7,
-            term: 2,
-            entry_type: 0,
-            data: vec![1, 2, 3],
-        });
+        let r = WalRecord::Entry(LogEntry { index: 7, term: 2, entry_type: 0, data: vec![1, 2, 3] });
         assert_eq!(WalRecord::from_bytes(&r.to_bytes()).expect("valid"), r);
-        let h = WalRecord::HardState(HardStateRecord {
-            term: 3,
-            vote: 1,
-            commit: 9,
-        });
+        let h = WalRecord::HardState(HardStateRecord { term: 3, vote: 1, commit: 9 });
         assert_eq!(WalRecord::from_bytes(&h.to_bytes()).expect("valid"), h);
     }
 
