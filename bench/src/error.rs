@@ -18,6 +18,10 @@ use crate::server::ServerKind;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BenchError {
+    /// The do-nothing server could not listen or serve.
+    #[error("noop-server: {0}")]
+    Noop(String),
+
     /// `--endpoints` was empty.
     #[error("no endpoint given: pass --endpoints host:port[,host:port...]")]
     NoEndpoints,

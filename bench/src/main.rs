@@ -11,6 +11,7 @@
 mod compare;
 mod driver;
 mod error;
+mod noop;
 mod proc_stats;
 mod report;
 mod server;
@@ -52,6 +53,15 @@ enum Command {
     Mixed(MixedArgs),
     /// Start etcd and corekv on loopback, run the same scenarios on both, print markdown.
     Compare(compare::CompareArgs),
+    /// Serve a do-nothing etcd KV API: the client's and gRPC's own ceiling on this machine.
+    NoopServer(NoopArgs),
+}
+
+#[derive(Args, Debug)]
+struct NoopArgs {
+    /// Address to listen on (loopback only in tests and benchmarks).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    listen: std::net::SocketAddr,
 }
 
 /// Options every load subcommand takes.
@@ -192,6 +202,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), BenchError> {
     let (config, workload) = match cli.command {
         Command::Compare(args) => return compare::run(&args, usize::from(cli.threads)).await,
+        Command::NoopServer(args) => return noop::serve(args.listen).await,
         Command::Put(args) => (args.common.run_config("put")?, Workload::Put),
         Command::Range(args) => (
             args.common.run_config("range")?,
