@@ -4,6 +4,13 @@ use clap::Parser;
 use corekv::config::Config;
 
 fn main() -> std::process::ExitCode {
+    // A panic on a shard thread would leave its revisions unreleased and stall every write;
+    // crash-only is safer: report, then abort, and let a restart recover from the log.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     let cfg = Config::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},raft=warn", cfg.log_level)));

@@ -153,10 +153,12 @@ impl Router {
         let mut outcome = Ok(());
         // The newest revision any participant holds: everything the txn reads is at or below it.
         let mut observed = 0;
+        let mut compacted = self.clock.compacted();
         for &p in &participants {
             match self.shard(p).request(|reply| ShardMsg::Cross(Cross::Hold { reply })).await {
-                Ok(current) => {
-                    observed = observed.max(current);
+                Ok(info) => {
+                    observed = observed.max(info.revision);
+                    compacted = compacted.max(info.compacted);
                     held.push(p);
                 }
                 Err(e) => {
@@ -165,7 +167,8 @@ impl Router {
                 }
             }
         }
-        let mut run = CrossRun { router: self, revision: None, changed: BTreeSet::new(), observed };
+        let current = self.clock.visible().max(observed);
+        let mut run = CrossRun { router: self, revision: None, changed: BTreeSet::new(), current, compacted };
         let result = match outcome {
             Ok(()) => run.run(t).await,
             Err(e) => Err(e),
@@ -174,7 +177,9 @@ impl Router {
             (Ok(_), Some(rev)) => self.cross_commit(rev, &run.changed).await,
             _ => Ok(()),
         };
-        let aborted = commit.is_err();
+        // A failure after a shard changed leaves it ahead of its log: the shard treats that
+        // as fatal. The checks in `CrossRun::run` make this unreachable short of a shard dying.
+        let aborted = result.is_err() || commit.is_err();
         for p in held {
             let _ = self.shard(p).request(|reply| ShardMsg::Cross(Cross::Release { aborted, reply })).await;
         }
@@ -233,8 +238,10 @@ struct CrossRun<'a> {
     router: &'a Router,
     revision: Option<i64>,
     changed: BTreeSet<u16>,
-    /// The newest revision the held participants had when held.
-    observed: i64,
+    /// The newest revision the txn may read, and the oldest: the same bounds for the router's
+    /// checks and the shards' reads, so a read that passed the checks cannot fail.
+    current: i64,
+    compacted: i64,
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -244,8 +251,9 @@ impl<'a> CrossRun<'a> {
         let path = self.decide(t).await?;
         // Every check that can fail runs before the first change, so a failing txn never
         // leaves a shard changed.
-        self.check_ranges(t, &path)?;
+        // etcd's order: put checks, then range revisions.
         self.check_puts(t, &path).await?;
+        self.check_ranges(t, &path)?;
         let mut i = 0;
         self.exec_branch(t, &path, &mut i).await
     }
@@ -283,8 +291,7 @@ impl<'a> CrossRun<'a> {
 
     /// Explicit revisions of the path's ranges must be neither compacted nor in the future.
     fn check_ranges(&self, t: &TxnSpec, path: &TxnPath) -> Result<(), ApiError> {
-        let current = self.router.clock.visible().max(self.observed);
-        let compacted = self.router.clock.compacted();
+        let (current, compacted) = (self.current, self.compacted);
         let mut err = None;
         for_each_path_op(t, path, &mut |op| {
             if let (Op::Range(q), None) = (op, &err) {
@@ -358,9 +365,12 @@ impl<'a> CrossRun<'a> {
     }
 
     async fn exec_on(&mut self, shard: u16, op: Op) -> Result<OpResult, ApiError> {
-        let revision = self.revision;
-        let (r, rev) =
-            self.router.shard(shard).request(move |reply| ShardMsg::Cross(Cross::Exec { op, revision, reply })).await?;
+        let (revision, current) = (self.revision, self.current);
+        let (r, rev) = self
+            .router
+            .shard(shard)
+            .request(move |reply| ShardMsg::Cross(Cross::Exec { op, revision, current, reply }))
+            .await?;
         let changed = match &r {
             OpResult::Put { .. } => true,
             OpResult::Delete { deleted, .. } => *deleted > 0,

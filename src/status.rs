@@ -25,6 +25,7 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
             ShardError::Compacted { .. } => rpctypes::COMPACTED,
             ShardError::FutureRevision { .. } => rpctypes::FUTURE_REV,
             ShardError::KeyNotFound => rpctypes::KEY_NOT_FOUND,
+            ShardError::TooLarge => rpctypes::REQUEST_TOO_LARGE,
             ShardError::LeaseNotFound { .. } => rpctypes::LEASE_NOT_FOUND,
             ShardError::Busy => rpctypes::TOO_MANY_REQUESTS,
             ShardError::Stopped => rpctypes::STOPPED,

@@ -11,6 +11,9 @@ pub enum ShardError {
     /// `ignore_value`/`ignore_lease` on a key that does not exist.
     #[error("key not found")]
     KeyNotFound,
+    /// One write would log more than `mvcc::txn::MAX_WRITE_BYTES` on a shard.
+    #[error("write too large")]
+    TooLarge,
     #[error("lease {lease:#x} not found")]
     LeaseNotFound { lease: i64 },
     /// The shard is already held by another cross-shard operation (a protocol violation:

@@ -22,7 +22,7 @@ use wire::record::snapshot::SnapshotHeader;
 
 use crate::clock::RevisionClock;
 use crate::error::ShardError;
-use crate::msg::{Cross, Reply, ShardMsg, ShardStatus, WriteOutcome};
+use crate::msg::{Cross, HoldInfo, Reply, ShardMsg, ShardStatus, WriteOutcome};
 use crate::mvcc::store::LATEST;
 use crate::mvcc::txn::RevisionSource;
 use crate::mvcc::{Op, OpResult, Store};
@@ -353,8 +353,12 @@ impl Writer {
     }
 
     /// Runs the steps of one cross-shard operation until its `Release`.
-    async fn held(&mut self, reply: Reply<i64>, rx: &mut mpsc::Receiver<ShardMsg>) {
-        drop(reply.send(Ok(self.store.borrow().current_revision())));
+    async fn held(&mut self, reply: Reply<HoldInfo>, rx: &mut mpsc::Receiver<ShardMsg>) {
+        let info = {
+            let store = self.store.borrow();
+            HoldInfo { revision: store.current_revision(), compacted: store.compact_revision() }
+        };
+        drop(reply.send(Ok(info)));
         let mut log: Vec<Mutation> = Vec::new();
         let mut changed = false;
         while let Some(msg) = rx.next().await {
@@ -369,16 +373,16 @@ impl Writer {
                 }
                 Cross::CheckPuts { puts, reply } => {
                     let store = self.store.borrow();
-                    drop(reply.send(puts.iter().try_for_each(|p| store.check_put(p, &lease_exists))));
+                    drop(reply.send(store.check_puts(&puts, &lease_exists)));
                 }
-                Cross::Exec { op, revision, reply } => {
+                Cross::Exec { op, revision, current, reply } => {
                     let mut store = self.store.borrow_mut();
                     let mut rev = CrossRevision { clock: &self.clock, shard: self.cfg.id, rev: revision };
                     let before = log.len();
                     let r = match &op {
                         Op::Put(p) => Ok(store.exec_put(p, &mut rev, &mut log)),
                         Op::Delete(d) => Ok(store.exec_delete(d, &mut rev, &mut log)),
-                        Op::Range(q) => store.exec_range(q, self.clock.visible()),
+                        Op::Range(q) => store.exec_range(q, current),
                         Op::Txn(_) => Err(ShardError::Stopped),
                     };
                     changed |= log.len() > before;

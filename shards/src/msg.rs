@@ -62,18 +62,28 @@ pub enum ShardMsg {
     },
 }
 
+/// What a shard reports when it starts holding for a cross-shard operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldInfo {
+    /// The shard's newest revision (all of it durable).
+    pub revision: i64,
+    /// The shard's compaction point.
+    pub compacted: i64,
+}
+
 /// Steps of a cross-shard write, sent only by the router's cross-shard path, which runs one at
 /// a time. Between `Hold` and `Release` the shard runs no other write.
 pub enum Cross {
     /// Starts holding; answers with the shard's newest revision (all of it durable).
-    Hold { reply: Reply<i64> },
+    Hold { reply: Reply<HoldInfo> },
     /// Each compare's part on this shard, at the latest state.
     Compare { compares: Vec<Compare>, reply: Reply<Vec<ComparePart>> },
     /// Put checks (missing key for ignore_*, unknown lease) at the latest state.
     CheckPuts { puts: Vec<PutOp>, reply: Reply<()> },
     /// Executes a Range, Put or Delete at `revision` (allocated here if `None` and needed);
     /// answers with the result and the revision in use.
-    Exec { op: Op, revision: Option<i64>, reply: Reply<(OpResult, Option<i64>)> },
+    /// `current` is the newest revision the txn may read (the router's bound for its checks).
+    Exec { op: Op, revision: Option<i64>, current: i64, reply: Reply<(OpResult, Option<i64>)> },
     /// Logs this shard's mutations of the write as a prepare record, durably.
     Prepare { revision: i64, participants: Vec<u16>, reply: Reply<()> },
     /// Logs this shard's mutations as an ordinary write (it is the only shard that changed).

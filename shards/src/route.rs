@@ -108,12 +108,16 @@ impl ShardMap {
                 if text.lines().next() != Some(HEADER) {
                     return Err(ShardMapError::Malformed { path: p, line: 1 });
                 }
-                for (i, line) in text.lines().enumerate().skip(1) {
+                for (i, line) in text.lines().enumerate().skip(1).filter(|(_, l)| !l.trim().is_empty()) {
                     boundaries.push(Bytes::from(
                         unhex(line.trim()).ok_or(ShardMapError::Malformed { path: p.clone(), line: i + 1 })?,
                     ));
                 }
-                let map = ShardMap::from_boundaries(boundaries);
+                let ordered = boundaries.windows(2).all(|w| w[0] < w[1]) && boundaries.iter().all(|b| !b.is_empty());
+                if !ordered || boundaries.len() >= MAX_SHARDS {
+                    return Err(ShardMapError::Malformed { path: p, line: 2 });
+                }
+                let map = ShardMap { boundaries };
                 match requested {
                     Some(n) if n != map.shard_count() => {
                         Err(ShardMapError::CountMismatch { stored: map.shard_count(), requested: n })

@@ -1,8 +1,8 @@
 //! Shard snapshots: the MVCC store at a Raft index, in `<data-dir>/shard-<i>/snap/<index:016x>.snap`.
 //!
 //! Written to a `.tmp` name through a DMA file, fdatasync'ed, renamed, and the directory synced;
-//! only then are older snapshots and the WAL segments it covers deleted. A file without a valid
-//! footer is ignored. Loading happens at startup with plain reads.
+//! only then are older snapshots and the WAL segments it covers deleted. So a `.snap` file that
+//! does not decode in full is damage, and startup stops on it. Loading uses plain reads.
 
 use std::path::{Path, PathBuf};
 

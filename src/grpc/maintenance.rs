@@ -47,7 +47,8 @@ impl Maintenance for MaintenanceService {
         let st = self.router.status().await?;
         let term = st.iter().map(|s| s.raft_term).max().unwrap_or(0);
         let revision = self.router.clock().visible();
-        // Logical bytes: WAL records written (not the preallocated segment space) plus snapshots.
+        // WAL bytes (sealed segments count whole, the current one up to its end; not the
+        // preallocated space after it) plus snapshots.
         let snapshots: u64 = (0..st.len()).map(|i| dir_size(&self.data_dir.join(format!("shard-{i}/snap")))).sum();
         let db_size = (st.iter().map(|s| s.wal_bytes).sum::<u64>() + snapshots) as i64;
         Ok(Response::new(pb::StatusResponse {

@@ -1,7 +1,7 @@
 //! The MVCC store of one shard: an ordered map from key to its retained history.
 //!
 //! Writes are executed against the latest state as soon as the shard's writer runs them, and
-//! made durable afterwards (execute, then log; a storage failure poisons the shard, so an
+//! made durable afterwards (execute, then log; a storage failure ends the process, so an
 //! executed write is never rolled back). Readers therefore always read *at a revision*, never
 //! "latest": the router hands them the visibility frontier, which only covers durable writes.
 //!

@@ -13,6 +13,9 @@ use super::store::{Store, Version, LATEST};
 use super::types::*;
 use crate::error::ShardError;
 
+/// Most bytes of keys and values one write may log on one shard.
+pub const MAX_WRITE_BYTES: usize = 256 << 20;
+
 /// Hands out the revision of a write the first time it changes something, so writes that change
 /// nothing (a delete of no keys) take no revision, as in etcd.
 pub trait RevisionSource {
@@ -116,6 +119,29 @@ impl Store {
     /// Checks a put against the latest state: the key must exist for `ignore_value` /
     /// `ignore_lease`, and a lease must be known (`lease_exists`).
     pub fn check_put(&self, p: &PutOp, lease_exists: &impl Fn(i64) -> bool) -> Result<(), ShardError> {
+        self.check_puts(std::slice::from_ref(p), lease_exists)
+    }
+
+    /// Checks the puts one write makes on this shard (see [`Self::check_put`]), and that the
+    /// bytes they log stay under [`MAX_WRITE_BYTES`]: an `ignore_value` put logs the stored value,
+    /// which the request size limit does not bound.
+    pub fn check_puts(&self, puts: &[PutOp], lease_exists: &impl Fn(i64) -> bool) -> Result<(), ShardError> {
+        let mut bytes = 0usize;
+        for p in puts {
+            self.check_one_put(p, lease_exists)?;
+            let value = match (p.ignore_value, self.get_at(&p.key, LATEST)) {
+                (true, Some((_, v))) => v.value.as_ref().map_or(0, |b| b.len()),
+                _ => p.value.len(),
+            };
+            bytes += p.key.len() + value;
+            if bytes > MAX_WRITE_BYTES {
+                return Err(ShardError::TooLarge);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_one_put(&self, p: &PutOp, lease_exists: &impl Fn(i64) -> bool) -> Result<(), ShardError> {
         if (p.ignore_value || p.ignore_lease) && self.get_at(&p.key, LATEST).is_none() {
             return Err(ShardError::KeyNotFound);
         }
@@ -182,16 +208,15 @@ impl Store {
     ) -> Result<TxnResult, ShardError> {
         let path = decide_path(t, &mut |cs| cs.iter().all(|c| combine_compare(c, [self.compare_part(c, LATEST)])));
         let mut check = Ok(());
-        for_each_path_op(t, &path, &mut |op| {
-            if let (Op::Put(p), Ok(())) = (op, &check) {
-                check = self.check_put(p, lease_exists);
+        let mut puts = Vec::new();
+        for_each_path_op(t, &path, &mut |op| match op {
+            Op::Put(p) => puts.push(p.clone()),
+            Op::Range(q) if q.revision > 0 && check.is_ok() => {
+                check = self.check_readable(q.revision, current.max(self.current_revision()));
             }
-            if let (Op::Range(q), Ok(())) = (op, &check) {
-                if q.revision > 0 {
-                    check = self.check_readable(q.revision, current.max(self.current_revision()));
-                }
-            }
+            _ => {}
         });
+        self.check_puts(&puts, lease_exists)?;
         check?;
         let mut i = 0;
         self.exec_branch(t, &path, &mut i, current, rev, log)

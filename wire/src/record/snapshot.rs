@@ -2,8 +2,8 @@
 //! snapshot and replays only the log after it, and the log before it can be deleted.
 //!
 //! A snapshot file is a sequence of frames (kind `Snapshot`): one `Header`, any number of
-//! `Keys` chunks, one `Footer` whose `key_count` must match. A file without its footer is an
-//! incomplete snapshot and is ignored (snapshots are written to a temporary name and renamed).
+//! `Keys` chunks, one `Footer` whose `key_count` must match. Snapshots are written to a temporary
+//! name and renamed once durable, so a snapshot file without its footer is damaged.
 
 use rkyv::{rancor, Archive, Deserialize, Serialize};
 
