@@ -165,7 +165,6 @@ fn fail(msg: ShardMsg, e: ShardError) {
 }
 
 impl Writer {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: ShardConfig,
         dirs: ShardDirs,
