@@ -20,6 +20,9 @@ pub enum ApiError {
     EmptyOp,
     #[error("invalid sort option")]
     InvalidSortOption,
+    /// A NOSPACE alarm is active.
+    #[error("database space exceeded")]
+    NoSpace,
     #[error("request is too large")]
     RequestTooLarge,
     #[error(transparent)]

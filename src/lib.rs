@@ -1,5 +1,6 @@
 //! The corekv server: configuration, the gRPC services, the router in front of the shards.
 
+pub mod alarm;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -139,6 +139,34 @@ impl Router {
         Ok(self.clock.visible())
     }
 
+    /// A hash of every retained version at or below `revision` (0 = current) over all shards,
+    /// with the compaction point and the header revision (HashKV).
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), ApiError> {
+        let current = self.clock.visible();
+        let rev = if revision > 0 { revision } else { current };
+        if rev > current {
+            return Err(ShardError::FutureRevision { requested: rev, current }.into());
+        }
+        let compacted = self.clock.compacted();
+        if rev < compacted {
+            return Err(ShardError::Compacted { requested: rev, compacted }.into());
+        }
+        let parts =
+            try_join_all(self.shards.iter().map(|s| s.request(move |reply| ShardMsg::HashKv { revision: rev, reply })))
+                .await?;
+        let mut h = crc32fast::Hasher::new();
+        for p in parts {
+            h.update(&p.to_le_bytes());
+        }
+        Ok((h.finalize(), compacted, current))
+    }
+
+    /// Snapshots every shard and drops the WAL the snapshots cover (Defragment).
+    pub async fn snapshot_all(&self) -> Result<(), ApiError> {
+        try_join_all(self.shards.iter().map(|s| s.request(|reply| ShardMsg::Snapshot { reply }))).await?;
+        Ok(())
+    }
+
     pub async fn status(&self) -> Result<Vec<ShardStatus>, ApiError> {
         Ok(try_join_all(self.shards.iter().map(|s| s.request(|reply| ShardMsg::Status { reply }))).await?)
     }

@@ -7,6 +7,7 @@ use shards::{PoolConfig, ShardPool};
 use tonic::transport::Server;
 use wire::pb::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer};
 
+use crate::alarm::AlarmTable;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
 use crate::grpc::{kv::KvService, maintenance::MaintenanceService, Member};
 use crate::router::Router;
@@ -62,6 +63,7 @@ pub async fn serve(
     let status = router.status().await.unwrap_or_default();
     let raft_term = status.iter().map(|s| s.raft_term).max().unwrap_or(1);
 
+    let alarms = Arc::new(AlarmTable::default());
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut servers = Vec::new();
     for addr in addrs {
@@ -69,13 +71,15 @@ pub async fn serve(
             tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
         // Nagle's algorithm would hold small responses back for the client's delayed ACK (40 ms).
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let kv = KvServer::new(KvService { router: router.clone(), member, limits, raft_term })
+        let kv = KvServer::new(KvService { router: router.clone(), member, limits, raft_term, alarms: alarms.clone() })
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(usize::MAX);
         let maint = MaintenanceServer::new(MaintenanceService {
             router: router.clone(),
             member,
             data_dir: cfg.data_dir.clone(),
+            alarms: alarms.clone(),
+            raft_term,
         })
         .max_decoding_message_size(max_msg);
         let mut stop = stop_tx.subscribe();

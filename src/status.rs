@@ -21,6 +21,7 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
         ApiError::RequestTooLarge => rpctypes::REQUEST_TOO_LARGE,
         ApiError::InvalidSortOption => rpctypes::INVALID_SORT_OPTION,
         ApiError::EmptyOp => rpctypes::KEY_NOT_FOUND,
+        ApiError::NoSpace => rpctypes::NO_SPACE,
         ApiError::Shard(s) => match s {
             ShardError::Compacted { .. } => rpctypes::COMPACTED,
             ShardError::FutureRevision { .. } => rpctypes::FUTURE_REV,
@@ -55,6 +56,7 @@ mod tests {
             (ApiError::ValueProvided, Code::InvalidArgument, "etcdserver: value is provided"),
             (ApiError::InvalidSortOption, Code::InvalidArgument, "etcdserver: invalid sort option"),
             (ApiError::EmptyOp, Code::InvalidArgument, "etcdserver: key not found"),
+            (ApiError::NoSpace, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
             (ApiError::LeaseProvided, Code::InvalidArgument, "etcdserver: lease is provided"),
             (ApiError::Shard(ShardError::KeyNotFound), Code::InvalidArgument, "etcdserver: key not found"),
             (

@@ -378,3 +378,26 @@ async fn kv_cross_shard_txn_failing_check_changes_nothing_and_server_keeps_servi
     let ok = Txn::new().and_then([TxnOp::put("K2", "x", None), TxnOp::put("q2", "y", None)]);
     assert_eq!(rev(c.txn(ok).await.expect("both shards still write").header()), 6);
 }
+
+#[tokio::test]
+async fn kv_nospace_alarm_blocks_puts_until_disarmed_like_etcd() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let s = Server::start(&["--shards", "2"]);
+    let mut c = s.client().await;
+    c.put("K1", "v", None).await.expect("put");
+    let member = c.status().await.expect("status").header().expect("header").member_id();
+    let mut opts = AlarmOptions::new();
+    opts.with_member(member);
+    let r = c.alarm(AlarmAction::Activate, AlarmType::Nospace, Some(opts.clone())).await.expect("activate");
+    assert_eq!(r.alarms().len(), 1);
+    let (code, msg) = status_of(c.put("K2", "v", None).await.expect_err("nospace"));
+    assert_eq!((code, msg.as_str()), (Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"));
+    let (code, _) = status_of(c.txn(Txn::new().and_then([TxnOp::put("q2", "v", None)])).await.expect_err("txn put"));
+    assert_eq!(code, Code::ResourceExhausted);
+    // Deletes and reads still work, so space can be freed.
+    assert_eq!(c.delete("K1", None).await.expect("delete under nospace").deleted(), 1);
+    let listed = c.alarm(AlarmAction::Get, AlarmType::None, None).await.expect("list");
+    assert_eq!(listed.alarms().len(), 1);
+    c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(opts)).await.expect("disarm");
+    c.put("K2", "v", None).await.expect("put after disarm");
+}

@@ -123,13 +123,7 @@ pub async fn pump(
 ) {
     while let Ok(msg) = mailbox.recv_async().await {
         match msg {
-            ShardMsg::Range { query, revision, reply } => {
-                let store = store.borrow();
-                let r = store
-                    .check_readable(revision, clock.visible().max(revision))
-                    .map(|()| store.range_at(&query, revision));
-                let _ = reply.send(r);
-            }
+            msg @ (ShardMsg::Range { .. } | ShardMsg::HashKv { .. }) => answer_read(&store.borrow(), &clock, msg),
             ShardMsg::Shutdown { reply } => {
                 let _ = to_writer.send(ShardMsg::Shutdown { reply }).await;
                 break;
@@ -143,10 +137,29 @@ pub async fn pump(
     }
 }
 
+/// Answers a read at the revision the router chose (only durable writes are at or below it).
+fn answer_read(store: &Store, clock: &RevisionClock, msg: ShardMsg) {
+    match msg {
+        ShardMsg::Range { query, revision, reply } => {
+            let r = store
+                .check_readable(revision, clock.visible().max(revision))
+                .map(|()| store.range_at(&query, revision));
+            drop(reply.send(r));
+        }
+        ShardMsg::HashKv { revision, reply } => {
+            let r = store.check_readable(revision, clock.visible().max(revision)).map(|()| store.hash_upto(revision));
+            drop(reply.send(r));
+        }
+        other => fail(other, ShardError::Stopped),
+    }
+}
+
 /// Answers a message with an error.
 fn fail(msg: ShardMsg, e: ShardError) {
     match msg {
         ShardMsg::Range { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::HashKv { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::Snapshot { reply } => drop(reply.send(Err(e))),
         ShardMsg::Write { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Compact { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Status { reply } => drop(reply.send(Err(e))),
@@ -237,12 +250,14 @@ impl Writer {
                     acks.push(Ack::Unit(reply));
                 }
                 ShardMsg::Status { reply } => drop(reply.send(Ok(self.status()))),
-                ShardMsg::Range { query, revision, reply } => {
-                    let store = self.store.borrow();
-                    let r = store
-                        .check_readable(revision, self.clock.visible().max(revision))
-                        .map(|()| store.range_at(&query, revision));
-                    drop(reply.send(r));
+                ShardMsg::Snapshot { reply } => {
+                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
+                    self.entries_since_snapshot = self.entries_since_snapshot.max(self.cfg.snapshot_entries);
+                    self.maybe_snapshot().await;
+                    drop(reply.send(Ok(())));
+                }
+                msg @ (ShardMsg::Range { .. } | ShardMsg::HashKv { .. }) => {
+                    answer_read(&self.store.borrow(), &self.clock, msg);
                 }
                 ShardMsg::Cross(Cross::Hold { reply }) => {
                     self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;

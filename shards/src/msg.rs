@@ -40,6 +40,15 @@ pub enum ShardMsg {
         revision: i64,
         reply: Reply<RangeResult>,
     },
+    /// Read-only: a crc32 over every retained version at or below `revision` (HashKV).
+    HashKv {
+        revision: i64,
+        reply: Reply<u32>,
+    },
+    /// Takes a snapshot now and deletes the WAL it covers (Defragment).
+    Snapshot {
+        reply: Reply<()>,
+    },
     /// A Put, DeleteRange or Txn whose keys all live on this shard.
     Write {
         op: Op,

@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use shards::mvcc::{OpResult, RangeResult, TxnResult};
+use shards::mvcc::{Op, OpResult, RangeResult, TxnResult, TxnSpec};
 use tonic::{Request, Response, Status};
 use wire::pb::etcdserverpb::{self as pb, kv_server::Kv};
 
 use super::Member;
+use crate::alarm::AlarmTable;
 use crate::router::Router;
 use crate::validate::{self, Limits};
 
@@ -16,6 +17,16 @@ pub struct KvService {
     pub limits: Limits,
     /// Raft term reported in headers (single node: the term of the shards' groups).
     pub raft_term: u64,
+    /// Writes fail while a NOSPACE alarm is active.
+    pub alarms: Arc<AlarmTable>,
+}
+
+fn has_put(t: &TxnSpec) -> bool {
+    t.success.iter().chain(&t.failure).any(|op| match op {
+        Op::Put(_) => true,
+        Op::Txn(n) => has_put(n),
+        _ => false,
+    })
 }
 
 fn range_response(r: RangeResult, header: Option<pb::ResponseHeader>) -> pb::RangeResponse {
@@ -64,6 +75,7 @@ impl Kv for KvService {
         let len = validate::encoded_len(&req);
         let put = validate::put(req)?;
         validate::size(len, self.limits)?;
+        self.alarms.check_writable()?;
         let w = self.router.put(put).await?;
         let prev_kv = match w.result {
             OpResult::Put { prev_kv } => prev_kv,
@@ -90,6 +102,10 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let spec = validate::txn(req.into_inner(), self.limits)?;
+        // As etcd's capped applier: under NOSPACE a txn may delete, but not put.
+        if has_put(&spec) {
+            self.alarms.check_writable()?;
+        }
         let (t, revision) = self.router.txn(spec).await?;
         Ok(Response::new(self.txn_response(t, revision, self.header(revision))))
     }

@@ -1,5 +1,8 @@
-//! The Maintenance service. Status answers from every shard's real figures; the other RPCs are
-//! not built yet and answer `Unimplemented` (listed in docs/COMPATIBILITY.md).
+//! The Maintenance service. Status answers from every shard's real figures; Alarm keeps etcd's
+//! alarm semantics (in memory); Defragment snapshots every shard and drops the WAL the snapshots
+//! cover (corekv's analogue of rewriting the backend); Hash and HashKV hash the MVCC state.
+//! Snapshot, MoveLeader and Downgrade are not built yet and answer `Unimplemented` (listed in
+//! docs/COMPATIBILITY.md).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,6 +12,7 @@ use tonic::{Request, Response, Status};
 use wire::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance};
 
 use super::Member;
+use crate::alarm::AlarmTable;
 use crate::router::Router;
 
 /// The etcd API version corekv serves.
@@ -18,6 +22,8 @@ pub struct MaintenanceService {
     pub router: Arc<Router>,
     pub member: Member,
     pub data_dir: std::path::PathBuf,
+    pub alarms: Arc<AlarmTable>,
+    pub raft_term: u64,
 }
 
 fn not_built(rpc: &str) -> Status {
@@ -39,8 +45,17 @@ fn dir_size(p: &std::path::Path) -> u64 {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
-        Err(not_built("Alarm"))
+    async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
+        let r = req.into_inner();
+        let alarms = match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Get) => self.alarms.get(r.alarm),
+            Ok(AlarmAction::Activate) => self.alarms.activate(r.member_id, r.alarm),
+            Ok(AlarmAction::Deactivate) => self.alarms.deactivate(r.member_id, r.alarm),
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
+        let header = self.member.header(self.router.clock().visible(), self.raft_term);
+        Ok(Response::new(pb::AlarmResponse { header, alarms }))
     }
 
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
@@ -67,15 +82,25 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn defragment(&self, _: Request<pb::DefragmentRequest>) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Err(not_built("Defragment"))
+        self.router.snapshot_all().await?;
+        let header = self.member.header(self.router.clock().visible(), self.raft_term);
+        Ok(Response::new(pb::DefragmentResponse { header }))
     }
 
+    /// etcd hashes its whole backend file; corekv hashes the whole MVCC state at the current
+    /// revision (the same value HashKV gives for revision 0).
     async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
-        Err(not_built("Hash"))
+        let (hash, _, revision) = self.router.hash_kv(0).await?;
+        Ok(Response::new(pb::HashResponse { header: self.member.header(revision, self.raft_term), hash }))
     }
 
-    async fn hash_kv(&self, _: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(not_built("HashKV"))
+    async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        let (hash, compact_revision, revision) = self.router.hash_kv(req.into_inner().revision).await?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: self.member.header(revision, self.raft_term),
+            hash,
+            compact_revision,
+        }))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;

@@ -230,6 +230,30 @@ impl Store {
         self.version_count -= removed;
     }
 
+    /// A crc32 over every retained version at or below `rev`, in key order: equal stores give
+    /// equal hashes (HashKV).
+    pub fn hash_upto(&self, rev: i64) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        for (k, hist) in &self.keys {
+            for v in hist.iter().take_while(|v| v.mod_revision <= rev) {
+                h.update(&(k.len() as u32).to_le_bytes());
+                h.update(k);
+                for n in [v.mod_revision, v.create_revision, v.version, v.lease] {
+                    h.update(&n.to_le_bytes());
+                }
+                match &v.value {
+                    Some(b) => {
+                        h.update(&[1]);
+                        h.update(&(b.len() as u32).to_le_bytes());
+                        h.update(b);
+                    }
+                    None => h.update(&[0]),
+                }
+            }
+        }
+        h.finalize()
+    }
+
     /// Iterates keys after `after` (exclusive; `None` = from the start) as snapshot records, at
     /// most `max_keys` and stopping once `max_bytes` of keys and values are taken.
     pub fn export_from(&self, after: Option<&Bytes>, max_keys: usize, max_bytes: usize) -> Vec<KeyRecord> {
