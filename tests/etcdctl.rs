@@ -67,3 +67,19 @@ fn etcdctl_alarm_defrag_and_hashkv_work() {
     // Data survives the defragment (snapshot + WAL truncation) and a restart.
     assert_eq!(ok(s.etcdctl(&["get", "K1", "--print-value-only"])).trim(), "a");
 }
+
+#[test]
+fn etcdctl_move_leader_to_self_succeeds_and_to_others_fails() {
+    let s = Server::start(&["--shards", "1"]);
+    let status = ok(s.etcdctl(&["endpoint", "status", "-w", "fields"]));
+    let id = status
+        .lines()
+        .find(|l| l.starts_with("\"MemberID\""))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|v| v.trim().parse::<u64>().expect("member id"))
+        .expect("MemberID field");
+    let out = ok(s.etcdctl(&["move-leader", &format!("{id:x}")]));
+    assert_eq!(out.trim(), format!("Leadership transferred from {id:x} to {id:x}"));
+    let (success, _, err) = s.etcdctl(&["move-leader", "1234"]);
+    assert!(!success && err.contains("Error: etcdserver: bad leader transferee"), "{err}");
+}

@@ -1,7 +1,7 @@
 //! The Maintenance service. Status answers from every shard's real figures; Alarm keeps etcd's
 //! alarm semantics (in memory); Defragment snapshots every shard and drops the WAL the snapshots
 //! cover (corekv's analogue of rewriting the backend); Hash and HashKV hash the MVCC state.
-//! Snapshot, MoveLeader and Downgrade are not built yet and answer `Unimplemented` (listed in
+//! MoveLeader answers as a one-member cluster does. Snapshot and Downgrade are not built yet and answer `Unimplemented` (listed in
 //! docs/COMPATIBILITY.md).
 
 use std::pin::Pin;
@@ -109,8 +109,19 @@ impl Maintenance for MaintenanceService {
         Err(not_built("Snapshot"))
     }
 
-    async fn move_leader(&self, _: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(not_built("MoveLeader"))
+    /// A single node leads every group: moving leadership to itself succeeds at once (as in
+    /// etcd, where the transfer loop ends when the target leads); any other target is not a
+    /// member, which etcd answers with "bad leader transferee".
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        if req.into_inner().target_id != self.member.member_id {
+            let e = wire::rpctypes::BAD_LEADER_TRANSFEREE;
+            return Err(Status::new(tonic::Code::from_i32(e.code as i32), e.message));
+        }
+        let header = self.member.header(self.router.clock().visible(), self.raft_term);
+        Ok(Response::new(pb::MoveLeaderResponse { header }))
     }
 
     async fn downgrade(&self, _: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {

@@ -60,6 +60,7 @@ rpc_errors! {
     TIMEOUT = (Unavailable, "etcdserver: request timed out");
     CORRUPT = (DataLoss, "etcdserver: corrupt cluster");
     NOT_CAPABLE = (Unavailable, "etcdserver: not capable");
+    BAD_LEADER_TRANSFEREE = (FailedPrecondition, "etcdserver: bad leader transferee");
     PERMISSION_DENIED = (PermissionDenied, "etcdserver: permission denied");
     USER_EMPTY = (InvalidArgument, "etcdserver: user name is empty");
     AUTH_FAILED = (InvalidArgument, "etcdserver: authentication failed, invalid user ID or password");
