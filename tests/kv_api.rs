@@ -401,3 +401,41 @@ async fn kv_nospace_alarm_blocks_puts_until_disarmed_like_etcd() {
     c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(opts)).await.expect("disarm");
     c.put("K2", "v", None).await.expect("put after disarm");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_cross_shard_txns_abandoned_by_clients_do_not_stall_the_server() {
+    let s = Server::start(&["--shards", "2"]);
+    let c = s.client().await;
+    // Many cross-shard txns whose callers give up almost at once: the server must finish or
+    // release each of them, never leaving a shard held.
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let mut kv = c.kv_client();
+            tokio::spawn(async move {
+                let t = Txn::new()
+                    .and_then([TxnOp::put(format!("K{i}"), "x", None), TxnOp::put(format!("q{i}"), "y", None)]);
+                let _ = tokio::time::timeout(std::time::Duration::from_micros(200), kv.txn(t)).await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let mut c = s.client().await;
+    let w = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        c.put("K-after", "1", None).await.expect("put shard 0");
+        c.put("q-after", "1", None).await.expect("put shard 1");
+        c.txn(Txn::new().and_then([TxnOp::put("K-x", "1", None), TxnOp::put("q-x", "1", None)]))
+            .await
+            .expect("cross-shard txn")
+    })
+    .await
+    .expect("writes after abandoned txns must not hang");
+    assert!(w.succeeded());
+    // Every abandoned txn is all-or-nothing.
+    for i in 0..32 {
+        let l = c.get(format!("K{i}"), None).await.expect("get").kvs().len();
+        let r = c.get(format!("q{i}"), None).await.expect("get").kvs().len();
+        assert_eq!(l, r, "txn {i} half-applied");
+    }
+}
