@@ -10,7 +10,7 @@
 //! Between a cross-shard `Hold` and `Release` the writer runs only that operation's steps and
 //! defers other writes.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -112,6 +112,20 @@ pub struct Writer {
     decided: BTreeSet<i64>,
     entries_since_snapshot: u64,
     deferred: VecDeque<ShardMsg>,
+    /// The snapshot being written beside the writer, if any.
+    snapshot: Option<RunningSnapshot>,
+}
+
+struct RunningSnapshot {
+    task: glommio::Task<Result<SnapshotDone, snapshot::SnapshotError>>,
+    /// Set by the task as it ends, so the writer can take its result without waiting.
+    done: Rc<Cell<bool>>,
+}
+
+struct SnapshotDone {
+    index: u64,
+    revision: i64,
+    path: std::path::PathBuf,
 }
 
 /// Answers reads and forwards everything else to the writer.
@@ -187,7 +201,18 @@ impl Writer {
         clock: Arc<RevisionClock>,
         decided: BTreeSet<i64>,
     ) -> Writer {
-        Writer { cfg, dirs, store, raft, wal, clock, decided, entries_since_snapshot: 0, deferred: VecDeque::new() }
+        Writer {
+            cfg,
+            dirs,
+            store,
+            raft,
+            wal,
+            clock,
+            decided,
+            entries_since_snapshot: 0,
+            deferred: VecDeque::new(),
+            snapshot: None,
+        }
     }
 
     /// Persists what Raft produced at startup (the campaign's hard state and empty entry).
@@ -252,8 +277,7 @@ impl Writer {
                 ShardMsg::Status { reply } => drop(reply.send(Ok(self.status()))),
                 ShardMsg::Snapshot { reply } => {
                     self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
-                    self.entries_since_snapshot = self.entries_since_snapshot.max(self.cfg.snapshot_entries);
-                    self.maybe_snapshot().await;
+                    self.snapshot_now().await;
                     drop(reply.send(Ok(())));
                 }
                 msg @ (ShardMsg::Range { .. } | ShardMsg::HashKv { .. }) => {
@@ -268,6 +292,7 @@ impl Writer {
                 ShardMsg::Cross(other) => fail(ShardMsg::Cross(other), ShardError::Stopped),
                 ShardMsg::Shutdown { reply } => {
                     self.commit(ops, acks).await;
+                    self.finish_snapshot(true).await;
                     for m in iter.chain(self.deferred.drain(..)) {
                         fail(m, ShardError::Stopped);
                     }
@@ -430,16 +455,31 @@ impl Writer {
         }
     }
 
+    /// Starts a snapshot when enough entries were logged since the last one; takes in the
+    /// result of one that finished.
     async fn maybe_snapshot(&mut self) {
-        if self.entries_since_snapshot < self.cfg.snapshot_entries {
-            return;
+        self.finish_snapshot(false).await;
+        if self.snapshot.is_none() && self.entries_since_snapshot >= self.cfg.snapshot_entries {
+            self.start_snapshot();
         }
+    }
+
+    /// Snapshots now (Defragment): waits for a running snapshot, then takes a new one.
+    async fn snapshot_now(&mut self) {
+        self.finish_snapshot(true).await;
+        self.start_snapshot();
+        self.finish_snapshot(true).await;
+    }
+
+    /// Starts writing a snapshot of everything logged so far in a task of its own, beside the
+    /// writer: the shard keeps serving reads and writes while it runs.
+    fn start_snapshot(&mut self) {
         self.entries_since_snapshot = 0;
         let index = self.raft.applied_index();
         let floor = self.clock.snapshot_floor();
-        let (bytes, revision) = {
+        let header = {
             let store = self.store.borrow();
-            let header = SnapshotHeader {
+            SnapshotHeader {
                 shard: self.cfg.id.0,
                 shard_count: self.cfg.shard_count,
                 index,
@@ -447,11 +487,26 @@ impl Writer {
                 revision: store.current_revision(),
                 compact_revision: store.compact_revision(),
                 decided: self.decided.iter().copied().filter(|r| *r > floor).collect(),
-            };
-            (snapshot::encode(&store, header), store.current_revision())
+            }
         };
-        match snapshot::write(&self.dirs.snap, index, bytes).await {
-            Ok(path) => {
+        let revision = header.revision;
+        let (store, dir) = (self.store.clone(), self.dirs.snap.clone());
+        let done = Rc::new(Cell::new(false));
+        let flag = done.clone();
+        let task = glommio::spawn_local(async move {
+            let r = snapshot::write_from(store, &dir, header).await;
+            flag.set(true);
+            r.map(|path| SnapshotDone { index, revision, path })
+        });
+        self.snapshot = Some(RunningSnapshot { task, done });
+    }
+
+    /// Takes the result of the running snapshot if it finished (or, with `wait`, once it has):
+    /// the log it covers can go.
+    async fn finish_snapshot(&mut self, wait: bool) {
+        let Some(running) = self.snapshot.take_if(|r| wait || r.done.get()) else { return };
+        match running.task.await {
+            Ok(SnapshotDone { index, revision, path }) => {
                 tracing::debug!(shard = self.cfg.id.0, index, path = %path.display(), "snapshot written");
                 self.wal.remove_covered(index);
                 if let Err(e) = self.raft.compact_log(index) {
@@ -461,9 +516,7 @@ impl Writer {
                 let floor = self.clock.snapshot_floor();
                 self.decided.retain(|r| *r > floor);
             }
-            Err(e) => {
-                tracing::warn!(shard = self.cfg.id.0, error = %e, "snapshot failed; will retry later")
-            }
+            Err(e) => tracing::warn!(shard = self.cfg.id.0, error = %e, "snapshot failed; will retry later"),
         }
     }
 }

@@ -4,8 +4,11 @@
 //! only then are older snapshots and the WAL segments it covers deleted. So a `.snap` file that
 //! does not decode in full is damage, and startup stops on it. Loading uses plain reads.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
+use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
 use wire::codec::frame::{self, RecordKind, ScanEnd};
 use wire::record::snapshot::{SnapshotHeader, SnapshotRecord};
@@ -43,27 +46,107 @@ fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
-/// Serializes `store` with `header` into snapshot file bytes.
+/// Appends the frame of the next chunk of keys after `after` at `rev`; returns where the next
+/// chunk starts and how many keys this one held, or `None` when the store is exhausted.
+fn encode_chunk(store: &Store, after: Option<&Bytes>, rev: i64, out: &mut Vec<u8>) -> Option<(Bytes, u64)> {
+    let (keys, last) = store.export_from(after, rev, KEYS_PER_CHUNK, CHUNK_BYTES);
+    let last = last?;
+    let n = keys.len() as u64;
+    if n > 0 {
+        frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Keys(keys).to_bytes());
+    }
+    Some((last, n))
+}
+
+fn footer(out: &mut Vec<u8>, key_count: u64) {
+    frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Footer { key_count }.to_bytes());
+}
+
+/// Serializes `store` as of `header.revision` into snapshot file bytes, in one go (tests).
 pub fn encode(store: &Store, header: SnapshotHeader) -> Vec<u8> {
+    let rev = header.revision;
     let mut out = Vec::new();
     frame::encode_into(&mut out, RecordKind::Snapshot, &SnapshotRecord::Header(header).to_bytes());
-    let mut after = None;
-    let mut count = 0u64;
-    loop {
-        let chunk = store.export_from(after.as_ref(), KEYS_PER_CHUNK, CHUNK_BYTES);
-        let Some(last) = chunk.last() else { break };
-        after = Some(bytes::Bytes::from(last.key.clone()));
-        count += chunk.len() as u64;
-        frame::encode_into(&mut out, RecordKind::Snapshot, &SnapshotRecord::Keys(chunk).to_bytes());
+    let (mut after, mut count) = (None, 0);
+    while let Some((last, n)) = encode_chunk(store, after.as_ref(), rev, &mut out) {
+        after = Some(last);
+        count += n;
     }
-    frame::encode_into(&mut out, RecordKind::Snapshot, &SnapshotRecord::Footer { key_count: count }.to_bytes());
+    footer(&mut out, count);
     out
 }
 
-/// Writes a snapshot file durably and removes older ones.
-pub async fn write(dir: &Path, index: u64, bytes: Vec<u8>) -> Result<PathBuf, SnapshotError> {
+/// Lets the other tasks of the executor (the shard's pump and writer) run.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// Removes `.tmp` files a crash left while a snapshot was being written.
+fn remove_partial(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".snap.tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// A snapshot file being written: bytes go out in whole 4 KiB blocks at aligned offsets.
+struct BlockWriter {
+    file: DmaFile,
+    path: PathBuf,
+    pos: u64,
+    pending: Vec<u8>,
+}
+
+impl BlockWriter {
+    const FLUSH_AT: usize = 1 << 20;
+
+    async fn write_blocks(&mut self, all: bool) -> Result<(), SnapshotError> {
+        let n = if all { self.pending.len().div_ceil(4096) * 4096 } else { self.pending.len() / 4096 * 4096 };
+        if n == 0 {
+            return Ok(());
+        }
+        let mut buf = self.file.alloc_dma_buffer(n);
+        let b = buf.as_bytes_mut();
+        let take = n.min(self.pending.len());
+        b[..take].copy_from_slice(&self.pending[..take]);
+        b[take..].fill(0);
+        self.file
+            .write_at(buf, self.pos)
+            .await
+            .map_err(|e| SnapshotError::Io { path: self.path.clone(), reason: e.to_string() })?;
+        self.pos += n as u64;
+        self.pending.drain(..take);
+        Ok(())
+    }
+}
+
+/// Writes a snapshot of `store` as of `header.revision` durably, a chunk at a time, yielding
+/// between chunks so the shard keeps serving while it runs, then removes older snapshots.
+///
+/// Writes continue meanwhile; the snapshot still shows the store at `header.revision`: newer
+/// versions are left out, and a compaction that runs meanwhile is logged after `header.index`,
+/// so replay repeats it.
+pub async fn write_from(
+    store: Rc<RefCell<Store>>,
+    dir: &Path,
+    header: SnapshotHeader,
+) -> Result<PathBuf, SnapshotError> {
     let ioe = |path: &Path, e: String| SnapshotError::Io { path: path.to_path_buf(), reason: e };
     std::fs::create_dir_all(dir).map_err(|e| ioe(dir, e.to_string()))?;
+    remove_partial(dir);
+    let index = header.index;
+    let rev = header.revision;
     let tmp = dir.join(format!("{}.tmp", snap_name(index)));
     let path = dir.join(snap_name(index));
     let file: DmaFile = OpenOptions::new()
@@ -73,18 +156,23 @@ pub async fn write(dir: &Path, index: u64, bytes: Vec<u8>) -> Result<PathBuf, Sn
         .dma_open(&tmp)
         .await
         .map_err(|e| ioe(&tmp, e.to_string()))?;
-    const CHUNK: usize = 1 << 20;
-    let mut pos = 0usize;
-    while pos < bytes.len() {
-        let n = (bytes.len() - pos).min(CHUNK);
-        let len = n.div_ceil(4096) * 4096;
-        let mut buf = file.alloc_dma_buffer(len);
-        let b = buf.as_bytes_mut();
-        b[..n].copy_from_slice(&bytes[pos..pos + n]);
-        b[n..].fill(0);
-        file.write_at(buf, pos as u64).await.map_err(|e| ioe(&tmp, e.to_string()))?;
-        pos += n;
+    let mut w = BlockWriter { file, path: tmp.clone(), pos: 0, pending: Vec::new() };
+    frame::encode_into(&mut w.pending, RecordKind::Snapshot, &SnapshotRecord::Header(header).to_bytes());
+    let (mut after, mut count) = (None, 0);
+    loop {
+        let next = encode_chunk(&store.borrow(), after.as_ref(), rev, &mut w.pending);
+        let Some((last, n)) = next else { break };
+        after = Some(last);
+        count += n;
+        if w.pending.len() >= BlockWriter::FLUSH_AT {
+            w.write_blocks(false).await?;
+        }
+        YieldNow(false).await;
     }
+    footer(&mut w.pending, count);
+    // The padding after the footer is zeros, which a scan reads as the end.
+    w.write_blocks(true).await?;
+    let file = w.file;
     file.fdatasync().await.map_err(|e| ioe(&tmp, e.to_string()))?;
     file.close().await.map_err(|e| ioe(&tmp, e.to_string()))?;
     std::fs::rename(&tmp, &path).map_err(|e| ioe(&path, e.to_string()))?;

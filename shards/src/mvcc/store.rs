@@ -254,36 +254,47 @@ impl Store {
         h.finalize()
     }
 
-    /// Iterates keys after `after` (exclusive; `None` = from the start) as snapshot records, at
-    /// most `max_keys` and stopping once `max_bytes` of keys and values are taken.
-    pub fn export_from(&self, after: Option<&Bytes>, max_keys: usize, max_bytes: usize) -> Vec<KeyRecord> {
+    /// Exports keys after `after` (exclusive; `None` = from the start) as snapshot records of
+    /// their history at or below `rev`, visiting at most `max_keys` keys and stopping once
+    /// `max_bytes` of keys and values are taken. Returns the records and the last key visited
+    /// (`None` when there are no more keys), from which the next call continues.
+    pub fn export_from(
+        &self,
+        after: Option<&Bytes>,
+        rev: i64,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> (Vec<KeyRecord>, Option<Bytes>) {
         let lower = match after {
             Some(k) => Bound::Excluded(k.as_ref()),
             None => Bound::Unbounded,
         };
         let mut bytes = 0usize;
-        self.keys
-            .range::<[u8], _>((lower, Bound::Unbounded))
-            .take(max_keys)
-            .take_while(|(k, h)| {
-                let first = bytes == 0;
-                bytes += k.len() + h.iter().map(|v| v.value.as_ref().map_or(0, |b| b.len())).sum::<usize>();
-                first || bytes <= max_bytes
-            })
-            .map(|(k, h)| KeyRecord {
-                key: k.to_vec(),
-                versions: h
-                    .iter()
-                    .map(|v| VersionRecord {
-                        mod_revision: v.mod_revision,
-                        create_revision: v.create_revision,
-                        version: v.version,
-                        lease: v.lease,
-                        value: v.value.as_ref().map(|b| b.to_vec()),
-                    })
-                    .collect(),
-            })
-            .collect()
+        let mut out = Vec::new();
+        let mut last = None;
+        for (k, h) in self.keys.range::<[u8], _>((lower, Bound::Unbounded)).take(max_keys) {
+            if bytes > 0 && bytes >= max_bytes {
+                break;
+            }
+            last = Some(k.clone());
+            let versions: Vec<VersionRecord> = h
+                .iter()
+                .take_while(|v| v.mod_revision <= rev)
+                .map(|v| VersionRecord {
+                    mod_revision: v.mod_revision,
+                    create_revision: v.create_revision,
+                    version: v.version,
+                    lease: v.lease,
+                    value: v.value.as_ref().map(|b| b.to_vec()),
+                })
+                .collect();
+            if versions.is_empty() {
+                continue;
+            }
+            bytes += k.len() + versions.iter().map(|v| v.value.as_ref().map_or(0, Vec::len)).sum::<usize>();
+            out.push(KeyRecord { key: k.to_vec(), versions });
+        }
+        (out, last)
     }
 
     /// Loads one snapshot key record (recovery).
@@ -395,7 +406,7 @@ mod tests {
         s.put(&b("b"), b("2"), 7, 3);
         s.delete(&KeyRange::single(b("a")), 4);
         let mut t = Store::new();
-        for r in s.export_from(None, 100, 1 << 20) {
+        for r in s.export_from(None, LATEST, 100, 1 << 20).0 {
             t.import(r);
         }
         assert_eq!(t.current_revision(), 4);
