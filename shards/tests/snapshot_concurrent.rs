@@ -10,7 +10,10 @@ use shards::mvcc::{KeyRange, Store};
 use shards::snapshot::{load_latest, write_from};
 use wire::record::snapshot::SnapshotHeader;
 
-fn state_at(store: &Store, rev: i64) -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)> {
+/// Key, value, mod revision, create revision, version.
+type Row = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
+fn state_at(store: &Store, rev: i64) -> Vec<Row> {
     let mut out = Vec::new();
     let all = KeyRange { key: Bytes::from_static(b"\0"), end: Bytes::from_static(b"\0") };
     store.scan_at(&all, rev, |k, v| {
