@@ -134,6 +134,51 @@ mod tests {
         assert_eq!(c.visible(), 2);
     }
 
+    /// Shards allocate and release concurrently while a reader checks the frontier's promise:
+    /// every revision at or below `visible()` has been released by the shard that holds it.
+    #[test]
+    fn clock_frontier_never_passes_an_unreleased_revision_under_concurrency() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        const SHARDS: usize = 3;
+        const PER_SHARD: usize = 20_000;
+        let c = std::sync::Arc::new(RevisionClock::new(SHARDS, 1, 0));
+        let durable: std::sync::Arc<Vec<AtomicBool>> =
+            std::sync::Arc::new((0..SHARDS * PER_SHARD + 2).map(|_| AtomicBool::new(false)).collect());
+        durable[0].store(true, Ordering::SeqCst);
+        durable[1].store(true, Ordering::SeqCst);
+        let writers: Vec<_> = (0..SHARDS)
+            .map(|s| {
+                let (c, durable) = (c.clone(), durable.clone());
+                std::thread::spawn(move || {
+                    let mut done = 0;
+                    while done < PER_SHARD {
+                        // A batch of one to three writes, made durable together.
+                        let n = 1 + done % 3;
+                        let revs: Vec<i64> = (0..n.min(PER_SHARD - done)).map(|_| c.allocate(ShardId(s as u16))).collect();
+                        std::thread::yield_now();
+                        for r in &revs {
+                            durable[*r as usize].store(true, Ordering::SeqCst);
+                        }
+                        done += revs.len();
+                        c.release(ShardId(s as u16));
+                    }
+                })
+            })
+            .collect();
+        let mut checked = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            let v = c.visible();
+            for r in checked..=v {
+                assert!(durable[r as usize].load(Ordering::SeqCst), "revision {r} visible (frontier {v}) before it was durable");
+            }
+            checked = checked.max(v);
+        }
+        for w in writers {
+            w.join().expect("writer");
+        }
+        assert_eq!(c.visible(), (SHARDS * PER_SHARD) as i64 + 1, "everything released is visible");
+    }
+
     #[test]
     fn clock_wait_visible_wakes_on_release() {
         let c = std::sync::Arc::new(RevisionClock::new(1, 1, 0));
