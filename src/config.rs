@@ -43,6 +43,11 @@ pub struct Config {
     /// Skip fdatasync on the WAL. Unsafe: acknowledged writes can be lost on a crash.
     #[arg(long, default_value_t = false)]
     pub unsafe_no_fsync: bool,
+    /// Shard boundaries for a new data directory, comma-separated keys in increasing order
+    /// (N keys make N+1 shards); default: split the first byte's printable range evenly.
+    /// Ignored once the data directory exists.
+    #[arg(long, value_delimiter = ',')]
+    pub initial_shard_boundaries: Option<Vec<String>>,
     /// Take a shard snapshot after this many Raft entries (bounds restart replay).
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_count: u64,

@@ -40,6 +40,10 @@ pub async fn serve(
         shards: cfg.shards,
         fsync: !cfg.unsafe_no_fsync,
         snapshot_entries: cfg.snapshot_count.max(1),
+        initial_boundaries: cfg
+            .initial_shard_boundaries
+            .as_ref()
+            .map(|b| b.iter().map(|k| bytes::Bytes::copy_from_slice(k.as_bytes())).collect()),
     };
     let pool = tokio::task::spawn_blocking(move || ShardPool::start(pool_cfg))
         .await

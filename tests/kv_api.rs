@@ -439,3 +439,15 @@ async fn kv_cross_shard_txns_abandoned_by_clients_do_not_stall_the_server() {
         assert_eq!(l, r, "txn {i} half-applied");
     }
 }
+
+#[tokio::test]
+async fn kv_initial_shard_boundaries_split_slash_prefixed_keys() {
+    let s = Server::start(&["--initial-shard-boundaries", "/m"]);
+    let map = std::fs::read_to_string(s.dir.join("shardmap")).expect("shard map");
+    assert_eq!(map, "corekv-shardmap-v1\n2f6d\n", "two shards split at \"/m\"");
+    let mut c = s.client().await;
+    c.put("/a/1", "x", None).await.expect("put"); // shard 0
+    c.put("/z/1", "y", None).await.expect("put"); // shard 1
+    let d = c.delete("/", Some(DeleteOptions::new().with_prefix())).await.expect("cross-shard delete");
+    assert_eq!((d.deleted(), rev(d.header())), (2, 4));
+}

@@ -154,7 +154,8 @@ mod tests {
                     while done < PER_SHARD {
                         // A batch of one to three writes, made durable together.
                         let n = 1 + done % 3;
-                        let revs: Vec<i64> = (0..n.min(PER_SHARD - done)).map(|_| c.allocate(ShardId(s as u16))).collect();
+                        let revs: Vec<i64> =
+                            (0..n.min(PER_SHARD - done)).map(|_| c.allocate(ShardId(s as u16))).collect();
                         std::thread::yield_now();
                         for r in &revs {
                             durable[*r as usize].store(true, Ordering::SeqCst);
@@ -169,7 +170,10 @@ mod tests {
         while writers.iter().any(|w| !w.is_finished()) {
             let v = c.visible();
             for r in checked..=v {
-                assert!(durable[r as usize].load(Ordering::SeqCst), "revision {r} visible (frontier {v}) before it was durable");
+                assert!(
+                    durable[r as usize].load(Ordering::SeqCst),
+                    "revision {r} visible (frontier {v}) before it was durable"
+                );
             }
             checked = checked.max(v);
         }

@@ -30,6 +30,8 @@ pub struct PoolConfig {
     pub shards: Option<usize>,
     pub fsync: bool,
     pub snapshot_entries: u64,
+    /// Shard boundaries for a new data directory (ignored once it has a map).
+    pub initial_boundaries: Option<Vec<bytes::Bytes>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +84,7 @@ impl ShardPool {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let map = ShardMap::load_or_create(&cfg.data_dir, cfg.shards, cpus)?;
+        let map = ShardMap::load_or_create(&cfg.data_dir, cfg.shards, cpus, cfg.initial_boundaries.as_deref())?;
         let n = map.shard_count();
 
         // Phase 1: read every shard's files in parallel; phase 2: replay with all decisions.

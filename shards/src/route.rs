@@ -30,8 +30,10 @@ pub enum ShardMapError {
     Io { path: String, source: std::io::Error },
     #[error("shard map {path} is malformed at line {line}")]
     Malformed { path: String, line: usize },
-    #[error("data directory was created with {stored} shards but --shards {requested} was given")]
+    #[error("the shard map has {stored} shards but --shards {requested} was given")]
     CountMismatch { stored: usize, requested: usize },
+    #[error("--initial-shard-boundaries must be non-empty keys in increasing order, fewer than {MAX_SHARDS}")]
+    BadBoundaries,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -99,7 +101,14 @@ impl ShardMap {
     }
 
     /// Loads the persisted map, or persists a new one of `requested` shards (default `default_n`).
-    pub fn load_or_create(dir: &Path, requested: Option<usize>, default_n: usize) -> Result<ShardMap, ShardMapError> {
+    /// `initial` boundaries, if given, are used only when the data directory has no map yet
+    /// (like etcd's `--initial-*` flags).
+    pub fn load_or_create(
+        dir: &Path,
+        requested: Option<usize>,
+        default_n: usize,
+        initial: Option<&[Bytes]>,
+    ) -> Result<ShardMap, ShardMapError> {
         let path = dir.join("shardmap");
         let p = path.display().to_string();
         match std::fs::read_to_string(&path) {
@@ -126,7 +135,20 @@ impl ShardMap {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let map = ShardMap::even(requested.unwrap_or(default_n));
+                let map = match initial {
+                    Some(b) => {
+                        let ordered = b.windows(2).all(|w| w[0] < w[1]) && b.iter().all(|k| !k.is_empty());
+                        if !ordered || b.len() >= MAX_SHARDS {
+                            return Err(ShardMapError::BadBoundaries);
+                        }
+                        let map = ShardMap { boundaries: b.to_vec() };
+                        if let Some(n) = requested.filter(|n| *n != map.shard_count()) {
+                            return Err(ShardMapError::CountMismatch { stored: map.shard_count(), requested: n });
+                        }
+                        map
+                    }
+                    None => ShardMap::even(requested.unwrap_or(default_n)),
+                };
                 let mut text = format!("{HEADER}\n");
                 for b in &map.boundaries {
                     text.push_str(&hex(b));
@@ -171,6 +193,26 @@ mod tests {
     }
 
     #[test]
+    fn shard_map_initial_boundaries_apply_only_to_a_new_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = [Bytes::from_static(b"/m"), Bytes::from_static(b"5")];
+        let m = ShardMap::load_or_create(dir.path(), None, 2, Some(&b)).expect("create");
+        assert_eq!((m.shard_count(), m.shard_of(b"/registry/pods").0), (3, 1));
+        let other = [Bytes::from_static(b"x")];
+        assert_eq!(ShardMap::load_or_create(dir.path(), None, 2, Some(&other)).expect("load"), m);
+        let fresh = tempfile::tempdir().expect("tempdir");
+        let unordered = [Bytes::from_static(b"b"), Bytes::from_static(b"a")];
+        assert!(matches!(
+            ShardMap::load_or_create(fresh.path(), None, 2, Some(&unordered)),
+            Err(ShardMapError::BadBoundaries)
+        ));
+        assert!(matches!(
+            ShardMap::load_or_create(fresh.path(), Some(5), 2, Some(&b)),
+            Err(ShardMapError::CountMismatch { .. })
+        ));
+    }
+
+    #[test]
     fn shard_map_many_shards_have_distinct_boundaries() {
         let m = ShardMap::even(300);
         assert_eq!(m.shard_count(), 300);
@@ -180,9 +222,12 @@ mod tests {
     #[test]
     fn shard_map_persists_and_rejects_other_count() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let a = ShardMap::load_or_create(dir.path(), Some(3), 2).expect("create");
-        let b = ShardMap::load_or_create(dir.path(), None, 8).expect("load");
+        let a = ShardMap::load_or_create(dir.path(), Some(3), 2, None).expect("create");
+        let b = ShardMap::load_or_create(dir.path(), None, 8, None).expect("load");
         assert_eq!(a, b);
-        assert!(matches!(ShardMap::load_or_create(dir.path(), Some(2), 2), Err(ShardMapError::CountMismatch { .. })));
+        assert!(matches!(
+            ShardMap::load_or_create(dir.path(), Some(2), 2, None),
+            Err(ShardMapError::CountMismatch { .. })
+        ));
     }
 }
