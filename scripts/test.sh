@@ -14,8 +14,12 @@ if cargo tree -p shards -e normal --prefix none | grep -E '^(tonic|tokio) ' >/de
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace 2>&1 | tee "$log"
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
 # One closing line over every test binary (cargo prints one line per binary, the last being
 # the doc tests, which are few).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"

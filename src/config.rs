@@ -40,7 +40,8 @@ pub struct Config {
     /// Number of shards (one executor each); default: the stored count, else online CPUs.
     #[arg(long)]
     pub shards: Option<usize>,
-    /// Skip fdatasync on the WAL. Unsafe: acknowledged writes can be lost on a crash.
+    /// Write the WAL without O_DSYNC (no durability wait). Unsafe: acknowledged writes can be
+    /// lost on a crash.
     #[arg(long, default_value_t = false)]
     pub unsafe_no_fsync: bool,
     /// Shard boundaries for a new data directory, comma-separated keys in increasing order

@@ -43,6 +43,12 @@ impl Router {
         }
     }
 
+    /// Waits for the running cross-shard operation, if any, and keeps new ones from starting
+    /// while the guard lives (shutdown: shards must not stop while one holds them).
+    pub async fn pause_cross_shard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.cross.lock().await
+    }
+
     pub fn clock(&self) -> &RevisionClock {
         &self.clock
     }

@@ -107,8 +107,9 @@ pub async fn serve(
             Err(_) => s.abort(),
         }
     }
-    drop(router);
+    let no_cross_shard = router.pause_cross_shard().await;
     tokio::task::spawn_blocking(move || pool.shutdown()).await.ok();
+    drop(no_cross_shard);
     tracing::info!("stopped");
     Ok(())
 }

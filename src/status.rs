@@ -27,6 +27,7 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
             ShardError::FutureRevision { .. } => rpctypes::FUTURE_REV,
             ShardError::KeyNotFound => rpctypes::KEY_NOT_FOUND,
             ShardError::TooLarge => rpctypes::REQUEST_TOO_LARGE,
+            ShardError::SnapshotFailed { .. } => rpctypes::SNAPSHOT_FAILED,
             ShardError::LeaseNotFound { .. } => rpctypes::LEASE_NOT_FOUND,
             ShardError::Busy => rpctypes::TOO_MANY_REQUESTS,
             ShardError::Stopped => rpctypes::STOPPED,
@@ -57,6 +58,7 @@ mod tests {
             (ApiError::InvalidSortOption, Code::InvalidArgument, "etcdserver: invalid sort option"),
             (ApiError::EmptyOp, Code::InvalidArgument, "etcdserver: key not found"),
             (ApiError::NoSpace, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
+            (ApiError::Shard(ShardError::TooLarge), Code::InvalidArgument, "etcdserver: request is too large"),
             (ApiError::LeaseProvided, Code::InvalidArgument, "etcdserver: lease is provided"),
             (ApiError::Shard(ShardError::KeyNotFound), Code::InvalidArgument, "etcdserver: key not found"),
             (

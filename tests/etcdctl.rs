@@ -64,7 +64,7 @@ fn etcdctl_alarm_defrag_and_hashkv_work() {
     assert_eq!(first, again, "same state, same hash");
     ok(s.etcdctl(&["put", "K2", "c"]));
     assert_ne!(ok(s.etcdctl(&["endpoint", "hashkv", "-w", "json"])), first, "a write changes the hash");
-    // Data survives the defragment (snapshot + WAL truncation) and a restart.
+    // Data survives the defragment (snapshot + WAL truncation).
     assert_eq!(ok(s.etcdctl(&["get", "K1", "--print-value-only"])).trim(), "a");
 }
 

@@ -390,6 +390,8 @@ async fn kv_nospace_alarm_blocks_puts_until_disarmed_like_etcd() {
     opts.with_member(member);
     let r = c.alarm(AlarmAction::Activate, AlarmType::Nospace, Some(opts.clone())).await.expect("activate");
     assert_eq!(r.alarms().len(), 1);
+    let st = c.status().await.expect("status");
+    assert_eq!(st.errors(), [format!("memberID:{member} alarm:NOSPACE ")], "Status lists active alarms as etcd");
     let (code, msg) = status_of(c.put("K2", "v", None).await.expect_err("nospace"));
     assert_eq!((code, msg.as_str()), (Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"));
     let (code, _) = status_of(c.txn(Txn::new().and_then([TxnOp::put("q2", "v", None)])).await.expect_err("txn put"));

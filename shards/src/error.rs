@@ -20,6 +20,9 @@ pub enum ShardError {
     /// the router runs them one at a time).
     #[error("shard is busy with another cross-shard operation")]
     Busy,
+    /// A snapshot asked for (Defragment) could not be written; the WAL was kept.
+    #[error("snapshot failed: {reason}")]
+    SnapshotFailed { reason: String },
     /// The shard has stopped (shutdown, or its executor ended).
     #[error("shard stopped")]
     Stopped,

@@ -4,7 +4,7 @@
 //! - the *pump* takes messages from the shard's mailbox; it answers reads itself (at the
 //!   revision the router chose, which only covers durable writes) and hands the rest to
 //! - the *writer*, which drains every queued write, executes them against the store, proposes
-//!   the batch's effects as one Raft entry, makes it durable with one fdatasync (group commit),
+//!   the batch's effects as one Raft entry, makes it durable with one O_DSYNC write (group commit),
 //!   releases its revisions on the clock and answers.
 //!
 //! Between a cross-shard `Hold` and `Release` the writer runs only that operation's steps and
@@ -36,7 +36,7 @@ const MAX_BATCH: usize = 4096;
 /// A batch stops growing past this many bytes of keys and values, keeping Raft entries and WAL
 /// frames far below the frame size limit.
 const MAX_BATCH_BYTES: usize = 16 << 20;
-/// Exit status after a WAL write or fdatasync failed.
+/// Exit status after a WAL write failed (or a cross-shard write was abandoned after a change).
 pub const EXIT_STORAGE_FAILURE: i32 = 70;
 
 /// Tuning of one shard.
@@ -277,8 +277,8 @@ impl Writer {
                 ShardMsg::Status { reply } => drop(reply.send(Ok(self.status()))),
                 ShardMsg::Snapshot { reply } => {
                     self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
-                    self.snapshot_now().await;
-                    drop(reply.send(Ok(())));
+                    let r = self.snapshot_now().await;
+                    drop(reply.send(r));
                 }
                 msg @ (ShardMsg::Range { .. } | ShardMsg::HashKv { .. }) => {
                     answer_read(&self.store.borrow(), &self.clock, msg);
@@ -465,10 +465,13 @@ impl Writer {
     }
 
     /// Snapshots now (Defragment): waits for a running snapshot, then takes a new one.
-    async fn snapshot_now(&mut self) {
+    async fn snapshot_now(&mut self) -> Result<(), ShardError> {
         self.finish_snapshot(true).await;
         self.start_snapshot();
-        self.finish_snapshot(true).await;
+        match self.finish_snapshot(true).await {
+            Some(Err(reason)) => Err(ShardError::SnapshotFailed { reason }),
+            _ => Ok(()),
+        }
     }
 
     /// Starts writing a snapshot of everything logged so far in a task of its own, beside the
@@ -503,9 +506,10 @@ impl Writer {
 
     /// Takes the result of the running snapshot if it finished (or, with `wait`, once it has):
     /// the log it covers can go.
-    async fn finish_snapshot(&mut self, wait: bool) {
-        let Some(running) = self.snapshot.take_if(|r| wait || r.done.get()) else { return };
-        match running.task.await {
+    /// Returns the outcome of the snapshot it took in, if any.
+    async fn finish_snapshot(&mut self, wait: bool) -> Option<Result<(), String>> {
+        let running = self.snapshot.take_if(|r| wait || r.done.get())?;
+        Some(match running.task.await {
             Ok(SnapshotDone { index, revision, path }) => {
                 tracing::debug!(shard = self.cfg.id.0, index, path = %path.display(), "snapshot written");
                 self.wal.remove_covered(index);
@@ -515,8 +519,12 @@ impl Writer {
                 self.clock.set_snapshot_floor(self.cfg.id, revision);
                 let floor = self.clock.snapshot_floor();
                 self.decided.retain(|r| *r > floor);
+                Ok(())
             }
-            Err(e) => tracing::warn!(shard = self.cfg.id.0, error = %e, "snapshot failed; will retry later"),
-        }
+            Err(e) => {
+                tracing::warn!(shard = self.cfg.id.0, error = %e, "snapshot failed; will retry later");
+                Err(e.to_string())
+            }
+        })
     }
 }

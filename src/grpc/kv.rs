@@ -21,12 +21,9 @@ pub struct KvService {
     pub alarms: Arc<AlarmTable>,
 }
 
+/// Whether a txn puts at its top level: etcd's quota cost (`costTxn`) counts only those.
 fn has_put(t: &TxnSpec) -> bool {
-    t.success.iter().chain(&t.failure).any(|op| match op {
-        Op::Put(_) => true,
-        Op::Txn(n) => has_put(n),
-        _ => false,
-    })
+    t.success.iter().chain(&t.failure).any(|op| matches!(op, Op::Put(_)))
 }
 
 fn range_response(r: RangeResult, header: Option<pb::ResponseHeader>) -> pb::RangeResponse {

@@ -75,7 +75,16 @@ impl Maintenance for MaintenanceService {
             raft_index: st.iter().map(|s| s.raft_index).sum(),
             raft_term: term,
             raft_applied_index: st.iter().map(|s| s.raft_applied_index).sum(),
-            errors: Vec::new(),
+            // As etcd: one entry per active alarm, in the protobuf text form of the member.
+            errors: self
+                .alarms
+                .get(pb::AlarmType::None as i32)
+                .iter()
+                .map(|a| {
+                    let name = pb::AlarmType::try_from(a.alarm).map_or("UNKNOWN", |t| t.as_str_name());
+                    format!("memberID:{} alarm:{} ", a.member_id, name)
+                })
+                .collect(),
             db_size_in_use: db_size,
             is_learner: false,
         }))

@@ -66,6 +66,9 @@ rpc_errors! {
     AUTH_FAILED = (InvalidArgument, "etcdserver: authentication failed, invalid user ID or password");
 }
 
+/// corekv's own errors, where etcd has no equivalent.
+pub const SNAPSHOT_FAILED: RpcError = RpcError { code: Code::Internal, message: "corekv: snapshot failed" };
+
 #[cfg(test)]
 mod tests {
     use super::*;

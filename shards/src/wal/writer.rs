@@ -5,7 +5,7 @@
 //!
 //! O_DIRECT writes whole 4 KiB blocks at aligned offsets, so the partly filled last block is kept
 //! in memory and rewritten, with the new records after it, by the next sync. Errors are sticky:
-//! after a failed write or fdatasync the writer is poisoned and never retries (a retried fsync
+//! after a failed write the writer is poisoned and never retries (a retried fsync
 //! can report success for data the kernel already dropped).
 //!
 //! Runs on its shard's executor only.
