@@ -49,6 +49,9 @@ pub struct CompareArgs {
     /// Print the scenario names and exit.
     #[arg(long)]
     pub list_scenarios: bool,
+    /// Exit with an error if any run saw a failed request (the CI smoke run uses this).
+    #[arg(long)]
+    pub fail_on_errors: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,7 +201,22 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
             std::fs::write(path, &markdown).map_err(|source| BenchError::WriteReport { path: path.clone(), source })?;
         }
     }
-    outcome.and(stopped)
+    outcome.and(stopped)?;
+    if args.fail_on_errors {
+        let failed: Vec<String> = results
+            .iter()
+            .flat_map(|r| {
+                [(ServerKind::Etcd, &r.etcd), (ServerKind::Corekv, &r.corekv)]
+                    .into_iter()
+                    .filter_map(move |(kind, rep)| rep.as_ref().filter(|rep| rep.errors > 0).map(|rep| (kind, rep, r)))
+                    .map(|(kind, rep, r)| format!("{} on {kind}: {} errors", r.scenario.name, rep.errors))
+            })
+            .collect();
+        if !failed.is_empty() {
+            return Err(BenchError::RunErrors(failed.join("; ")));
+        }
+    }
+    Ok(())
 }
 
 /// The scenarios named in `names`, in the canonical order; all of them when `names` is empty.

@@ -18,6 +18,10 @@ use crate::server::ServerKind;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BenchError {
+    /// `compare --fail-on-errors` saw failed requests.
+    #[error("requests failed: {0}")]
+    RunErrors(String),
+
     /// The do-nothing server could not listen or serve.
     #[error("noop-server: {0}")]
     Noop(String),
