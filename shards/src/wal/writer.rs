@@ -97,10 +97,6 @@ impl WalWriter {
         })
     }
 
-    pub fn poisoned(&self) -> Option<&str> {
-        self.poisoned.as_deref()
-    }
-
     /// Encodes a record into the pending group; nothing is written until [`sync`](Self::sync).
     pub fn append(&mut self, rec: &WalRecord) {
         if let WalRecord::Entry(e) = rec {
