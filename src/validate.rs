@@ -86,19 +86,14 @@ fn compare(c: pb::Compare) -> Result<Compare, ApiError> {
         Ok(R::NotEqual) => CompareResult::NotEqual,
         _ => CompareResult::Equal,
     };
-    let int = |u: &Option<U>| match u {
-        Some(U::Version(v) | U::CreateRevision(v) | U::ModRevision(v) | U::Lease(v)) => *v,
-        _ => 0,
-    };
+    // As etcd's getters: the operand of the declared target, zero when another variant is set.
+    let u = c.target_union;
     let target = match T::try_from(c.target) {
-        Ok(T::Create) => CompareTarget::Create(int(&c.target_union)),
-        Ok(T::Mod) => CompareTarget::Mod(int(&c.target_union)),
-        Ok(T::Value) => CompareTarget::Value(match c.target_union {
-            Some(U::Value(v)) => v,
-            _ => Bytes::new(),
-        }),
-        Ok(T::Lease) => CompareTarget::Lease(int(&c.target_union)),
-        _ => CompareTarget::Version(int(&c.target_union)),
+        Ok(T::Create) => CompareTarget::Create(if let Some(U::CreateRevision(v)) = u { v } else { 0 }),
+        Ok(T::Mod) => CompareTarget::Mod(if let Some(U::ModRevision(v)) = u { v } else { 0 }),
+        Ok(T::Value) => CompareTarget::Value(if let Some(U::Value(v)) = u { v } else { Bytes::new() }),
+        Ok(T::Lease) => CompareTarget::Lease(if let Some(U::Lease(v)) = u { v } else { 0 }),
+        _ => CompareTarget::Version(if let Some(U::Version(v)) = u { v } else { 0 }),
     };
     Ok(Compare { range: range_of(c.key, c.range_end)?, result, target })
 }
@@ -137,7 +132,8 @@ fn request_op(o: pb::RequestOp, max_ops: usize) -> Result<Op, ApiError> {
 pub fn txn(t: pb::TxnRequest, limits: Limits) -> Result<TxnSpec, ApiError> {
     let len = t.encoded_len();
     let spec = txn_spec(t, limits.max_txn_ops)?;
-    let writes = spec.success.iter().chain(&spec.failure).any(Op::may_write);
+    // etcd's isTxnReadonly: any top-level op other than a Range (a nested txn too) is a write.
+    let writes = spec.success.iter().chain(&spec.failure).any(|op| !matches!(op, Op::Range(_)));
     if writes && len > limits.max_request_bytes {
         return Err(ApiError::RequestTooLarge);
     }
@@ -157,12 +153,12 @@ pub fn size(len: usize, limits: Limits) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A delete's key interval (an affine point for a single key).
+/// A delete's key interval (an affine point for a single key). As in etcd's checkIntervals, a
+/// `range_end` of "\0" is taken literally (an interval ending at "\0", empty for any real key):
+/// only the empty string means "no upper bound" there, and a range_end is never empty here.
 fn interval(r: &KeyRange) -> (&[u8], Option<&[u8]>) {
     if r.is_single() {
         (&r.key, None)
-    } else if r.unbounded() {
-        (&r.key, Some(&[][..]))
     } else {
         (&r.key, Some(&r.end))
     }
@@ -171,7 +167,6 @@ fn interval(r: &KeyRange) -> (&[u8], Option<&[u8]>) {
 fn dels_hit(dels: &[(Vec<u8>, Option<Vec<u8>>)], k: &[u8]) -> bool {
     dels.iter().any(|(start, end)| match end {
         None => start.as_slice() == k,
-        Some(e) if e.is_empty() => k >= start.as_slice(),
         Some(e) => k >= start.as_slice() && k < e.as_slice(),
     })
 }
@@ -286,6 +281,23 @@ mod tests {
         assert_eq!(txn(pb::TxnRequest { success: ops(1), ..Default::default() }, limits), Err(ApiError::TooManyOps));
         // Parent has 1 op (the nested txn itself): 2 are left.
         assert!(txn(pb::TxnRequest { success: ops(0), ..Default::default() }, limits).is_ok());
+    }
+
+    #[test]
+    fn validate_txn_delete_to_nul_end_does_not_collide_with_puts_like_etcd() {
+        let t = pb::TxnRequest { success: vec![del_op("a", "\0"), put_op("b")], ..Default::default() };
+        assert!(txn(t, LIMITS).is_ok());
+    }
+
+    #[test]
+    fn validate_compare_operand_comes_from_the_declared_target() {
+        let c = pb::Compare {
+            key: Bytes::from("k"),
+            target: pb::compare::CompareTarget::Create as i32,
+            target_union: Some(pb::compare::TargetUnion::Version(5)),
+            ..Default::default()
+        };
+        assert_eq!(compare(c).expect("valid").target, CompareTarget::Create(0));
     }
 
     #[test]

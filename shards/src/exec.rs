@@ -270,6 +270,9 @@ impl Writer {
                     Err(e) => drop(reply.send(Err(e))),
                 },
                 ShardMsg::Compact { revision, reply } => {
+                    // A running snapshot exports history at its own revision; compacting under it
+                    // could drop a version it still needs, so let it finish first.
+                    self.finish_snapshot(true).await;
                     self.store.borrow_mut().compact(revision);
                     ops.push(BatchOp::Compact { revision });
                     acks.push(Ack::Unit(reply));

@@ -134,6 +134,9 @@ pub fn replay(read: ReadShard, all_decided: &BTreeSet<i64>) -> RecoveredShard {
                         store.apply(&mutations, revision);
                     } else {
                         tracing::warn!(revision, shard = %dirs.root.display(), "discarding cross-shard write that was never decided");
+                        // Its revision must never be handed out again: a later write reusing it
+                        // could be decided, and the stale prepare would then apply with it.
+                        store.observe_revision(revision);
                     }
                 }
                 BatchOp::Decide { revision } => store.observe_revision(revision),

@@ -135,8 +135,9 @@ impl BlockWriter {
 /// between chunks so the shard keeps serving while it runs, then removes older snapshots.
 ///
 /// Writes continue meanwhile; the snapshot still shows the store at `header.revision`: newer
-/// versions are left out, and a compaction that runs meanwhile is logged after `header.index`,
-/// so replay repeats it.
+/// versions are left out. The caller must not compact the store while this runs (a compaction
+/// above `header.revision` could drop a version the export still needs); the writer waits for a
+/// running snapshot before it compacts.
 pub async fn write_from(
     store: Rc<RefCell<Store>>,
     dir: &Path,

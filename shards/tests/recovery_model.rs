@@ -145,6 +145,8 @@ fn recovery_model_cross_shard_prepare_commits_only_with_decision() {
         let stores: Vec<Store> = read.into_iter().map(|r| replay(r, &all).store).collect();
         let counts: Vec<usize> = stores.iter().map(Store::key_count).collect();
         assert_eq!(counts, if decided { vec![1, 1] } else { vec![0, 0] }, "decided={decided}");
+        // A discarded prepare's revision is still taken: it is never handed out again.
+        assert!(stores.iter().all(|s| s.current_revision() == 2), "decided={decided}");
     }
 }
 

@@ -30,6 +30,11 @@ impl RangeQuery {
         }
     }
 
+    /// Whether values decide the order: then `keys_only` may blank them only after sorting.
+    fn sorts_by_value(&self) -> bool {
+        self.sort_target == SortTarget::Value && self.effective_order() != SortOrder::None
+    }
+
     /// How many keys to collect in key order before post-processing (0 = all). etcd decides on
     /// the order as sent, not the effective one.
     fn fetch_limit(&self) -> usize {
@@ -86,7 +91,7 @@ impl Store {
         self.scan_at(&q.range, rev, |k, v| {
             count += 1;
             if !q.count_only && (fetch == 0 || kvs.len() < fetch) {
-                kvs.push(v.to_kv(k, q.keys_only));
+                kvs.push(v.to_kv(k, q.keys_only && !q.sorts_by_value()));
             }
             true
         });
@@ -102,7 +107,7 @@ impl Store {
 fn finish_part(q: &RangeQuery, kvs: Vec<KeyValue>, count: i64) -> RangeResult {
     let mut widened = q.clone();
     if widened.limit > 0 {
-        widened.limit += 1;
+        widened.limit = widened.limit.saturating_add(1);
     }
     let mut r = finish(&widened, kvs, count);
     r.more = false;
@@ -129,7 +134,14 @@ pub fn merge(q: &RangeQuery, parts: Vec<RangeResult>) -> RangeResult {
     kq.max_mod_revision = 0;
     kq.min_create_revision = 0;
     kq.max_create_revision = 0;
-    finish(&kq, kvs, count)
+    let mut r = finish(&kq, kvs, count);
+    if q.keys_only && q.sorts_by_value() {
+        // As etcd: values are cleared after sorting and cutting.
+        for kv in &mut r.kvs {
+            kv.value = bytes::Bytes::new();
+        }
+    }
+    r
 }
 
 #[cfg(test)]
@@ -208,6 +220,25 @@ mod tests {
         assert_eq!(keys(&r), ["k0", "k1", "k2"]);
         assert!(r.more);
         assert_eq!(r.count, 5);
+    }
+
+    #[test]
+    fn range_keys_only_sorted_by_value_sorts_before_blanking() {
+        let s = store();
+        let mut query = q(2);
+        query.keys_only = true;
+        query.sort_target = SortTarget::Value;
+        query.sort_order = SortOrder::Ascend;
+        let r = merge(&query, vec![s.range_at(&query, 10)]);
+        assert_eq!(keys(&r), ["k4", "k3"], "smallest values first");
+        assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+    }
+
+    #[test]
+    fn range_limit_max_does_not_overflow() {
+        let s = store();
+        let r = merge(&q(i64::MAX), vec![s.range_at(&q(i64::MAX), 10)]);
+        assert_eq!((r.kvs.len(), r.more), (5, false));
     }
 
     #[test]
