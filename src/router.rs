@@ -49,6 +49,24 @@ impl Router {
         self.cross.lock().await
     }
 
+    pub fn shard_count(&self) -> u16 {
+        self.shards.len() as u16
+    }
+
+    pub fn boundaries(&self) -> &[bytes::Bytes] {
+        self.map.boundaries()
+    }
+
+    /// One chunk of the keys live at `revision` on `shard` after `after` (backups).
+    pub async fn export(
+        &self,
+        shard: u16,
+        revision: i64,
+        after: Option<bytes::Bytes>,
+    ) -> Result<(Vec<wire::record::snapshot::KeyRecord>, Option<bytes::Bytes>), ApiError> {
+        Ok(self.shard(shard).request(move |reply| ShardMsg::Export { revision, after, reply }).await?)
+    }
+
     pub fn clock(&self) -> &RevisionClock {
         &self.clock
     }

@@ -36,6 +36,9 @@ const MAX_BATCH: usize = 4096;
 /// A batch stops growing past this many bytes of keys and values, keeping Raft entries and WAL
 /// frames far below the frame size limit.
 const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Keys and bytes per backup chunk: small enough that a read never stalls the shard for long.
+const EXPORT_KEYS: usize = 4096;
+const EXPORT_BYTES: usize = 1 << 20;
 /// Exit status after a WAL write failed (or a cross-shard write was abandoned after a change).
 pub const EXIT_STORAGE_FAILURE: i32 = 70;
 
@@ -137,7 +140,9 @@ pub async fn pump(
 ) {
     while let Ok(msg) = mailbox.recv_async().await {
         match msg {
-            msg @ (ShardMsg::Range { .. } | ShardMsg::HashKv { .. }) => answer_read(&store.borrow(), &clock, msg),
+            msg @ (ShardMsg::Range { .. } | ShardMsg::HashKv { .. } | ShardMsg::Export { .. }) => {
+                answer_read(&store.borrow(), &clock, msg)
+            }
             ShardMsg::Shutdown { reply } => {
                 let _ = to_writer.send(ShardMsg::Shutdown { reply }).await;
                 break;
@@ -164,6 +169,12 @@ fn answer_read(store: &Store, clock: &RevisionClock, msg: ShardMsg) {
             let r = store.check_readable(revision, clock.visible().max(revision)).map(|()| store.hash_upto(revision));
             drop(reply.send(r));
         }
+        ShardMsg::Export { revision, after, reply } => {
+            let r = store
+                .check_readable(revision, clock.visible().max(revision))
+                .map(|()| store.export_live_from(after.as_ref(), revision, EXPORT_KEYS, EXPORT_BYTES));
+            drop(reply.send(r));
+        }
         other => fail(other, ShardError::Stopped),
     }
 }
@@ -173,6 +184,7 @@ fn fail(msg: ShardMsg, e: ShardError) {
     match msg {
         ShardMsg::Range { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::HashKv { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::Export { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Snapshot { reply } => drop(reply.send(Err(e))),
         ShardMsg::Write { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Compact { reply, .. } => drop(reply.send(Err(e))),
@@ -283,7 +295,7 @@ impl Writer {
                     let r = self.snapshot_now().await;
                     drop(reply.send(r));
                 }
-                msg @ (ShardMsg::Range { .. } | ShardMsg::HashKv { .. }) => {
+                msg @ (ShardMsg::Range { .. } | ShardMsg::HashKv { .. } | ShardMsg::Export { .. }) => {
                     answer_read(&self.store.borrow(), &self.clock, msg);
                 }
                 ShardMsg::Cross(Cross::Hold { reply }) => {

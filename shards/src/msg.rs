@@ -45,6 +45,13 @@ pub enum ShardMsg {
         revision: i64,
         reply: Reply<u32>,
     },
+    /// Read-only: the next chunk of keys live at `revision` after `after`, and where the next
+    /// chunk starts (`None`: no more keys). Backups (Maintenance.Snapshot) page through these.
+    Export {
+        revision: i64,
+        after: Option<bytes::Bytes>,
+        reply: Reply<(Vec<wire::record::snapshot::KeyRecord>, Option<bytes::Bytes>)>,
+    },
     /// Takes a snapshot now and deletes the WAL it covers (Defragment).
     Snapshot {
         reply: Reply<()>,

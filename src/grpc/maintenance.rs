@@ -1,7 +1,8 @@
 //! The Maintenance service. Status answers from every shard's real figures; Alarm keeps etcd's
 //! alarm semantics (in memory); Defragment snapshots every shard and drops the WAL the snapshots
 //! cover (corekv's analogue of rewriting the backend); Hash and HashKV hash the MVCC state.
-//! MoveLeader answers as a one-member cluster does. Snapshot and Downgrade are not built yet and answer `Unimplemented` (listed in
+//! MoveLeader answers as a one-member cluster does; Snapshot streams a backup (`crate::backup`).
+//! Downgrade is not built yet and answer `Unimplemented` (listed in
 //! docs/COMPATIBILITY.md).
 
 use std::pin::Pin;
@@ -114,8 +115,19 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
+    /// Streams a backup of every live key at the current revision (`crate::backup`); etcdctl
+    /// `snapshot save` stores it, `corekv-snapshot restore` turns it into a data directory.
     async fn snapshot(&self, _: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_built("Snapshot"))
+        let router = self.router.clone();
+        let revision = router.clock().visible();
+        let header = self.member.header(revision, self.raft_term);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            if let Err(e) = crate::backup::stream(&router, revision, header, &tx).await {
+                let _ = tx.send(Err(Status::from(e))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     /// A single node leads every group: moving leadership to itself succeeds at once (as in

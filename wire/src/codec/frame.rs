@@ -35,6 +35,8 @@ pub enum RecordKind {
     Wal = 1,
     /// A `record::SnapshotRecord` in a snapshot file.
     Snapshot = 2,
+    /// A `record::backup::BackupRecord` in a backup streamed by Maintenance.Snapshot.
+    Backup = 3,
 }
 
 impl TryFrom<u8> for RecordKind {
@@ -43,6 +45,7 @@ impl TryFrom<u8> for RecordKind {
         match v {
             1 => Ok(RecordKind::Wal),
             2 => Ok(RecordKind::Snapshot),
+            3 => Ok(RecordKind::Backup),
             other => Err(other),
         }
     }

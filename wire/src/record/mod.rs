@@ -1,11 +1,13 @@
 //! rkyv records stored inside frames. One file per record family:
 //! - [`wal`]: what a WAL segment holds (Raft log entries and hard state);
 //! - [`batch`]: the payload of a Raft entry — the writes a shard made durable in one batch;
-//! - [`snapshot`]: what a shard snapshot file holds.
+//! - [`snapshot`]: what a shard snapshot file holds;
+//! - [`backup`]: what Maintenance.Snapshot streams (a whole node's keys at one revision).
 //!
 //! Records from disk or the network are read with validated `rkyv::access` (bytecheck) after the
 //! frame's crc has been checked; never with unchecked access.
 
+pub mod backup;
 pub mod batch;
 pub mod snapshot;
 pub mod wal;
