@@ -453,3 +453,19 @@ async fn kv_initial_shard_boundaries_split_slash_prefixed_keys() {
     let d = c.delete("/", Some(DeleteOptions::new().with_prefix())).await.expect("cross-shard delete");
     assert_eq!((d.deleted(), rev(d.header())), (2, 4));
 }
+
+#[tokio::test]
+async fn kv_maintenance_downgrade_is_refused_with_etcd_errors() {
+    let s = Server::start(&["--shards", "1"]);
+    // etcd-client has no Downgrade call: use the generated client directly.
+    use wire::pb::etcdserverpb::{
+        downgrade_request::DowngradeAction, maintenance_client::MaintenanceClient, DowngradeRequest,
+    };
+    let mut m = MaintenanceClient::connect(format!("http://{}", s.endpoint())).await.expect("connect");
+    let validate = DowngradeRequest { action: DowngradeAction::Validate as i32, version: "3.4.0".into() };
+    let e = m.downgrade(validate).await.expect_err("validate");
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "etcdserver: invalid downgrade target version"));
+    let cancel = DowngradeRequest { action: DowngradeAction::Cancel as i32, version: String::new() };
+    let e = m.downgrade(cancel).await.expect_err("cancel");
+    assert_eq!((e.code(), e.message()), (Code::FailedPrecondition, "etcdserver: no inflight downgrade job"));
+}

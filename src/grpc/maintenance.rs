@@ -2,8 +2,7 @@
 //! alarm semantics (in memory); Defragment snapshots every shard and drops the WAL the snapshots
 //! cover (corekv's analogue of rewriting the backend); Hash and HashKV hash the MVCC state.
 //! MoveLeader answers as a one-member cluster does; Snapshot streams a backup (`crate::backup`).
-//! Downgrade is not built yet and answer `Unimplemented` (listed in
-//! docs/COMPATIBILITY.md).
+//! Downgrade refuses every target (there is no older corekv to go to).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,10 +24,6 @@ pub struct MaintenanceService {
     pub data_dir: std::path::PathBuf,
     pub alarms: Arc<AlarmTable>,
     pub raft_term: u64,
-}
-
-fn not_built(rpc: &str) -> Status {
-    Status::unimplemented(format!("corekv: Maintenance.{rpc} is not implemented yet"))
 }
 
 fn dir_size(p: &std::path::Path) -> u64 {
@@ -145,7 +140,15 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::MoveLeaderResponse { header }))
     }
 
-    async fn downgrade(&self, _: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {
-        Err(not_built("Downgrade"))
+    /// etcd 3.5 downgrades a cluster by one minor version. corekv has no older version to go
+    /// to and never starts a downgrade job: every target version is invalid (VALIDATE, ENABLE),
+    /// and CANCEL finds no job, with etcd's errors for those cases.
+    async fn downgrade(&self, req: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {
+        use pb::downgrade_request::DowngradeAction;
+        let e = match DowngradeAction::try_from(req.into_inner().action) {
+            Ok(DowngradeAction::Cancel) => wire::rpctypes::NO_INFLIGHT_DOWNGRADE,
+            _ => wire::rpctypes::INVALID_DOWNGRADE_TARGET,
+        };
+        Err(Status::new(tonic::Code::from_i32(e.code as i32), e.message))
     }
 }

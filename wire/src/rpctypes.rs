@@ -61,6 +61,8 @@ rpc_errors! {
     CORRUPT = (DataLoss, "etcdserver: corrupt cluster");
     NOT_CAPABLE = (Unavailable, "etcdserver: not capable");
     BAD_LEADER_TRANSFEREE = (FailedPrecondition, "etcdserver: bad leader transferee");
+    INVALID_DOWNGRADE_TARGET = (InvalidArgument, "etcdserver: invalid downgrade target version");
+    NO_INFLIGHT_DOWNGRADE = (FailedPrecondition, "etcdserver: no inflight downgrade job");
     PERMISSION_DENIED = (PermissionDenied, "etcdserver: permission denied");
     USER_EMPTY = (InvalidArgument, "etcdserver: user name is empty");
     AUTH_FAILED = (InvalidArgument, "etcdserver: authentication failed, invalid user ID or password");
