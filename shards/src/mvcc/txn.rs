@@ -129,9 +129,11 @@ impl Store {
         let mut bytes = 0usize;
         for p in puts {
             self.check_one_put(p, lease_exists)?;
-            let value = match (p.ignore_value, self.get_at(&p.key, LATEST)) {
-                (true, Some((_, v))) => v.value.as_ref().map_or(0, |b| b.len()),
-                _ => p.value.len(),
+            // Only an ignore_value put logs the stored value; look it up only then.
+            let value = if p.ignore_value {
+                self.get_at(&p.key, LATEST).and_then(|(_, v)| v.value.as_ref()).map_or(0, |b| b.len())
+            } else {
+                p.value.len()
             };
             bytes += p.key.len() + value;
             if bytes > MAX_WRITE_BYTES {
