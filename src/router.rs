@@ -78,8 +78,20 @@ impl Router {
     /// Range at the frontier or at an explicit revision; returns the result and the header
     /// revision (the current revision, as etcd reports it even for historical reads).
     pub async fn range(&self, q: RangeQuery) -> Result<(RangeResult, i64), ApiError> {
+        let (rev, current) = self.read_revision(q.revision)?;
+        let parts = try_join_all(self.map.shards_of(&q.range).map(|i| {
+            let query = q.clone();
+            self.shard(i).request(move |reply| ShardMsg::Range { query, revision: rev, reply })
+        }))
+        .await?;
+        Ok((merge(&q, parts), current))
+    }
+
+    /// The revision a read at `requested` (0 = current) runs at, and the current revision;
+    /// etcd's errors for a future or compacted one.
+    fn read_revision(&self, requested: i64) -> Result<(i64, i64), ApiError> {
         let current = self.clock.visible();
-        let rev = if q.revision > 0 { q.revision } else { current };
+        let rev = if requested > 0 { requested } else { current };
         if rev > current {
             return Err(ShardError::FutureRevision { requested: rev, current }.into());
         }
@@ -87,12 +99,7 @@ impl Router {
         if rev < compacted {
             return Err(ShardError::Compacted { requested: rev, compacted }.into());
         }
-        let parts = try_join_all(self.map.shards_of(&q.range).map(|i| {
-            let query = q.clone();
-            self.shard(i).request(move |reply| ShardMsg::Range { query, revision: rev, reply })
-        }))
-        .await?;
-        Ok((merge(&q, parts), current))
+        Ok((rev, current))
     }
 
     async fn single(&self, shard: u16, op: Op) -> Result<Written, ApiError> {
@@ -166,15 +173,8 @@ impl Router {
     /// A hash of every retained version at or below `revision` (0 = current) over all shards,
     /// with the compaction point and the header revision (HashKV).
     pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), ApiError> {
-        let current = self.clock.visible();
-        let rev = if revision > 0 { revision } else { current };
-        if rev > current {
-            return Err(ShardError::FutureRevision { requested: rev, current }.into());
-        }
+        let (rev, current) = self.read_revision(revision)?;
         let compacted = self.clock.compacted();
-        if rev < compacted {
-            return Err(ShardError::Compacted { requested: rev, compacted }.into());
-        }
         let parts =
             try_join_all(self.shards.iter().map(|s| s.request(move |reply| ShardMsg::HashKv { revision: rev, reply })))
                 .await?;

@@ -39,6 +39,13 @@ fn dir_size(p: &std::path::Path) -> u64 {
         .sum()
 }
 
+impl MaintenanceService {
+    /// A response header at the current revision.
+    fn header_now(&self) -> Option<pb::ResponseHeader> {
+        self.member.header(self.router.clock().visible(), self.raft_term)
+    }
+}
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
@@ -50,7 +57,7 @@ impl Maintenance for MaintenanceService {
             Ok(AlarmAction::Deactivate) => self.alarms.deactivate(r.member_id, r.alarm),
             Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         };
-        let header = self.member.header(self.router.clock().visible(), self.raft_term);
+        let header = self.header_now();
         Ok(Response::new(pb::AlarmResponse { header, alarms }))
     }
 
@@ -88,7 +95,7 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(&self, _: Request<pb::DefragmentRequest>) -> Result<Response<pb::DefragmentResponse>, Status> {
         self.router.snapshot_all().await?;
-        let header = self.member.header(self.router.clock().visible(), self.raft_term);
+        let header = self.header_now();
         Ok(Response::new(pb::DefragmentResponse { header }))
     }
 
@@ -136,7 +143,7 @@ impl Maintenance for MaintenanceService {
             let e = wire::rpctypes::BAD_LEADER_TRANSFEREE;
             return Err(Status::new(tonic::Code::from_i32(e.code as i32), e.message));
         }
-        let header = self.member.header(self.router.clock().visible(), self.raft_term);
+        let header = self.header_now();
         Ok(Response::new(pb::MoveLeaderResponse { header }))
     }
 

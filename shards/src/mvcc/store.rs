@@ -53,6 +53,18 @@ fn visible_at(h: &History, rev: i64) -> Option<&Version> {
     v.value.as_ref().map(|_| v)
 }
 
+impl From<&Version> for VersionRecord {
+    fn from(v: &Version) -> VersionRecord {
+        VersionRecord {
+            mod_revision: v.mod_revision,
+            create_revision: v.create_revision,
+            version: v.version,
+            lease: v.lease,
+            value: v.value.as_ref().map(|b| b.to_vec()),
+        }
+    }
+}
+
 impl Version {
     pub fn to_kv(&self, key: &Bytes, keys_only: bool) -> KeyValue {
         KeyValue {
@@ -265,36 +277,9 @@ impl Store {
         max_keys: usize,
         max_bytes: usize,
     ) -> (Vec<KeyRecord>, Option<Bytes>) {
-        let lower = match after {
-            Some(k) => Bound::Excluded(k.as_ref()),
-            None => Bound::Unbounded,
-        };
-        let mut bytes = 0usize;
-        let mut out = Vec::new();
-        let mut last = None;
-        for (k, h) in self.keys.range::<[u8], _>((lower, Bound::Unbounded)).take(max_keys) {
-            if bytes > 0 && bytes >= max_bytes {
-                break;
-            }
-            last = Some(k.clone());
-            let versions: Vec<VersionRecord> = h
-                .iter()
-                .take_while(|v| v.mod_revision <= rev)
-                .map(|v| VersionRecord {
-                    mod_revision: v.mod_revision,
-                    create_revision: v.create_revision,
-                    version: v.version,
-                    lease: v.lease,
-                    value: v.value.as_ref().map(|b| b.to_vec()),
-                })
-                .collect();
-            if versions.is_empty() {
-                continue;
-            }
-            bytes += k.len() + versions.iter().map(|v| v.value.as_ref().map_or(0, Vec::len)).sum::<usize>();
-            out.push(KeyRecord { key: k.to_vec(), versions });
-        }
-        (out, last)
+        self.export(after, max_keys, max_bytes, |h| {
+            h.iter().take_while(|v| v.mod_revision <= rev).map(VersionRecord::from).collect()
+        })
     }
 
     /// Exports the keys live at `rev` after `after`, each with only its version at `rev`
@@ -306,6 +291,18 @@ impl Store {
         max_keys: usize,
         max_bytes: usize,
     ) -> (Vec<KeyRecord>, Option<Bytes>) {
+        self.export(after, max_keys, max_bytes, |h| visible_at(h, rev).map(VersionRecord::from).into_iter().collect())
+    }
+
+    /// Pages through keys after `after`, keeping for each the versions `select` picks (a key
+    /// with none is skipped but still moves the continuation point).
+    fn export(
+        &self,
+        after: Option<&Bytes>,
+        max_keys: usize,
+        max_bytes: usize,
+        select: impl Fn(&History) -> Vec<VersionRecord>,
+    ) -> (Vec<KeyRecord>, Option<Bytes>) {
         let lower = match after {
             Some(k) => Bound::Excluded(k.as_ref()),
             None => Bound::Unbounded,
@@ -316,20 +313,12 @@ impl Store {
                 break;
             }
             last = Some(k.clone());
-            if let Some(v) = visible_at(h, rev) {
-                let value = v.value.as_ref().map(|b| b.to_vec());
-                bytes += k.len() + value.as_ref().map_or(0, Vec::len);
-                out.push(KeyRecord {
-                    key: k.to_vec(),
-                    versions: vec![VersionRecord {
-                        mod_revision: v.mod_revision,
-                        create_revision: v.create_revision,
-                        version: v.version,
-                        lease: v.lease,
-                        value,
-                    }],
-                });
+            let versions = select(h);
+            if versions.is_empty() {
+                continue;
             }
+            bytes += k.len() + versions.iter().map(|v| v.value.as_ref().map_or(0, Vec::len)).sum::<usize>();
+            out.push(KeyRecord { key: k.to_vec(), versions });
         }
         (out, last)
     }

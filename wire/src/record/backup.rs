@@ -6,10 +6,9 @@
 //! match; then zero padding to a multiple of 512 bytes and the SHA-256 of everything before it
 //! (32 bytes), the trailer etcdctl checks (`size % 512 == 32`) before it keeps the file.
 
-use rkyv::{rancor, Archive, Deserialize, Serialize};
+use rkyv::{Archive, Deserialize, Serialize};
 
 use super::snapshot::KeyRecord;
-use super::RecordError;
 
 pub const BACKUP_FORMAT: u16 = 1;
 
@@ -20,20 +19,7 @@ pub enum BackupRecord {
     Footer { key_count: u64 },
 }
 
-impl BackupRecord {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        match rkyv::to_bytes::<rancor::Error>(self) {
-            Ok(v) => v.into_vec(),
-            Err(e) => panic!("invariant: serializing a BackupRecord into memory cannot fail: {e}"),
-        }
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Result<BackupRecord, RecordError> {
-        let aligned = super::Aligned::new(bytes);
-        let archived = rkyv::access::<ArchivedBackupRecord, rancor::Error>(aligned.bytes())?;
-        Ok(rkyv::deserialize::<BackupRecord, rancor::Error>(archived)?)
-    }
-}
+super::record_codec!(BackupRecord, ArchivedBackupRecord);
 
 #[cfg(test)]
 mod tests {

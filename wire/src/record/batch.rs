@@ -4,7 +4,7 @@
 //! and deleted at each revision — so replay is deterministic and never re-evaluates a compare.
 //! Layout: rkyv archive of [`Batch`]; `format` is [`BATCH_FORMAT`].
 
-use rkyv::{rancor, Archive, Deserialize, Serialize};
+use rkyv::{Archive, Deserialize, Serialize};
 
 use super::RecordError;
 
@@ -39,27 +39,16 @@ pub struct Batch {
     pub ops: Vec<BatchOp>,
 }
 
+super::record_codec!(Batch, ArchivedBatch, |batch: Batch| {
+    if batch.format != BATCH_FORMAT {
+        return Err(RecordError(format!("unsupported batch format {}", batch.format)));
+    }
+    Ok(batch)
+});
+
 impl Batch {
     pub fn new(ops: Vec<BatchOp>) -> Batch {
         Batch { format: BATCH_FORMAT, ops }
-    }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        match rkyv::to_bytes::<rancor::Error>(self) {
-            Ok(v) => v.into_vec(),
-            Err(e) => panic!("invariant: serializing a Batch into memory cannot fail: {e}"),
-        }
-    }
-
-    /// Validates a payload and deserializes it.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Batch, RecordError> {
-        let aligned = super::Aligned::new(bytes);
-        let archived = rkyv::access::<ArchivedBatch, rancor::Error>(aligned.bytes())?;
-        let batch = rkyv::deserialize::<Batch, rancor::Error>(archived)?;
-        if batch.format != BATCH_FORMAT {
-            return Err(RecordError(format!("unsupported batch format {}", batch.format)));
-        }
-        Ok(batch)
     }
 }
 
@@ -83,6 +72,12 @@ mod tests {
             BatchOp::Compact { revision: 3 },
         ]);
         assert_eq!(Batch::from_bytes(&b.to_bytes()).expect("valid"), b);
+    }
+
+    #[test]
+    fn batch_of_unknown_format_is_rejected() {
+        let b = Batch { format: BATCH_FORMAT + 1, ops: vec![] };
+        assert!(Batch::from_bytes(&b.to_bytes()).is_err());
     }
 
     proptest! {

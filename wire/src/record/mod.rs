@@ -18,13 +18,44 @@ use rkyv::util::AlignedVec;
 /// Why a payload is not a valid archive of the expected record type.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid record archive: {0}")]
-pub struct RecordError(String);
+pub struct RecordError(pub(crate) String);
 
 impl From<rancor::Error> for RecordError {
     fn from(e: rancor::Error) -> Self {
         RecordError(e.to_string())
     }
 }
+
+/// Gives a record type its frame-payload codec: `to_bytes` (an rkyv archive) and
+/// `from_bytes` (validated `rkyv::access`, then deserialize), the same for every record family.
+macro_rules! record_codec {
+    ($ty:ident, $archived:ident) => {
+        $crate::record::record_codec!($ty, $archived, |r: $ty| Ok(r));
+    };
+    // `$check` runs on the decoded record (e.g. a format check).
+    ($ty:ident, $archived:ident, $check:expr) => {
+        impl $ty {
+            /// Serializes into an rkyv archive for a frame payload.
+            pub fn to_bytes(&self) -> Vec<u8> {
+                match rkyv::to_bytes::<rkyv::rancor::Error>(self) {
+                    Ok(v) => v.into_vec(),
+                    Err(e) => {
+                        panic!(concat!("invariant: serializing a ", stringify!($ty), " into memory cannot fail: {}"), e)
+                    }
+                }
+            }
+
+            /// Validates a frame payload and deserializes it.
+            pub fn from_bytes(bytes: &[u8]) -> Result<$ty, $crate::record::RecordError> {
+                let aligned = $crate::record::Aligned::new(bytes);
+                let archived = rkyv::access::<$archived, rkyv::rancor::Error>(aligned.bytes())?;
+                let check: fn($ty) -> Result<$ty, $crate::record::RecordError> = $check;
+                check(rkyv::deserialize::<$ty, rkyv::rancor::Error>(archived)?)
+            }
+        }
+    };
+}
+pub(crate) use record_codec;
 
 /// Bytes copied into a 16-byte aligned buffer when the source is not aligned, so that
 /// `rkyv::access` may read them in place.

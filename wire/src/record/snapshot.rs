@@ -5,9 +5,7 @@
 //! `Keys` chunks, one `Footer` whose `key_count` must match. Snapshots are written to a temporary
 //! name and renamed once durable, so a snapshot file without its footer is damaged.
 
-use rkyv::{rancor, Archive, Deserialize, Serialize};
-
-use super::RecordError;
+use rkyv::{Archive, Deserialize, Serialize};
 
 /// One version of a key. `value == None` is a tombstone (the key was deleted at `mod_revision`).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -48,22 +46,7 @@ pub enum SnapshotRecord {
     Footer { key_count: u64 },
 }
 
-impl SnapshotRecord {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        match rkyv::to_bytes::<rancor::Error>(self) {
-            Ok(v) => v.into_vec(),
-            Err(e) => {
-                panic!("invariant: serializing a SnapshotRecord into memory cannot fail: {e}")
-            }
-        }
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Result<SnapshotRecord, RecordError> {
-        let aligned = super::Aligned::new(bytes);
-        let archived = rkyv::access::<ArchivedSnapshotRecord, rancor::Error>(aligned.bytes())?;
-        Ok(rkyv::deserialize::<SnapshotRecord, rancor::Error>(archived)?)
-    }
-}
+super::record_codec!(SnapshotRecord, ArchivedSnapshotRecord);
 
 #[cfg(test)]
 mod tests {

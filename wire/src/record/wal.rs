@@ -3,9 +3,7 @@
 //! Layout: an rkyv archive (little-endian, aligned, 32-bit relative pointers) of [`WalRecord`],
 //! inside a frame whose crc covers it. Version: frame version 1.
 
-use rkyv::{rancor, Archive, Deserialize, Serialize};
-
-use super::RecordError;
+use rkyv::{Archive, Deserialize, Serialize};
 
 /// One Raft log entry as persisted. `data` is a [`super::batch::Batch`] archive, or empty for
 /// Raft's own entries (the empty entry a new leader appends).
@@ -33,22 +31,7 @@ pub enum WalRecord {
     HardState(HardStateRecord),
 }
 
-impl WalRecord {
-    /// Serializes into an rkyv archive for a frame payload.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        match rkyv::to_bytes::<rancor::Error>(self) {
-            Ok(v) => v.into_vec(),
-            Err(e) => panic!("invariant: serializing a WalRecord into memory cannot fail: {e}"),
-        }
-    }
-
-    /// Validates and deserializes a frame payload.
-    pub fn from_bytes(bytes: &[u8]) -> Result<WalRecord, RecordError> {
-        let aligned = super::Aligned::new(bytes);
-        let archived = rkyv::access::<ArchivedWalRecord, rancor::Error>(aligned.bytes())?;
-        Ok(rkyv::deserialize::<WalRecord, rancor::Error>(archived)?)
-    }
-}
+super::record_codec!(WalRecord, ArchivedWalRecord);
 
 #[cfg(test)]
 mod tests {
