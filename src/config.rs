@@ -52,6 +52,44 @@ pub struct Config {
     /// Take a shard snapshot after this many Raft entries (bounds restart replay).
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_count: u64,
+    /// Duration of periodic watch progress notifications (Go syntax: 10m, 5s, 500ms).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// Recent revisions kept in memory for watch streams; a stream further behind catches up
+    /// from MVCC history (corekv-specific).
+    #[arg(long, default_value_t = 8192)]
+    pub watch_cache_revisions: usize,
+}
+
+/// Parses a Go duration (`1h30m`, `10m`, `5s`, `250ms`, `100us`, `10ns`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration {s:?}");
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    if s.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 /// Largest accepted `--max-request-bytes`: one request must fit in one WAL frame with room.
@@ -63,6 +101,8 @@ pub enum ConfigError {
     MaxRequestBytesTooLarge(usize),
     #[error("--shards {0} is out of range (1 to {max})", max = shards::route::MAX_SHARDS)]
     BadShardCount(usize),
+    #[error("--experimental-watch-progress-notify-interval must be above zero")]
+    ZeroProgressInterval,
     #[error("invalid URL {url:?} in --listen-client-urls: {reason}")]
     BadUrl { url: String, reason: &'static str },
 }
@@ -72,6 +112,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_request_bytes > MAX_MAX_REQUEST_BYTES {
             return Err(ConfigError::MaxRequestBytesTooLarge(self.max_request_bytes));
+        }
+        if self.experimental_watch_progress_notify_interval.is_zero() {
+            return Err(ConfigError::ZeroProgressInterval);
         }
         if let Some(n) = self.shards {
             if n == 0 || n > shards::route::MAX_SHARDS {
@@ -113,6 +156,19 @@ mod tests {
         assert_eq!(c.max_request_bytes, 1536 * 1024);
         assert_eq!(c.max_txn_ops, 128);
         assert!(!c.unsafe_no_fsync);
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        let d = |s| parse_duration(s).map(|d| d.as_millis());
+        assert_eq!(d("10m"), Ok(600_000));
+        assert_eq!(d("1h30m"), Ok(5_400_000));
+        assert_eq!(d("250ms"), Ok(250));
+        assert_eq!(d("1.5s"), Ok(1500));
+        assert_eq!(d("0"), Ok(0));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5x").is_err());
     }
 
     #[test]

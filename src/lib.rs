@@ -9,3 +9,4 @@ pub mod router;
 pub mod server;
 pub mod status;
 pub mod validate;
+pub mod watch;

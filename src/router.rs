@@ -13,9 +13,12 @@ use std::sync::Arc;
 
 use futures::future::try_join_all;
 use shards::mvcc::range::merge;
+use shards::mvcc::store::HistoryPage;
 use shards::mvcc::txn::{combine_compare, decide_path, for_each_path_op, ComparePart, TxnPath};
-use shards::mvcc::{Compare, DeleteOp, Op, OpResult, PutOp, RangeQuery, RangeResult, TxnResult, TxnSpec};
+use shards::mvcc::{Compare, DeleteOp, KeyRange, Op, OpResult, PutOp, RangeQuery, RangeResult, TxnResult, TxnSpec};
 use shards::{Cross, RevisionClock, ShardError, ShardHandle, ShardMap, ShardMsg, ShardPool, ShardStatus, WriteOutcome};
+
+use wire::pb::mvccpb::Event;
 
 use crate::error::ApiError;
 
@@ -85,6 +88,29 @@ impl Router {
         }))
         .await?;
         Ok((merge(&q, parts), current))
+    }
+
+    /// The events of `range` in revisions `[from, to]` (all visible), oldest first, from every
+    /// shard the range covers; `complete_upto` is where the page ends (no revision split).
+    pub async fn history(
+        &self,
+        range: &KeyRange,
+        from: i64,
+        to: i64,
+        max_events: usize,
+    ) -> Result<HistoryPage, ApiError> {
+        let parts = try_join_all(self.map.shards_of(range).map(|i| {
+            let range = range.clone();
+            self.shard(i).request(move |reply| ShardMsg::History { range, from, to, max_events, reply })
+        }))
+        .await?;
+        let complete_upto = parts.iter().map(|p| p.complete_upto).min().unwrap_or(to);
+        let revision = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        let mut events: Vec<Event> =
+            parts.into_iter().flat_map(|p| p.events).filter(|e| revision(e) <= complete_upto).collect();
+        // Stable: one shard's events of a revision keep their order.
+        events.sort_by_key(revision);
+        Ok(HistoryPage { events, complete_upto })
     }
 
     /// The revision a read at `requested` (0 = current) runs at, and the current revision;

@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use shards::{PoolConfig, ShardPool};
 use tonic::transport::Server;
-use wire::pb::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer};
+use wire::pb::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer, watch_server::WatchServer};
 
 use crate::alarm::AlarmTable;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
-use crate::grpc::{kv::KvService, maintenance::MaintenanceService, Member};
+use crate::grpc::{kv::KvService, maintenance::MaintenanceService, watch::WatchService, Member};
 use crate::router::Router;
 use crate::validate::Limits;
+use crate::watch::{hub, ring::EventRing, stream::WatchContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -26,6 +27,8 @@ pub enum ServeError {
 }
 
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Bytes of keys and values the watch ring may pin, beside `--watch-cache-revisions`.
+const WATCH_CACHE_BYTES: usize = 64 << 20;
 
 /// Runs the server until `shutdown` resolves.
 pub async fn serve(
@@ -69,6 +72,18 @@ pub async fn serve(
 
     let alarms = Arc::new(AlarmTable::default());
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let (watch_stop_tx, watch_stop) = tokio::sync::watch::channel(false);
+    let ring = Arc::new(EventRing::new(pool.clock().visible(), cfg.watch_cache_revisions, WATCH_CACHE_BYTES));
+    let hub = tokio::spawn(hub::run(pool.events().clone(), pool.clock().clone(), ring.clone()));
+    let watch_ctx = Arc::new(WatchContext {
+        router: router.clone(),
+        ring,
+        member,
+        raft_term,
+        max_request_bytes: cfg.max_request_bytes,
+        progress_interval: cfg.experimental_watch_progress_notify_interval,
+        stop: watch_stop,
+    });
     let mut servers = Vec::new();
     for addr in addrs {
         let listener =
@@ -86,18 +101,24 @@ pub async fn serve(
             raft_term,
         })
         .max_decoding_message_size(max_msg);
+        let watch = WatchServer::new(WatchService { ctx: watch_ctx.clone() })
+            .max_decoding_message_size(max_msg)
+            .max_encoding_message_size(usize::MAX);
         let mut stop = stop_tx.subscribe();
         tracing::info!(%addr, "serving client requests");
-        servers.push(tokio::spawn(Server::builder().add_service(kv).add_service(maint).serve_with_incoming_shutdown(
-            incoming,
-            async move {
-                let _ = stop.recv().await;
-            },
-        )));
+        servers.push(tokio::spawn(
+            Server::builder().add_service(kv).add_service(maint).add_service(watch).serve_with_incoming_shutdown(
+                incoming,
+                async move {
+                    let _ = stop.recv().await;
+                },
+            ),
+        ));
     }
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
+    let _ = watch_stop_tx.send(true);
     // In-flight requests get a grace period; idle client connections do not hold shutdown up.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     for mut s in servers {
@@ -109,6 +130,7 @@ pub async fn serve(
     }
     let no_cross_shard = router.pause_cross_shard().await;
     tokio::task::spawn_blocking(move || pool.shutdown()).await.ok();
+    hub.abort();
     drop(no_cross_shard);
     tracing::info!("stopped");
     Ok(())

@@ -22,7 +22,7 @@ use wire::record::snapshot::SnapshotHeader;
 
 use crate::clock::RevisionClock;
 use crate::error::ShardError;
-use crate::msg::{Cross, HoldInfo, Reply, ShardMsg, ShardStatus, WriteOutcome};
+use crate::msg::{Cross, EventSink, HoldInfo, Reply, ShardMsg, ShardStatus, WriteOutcome};
 use crate::mvcc::store::LATEST;
 use crate::mvcc::txn::RevisionSource;
 use crate::mvcc::{Op, OpResult, Store};
@@ -49,6 +49,8 @@ pub struct ShardConfig {
     pub shard_count: u16,
     /// Take a snapshot after this many Raft entries since the last one.
     pub snapshot_entries: u64,
+    /// Where the events of durable writes go (the router's watch hub).
+    pub events: EventSink,
 }
 
 /// Leases are not implemented yet: no lease exists, so a put naming one fails as in etcd.
@@ -140,9 +142,10 @@ pub async fn pump(
 ) {
     while let Ok(msg) = mailbox.recv_async().await {
         match msg {
-            msg @ (ShardMsg::Range { .. } | ShardMsg::HashKv { .. } | ShardMsg::Export { .. }) => {
-                answer_read(&store.borrow(), &clock, msg)
-            }
+            msg @ (ShardMsg::Range { .. }
+            | ShardMsg::HashKv { .. }
+            | ShardMsg::Export { .. }
+            | ShardMsg::History { .. }) => answer_read(&store.borrow(), &clock, msg),
             ShardMsg::Shutdown { reply } => {
                 let _ = to_writer.send(ShardMsg::Shutdown { reply }).await;
                 break;
@@ -175,6 +178,15 @@ fn answer_read(store: &Store, clock: &RevisionClock, msg: ShardMsg) {
                 .map(|()| store.export_live_from(after.as_ref(), revision, EXPORT_KEYS, EXPORT_BYTES));
             drop(reply.send(r));
         }
+        ShardMsg::History { range, from, to, max_events, reply } => {
+            let current = clock.visible();
+            let r = if to > current {
+                Err(ShardError::FutureRevision { requested: to, current })
+            } else {
+                store.history(&range, from, to, max_events)
+            };
+            drop(reply.send(r));
+        }
         other => fail(other, ShardError::Stopped),
     }
 }
@@ -185,6 +197,7 @@ fn fail(msg: ShardMsg, e: ShardError) {
         ShardMsg::Range { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::HashKv { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Export { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::History { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Snapshot { reply } => drop(reply.send(Err(e))),
         ShardMsg::Write { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Compact { reply, .. } => drop(reply.send(Err(e))),
@@ -213,6 +226,7 @@ impl Writer {
         clock: Arc<RevisionClock>,
         decided: BTreeSet<i64>,
     ) -> Writer {
+        store.borrow_mut().set_capture(true);
         Writer {
             cfg,
             dirs,
@@ -295,9 +309,10 @@ impl Writer {
                     let r = self.snapshot_now().await;
                     drop(reply.send(r));
                 }
-                msg @ (ShardMsg::Range { .. } | ShardMsg::HashKv { .. } | ShardMsg::Export { .. }) => {
-                    answer_read(&self.store.borrow(), &self.clock, msg);
-                }
+                msg @ (ShardMsg::Range { .. }
+                | ShardMsg::HashKv { .. }
+                | ShardMsg::Export { .. }
+                | ShardMsg::History { .. }) => answer_read(&self.store.borrow(), &self.clock, msg),
                 ShardMsg::Cross(Cross::Hold { reply }) => {
                     self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
                     // Messages after the hold in this batch wait until it is released.
@@ -347,7 +362,7 @@ impl Writer {
             return;
         }
         self.log(ops).await;
-        self.clock.release(self.cfg.id);
+        self.release();
         for ack in acks {
             match ack {
                 Ack::Write(reply, outcome) => drop(reply.send(Ok(outcome))),
@@ -355,6 +370,17 @@ impl Writer {
             }
         }
         self.maybe_snapshot().await;
+    }
+
+    /// Hands the durable writes' events to the watch hub, then releases their revisions: in
+    /// that order, so every event at or below the frontier has been sent.
+    fn release(&mut self) {
+        let events = self.store.borrow_mut().take_events();
+        if !events.is_empty() {
+            // The receiver lives as long as the server; without it nobody is watching.
+            let _ = self.cfg.events.send(events);
+        }
+        self.clock.release(self.cfg.id);
     }
 
     /// Logs `ops` durably through Raft (no-op for an empty list). Returns only once durable: a
@@ -461,7 +487,7 @@ impl Writer {
                     if aborted && changed {
                         self.fatal("a cross-shard write was abandoned after it changed this shard".into());
                     }
-                    self.clock.release(self.cfg.id);
+                    self.release();
                     drop(reply.send(Ok(())));
                     return;
                 }

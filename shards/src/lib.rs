@@ -15,6 +15,6 @@ pub mod wal;
 
 pub use clock::RevisionClock;
 pub use error::ShardError;
-pub use msg::{Cross, HoldInfo, ShardMsg, ShardStatus, WriteOutcome};
+pub use msg::{Cross, EventSink, HoldInfo, ShardMsg, ShardStatus, WriteOutcome};
 pub use pool::{PoolConfig, ShardHandle, ShardPool, StartError};
 pub use route::{ShardId, ShardMap};

@@ -9,6 +9,10 @@ use crate::mvcc::{Compare, Op, OpResult, PutOp, RangeQuery, RangeResult};
 
 pub type Reply<T> = oneshot::Sender<Result<T, ShardError>>;
 
+/// Where a shard sends the events of each batch once it is durable and before its revisions
+/// are released, so the receiver holds every event at or below the visibility frontier.
+pub type EventSink = flume::Sender<Vec<wire::pb::mvccpb::Event>>;
+
 /// A write executed on one shard.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteOutcome {
@@ -51,6 +55,15 @@ pub enum ShardMsg {
         revision: i64,
         after: Option<bytes::Bytes>,
         reply: Reply<(Vec<wire::record::snapshot::KeyRecord>, Option<bytes::Bytes>)>,
+    },
+    /// Read-only: the events of `range` with revisions in `[from, to]`, at most about
+    /// `max_events` (whole revisions), for watchers catching up from history.
+    History {
+        range: crate::mvcc::KeyRange,
+        from: i64,
+        to: i64,
+        max_events: usize,
+        reply: Reply<crate::mvcc::store::HistoryPage>,
     },
     /// Takes a snapshot now and deletes the WAL it covers (Defragment).
     Snapshot {

@@ -68,6 +68,7 @@ pub struct ShardPool {
     clock: Arc<RevisionClock>,
     map: Arc<ShardMap>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    events: flume::Receiver<Vec<wire::pb::mvccpb::Event>>,
     pub recovery: RecoveryReport,
 }
 
@@ -117,6 +118,8 @@ impl ShardPool {
         let clock = Arc::new(RevisionClock::new(n, current, compacted));
         let map = Arc::new(map);
 
+        // Unbounded: a writer never waits for watchers; the hub drains it continuously.
+        let (event_tx, events) = flume::unbounded();
         let mut handles = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         let mut started = Vec::with_capacity(n);
@@ -125,8 +128,12 @@ impl ShardPool {
             handles.push(ShardHandle { id: ShardId(i as u16), tx });
             let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
             started.push(ready_rx);
-            let shard_cfg =
-                ShardConfig { id: ShardId(i as u16), shard_count: n as u16, snapshot_entries: cfg.snapshot_entries };
+            let shard_cfg = ShardConfig {
+                id: ShardId(i as u16),
+                shard_count: n as u16,
+                snapshot_entries: cfg.snapshot_entries,
+                events: event_tx.clone(),
+            };
             let clock = clock.clone();
             let fsync = cfg.fsync;
             let builder =
@@ -156,7 +163,7 @@ impl ShardPool {
                 }
             }
         }
-        Ok(ShardPool { handles, clock, map, threads, recovery })
+        Ok(ShardPool { handles, clock, map, threads, events, recovery })
     }
 
     pub fn handles(&self) -> &[ShardHandle] {
@@ -169,6 +176,12 @@ impl ShardPool {
 
     pub fn map(&self) -> &Arc<ShardMap> {
         &self.map
+    }
+
+    /// Every shard's events, one batch per durable write batch, sent before its revisions become
+    /// visible (see [`crate::msg::EventSink`]).
+    pub fn events(&self) -> &flume::Receiver<Vec<wire::pb::mvccpb::Event>> {
+        &self.events
     }
 
     /// Asks every shard to stop (see `ShardMsg::Shutdown`) and close its WAL, then joins the

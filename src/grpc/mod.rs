@@ -3,6 +3,7 @@
 
 pub mod kv;
 pub mod maintenance;
+pub mod watch;
 
 use wire::pb::etcdserverpb::ResponseHeader;
 

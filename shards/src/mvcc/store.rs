@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
+use wire::pb::mvccpb::{event::EventType, Event};
 use wire::record::batch::Mutation;
 use wire::record::snapshot::{KeyRecord, VersionRecord};
 
@@ -42,6 +43,19 @@ pub struct Store {
     current_revision: i64,
     /// Versions held (live and tombstones), for status and memory accounting.
     version_count: usize,
+    /// Whether puts and deletes record watch events (off during recovery replay).
+    capture: bool,
+    /// Events recorded since the writer last took them, in execution (= revision) order.
+    events: Vec<Event>,
+}
+
+/// A page of a range's history: events in revision order, every event of a revision together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryPage {
+    pub events: Vec<Event>,
+    /// Every event of the range up to this revision is in `events` (the requested end unless
+    /// the page filled up first).
+    pub complete_upto: i64,
 }
 
 fn visible_at(h: &History, rev: i64) -> Option<&Version> {
@@ -62,6 +76,20 @@ impl From<&Version> for VersionRecord {
             lease: v.lease,
             value: v.value.as_ref().map(|b| b.to_vec()),
         }
+    }
+}
+
+/// The event a version records: a put, or (for a tombstone) a delete carrying only the key and
+/// revision, as etcd sends it. `prev` is the version it replaced, if that one was live.
+fn event_of(key: &Bytes, v: &Version, prev: Option<&Version>) -> Event {
+    let (kind, kv) = match v.value {
+        Some(_) => (EventType::Put, v.to_kv(key, false)),
+        None => (EventType::Delete, KeyValue { key: key.clone(), mod_revision: v.mod_revision, ..Default::default() }),
+    };
+    Event {
+        r#type: kind as i32,
+        kv: Some(kv),
+        prev_kv: prev.filter(|p| p.value.is_some()).map(|p| p.to_kv(key, false)),
     }
 }
 
@@ -134,6 +162,18 @@ impl Store {
         }
     }
 
+    /// Every key of `range` with its whole retained history, in key order.
+    fn histories_in<'a>(&'a self, range: &KeyRange) -> Box<dyn Iterator<Item = (&'a Bytes, &'a History)> + 'a> {
+        if range.is_single() {
+            return Box::new(self.keys.get_key_value(range.key.as_ref()).into_iter());
+        }
+        if !range.unbounded() && range.end.as_ref() <= range.key.as_ref() {
+            return Box::new(std::iter::empty());
+        }
+        let upper = if range.unbounded() { Bound::Unbounded } else { Bound::Excluded(range.end.to_vec()) };
+        Box::new(self.keys.range::<[u8], _>((Bound::Included(range.key.as_ref()), upper.as_ref().map(Vec::as_slice))))
+    }
+
     /// The live version of `key` at `rev`.
     pub fn get_at(&self, key: &[u8], rev: i64) -> Option<(&Bytes, &Version)> {
         let (k, h) = self.keys.get_key_value(key)?;
@@ -155,6 +195,9 @@ impl Store {
                     None => (rev, 1),
                 };
                 let v = Version { mod_revision: rev, create_revision, version, lease, value };
+                if self.capture {
+                    self.events.push(event_of(key, &v, prev.as_ref()));
+                }
                 match h.last_mut() {
                     // Same key twice in one revision (a txn): the later write wins.
                     Some(last) if last.mod_revision == rev => {
@@ -168,6 +211,9 @@ impl Store {
             None => {
                 let k = Bytes::copy_from_slice(key);
                 let v = Version { mod_revision: rev, create_revision: rev, version: 1, lease, value };
+                if self.capture {
+                    self.events.push(event_of(&k, &v, None));
+                }
                 self.keys.insert(k, vec![v]);
                 None
             }
@@ -191,8 +237,13 @@ impl Store {
     fn tombstone(&mut self, key: &[u8], rev: i64) {
         debug_assert!(rev >= self.current_revision, "revisions executed out of order");
         self.current_revision = rev;
+        // The map's own key (shared, not copied) for the event.
+        let stored_key = if self.capture { self.keys.get_key_value(key).map(|(k, _)| k.clone()) } else { None };
         if let Some(h) = self.keys.get_mut(key) {
             let t = Version { mod_revision: rev, create_revision: 0, version: 0, lease: 0, value: None };
+            if let (Some(k), Some(prev)) = (&stored_key, visible_at(h, LATEST)) {
+                self.events.push(event_of(k, &t, Some(prev)));
+            }
             match h.last_mut() {
                 Some(last) if last.mod_revision == rev => *last = t,
                 _ => {
@@ -201,6 +252,52 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Starts or stops recording watch events for puts and deletes.
+    pub fn set_capture(&mut self, on: bool) {
+        self.capture = on;
+        if !on {
+            self.events = Vec::new();
+        }
+    }
+
+    /// The events recorded since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The events of `range` with revisions in `[from, to]`, oldest first, each with the version
+    /// it replaced as `prev_kv` (when that version is live and still retained). Stops after the
+    /// first revision that brings the page to `max_events`, so a revision is never split.
+    pub fn history(&self, range: &KeyRange, from: i64, to: i64, max_events: usize) -> Result<HistoryPage, ShardError> {
+        if from < self.compact_revision {
+            return Err(ShardError::Compacted { requested: from, compacted: self.compact_revision });
+        }
+        // (revision, key, its history, index in it): small, so sorting many is cheap.
+        let mut hits: Vec<(i64, &Bytes, &History, usize)> = Vec::new();
+        for (k, h) in self.histories_in(range) {
+            let start = h.partition_point(|v| v.mod_revision < from);
+            for (i, v) in h.iter().enumerate().skip(start) {
+                if v.mod_revision > to {
+                    break;
+                }
+                hits.push((v.mod_revision, k, h, i));
+            }
+        }
+        // Stable: events of one revision stay in key order.
+        hits.sort_by_key(|hit| hit.0);
+        let mut complete_upto = to;
+        if hits.len() > max_events {
+            let last = hits[max_events.max(1) - 1].0;
+            let cut = hits.partition_point(|hit| hit.0 <= last);
+            if cut < hits.len() {
+                hits.truncate(cut);
+                complete_upto = last;
+            }
+        }
+        let events = hits.into_iter().map(|(_, k, h, i)| event_of(k, &h[i], i.checked_sub(1).map(|p| &h[p]))).collect();
+        Ok(HistoryPage { events, complete_upto })
     }
 
     /// Applies logged mutations at `rev` (WAL replay and cross-shard commit on recovery).
@@ -423,6 +520,62 @@ mod tests {
         assert!(matches!(s.check_readable(4, 6), Err(ShardError::Compacted { .. })));
         assert!(s.check_readable(5, 6).is_ok());
         assert!(matches!(s.check_readable(7, 6), Err(ShardError::FutureRevision { .. })));
+    }
+
+    fn summary(events: &[Event]) -> Vec<(i32, String, i64, Option<i64>)> {
+        events
+            .iter()
+            .map(|e| {
+                let kv = e.kv.as_ref().expect("kv");
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                (e.r#type, key, kv.mod_revision, e.prev_kv.as_ref().map(|p| p.mod_revision))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn captured_events_carry_prev_kv_and_delete_marks() {
+        let mut s = Store::new();
+        s.put(&b("a"), b("1"), 0, 2);
+        assert!(s.take_events().is_empty(), "nothing recorded while capture is off");
+        s.set_capture(true);
+        s.put(&b("a"), b("2"), 0, 3);
+        s.delete(&range("a", "z"), 4);
+        s.delete(&range("a", "z"), 5);
+        let ev = s.take_events();
+        assert_eq!(summary(&ev), vec![(0, "a".into(), 3, Some(2)), (1, "a".into(), 4, Some(3))]);
+        let del = ev[1].kv.as_ref().expect("kv");
+        assert_eq!((del.create_revision, del.version, del.value.len()), (0, 0, 0));
+        assert_eq!(ev[1].prev_kv.as_ref().map(|p| p.value.clone()), Some(b("2")));
+    }
+
+    #[test]
+    fn history_pages_in_revision_order_without_splitting_a_revision() {
+        let mut s = Store::new();
+        s.put(&b("b"), b("1"), 0, 2);
+        s.put(&b("a"), b("1"), 0, 3);
+        s.apply(&[Mutation::Put { key: b"a".to_vec(), value: b"2".to_vec(), lease: 0 }], 4);
+        s.apply(&[Mutation::Put { key: b"c".to_vec(), value: b"x".to_vec(), lease: 0 }], 4);
+        s.delete(&KeyRange::single(b("b")), 5);
+        let all = s.history(&range("a", "\0"), 2, 10, 100).expect("history");
+        assert_eq!(
+            summary(&all.events),
+            vec![
+                (0, "b".into(), 2, None),
+                (0, "a".into(), 3, None),
+                (0, "a".into(), 4, Some(3)),
+                (0, "c".into(), 4, None),
+                (1, "b".into(), 5, Some(2)),
+            ]
+        );
+        assert_eq!(all.complete_upto, 10);
+        // A page of 3 ends after the whole of revision 4.
+        let page = s.history(&range("a", "\0"), 2, 10, 3).expect("history");
+        assert_eq!((page.events.len(), page.complete_upto), (4, 4));
+        let single = s.history(&KeyRange::single(b("a")), 4, 4, 100).expect("history");
+        assert_eq!(summary(&single.events), vec![(0, "a".into(), 4, Some(3))]);
+        s.compact(4);
+        assert!(matches!(s.history(&range("a", "\0"), 3, 10, 100), Err(ShardError::Compacted { compacted: 4, .. })));
     }
 
     #[test]

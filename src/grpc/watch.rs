@@ -1,0 +1,28 @@
+//! The Watch service: each call becomes one stream task (`crate::watch::stream`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use wire::pb::etcdserverpb::{watch_server::Watch, WatchRequest, WatchResponse};
+
+use crate::watch::stream::{self, WatchContext};
+
+/// Responses queued per stream before its task waits for the client to read.
+const STREAM_QUEUE: usize = 64;
+
+pub struct WatchService {
+    pub ctx: Arc<WatchContext>,
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+    async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
+        tokio::spawn(stream::run(self.ctx.clone(), req.into_inner(), tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,440 @@
+//! One Watch stream: a task owning the stream's watchers and its cursor into the ring.
+//!
+//! The task reads requests (create, cancel, progress) and, whenever the ring moves, takes the
+//! revisions after its cursor, matches their events against its watchers and sends one response
+//! per watcher, every event of a revision in the same response (split only when the watcher
+//! asked for fragments). Sending waits for the client: a stream that is not read stops here
+//! and nowhere else; its cursor falls behind the ring, and once it reads again its watchers
+//! catch up from MVCC history — or are canceled with `compact_revision` if that history was
+//! compacted away. Watchers starting at an old revision replay history the same way before
+//! they join.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use prost::Message;
+use shards::mvcc::KeyRange;
+use shards::ShardError;
+use tokio::sync::mpsc;
+use tonic::Status;
+use wire::pb::etcdserverpb::{watch_request::RequestUnion, WatchCreateRequest, WatchRequest, WatchResponse};
+use wire::pb::mvccpb::{event::EventType, Event};
+
+use super::ring::{EventRing, RingRead};
+use super::watchers::{flag, Slot, WatcherSet};
+use crate::error::ApiError;
+use crate::grpc::Member;
+use crate::router::Router;
+
+/// Revisions taken from the ring per step.
+const RING_READ: usize = 256;
+/// Events asked of each shard per history read.
+const HISTORY_PAGE: usize = 4096;
+/// A stream with more watchers than this catches up with one keyspace-wide history read
+/// instead of one read per watcher.
+const PER_WATCHER_REPLAY_MAX: usize = 32;
+/// etcd's field number of `WatchResponse.events`, for sizing fragments.
+const EVENTS_FIELD: u32 = 11;
+/// How long a request waits for the hub to reach the visible revision (it takes microseconds;
+/// the bound only keeps a stream responsive should the hub ever stall).
+const HUB_WAIT: Duration = Duration::from_secs(2);
+/// The watch id of a progress response to a progress request (etcd's `InvalidWatchID`).
+const PROGRESS_WATCH_ID: i64 = -1;
+
+/// What every stream shares.
+pub struct WatchContext {
+    pub router: Arc<Router>,
+    pub ring: Arc<EventRing>,
+    pub member: Member,
+    pub raft_term: u64,
+    /// Responses of fragmenting watchers are split to stay below this.
+    pub max_request_bytes: usize,
+    /// How often watchers with `progress_notify` and nothing sent get a progress response.
+    pub progress_interval: Duration,
+    /// Becomes true when the server stops: streams end.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The client is gone or the server stops: the stream ends.
+struct Closed;
+
+type Out = mpsc::Sender<Result<WatchResponse, Status>>;
+
+struct Session {
+    ctx: Arc<WatchContext>,
+    out: Out,
+    watchers: WatcherSet,
+    /// The next revision to take from the ring; every event below it has been handled.
+    cursor: i64,
+    /// The ring's `upto`, to wait for the hub.
+    tip: tokio::sync::watch::Receiver<i64>,
+}
+
+/// Serves one Watch stream until the client closes its side or goes away.
+pub async fn run<S>(ctx: Arc<WatchContext>, mut requests: S, out: Out)
+where
+    S: Stream<Item = Result<WatchRequest, Status>> + Unpin,
+{
+    let reader = ctx.ring.subscribe();
+    let mut tip = reader.tip.clone();
+    let mut stop = ctx.stop.clone();
+    let interval = ctx.progress_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut s = Session { ctx, out, watchers: WatcherSet::default(), cursor: reader.start, tip: tip.clone() };
+    loop {
+        let step = tokio::select! {
+            req = requests.next() => match req {
+                Some(Ok(req)) => s.handle(req).await,
+                // etcd ends the stream when the client closes its side.
+                _ => Err(Closed),
+            },
+            changed = tip.changed() => match changed {
+                Ok(()) => s.catch_up().await,
+                Err(_) => Err(Closed),
+            },
+            _ = ticker.tick() => s.progress_tick().await,
+            _ = stop.changed() => Err(Closed),
+        };
+        if step.is_err() {
+            break;
+        }
+    }
+    drop(reader);
+}
+
+impl Session {
+    fn header(&self, revision: i64) -> Option<wire::pb::etcdserverpb::ResponseHeader> {
+        self.ctx.member.header(revision, self.ctx.raft_term)
+    }
+
+    async fn send(&self, resp: WatchResponse) -> Result<(), Closed> {
+        self.out.send(Ok(resp)).await.map_err(|_| Closed)
+    }
+
+    async fn handle(&mut self, req: WatchRequest) -> Result<(), Closed> {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(RequestUnion::CancelRequest(c)) => {
+                if self.watchers.remove_id(c.watch_id) {
+                    let header = self.header(self.cursor - 1);
+                    self.send(WatchResponse { header, watch_id: c.watch_id, canceled: true, ..Default::default() })
+                        .await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Everything up to the revision reported has been sent on this stream, and it
+                // is at least that of any write acknowledged before the request.
+                self.sync().await?;
+                let header = self.header(self.cursor - 1);
+                self.send(WatchResponse { header, watch_id: PROGRESS_WATCH_ID, ..Default::default() }).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
+        // "Now" for a watch without a start revision is after every acknowledged write.
+        self.sync().await?;
+        let header = self.header(self.cursor - 1);
+        let mut flags = 0;
+        for f in &c.filters {
+            match *f {
+                0 => flags |= flag::NO_PUT,
+                1 => flags |= flag::NO_DELETE,
+                _ => {}
+            }
+        }
+        for (on, f) in
+            [(c.prev_kv, flag::PREV_KV), (c.progress_notify, flag::PROGRESS_NOTIFY), (c.fragment, flag::FRAGMENT)]
+        {
+            if on {
+                flags |= f;
+            }
+        }
+        let start = if c.start_revision == 0 { self.cursor } else { c.start_revision };
+        let slot = match self.watchers.add(c.watch_id, &c.key, &c.range_end, start, flags) {
+            Ok(slot) => slot,
+            Err(e) => {
+                let resp = WatchResponse {
+                    header,
+                    watch_id: PROGRESS_WATCH_ID,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: e.to_string(),
+                    ..Default::default()
+                };
+                return self.send(resp).await;
+            }
+        };
+        let id = self.watchers.get(slot).map_or(0, |w| w.id);
+        self.send(WatchResponse { header, watch_id: id, created: true, ..Default::default() }).await?;
+        if start < self.cursor {
+            self.replay(Some(slot), start, self.cursor - 1).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the hub has moved everything visible into the ring, then catches up: the
+    /// cursor then covers every write acknowledged so far.
+    async fn sync(&mut self) -> Result<(), Closed> {
+        let visible = self.ctx.router.clock().visible();
+        let reached =
+            tokio::time::timeout(HUB_WAIT, self.tip.wait_for(|&upto| upto >= visible)).await.is_ok_and(|r| r.is_ok());
+        if !reached {
+            tracing::warn!(visible, upto = self.ctx.ring.upto(), "watch hub is behind the visible revision");
+        }
+        self.catch_up().await
+    }
+
+    /// Takes everything the ring holds after the cursor; falls back to history for revisions
+    /// the ring no longer holds.
+    async fn catch_up(&mut self) -> Result<(), Closed> {
+        loop {
+            if self.watchers.is_empty() {
+                self.cursor = self.ctx.ring.upto() + 1;
+                return Ok(());
+            }
+            match self.ctx.ring.read(self.cursor, RING_READ) {
+                RingRead::Fallen { evicted_upto } => {
+                    let from = self.cursor;
+                    tracing::debug!(
+                        from,
+                        evicted_upto,
+                        watchers = self.watchers.len(),
+                        "watch stream catching up from history"
+                    );
+                    if self.watchers.len() <= PER_WATCHER_REPLAY_MAX {
+                        for slot in self.watchers.slots() {
+                            let w_from = self.watchers.get(slot).map_or(from, |w| w.min_revision.max(from));
+                            if w_from <= evicted_upto {
+                                self.replay(Some(slot), w_from, evicted_upto).await?;
+                            }
+                        }
+                    } else {
+                        self.replay(None, from, evicted_upto).await?;
+                    }
+                    self.cursor = evicted_upto + 1;
+                }
+                RingRead::Entries { entries, upto, complete } => {
+                    let through = match (complete, entries.last()) {
+                        (true, _) => upto,
+                        (false, Some(last)) => last.revision,
+                        (false, None) => return Ok(()),
+                    };
+                    let per = self.route(entries.iter().flat_map(|e| e.events.iter()), None);
+                    self.deliver(per, through).await?;
+                    self.cursor = through + 1;
+                    if complete {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the events of revisions `[from, to]` from MVCC history to one watcher (`only`) or
+    /// to all. Watchers that need revisions below the compaction point are canceled with
+    /// `compact_revision`, as etcd does.
+    async fn replay(&mut self, only: Option<Slot>, mut from: i64, to: i64) -> Result<(), Closed> {
+        let range = match only {
+            Some(slot) => match self.watchers.get(slot) {
+                Some(w) => KeyRange {
+                    key: bytes::Bytes::copy_from_slice(w.key()),
+                    end: bytes::Bytes::copy_from_slice(w.end()),
+                },
+                None => return Ok(()),
+            },
+            None => KeyRange { key: bytes::Bytes::from_static(&[0]), end: bytes::Bytes::from_static(&[0]) },
+        };
+        while from <= to {
+            match self.ctx.router.history(&range, from, to, HISTORY_PAGE).await {
+                Ok(page) => {
+                    let per = self.route(page.events.iter(), only);
+                    self.deliver(per, page.complete_upto).await?;
+                    from = page.complete_upto + 1;
+                }
+                Err(ApiError::Shard(ShardError::Compacted { compacted, .. })) => {
+                    let victims: Vec<Slot> = match only {
+                        Some(slot) => vec![slot],
+                        None => self
+                            .watchers
+                            .slots()
+                            .into_iter()
+                            .filter(|&s| self.watchers.get(s).is_some_and(|w| w.min_revision.max(from) < compacted))
+                            .collect(),
+                    };
+                    for slot in victims {
+                        if let Some(w) = self.watchers.remove(slot) {
+                            let header = self.header(self.cursor - 1);
+                            let resp = WatchResponse {
+                                header,
+                                watch_id: w.id,
+                                canceled: true,
+                                compact_revision: compacted,
+                                ..Default::default()
+                            };
+                            self.send(resp).await?;
+                        }
+                    }
+                    if only.is_some() || compacted <= from {
+                        return Ok(());
+                    }
+                    from = compacted;
+                }
+                Err(e) => {
+                    // The shards are stopping: end the stream with the error.
+                    let _ = self.out.send(Err(e.into())).await;
+                    return Err(Closed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Groups `events` (in revision order) by the watchers they are for, applying each
+    /// watcher's start revision, filters and prev_kv choice.
+    fn route<'a>(&self, events: impl Iterator<Item = &'a Event>, only: Option<Slot>) -> Vec<(Slot, Vec<Event>)> {
+        let mut per: hashbrown::HashMap<Slot, Vec<Event>> = hashbrown::HashMap::new();
+        for e in events {
+            let Some(kv) = &e.kv else { continue };
+            let is_put = e.r#type == EventType::Put as i32;
+            let mut visit = |slot: Slot, w: &super::watchers::Watcher| {
+                if kv.mod_revision < w.min_revision
+                    || (is_put && w.has(flag::NO_PUT))
+                    || (!is_put && w.has(flag::NO_DELETE))
+                {
+                    return;
+                }
+                let ev = if w.has(flag::PREV_KV) {
+                    e.clone()
+                } else {
+                    Event { r#type: e.r#type, kv: e.kv.clone(), prev_kv: None }
+                };
+                per.entry(slot).or_default().push(ev);
+            };
+            match only {
+                Some(slot) => {
+                    if let Some(w) = self.watchers.get(slot).filter(|w| w.contains(&kv.key)) {
+                        visit(slot, w);
+                    }
+                }
+                None => self.watchers.for_each_match(&kv.key, visit),
+            }
+        }
+        per.into_iter().collect()
+    }
+
+    /// Sends each watcher its events, with `revision` in the header.
+    async fn deliver(&mut self, per: Vec<(Slot, Vec<Event>)>, revision: i64) -> Result<(), Closed> {
+        for (slot, events) in per {
+            let Some(w) = self.watchers.get_mut(slot) else { continue };
+            w.flags |= flag::SENT;
+            let (id, fragment) = (w.id, w.has(flag::FRAGMENT));
+            for resp in responses(self.header(revision), id, events, fragment, self.ctx.max_request_bytes) {
+                self.send(resp).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Periodic progress: a response with no events to every `progress_notify` watcher that
+    /// was sent nothing since the last tick.
+    async fn progress_tick(&mut self) -> Result<(), Closed> {
+        self.catch_up().await?;
+        let mut due = Vec::new();
+        for (_, w) in self.watchers.iter_mut() {
+            if w.has(flag::PROGRESS_NOTIFY) && !w.has(flag::SENT) {
+                due.push(w.id);
+            }
+            w.flags &= !flag::SENT;
+        }
+        for watch_id in due {
+            self.send(WatchResponse { header: self.header(self.cursor - 1), watch_id, ..Default::default() }).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The responses carrying `events` (in revision order) to one watcher. Revisions are packed
+/// into responses of up to `max_bytes`, never splitting a revision (so clients with a default
+/// 4 MiB receive limit keep up with large values); a single revision larger than that goes out
+/// whole, or — if the watcher asked for fragments — in pieces below `max_bytes`, every piece but
+/// the last marked `fragment` (etcd's `sendFragments`).
+fn responses(
+    header: Option<wire::pb::etcdserverpb::ResponseHeader>,
+    watch_id: i64,
+    events: Vec<Event>,
+    fragment: bool,
+    max_bytes: usize,
+) -> Vec<WatchResponse> {
+    let base = WatchResponse { header, watch_id, fragment: true, ..Default::default() }.encoded_len();
+    let revision = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    let mut out = Vec::new();
+    let mut cur: Vec<Event> = Vec::new();
+    let mut size = base;
+    for e in events {
+        let s = prost::encoding::message::encoded_len(EVENTS_FIELD, &e);
+        let starts_revision = cur.last().is_none_or(|l| revision(l) != revision(&e));
+        if !cur.is_empty() && size + s >= max_bytes && (fragment || starts_revision) {
+            // Mid-revision only when fragmenting: the piece is marked as a fragment.
+            let piece = !starts_revision;
+            out.push(WatchResponse {
+                header,
+                watch_id,
+                fragment: piece,
+                events: std::mem::take(&mut cur),
+                ..Default::default()
+            });
+            size = base;
+        }
+        cur.push(e);
+        size += s;
+    }
+    if !cur.is_empty() || out.is_empty() {
+        out.push(WatchResponse { header, watch_id, events: cur, ..Default::default() });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::pb::mvccpb::KeyValue;
+
+    fn event(i: usize) -> Event {
+        let kv = KeyValue { key: format!("k{i}").into(), value: vec![b'x'; 100].into(), ..Default::default() };
+        Event { kv: Some(kv), ..Default::default() }
+    }
+
+    #[test]
+    fn fragments_stay_below_the_limit_and_only_the_last_is_unmarked() {
+        let events: Vec<Event> = (0..10).map(event).collect();
+        let out = responses(None, 7, events.clone(), true, 350);
+        assert!(out.len() > 1);
+        assert!(out.iter().all(|r| r.encoded_len() < 350 || r.events.len() == 1));
+        assert!(out[..out.len() - 1].iter().all(|r| r.fragment));
+        assert!(!out[out.len() - 1].fragment);
+        let joined: Vec<Event> = out.into_iter().flat_map(|r| r.events).collect();
+        assert_eq!(joined, events);
+        // Without fragments one revision is never split.
+        assert_eq!(responses(None, 7, events.clone(), false, 350).len(), 1);
+        assert_eq!(responses(None, 7, events, true, 1 << 20).len(), 1);
+    }
+
+    #[test]
+    fn revisions_are_packed_below_the_limit_without_being_split() {
+        let mut events: Vec<Event> = (0..10).map(event).collect();
+        for (i, e) in events.iter_mut().enumerate() {
+            if let Some(kv) = e.kv.as_mut() {
+                kv.mod_revision = 2 + i as i64 / 2;
+            }
+        }
+        let out = responses(None, 7, events.clone(), false, 500);
+        assert!(out.len() >= 3);
+        assert!(out.iter().all(|r| !r.fragment && r.events.len() % 2 == 0), "pairs of one revision stay together");
+        assert_eq!(out.into_iter().flat_map(|r| r.events).collect::<Vec<_>>(), events);
+    }
+}
