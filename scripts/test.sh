@@ -15,7 +15,7 @@ fi
 # Benchmark smoke: every corekv scenario for 2 s must finish with zero failed requests (no timing
 # is asserted; the figures in docs/PERFORMANCE.md come from release builds).
 cargo build -p corekv -p corekv-bench
-./target/debug/corekv-bench compare --only corekv --corekv-bin target/debug/corekv --duration-secs 2 --fail-on-errors >/dev/null
+./target/debug/corekv-bench compare --only corekv --corekv-bin target/debug/corekv --duration-secs 2 --watch-scale 0.01 --fail-on-errors >/dev/null
 echo "benchmark smoke: every scenario completed without errors"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -117,3 +117,56 @@ fn etcdctl_snapshot_save_then_corekv_restore_brings_every_key_back() {
     std::fs::write(&file, bytes).expect("write");
     assert!(corekv_tools::backup::read(&file).is_err());
 }
+
+/// Runs `etcdctl watch` with `args` until it printed `lines` lines (at most 20 s), then stops it.
+fn watch_lines(s: &Server, args: &[&str], lines: usize, during: impl FnOnce()) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", s.endpoint()))
+        .arg("watch")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run etcdctl watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Let the watch be created before writing.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    during();
+    let mut out = Vec::new();
+    while out.len() < lines {
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(l) => out.push(l),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    out
+}
+
+#[test]
+fn etcdctl_watch_prefix_rev_and_prev_kv() {
+    let s = Server::start(&["--shards", "2"]);
+    ok(s.etcdctl(&["put", "K1", "a"]));
+    ok(s.etcdctl(&["put", "q1", "b"]));
+    // From an old revision, across both shards, with the previous values.
+    let replay = watch_lines(&s, &["", "--prefix", "--rev", "2", "--prev-kv"], 6, || {
+        ok(s.etcdctl(&["put", "q1", "c"]));
+    });
+    assert_eq!(replay, ["PUT", "K1", "a", "PUT", "q1", "b"]);
+    let live = watch_lines(&s, &["q", "--prefix", "--prev-kv"], 5, || {
+        ok(s.etcdctl(&["put", "K9", "not watched"]));
+        ok(s.etcdctl(&["del", "q1"]));
+    });
+    assert_eq!(live, ["DELETE", "q1", "c", "q1", ""]);
+}

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::compare_watch::{self, WatchScenario, WATCH_SCENARIOS};
 use crate::driver::{self, RunConfig};
 use crate::error::BenchError;
 use crate::report::{fmt_opt, RunReport};
@@ -49,9 +50,14 @@ pub struct CompareArgs {
     /// Print the scenario names and exit.
     #[arg(long)]
     pub list_scenarios: bool,
-    /// Exit with an error if any run saw a failed request (the CI smoke run uses this).
+    /// Exit with an error if any run saw a failed request or an undelivered watch event (the CI
+    /// smoke run uses this).
     #[arg(long)]
     pub fail_on_errors: bool,
+    /// Multiply the watch scenarios' watcher and stream counts by this (the CI smoke run uses a
+    /// small scale; the figures in docs/PERFORMANCE.md use 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub watch_scale: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,11 +146,14 @@ struct ScenarioResult {
 pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
     if args.list_scenarios {
         for s in &SCENARIOS {
-            println!("{:<12} {}", s.name, s.describe());
+            println!("{:<18} {}", s.name, s.describe());
+        }
+        for s in &WATCH_SCENARIOS {
+            println!("{:<18} {}", s.name, s.describe());
         }
         return Ok(());
     }
-    let scenarios = select(&args.scenarios)?;
+    let (scenarios, watch_scenarios) = select(&args.scenarios)?;
     let kinds: Vec<ServerKind> = [ServerKind::Etcd, ServerKind::Corekv]
         .into_iter()
         .filter(|kind| args.only.is_none_or(|only| only == *kind))
@@ -183,8 +192,10 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
     }
     let mut results = Vec::with_capacity(scenarios.len());
     let outcome = match started {
-        Ok(()) => run_scenarios(&scenarios, &mut servers, args.duration_secs, &mut results).await,
-        Err(e) => Err(e),
+        Ok(()) if !scenarios.is_empty() => {
+            run_scenarios(&scenarios, &mut servers, args.duration_secs, &mut results).await
+        }
+        other => other,
     };
     // Stop the servers whatever happened, then report what was measured.
     let mut stopped = Ok(());
@@ -194,8 +205,18 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
             stopped = result;
         }
     }
-    if !results.is_empty() {
-        let markdown = render_markdown(&header, &results);
+    // The watch scenarios start their own servers.
+    let mut watch_results = Vec::new();
+    let outcome = match (outcome, stopped) {
+        (Ok(()), Ok(())) => {
+            compare_watch::run(&watch_scenarios, &kinds, &bin, args.watch_scale, &mut watch_results).await
+        }
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+    };
+    let stopped = Ok(());
+    if !results.is_empty() || !watch_results.is_empty() {
+        let mut markdown = render_markdown(&header, &results);
+        markdown.push_str(&compare_watch::render_markdown(&watch_results));
         println!("\n{markdown}");
         if let Some(path) = &args.out {
             std::fs::write(path, &markdown).map_err(|source| BenchError::WriteReport { path: path.clone(), source })?;
@@ -212,6 +233,7 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
                     .map(|(kind, rep, r)| format!("{} on {kind}: {} errors", r.scenario.name, rep.errors))
             })
             .collect();
+        let failed: Vec<String> = failed.into_iter().chain(compare_watch::failures(&watch_results)).collect();
         if !failed.is_empty() {
             return Err(BenchError::RunErrors(failed.join("; ")));
         }
@@ -219,16 +241,24 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// The scenarios named in `names`, in the canonical order; all of them when `names` is empty.
-fn select(names: &[String]) -> Result<Vec<&'static Scenario>, BenchError> {
-    if let Some(unknown) = names.iter().find(|name| !SCENARIOS.iter().any(|s| s.name == name.as_str())) {
+/// The KV and watch scenarios named in `names`, in the canonical order; all of them when
+/// `names` is empty.
+fn select(names: &[String]) -> Result<Selected, BenchError> {
+    let all_names = || SCENARIOS.iter().map(|s| s.name).chain(WATCH_SCENARIOS.iter().map(|s| s.name));
+    if let Some(unknown) = names.iter().find(|name| !all_names().any(|n| n == name.as_str())) {
         return Err(BenchError::UnknownScenario {
             name: unknown.clone(),
-            known: SCENARIOS.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
+            known: all_names().collect::<Vec<_>>().join(", "),
         });
     }
-    Ok(SCENARIOS.iter().filter(|s| names.is_empty() || names.iter().any(|name| name == s.name)).collect())
+    let wanted = |n: &str| names.is_empty() || names.iter().any(|name| name == n);
+    Ok((
+        SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
+        WATCH_SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
+    ))
 }
+
+type Selected = (Vec<&'static Scenario>, Vec<&'static WatchScenario>);
 
 fn check_binary(kind: ServerKind, path: &Path) -> Result<(), BenchError> {
     if path.is_file() {
@@ -375,8 +405,8 @@ mod tests {
 
     #[test]
     fn select_empty_means_all_in_order() {
-        let all = select(&[]).expect("all scenarios");
-        assert_eq!(all.len(), SCENARIOS.len());
+        let (all, watch) = select(&[]).expect("all scenarios");
+        assert_eq!((all.len(), watch.len()), (SCENARIOS.len(), WATCH_SCENARIOS.len()));
         assert_eq!(all[0].name, "put-1");
     }
 
@@ -388,8 +418,10 @@ mod tests {
 
     #[test]
     fn select_keeps_canonical_order() {
-        let picked = select(&["txn-put-16".to_owned(), "put-1".to_owned()]).expect("known");
+        let (picked, watch) =
+            select(&["watch-1k".to_owned(), "txn-put-16".to_owned(), "put-1".to_owned()]).expect("known");
         assert_eq!(picked.iter().map(|s| s.name).collect::<Vec<_>>(), ["put-1", "txn-put-16"]);
+        assert_eq!(watch.iter().map(|s| s.name).collect::<Vec<_>>(), ["watch-1k"]);
     }
 
     #[test]

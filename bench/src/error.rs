@@ -106,6 +106,10 @@ pub enum BenchError {
     #[error("cannot stop {server} (pid {pid})")]
     Stop { server: ServerKind, pid: u32, source: io::Error },
 
+    /// Creating watchers failed.
+    #[error("creating watchers")]
+    Watch { source: etcd_client::Error },
+
     /// Writing the `--out` report failed.
     #[error("cannot write {path}")]
     WriteReport { path: PathBuf, source: io::Error },

@@ -6,15 +6,18 @@
 //!
 //! Module map: `workload` (what a request does), `driver` (connections, client loops, stop
 //! conditions), `report` (percentiles, summary, JSON), `proc_stats` (CPU and RSS from /proc),
-//! `server` (starting and stopping servers), `compare` (scenarios and markdown).
+//! `server` (starting and stopping servers), `compare` (scenarios and markdown), `watch` (the
+//! watch benchmark: latency from a timestamp in each value, RSS per watcher).
 
 mod compare;
+mod compare_watch;
 mod driver;
 mod error;
 mod noop;
 mod proc_stats;
 mod report;
 mod server;
+mod watch;
 mod workload;
 
 use std::num::NonZeroU64;
@@ -51,6 +54,8 @@ enum Command {
     TxnPut(TxnPutArgs),
     /// Weighted mix of put, get, short range and delete (default 40/40/10/10).
     Mixed(MixedArgs),
+    /// W watchers on S streams, P puts at a rate: event latency, delivery, RSS per watcher.
+    Watch(watch::WatchArgs),
     /// Start etcd and corekv on loopback, run the same scenarios on both, print markdown.
     Compare(compare::CompareArgs),
     /// Serve a do-nothing etcd KV API: the client's and gRPC's own ceiling on this machine.
@@ -203,6 +208,12 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
     let (config, workload) = match cli.command {
         Command::Compare(args) => return compare::run(&args, usize::from(cli.threads)).await,
         Command::NoopServer(args) => return noop::serve(args.listen).await,
+        Command::Watch(args) => {
+            let report = watch::run(&args.plan, "watch", None, &args.endpoint, args.server_pid).await?;
+            print!("{}", report.human());
+            println!("{}", report.json_line());
+            return Ok(());
+        }
         Command::Put(args) => (args.common.run_config("put")?, Workload::Put),
         Command::Range(args) => (
             args.common.run_config("range")?,

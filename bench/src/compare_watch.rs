@@ -1,0 +1,200 @@
+//! The watch part of `compare`: each watch scenario runs on freshly started servers (so one
+//! scenario's freed memory cannot hide the next one's growth), etcd and corekv in alternating
+//! order, and is tabulated side by side.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::error::BenchError;
+use crate::report::fmt_opt;
+use crate::server::{RunningServer, ServerKind};
+use crate::watch::{self, WatchPlan, WatchReport};
+
+/// One watch scenario: its name, a description, and the plan at scale 1.
+#[derive(Debug)]
+pub struct WatchScenario {
+    pub name: &'static str,
+    pub watchers: usize,
+    pub streams: usize,
+    pub conns: usize,
+    pub watched_keys: usize,
+    pub puts: u64,
+    pub rate: u64,
+}
+
+const fn ws(
+    name: &'static str,
+    watchers: usize,
+    streams: usize,
+    conns: usize,
+    watched_keys: usize,
+    puts: u64,
+    rate: u64,
+) -> WatchScenario {
+    WatchScenario { name, watchers, streams, conns, watched_keys, puts, rate }
+}
+
+/// The published report's watch scalability test (100 watchers × 1,000 events, all delivered),
+/// then 1k, 100k and 1M watchers (latency, delivery, memory per watcher).
+pub static WATCH_SCENARIOS: [WatchScenario; 4] = [
+    ws("watch-scalability", 100, 10, 1, 1, 1_000, 1_000),
+    ws("watch-1k", 1_000, 10, 1, 100, 2_000, 1_000),
+    ws("watch-100k", 100_000, 100, 10, 1_000, 1_000, 500),
+    ws("watch-1m", 1_000_000, 1_000, 10, 1_000, 200, 100),
+];
+
+impl WatchScenario {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} watchers on {} streams over {} conns, {} keys watched, {} puts at {}/s",
+            self.watchers, self.streams, self.conns, self.watched_keys, self.puts, self.rate
+        )
+    }
+
+    /// The plan with watcher and stream counts multiplied by `scale` (at least one stream and
+    /// 100 watchers, or all of them if fewer); the CI smoke run uses a small scale.
+    pub fn plan(&self, scale: f64) -> WatchPlan {
+        let scaled = |n: usize| ((n as f64 * scale).round() as usize).max(1);
+        let watchers = scaled(self.watchers).max(self.watchers.min(100));
+        WatchPlan {
+            watchers,
+            streams: scaled(self.streams).min(watchers),
+            conns: self.conns,
+            watched_keys: self.watched_keys.min(watchers),
+            puts: self.puts,
+            rate: self.rate,
+            val_size: 64,
+            drain_timeout_secs: 60,
+        }
+    }
+}
+
+pub struct WatchResult {
+    pub scenario: &'static WatchScenario,
+    pub etcd: Option<WatchReport>,
+    pub corekv: Option<WatchReport>,
+}
+
+/// Runs each scenario against each server kind in `kinds`, starting a fresh server per run.
+pub async fn run<'a>(
+    scenarios: &[&'static WatchScenario],
+    kinds: &[ServerKind],
+    bin: &dyn Fn(ServerKind) -> &'a Path,
+    scale: f64,
+    results: &mut Vec<WatchResult>,
+) -> Result<(), BenchError> {
+    for (i, &scenario) in scenarios.iter().enumerate() {
+        let mut result = WatchResult { scenario, etcd: None, corekv: None };
+        let mut order = kinds.to_vec();
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for kind in order {
+            let server = RunningServer::start(kind, bin(kind)).await?;
+            let plan = scenario.plan(scale);
+            let outcome =
+                watch::run(&plan, scenario.name, Some(kind.to_string()), server.endpoint(), Some(server.pid())).await;
+            server.stop().await?;
+            let report = outcome?;
+            print!("{}", report.human());
+            println!("{}", report.json_line());
+            match kind {
+                ServerKind::Etcd => result.etcd = Some(report),
+                ServerKind::Corekv => result.corekv = Some(report),
+            }
+        }
+        results.push(result);
+    }
+    Ok(())
+}
+
+/// Scenarios with an incomplete delivery or failed puts, for `--fail-on-errors`.
+pub fn failures(results: &[WatchResult]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in results {
+        for (kind, rep) in [(ServerKind::Etcd, &r.etcd), (ServerKind::Corekv, &r.corekv)] {
+            if let Some(rep) = rep.as_ref().filter(|rep| !rep.complete()) {
+                out.push(format!(
+                    "{} on {kind}: {} of {} events, {} failed puts",
+                    r.scenario.name, rep.delivered_events, rep.expected_events, rep.put_errors
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn ratio(etcd: Option<f64>, corekv: Option<f64>) -> String {
+    match (etcd, corekv) {
+        (Some(e), Some(c)) if e > 0.0 => format!("{:.2}x", c / e),
+        _ => "–".to_owned(),
+    }
+}
+
+pub fn render_markdown(results: &[WatchResult]) -> String {
+    let mut md = String::from(
+        "\n## Watch\n\nEach watch scenario runs on freshly started servers. Latency is end to end: from \
+         the put being sent to the event decoded by the watching client (so it includes the put's \
+         fsync). RSS per watcher is the server's RSS growth from before creating the watchers to after, \
+         divided by the watchers.\n",
+    );
+    type Metric = fn(&WatchReport) -> Option<f64>;
+    let rows: [(&str, Metric, bool); 8] = [
+        ("events delivered", |r| Some(r.delivered_events as f64), false),
+        ("events expected", |r| Some(r.expected_events as f64), false),
+        ("events/s", |r| Some(r.events_per_sec()), true),
+        ("latency p50 (µs)", |r| Some(r.latency.p50_us as f64), true),
+        ("latency p99 (µs)", |r| Some(r.latency.p99_us as f64), true),
+        ("watcher creation (s)", |r| Some(r.create_time.as_secs_f64()), true),
+        ("server RSS per watcher (B)", WatchReport::rss_bytes_per_watcher, true),
+        ("server CPU per event (µs)", WatchReport::server_cpu_us_per_event, true),
+    ];
+    for r in results {
+        let watchers = r.etcd.as_ref().or(r.corekv.as_ref()).map_or(0, |w| w.watchers);
+        let _ = write!(
+            md,
+            "\n### {}: {} (run with {watchers} watchers)\n\n| | etcd | corekv | corekv/etcd |\n|---|---:|---:|---:|\n",
+            r.scenario.name,
+            r.scenario.describe()
+        );
+        for (name, metric, with_ratio) in rows {
+            let e = r.etcd.as_ref().and_then(metric);
+            let c = r.corekv.as_ref().and_then(metric);
+            let cell = |v: Option<f64>| match v {
+                Some(v) if v.fract() == 0.0 || v >= 1000.0 => format!("{v:.0}"),
+                other => fmt_opt(other),
+            };
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} |",
+                cell(e),
+                cell(c),
+                if with_ratio { ratio(e, c) } else { String::new() }
+            );
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_plans_keep_at_least_one_of_everything() {
+        let p = WATCH_SCENARIOS[3].plan(0.001);
+        assert_eq!((p.watchers, p.streams, p.watched_keys), (1_000, 1, 1_000));
+        let p = WATCH_SCENARIOS[0].plan(0.001);
+        assert_eq!((p.watchers, p.streams, p.watched_keys), (100, 1, 1));
+    }
+
+    #[test]
+    fn markdown_has_a_table_per_scenario() {
+        let rep = WatchReport { watchers: 100, delivered_events: 10, expected_events: 10, ..Default::default() };
+        let results = [WatchResult { scenario: &WATCH_SCENARIOS[0], etcd: Some(rep.clone()), corekv: Some(rep) }];
+        let md = render_markdown(&results);
+        assert!(md.contains("### watch-scalability"), "{md}");
+        assert!(md.contains("| events delivered | 10 | 10 |  |"), "{md}");
+        assert_eq!(failures(&results), Vec::<String>::new());
+    }
+}
