@@ -317,6 +317,9 @@ fn ratio(etcd: Option<f64>, corekv: Option<f64>) -> String {
 fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
     let mut md = String::from("# corekv vs etcd\n\n");
     md.push_str(header);
+    if results.is_empty() {
+        return md;
+    }
     md.push_str(
         "\nRatios are corekv / etcd: above 1 is better for throughput, below 1 is better for \
          latency and CPU.\n\n## Summary\n\n\

@@ -162,6 +162,7 @@ pub fn render_markdown(results: &[WatchResult]) -> String {
             let c = r.corekv.as_ref().and_then(metric);
             let cell = |v: Option<f64>| match v {
                 Some(v) if v.fract() == 0.0 || v >= 1000.0 => format!("{v:.0}"),
+                Some(v) if v < 10.0 => format!("{v:.3}"),
                 other => fmt_opt(other),
             };
             let _ = writeln!(
