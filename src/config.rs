@@ -55,10 +55,10 @@ pub struct Config {
     /// Duration of periodic watch progress notifications (Go syntax: 10m, 5s, 500ms).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
-    /// Recent revisions kept in memory for watch streams; a stream further behind catches up
-    /// from MVCC history (corekv-specific).
-    #[arg(long, default_value_t = 8192)]
-    pub watch_cache_revisions: usize,
+    /// Revisions queued per watch stream; a stream further behind (a client not reading)
+    /// catches up from MVCC history once it reads again (corekv-specific).
+    #[arg(long, default_value_t = 4096)]
+    pub watch_queue_revisions: usize,
 }
 
 /// Parses a Go duration (`1h30m`, `10m`, `5s`, `250ms`, `100us`, `10ns`).

@@ -12,7 +12,8 @@ use crate::config::{Config, GRPC_OVERHEAD_BYTES};
 use crate::grpc::{kv::KvService, maintenance::MaintenanceService, watch::WatchService, Member};
 use crate::router::Router;
 use crate::validate::Limits;
-use crate::watch::{hub, ring::EventRing, stream::WatchContext};
+use crate::watch::hub::{self, Hub, QueueLimits};
+use crate::watch::stream::WatchContext;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -27,8 +28,8 @@ pub enum ServeError {
 }
 
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-/// Bytes of keys and values the watch ring may pin, beside `--watch-cache-revisions`.
-const WATCH_CACHE_BYTES: usize = 64 << 20;
+/// Bytes of keys and values one watch stream's queue may pin, beside `--watch-queue-revisions`.
+const WATCH_QUEUE_BYTES: usize = 16 << 20;
 
 /// Runs the server until `shutdown` resolves.
 pub async fn serve(
@@ -73,11 +74,12 @@ pub async fn serve(
     let alarms = Arc::new(AlarmTable::default());
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let (watch_stop_tx, watch_stop) = tokio::sync::watch::channel(false);
-    let ring = Arc::new(EventRing::new(pool.clock().visible(), cfg.watch_cache_revisions, WATCH_CACHE_BYTES));
-    let hub = tokio::spawn(hub::run(pool.events().clone(), pool.clock().clone(), ring.clone()));
+    let queue_limits = QueueLimits { revisions: cfg.watch_queue_revisions.max(1), bytes: WATCH_QUEUE_BYTES };
+    let watch_hub = Arc::new(Hub::new(pool.clock().visible(), queue_limits));
+    let hub = tokio::spawn(hub::run(pool.events().clone(), pool.clock().clone(), watch_hub.clone()));
     let watch_ctx = Arc::new(WatchContext {
         router: router.clone(),
-        ring,
+        hub: watch_hub,
         member,
         raft_term,
         max_request_bytes: cfg.max_request_bytes,

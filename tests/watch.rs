@@ -247,10 +247,10 @@ async fn watch_fragments_a_revision_larger_than_max_request_bytes() {
 }
 
 /// A stream nobody reads does not hold up writers or other streams; once read again it gets
-/// every event in order (caught up from history: the cache holds 16 revisions only).
+/// every event in order (caught up from history: its queue holds 16 revisions only).
 #[tokio::test]
 async fn watch_stalled_stream_catches_up_from_history() {
-    let s = Server::start(&["--shards", "2", "--watch-cache-revisions", "16", "--log-level", "debug"]);
+    let s = Server::start(&["--shards", "2", "--watch-queue-revisions", "16", "--log-level", "debug"]);
     let mut c = s.client().await;
     let mut stalled_client = s.client().await;
     let mut compacted_client = s.client().await;
@@ -371,4 +371,38 @@ async fn watch_txn_failure_branch_and_noop_writes_emit_nothing_extra() {
         .or_else([TxnOp::put("q", "else", Some(PutOptions::new()))]);
     assert!(!c.txn(t).await.expect("txn").succeeded());
     assert_eq!(events(&next(&mut w).await), expect(&[(Put, "q", 2)]));
+}
+
+/// A watcher joining a busy stream from an old revision (another watcher of the same key is
+/// already on the stream, and writes keep coming) gets every revision once, in order.
+#[tokio::test]
+async fn watch_joining_a_busy_stream_gets_each_revision_once() {
+    let s = Server::start(&["--shards", "2"]);
+    let mut c = s.client().await;
+    let (mut w, first) = watch(&mut c, "K", WatchOptions::new()).await;
+    let mut writer = c.clone();
+    let writes = tokio::spawn(async move {
+        for i in 0..300 {
+            writer.put("K", format!("{i}"), None).await.expect("put");
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.watch("K", Some(WatchOptions::new().with_start_revision(2))).await.expect("second watch");
+    writes.await.expect("writer");
+    let mut seen: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut second = None;
+    while seen.values().map(Vec::len).sum::<usize>() < 600 {
+        let r = next(&mut w).await;
+        if r.created() {
+            second = Some(r.watch_id());
+            continue;
+        }
+        seen.entry(r.watch_id()).or_default().extend(events(&r).into_iter().map(|e| e.2));
+    }
+    let second = second.expect("second watcher created");
+    assert_ne!(first, second);
+    let all: Vec<i64> = (2..302).collect();
+    assert_eq!(seen[&second], all, "the joining watcher: each revision once, in order");
+    let firsts = &seen[&first];
+    assert_eq!(firsts, &all[all.len() - firsts.len()..], "the first watcher: a gap-free tail");
 }

@@ -1,13 +1,12 @@
-//! One Watch stream: a task owning the stream's watchers and its cursor into the ring.
+//! One Watch stream: a task owning the stream's watchers and its queue in the hub.
 //!
-//! The task reads requests (create, cancel, progress) and, whenever the ring moves, takes the
-//! revisions after its cursor, matches their events against its watchers and sends one response
-//! per watcher, every event of a revision in the same response (split only when the watcher
-//! asked for fragments). Sending waits for the client: a stream that is not read stops here
-//! and nowhere else; its cursor falls behind the ring, and once it reads again its watchers
-//! catch up from MVCC history — or are canceled with `compact_revision` if that history was
-//! compacted away. Watchers starting at an old revision replay history the same way before
-//! they join.
+//! The task reads requests (create, cancel, progress) and, whenever the hub queued revisions
+//! for it, matches their events against its watchers and sends one response per watcher, every
+//! event of a revision in the same response (split only when the watcher asked for fragments).
+//! Sending waits for the client: a stream that is not read stops here and nowhere else; its
+//! queue fills, the hub stops queuing for it, and once it reads again its watchers catch up
+//! from MVCC history — or are canceled with `compact_revision` if that history was compacted
+//! away. Watchers starting at an old revision replay history the same way before they join.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,14 +20,12 @@ use tonic::Status;
 use wire::pb::etcdserverpb::{watch_request::RequestUnion, WatchCreateRequest, WatchRequest, WatchResponse};
 use wire::pb::mvccpb::{event::EventType, Event};
 
-use super::ring::{EventRing, RingRead};
+use super::hub::Hub;
 use super::watchers::{flag, Slot, WatcherSet};
 use crate::error::ApiError;
 use crate::grpc::Member;
 use crate::router::Router;
 
-/// Revisions taken from the ring per step.
-const RING_READ: usize = 256;
 /// Events asked of each shard per history read.
 const HISTORY_PAGE: usize = 4096;
 /// A stream with more watchers than this catches up with one keyspace-wide history read
@@ -45,7 +42,7 @@ const PROGRESS_WATCH_ID: i64 = -1;
 /// What every stream shares.
 pub struct WatchContext {
     pub router: Arc<Router>,
-    pub ring: Arc<EventRing>,
+    pub hub: Arc<Hub>,
     pub member: Member,
     pub raft_term: u64,
     /// Responses of fragmenting watchers are split to stay below this.
@@ -65,10 +62,12 @@ struct Session {
     ctx: Arc<WatchContext>,
     out: Out,
     watchers: WatcherSet,
-    /// The next revision to take from the ring; every event below it has been handled.
-    cursor: i64,
-    /// The ring's `upto`, to wait for the hub.
-    tip: tokio::sync::watch::Receiver<i64>,
+    /// This stream's id in the hub.
+    id: u32,
+    /// Every event up to this revision has been handled.
+    delivered_upto: i64,
+    /// The hub's `upto`, to wait for it.
+    hub_upto: tokio::sync::watch::Receiver<i64>,
 }
 
 /// Serves one Watch stream until the client closes its side or goes away.
@@ -76,13 +75,13 @@ pub async fn run<S>(ctx: Arc<WatchContext>, mut requests: S, out: Out)
 where
     S: Stream<Item = Result<WatchRequest, Status>> + Unpin,
 {
-    let reader = ctx.ring.subscribe();
-    let mut tip = reader.tip.clone();
+    let (id, queued, upto) = ctx.hub.open_stream();
     let mut stop = ctx.stop.clone();
     let interval = ctx.progress_interval;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut s = Session { ctx, out, watchers: WatcherSet::default(), cursor: reader.start, tip: tip.clone() };
+    let hub_upto = ctx.hub.subscribe_upto();
+    let mut s = Session { ctx, out, watchers: WatcherSet::default(), id, delivered_upto: upto, hub_upto };
     loop {
         let step = tokio::select! {
             req = requests.next() => match req {
@@ -90,10 +89,7 @@ where
                 // etcd ends the stream when the client closes its side.
                 _ => Err(Closed),
             },
-            changed = tip.changed() => match changed {
-                Ok(()) => s.catch_up().await,
-                Err(_) => Err(Closed),
-            },
+            () = queued.notified() => s.drain().await,
             _ = ticker.tick() => s.progress_tick().await,
             _ = stop.changed() => Err(Closed),
         };
@@ -101,7 +97,11 @@ where
             break;
         }
     }
-    drop(reader);
+    let watchers = &s.watchers;
+    s.ctx.hub.close_stream(
+        s.id,
+        watchers.slots().into_iter().filter_map(|slot| watchers.get(slot)).map(|w| (w.key(), w.end())),
+    );
 }
 
 impl Session {
@@ -117,8 +117,9 @@ impl Session {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
-                if self.watchers.remove_id(c.watch_id) {
-                    let header = self.header(self.cursor - 1);
+                if let Some(slot) = self.watchers.slot_of(c.watch_id) {
+                    self.drop_watcher(slot);
+                    let header = self.header(self.delivered_upto);
                     self.send(WatchResponse { header, watch_id: c.watch_id, canceled: true, ..Default::default() })
                         .await?;
                 }
@@ -128,7 +129,7 @@ impl Session {
                 // Everything up to the revision reported has been sent on this stream, and it
                 // is at least that of any write acknowledged before the request.
                 self.sync().await?;
-                let header = self.header(self.cursor - 1);
+                let header = self.header(self.delivered_upto);
                 self.send(WatchResponse { header, watch_id: PROGRESS_WATCH_ID, ..Default::default() }).await
             }
             None => Ok(()),
@@ -138,7 +139,6 @@ impl Session {
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
         // "Now" for a watch without a start revision is after every acknowledged write.
         self.sync().await?;
-        let header = self.header(self.cursor - 1);
         let mut flags = 0;
         for f in &c.filters {
             match *f {
@@ -154,12 +154,11 @@ impl Session {
                 flags |= f;
             }
         }
-        let start = if c.start_revision == 0 { self.cursor } else { c.start_revision };
-        let slot = match self.watchers.add(c.watch_id, &c.key, &c.range_end, start, flags) {
+        let slot = match self.watchers.add(c.watch_id, &c.key, &c.range_end, 0, flags) {
             Ok(slot) => slot,
             Err(e) => {
                 let resp = WatchResponse {
-                    header,
+                    header: self.header(self.delivered_upto),
                     watch_id: PROGRESS_WATCH_ID,
                     created: true,
                     canceled: true,
@@ -169,70 +168,68 @@ impl Session {
                 return self.send(resp).await;
             }
         };
-        let id = self.watchers.get(slot).map_or(0, |w| w.id);
-        self.send(WatchResponse { header, watch_id: id, created: true, ..Default::default() }).await?;
-        if start < self.cursor {
-            self.replay(Some(slot), start, self.cursor - 1).await?;
+        // Revisions above `now` reach this stream's queue; those at or below it (some may still
+        // be queued for other watchers) come from history if the watcher wants them.
+        let now = self.ctx.hub.add_interest(self.id, &c.key, &c.range_end);
+        let start = if c.start_revision == 0 { now + 1 } else { c.start_revision };
+        let Some(w) = self.watchers.get_mut(slot) else { return Ok(()) };
+        w.min_revision = start.max(now + 1);
+        let id = w.id;
+        self.send(WatchResponse { header: self.header(now), watch_id: id, created: true, ..Default::default() })
+            .await?;
+        if start <= now {
+            self.replay(Some(slot), start, now).await?;
         }
         Ok(())
     }
 
-    /// Waits until the hub has moved everything visible into the ring, then catches up: the
-    /// cursor then covers every write acknowledged so far.
-    async fn sync(&mut self) -> Result<(), Closed> {
-        let visible = self.ctx.router.clock().visible();
-        let reached =
-            tokio::time::timeout(HUB_WAIT, self.tip.wait_for(|&upto| upto >= visible)).await.is_ok_and(|r| r.is_ok());
-        if !reached {
-            tracing::warn!(visible, upto = self.ctx.ring.upto(), "watch hub is behind the visible revision");
-        }
-        self.catch_up().await
+    /// Removes a watcher and its interest in the hub.
+    fn drop_watcher(&mut self, slot: Slot) -> Option<super::watchers::Watcher> {
+        let w = self.watchers.remove(slot)?;
+        self.ctx.hub.remove_interest(self.id, w.key(), w.end());
+        Some(w)
     }
 
-    /// Takes everything the ring holds after the cursor; falls back to history for revisions
-    /// the ring no longer holds.
-    async fn catch_up(&mut self) -> Result<(), Closed> {
-        loop {
-            if self.watchers.is_empty() {
-                self.cursor = self.ctx.ring.upto() + 1;
-                return Ok(());
-            }
-            match self.ctx.ring.read(self.cursor, RING_READ) {
-                RingRead::Fallen { evicted_upto } => {
-                    let from = self.cursor;
-                    tracing::debug!(
-                        from,
-                        evicted_upto,
-                        watchers = self.watchers.len(),
-                        "watch stream catching up from history"
-                    );
-                    if self.watchers.len() <= PER_WATCHER_REPLAY_MAX {
-                        for slot in self.watchers.slots() {
-                            let w_from = self.watchers.get(slot).map_or(from, |w| w.min_revision.max(from));
-                            if w_from <= evicted_upto {
-                                self.replay(Some(slot), w_from, evicted_upto).await?;
-                            }
-                        }
-                    } else {
-                        self.replay(None, from, evicted_upto).await?;
-                    }
-                    self.cursor = evicted_upto + 1;
-                }
-                RingRead::Entries { entries, upto, complete } => {
-                    let through = match (complete, entries.last()) {
-                        (true, _) => upto,
-                        (false, Some(last)) => last.revision,
-                        (false, None) => return Ok(()),
-                    };
-                    let per = self.route(entries.iter().flat_map(|e| e.events.iter()), None);
-                    self.deliver(per, through).await?;
-                    self.cursor = through + 1;
-                    if complete {
-                        return Ok(());
+    /// Waits until the hub has routed everything visible, then drains the queue: everything up
+    /// to `delivered_upto` covers every write acknowledged so far.
+    async fn sync(&mut self) -> Result<(), Closed> {
+        let visible = self.ctx.router.clock().visible();
+        let reached = tokio::time::timeout(HUB_WAIT, self.hub_upto.wait_for(|&upto| upto >= visible))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !reached {
+            tracing::warn!(visible, upto = self.ctx.hub.upto(), "watch hub is behind the visible revision");
+        }
+        self.drain().await
+    }
+
+    /// Sends what the hub queued for this stream; reads history for what it could not queue.
+    async fn drain(&mut self) -> Result<(), Closed> {
+        let taken = self.ctx.hub.take(self.id);
+        if !taken.revisions.is_empty() {
+            let per = self.route(taken.revisions.iter().flat_map(|r| r.events.iter()), None);
+            self.deliver(per, taken.upto).await?;
+        }
+        if let Some(from) = taken.overflow_from {
+            tracing::debug!(
+                from,
+                upto = taken.upto,
+                watchers = self.watchers.len(),
+                "watch stream catching up from history"
+            );
+            if self.watchers.len() <= PER_WATCHER_REPLAY_MAX {
+                for slot in self.watchers.slots() {
+                    let w_from = self.watchers.get(slot).map_or(from, |w| w.min_revision.max(from));
+                    if w_from <= taken.upto {
+                        self.replay(Some(slot), w_from, taken.upto).await?;
                     }
                 }
+            } else {
+                self.replay(None, from, taken.upto).await?;
             }
         }
+        self.delivered_upto = self.delivered_upto.max(taken.upto);
+        Ok(())
     }
 
     /// Sends the events of revisions `[from, to]` from MVCC history to one watcher (`only`) or
@@ -267,8 +264,8 @@ impl Session {
                             .collect(),
                     };
                     for slot in victims {
-                        if let Some(w) = self.watchers.remove(slot) {
-                            let header = self.header(self.cursor - 1);
+                        if let Some(w) = self.drop_watcher(slot) {
+                            let header = self.header(to);
                             let resp = WatchResponse {
                                 header,
                                 watch_id: w.id,
@@ -295,14 +292,15 @@ impl Session {
     }
 
     /// Groups `events` (in revision order) by the watchers they are for, applying each
-    /// watcher's start revision, filters and prev_kv choice.
+    /// watcher's filters and prev_kv choice, and — for events from the queue (`only` is None) —
+    /// its start revision; a replay for one watcher is bounded by its caller instead.
     fn route<'a>(&self, events: impl Iterator<Item = &'a Event>, only: Option<Slot>) -> Vec<(Slot, Vec<Event>)> {
         let mut per: hashbrown::HashMap<Slot, Vec<Event>> = hashbrown::HashMap::new();
         for e in events {
             let Some(kv) = &e.kv else { continue };
             let is_put = e.r#type == EventType::Put as i32;
             let mut visit = |slot: Slot, w: &super::watchers::Watcher| {
-                if kv.mod_revision < w.min_revision
+                if (only.is_none() && kv.mod_revision < w.min_revision)
                     || (is_put && w.has(flag::NO_PUT))
                     || (!is_put && w.has(flag::NO_DELETE))
                 {
@@ -343,7 +341,7 @@ impl Session {
     /// Periodic progress: a response with no events to every `progress_notify` watcher that
     /// was sent nothing since the last tick.
     async fn progress_tick(&mut self) -> Result<(), Closed> {
-        self.catch_up().await?;
+        self.sync().await?;
         let mut due = Vec::new();
         for (_, w) in self.watchers.iter_mut() {
             if w.has(flag::PROGRESS_NOTIFY) && !w.has(flag::SENT) {
@@ -352,7 +350,8 @@ impl Session {
             w.flags &= !flag::SENT;
         }
         for watch_id in due {
-            self.send(WatchResponse { header: self.header(self.cursor - 1), watch_id, ..Default::default() }).await?;
+            self.send(WatchResponse { header: self.header(self.delivered_upto), watch_id, ..Default::default() })
+                .await?;
         }
         Ok(())
     }

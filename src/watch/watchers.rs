@@ -107,7 +107,8 @@ impl WatcherSet {
         self.slots.iter().map(|(s, _)| s as Slot).collect()
     }
 
-    fn find_id(&self, id: i64) -> Option<Slot> {
+    /// The slot of the watcher with `id`.
+    pub fn slot_of(&self, id: i64) -> Option<Slot> {
         let h = self.hasher.hash_one(id);
         self.by_id.find(h, |&s| self.slots[s as usize].id == id).copied()
     }
@@ -119,12 +120,12 @@ impl WatcherSet {
             return Err(WatchError::EmptyRange);
         }
         let id = if id == 0 {
-            while self.find_id(self.next_auto_id).is_some() {
+            while self.slot_of(self.next_auto_id).is_some() {
                 self.next_auto_id += 1;
             }
             self.next_auto_id += 1;
             self.next_auto_id - 1
-        } else if self.find_id(id).is_some() {
+        } else if self.slot_of(id).is_some() {
             return Err(WatchError::DuplicateId);
         } else {
             id
@@ -141,17 +142,6 @@ impl WatcherSet {
             self.ranges.push(slot);
         }
         Ok(slot)
-    }
-
-    /// Removes the watcher with `id`; false if there is none.
-    pub fn remove_id(&mut self, id: i64) -> bool {
-        match self.find_id(id) {
-            Some(slot) => {
-                self.remove(slot);
-                true
-            }
-            None => false,
-        }
     }
 
     pub fn remove(&mut self, slot: Slot) -> Option<Watcher> {
@@ -218,9 +208,10 @@ mod tests {
         assert_eq!(matches(&set, b"a"), vec![1, 2, 4]);
         assert_eq!(matches(&set, b"b"), vec![2, 3]);
         assert_eq!(matches(&set, b"zz"), vec![3]);
-        assert!(set.remove_id(1));
-        assert!(set.remove_id(2));
-        assert!(!set.remove_id(2));
+        let mut remove_id = |id| set.slot_of(id).and_then(|s| set.remove(s)).is_some();
+        assert!(remove_id(1));
+        assert!(remove_id(2));
+        assert!(!remove_id(2));
         assert_eq!(matches(&set, b"a"), vec![4]);
         assert_eq!(matches(&set, b"b"), vec![3]);
         assert_eq!(set.len(), 2);
