@@ -55,6 +55,10 @@ pub struct Config {
     /// Duration of periodic watch progress notifications (Go syntax: 10m, 5s, 500ms).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// How often each shard logs the remaining TTL of its leases, so a restart resumes them
+    /// (Go duration syntax).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub experimental_lease_checkpoint_interval: std::time::Duration,
     /// Revisions queued per watch stream; a stream further behind (a client not reading)
     /// catches up from MVCC history once it reads again (corekv-specific).
     #[arg(long, default_value_t = 4096)]
@@ -103,6 +107,8 @@ pub enum ConfigError {
     BadShardCount(usize),
     #[error("--experimental-watch-progress-notify-interval must be above zero")]
     ZeroProgressInterval,
+    #[error("--experimental-lease-checkpoint-interval must be above zero")]
+    ZeroCheckpointInterval,
     #[error("invalid URL {url:?} in --listen-client-urls: {reason}")]
     BadUrl { url: String, reason: &'static str },
 }
@@ -115,6 +121,9 @@ impl Config {
         }
         if self.experimental_watch_progress_notify_interval.is_zero() {
             return Err(ConfigError::ZeroProgressInterval);
+        }
+        if self.experimental_lease_checkpoint_interval.is_zero() {
+            return Err(ConfigError::ZeroCheckpointInterval);
         }
         if let Some(n) = self.shards {
             if n == 0 || n > shards::route::MAX_SHARDS {

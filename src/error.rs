@@ -25,6 +25,8 @@ pub enum ApiError {
     NoSpace,
     #[error("request is too large")]
     RequestTooLarge,
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error(transparent)]
     Shard(#[from] ShardError),
 }

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod leases;
 pub mod router;
 pub mod server;
 pub mod status;

@@ -74,6 +74,11 @@ impl Router {
         &self.clock
     }
 
+    /// Every shard's handle, by shard id.
+    pub fn handles(&self) -> &[ShardHandle] {
+        &self.shards
+    }
+
     fn shard(&self, i: u16) -> &ShardHandle {
         &self.shards[i as usize]
     }

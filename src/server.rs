@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use shards::{PoolConfig, ShardPool};
 use tonic::transport::Server;
-use wire::pb::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer, watch_server::WatchServer};
+use wire::pb::etcdserverpb::{
+    kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
 
 use crate::alarm::AlarmTable;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
-use crate::grpc::{kv::KvService, maintenance::MaintenanceService, watch::WatchService, Member};
+use crate::grpc::{kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService, Member};
+use crate::leases::Leases;
 use crate::router::Router;
 use crate::validate::Limits;
 use crate::watch::hub::{self, Hub, QueueLimits};
@@ -48,6 +51,7 @@ pub async fn serve(
             .initial_shard_boundaries
             .as_ref()
             .map(|b| b.iter().map(|k| bytes::Bytes::copy_from_slice(k.as_bytes())).collect()),
+        lease_checkpoint_interval: cfg.experimental_lease_checkpoint_interval,
     };
     let pool = tokio::task::spawn_blocking(move || ShardPool::start(pool_cfg))
         .await
@@ -74,6 +78,8 @@ pub async fn serve(
     let alarms = Arc::new(AlarmTable::default());
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let (watch_stop_tx, watch_stop) = tokio::sync::watch::channel(false);
+    let leases = Arc::new(Leases::new(router.clone(), pool.leases().clone()));
+    let expiry = tokio::spawn(leases.clone().revoke_expired(pool.expired_leases().clone()));
     let queue_limits = QueueLimits { revisions: cfg.watch_queue_revisions.max(1), bytes: WATCH_QUEUE_BYTES };
     let watch_hub = Arc::new(Hub::new(pool.clock().visible(), queue_limits));
     let hub = tokio::spawn(hub::run(pool.events().clone(), pool.clock().clone(), watch_hub.clone()));
@@ -106,15 +112,20 @@ pub async fn serve(
         let watch = WatchServer::new(WatchService { ctx: watch_ctx.clone() })
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(usize::MAX);
+        let lease =
+            LeaseServer::new(LeaseService { router: router.clone(), leases: leases.clone(), member, raft_term })
+                .max_decoding_message_size(max_msg);
         let mut stop = stop_tx.subscribe();
         tracing::info!(%addr, "serving client requests");
         servers.push(tokio::spawn(
-            Server::builder().add_service(kv).add_service(maint).add_service(watch).serve_with_incoming_shutdown(
-                incoming,
-                async move {
+            Server::builder()
+                .add_service(kv)
+                .add_service(maint)
+                .add_service(watch)
+                .add_service(lease)
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.recv().await;
-                },
-            ),
+                }),
         ));
     }
     shutdown.await;
@@ -133,6 +144,7 @@ pub async fn serve(
     let no_cross_shard = router.pause_cross_shard().await;
     tokio::task::spawn_blocking(move || pool.shutdown()).await.ok();
     hub.abort();
+    expiry.abort();
     drop(no_cross_shard);
     tracing::info!("stopped");
     Ok(())

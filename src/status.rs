@@ -22,6 +22,7 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
         ApiError::InvalidSortOption => rpctypes::INVALID_SORT_OPTION,
         ApiError::EmptyOp => rpctypes::KEY_NOT_FOUND,
         ApiError::NoSpace => rpctypes::NO_SPACE,
+        ApiError::LeaseTtlTooLarge => rpctypes::LEASE_TTL_TOO_LARGE,
         ApiError::Shard(s) => match s {
             ShardError::Compacted { .. } => rpctypes::COMPACTED,
             ShardError::FutureRevision { .. } => rpctypes::FUTURE_REV,
@@ -29,6 +30,7 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
             ShardError::TooLarge => rpctypes::REQUEST_TOO_LARGE,
             ShardError::SnapshotFailed { .. } => rpctypes::SNAPSHOT_FAILED,
             ShardError::LeaseNotFound { .. } => rpctypes::LEASE_NOT_FOUND,
+            ShardError::LeaseExists { .. } => rpctypes::LEASE_EXIST,
             ShardError::Busy => rpctypes::TOO_MANY_REQUESTS,
             ShardError::Stopped => rpctypes::STOPPED,
             _ => rpctypes::STOPPED,
@@ -76,6 +78,12 @@ mod tests {
                 Code::NotFound,
                 "etcdserver: requested lease not found",
             ),
+            (
+                ApiError::Shard(ShardError::LeaseExists { lease: 1 }),
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (ApiError::LeaseTtlTooLarge, Code::OutOfRange, "etcdserver: too large lease TTL"),
             (ApiError::Shard(ShardError::Busy), Code::ResourceExhausted, "etcdserver: too many requests"),
             (ApiError::Shard(ShardError::Stopped), Code::Unavailable, "etcdserver: server stopped"),
         ];

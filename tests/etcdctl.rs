@@ -170,3 +170,27 @@ fn etcdctl_watch_prefix_rev_and_prev_kv() {
     });
     assert_eq!(live, ["DELETE", "q1", "c", "q1", ""]);
 }
+
+#[test]
+fn etcdctl_lease_grant_keepalive_timetolive_list_revoke_and_put_lease() {
+    let s = Server::start(&["--shards", "2"]);
+    let granted = ok(s.etcdctl(&["lease", "grant", "60"]));
+    // "lease 694d7a9c5c3b2a0f granted with TTL(60s)"
+    let id = granted.split_whitespace().nth(1).expect("lease id").to_string();
+    assert!(granted.ends_with("granted with TTL(60s)\n"), "{granted}");
+    assert_eq!(ok(s.etcdctl(&["put", "--lease", &id, "K1", "a"])).trim(), "OK");
+    assert_eq!(ok(s.etcdctl(&["put", "--lease", &id, "q1", "b"])).trim(), "OK");
+    let ttl = ok(s.etcdctl(&["lease", "timetolive", &id, "--keys"]));
+    assert!(ttl.starts_with(&format!("lease {id} granted with TTL(60s), remaining(")), "{ttl}");
+    assert!(ttl.trim_end().ends_with("attached keys([K1 q1])"), "{ttl}");
+    assert_eq!(
+        ok(s.etcdctl(&["lease", "keep-alive", "--once", &id])).trim(),
+        format!("lease {id} keepalived with TTL(60)")
+    );
+    assert_eq!(ok(s.etcdctl(&["lease", "list"])), format!("found 1 leases\n{id}\n"));
+    assert_eq!(ok(s.etcdctl(&["lease", "revoke", &id])).trim(), format!("lease {id} revoked"));
+    assert_eq!(ok(s.etcdctl(&["get", "", "--prefix", "--keys-only"])), "");
+    assert_eq!(ok(s.etcdctl(&["lease", "timetolive", &id])).trim(), format!("lease {id} already expired"));
+    let (success, _, err) = s.etcdctl(&["put", "--lease", &id, "K1", "c"]);
+    assert!(!success && err.contains("etcdserver: requested lease not found"), "{err}");
+}

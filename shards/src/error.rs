@@ -16,6 +16,8 @@ pub enum ShardError {
     TooLarge,
     #[error("lease {lease:#x} not found")]
     LeaseNotFound { lease: i64 },
+    #[error("lease {lease:#x} already exists")]
+    LeaseExists { lease: i64 },
     /// The shard is already held by another cross-shard operation (a protocol violation:
     /// the router runs them one at a time).
     #[error("shard is busy with another cross-shard operation")]

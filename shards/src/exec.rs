@@ -11,18 +11,20 @@
 //! defers other writes.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use wire::record::batch::{Batch, BatchOp, Mutation};
-use wire::record::snapshot::SnapshotHeader;
+use wire::record::snapshot::{LeaseRecord, SnapshotHeader};
 
 use crate::clock::RevisionClock;
 use crate::error::ShardError;
-use crate::msg::{Cross, EventSink, HoldInfo, Reply, ShardMsg, ShardStatus, WriteOutcome};
+use crate::lease::{LeaseRegistry, LeaseTable};
+use crate::msg::{Cross, EventSink, HoldInfo, LeaseMsg, Reply, ShardMsg, ShardStatus, WriteOutcome};
 use crate::mvcc::store::LATEST;
 use crate::mvcc::txn::RevisionSource;
 use crate::mvcc::{Op, OpResult, Store};
@@ -51,12 +53,31 @@ pub struct ShardConfig {
     pub snapshot_entries: u64,
     /// Where the events of durable writes go (the router's watch hub).
     pub events: EventSink,
+    /// Every live lease of the node (puts naming a lease check it here).
+    pub leases: Arc<LeaseRegistry>,
+    /// Where expired leases homed here are reported (the router revokes them).
+    pub expired: flume::Sender<i64>,
+    /// How often the remaining TTLs of the leases homed here are logged.
+    pub lease_checkpoint_interval: Duration,
 }
 
-/// Leases are not implemented yet: no lease exists, so a put naming one fails as in etcd.
-fn lease_exists(_: i64) -> bool {
-    false
+/// What the shard's tasks share on its thread (never borrowed across an `.await`).
+#[derive(Clone, Default)]
+pub struct Local {
+    pub store: Rc<RefCell<Store>>,
+    /// The leases homed on this shard.
+    pub leases: Rc<RefCell<LeaseTable>>,
+    /// When the WAL write in progress started; the lease timer holds expiry during a stall.
+    pub writing_since: Rc<Cell<Option<Instant>>>,
 }
+
+/// A WAL write slower than this counts as a stall: leases do not expire during it, and their
+/// deadlines move by its length afterwards (keepalives could not be served reliably meanwhile).
+const STALL: Duration = Duration::from_millis(500);
+/// The lease timer wakes at least this often.
+const LEASE_TICK: Duration = Duration::from_millis(500);
+/// Leases per checkpoint record.
+const CHECKPOINT_CHUNK: usize = 65_536;
 
 /// Allocates from the clock on first use (single-shard writes).
 struct LazyRevision<'a> {
@@ -105,6 +126,10 @@ fn mutation_bytes(m: &Mutation) -> usize {
 enum Ack {
     Write(Reply<WriteOutcome>, WriteOutcome),
     Unit(Reply<()>),
+    /// A grant made durable: the lease goes live, then the caller hears of it.
+    Granted(Reply<()>, i64, i64),
+    /// A revoke made durable: the lease is forgotten.
+    Revoked(Reply<()>, i64),
 }
 
 pub struct Writer {
@@ -119,6 +144,12 @@ pub struct Writer {
     deferred: VecDeque<ShardMsg>,
     /// The snapshot being written beside the writer, if any.
     snapshot: Option<RunningSnapshot>,
+    /// The leases homed on this shard (shared with the pump and the lease timer).
+    leases: Rc<RefCell<LeaseTable>>,
+    /// Grants logged in the running batch, not yet live.
+    pending_grants: HashSet<i64>,
+    /// When the WAL write in progress started (the lease timer holds expiry during a stall).
+    writing_since: Rc<Cell<Option<Instant>>>,
 }
 
 struct RunningSnapshot {
@@ -136,12 +167,16 @@ struct SnapshotDone {
 /// Answers reads and forwards everything else to the writer.
 pub async fn pump(
     mailbox: flume::Receiver<ShardMsg>,
-    store: Rc<RefCell<Store>>,
+    local: Local,
     clock: Arc<RevisionClock>,
     mut to_writer: mpsc::Sender<ShardMsg>,
 ) {
+    let Local { store, leases, .. } = local;
     while let Ok(msg) = mailbox.recv_async().await {
         match msg {
+            ShardMsg::Lease(m @ (LeaseMsg::Renew { .. } | LeaseMsg::TimeToLive { .. } | LeaseMsg::List { .. })) => {
+                answer_lease_read(&leases, m)
+            }
             msg @ (ShardMsg::Range { .. }
             | ShardMsg::HashKv { .. }
             | ShardMsg::Export { .. }
@@ -191,6 +226,51 @@ fn answer_read(store: &Store, clock: &RevisionClock, msg: ShardMsg) {
     }
 }
 
+/// Answers the lease requests that only read or renew in memory.
+fn answer_lease_read(leases: &RefCell<LeaseTable>, msg: LeaseMsg) {
+    let now = Instant::now();
+    match msg {
+        LeaseMsg::Renew { id, reply } => drop(reply.send(Ok(leases.borrow_mut().renew(id, now)))),
+        LeaseMsg::TimeToLive { id, reply } => drop(reply.send(Ok(leases.borrow().time_to_live(id, now)))),
+        LeaseMsg::List { reply } => drop(reply.send(Ok(leases.borrow().ids()))),
+        other => fail(ShardMsg::Lease(other), ShardError::Stopped),
+    }
+}
+
+/// Wakes for the earliest lease deadline (at least every `LEASE_TICK`): reports expired leases
+/// to the router, except while the WAL is stalled; asks the writer for a checkpoint of the
+/// remaining TTLs every `checkpoint_interval`.
+pub async fn lease_timer(
+    local: Local,
+    expired: flume::Sender<i64>,
+    mut to_writer: mpsc::Sender<ShardMsg>,
+    checkpoint_interval: Duration,
+) {
+    let Local { leases, writing_since, .. } = local;
+    let mut next_checkpoint = Instant::now() + checkpoint_interval;
+    loop {
+        let now = Instant::now();
+        let next_deadline = leases.borrow().next_deadline().map_or(LEASE_TICK, |d| d.saturating_duration_since(now));
+        let wait = next_deadline.min(LEASE_TICK).min(next_checkpoint.saturating_duration_since(now));
+        glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
+        let now = Instant::now();
+        let stalled = writing_since.get().is_some_and(|t| now.saturating_duration_since(t) > STALL);
+        if !stalled {
+            for id in leases.borrow_mut().take_expired(now) {
+                if expired.send(id).is_err() {
+                    return;
+                }
+            }
+        }
+        if now >= next_checkpoint {
+            next_checkpoint = now + checkpoint_interval;
+            if !leases.borrow().is_empty() && to_writer.send(ShardMsg::Lease(LeaseMsg::Checkpoint)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Answers a message with an error.
 fn fail(msg: ShardMsg, e: ShardError) {
     match msg {
@@ -203,6 +283,16 @@ fn fail(msg: ShardMsg, e: ShardError) {
         ShardMsg::Compact { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Status { reply } => drop(reply.send(Err(e))),
         ShardMsg::Shutdown { reply } => drop(reply.send(Err(e))),
+        ShardMsg::Lease(l) => match l {
+            LeaseMsg::Grant { reply, .. } | LeaseMsg::BeginRevoke { reply, .. } | LeaseMsg::EndRevoke { reply, .. } => {
+                drop(reply.send(Err(e)))
+            }
+            LeaseMsg::Keys { reply, .. } => drop(reply.send(Err(e))),
+            LeaseMsg::Renew { reply, .. } => drop(reply.send(Err(e))),
+            LeaseMsg::TimeToLive { reply, .. } => drop(reply.send(Err(e))),
+            LeaseMsg::List { reply } => drop(reply.send(Err(e))),
+            LeaseMsg::Checkpoint => {}
+        },
         ShardMsg::Cross(c) => match c {
             Cross::Hold { reply } => drop(reply.send(Err(e))),
             Cross::CheckPuts { reply, .. }
@@ -220,12 +310,13 @@ impl Writer {
     pub fn new(
         cfg: ShardConfig,
         dirs: ShardDirs,
-        store: Rc<RefCell<Store>>,
+        local: Local,
         raft: RaftGroup,
         wal: WalWriter,
         clock: Arc<RevisionClock>,
         decided: BTreeSet<i64>,
     ) -> Writer {
+        let Local { store, leases, writing_since } = local;
         store.borrow_mut().set_capture(true);
         Writer {
             cfg,
@@ -238,6 +329,9 @@ impl Writer {
             entries_since_snapshot: 0,
             deferred: VecDeque::new(),
             snapshot: None,
+            leases,
+            pending_grants: HashSet::new(),
+            writing_since,
         }
     }
 
@@ -320,7 +414,10 @@ impl Writer {
                     self.held(reply, rx).await;
                 }
                 ShardMsg::Cross(other) => fail(ShardMsg::Cross(other), ShardError::Stopped),
+                ShardMsg::Lease(m) => self.lease(m, &mut ops, &mut acks),
                 ShardMsg::Shutdown { reply } => {
+                    // A restart resumes every lease with what it has left now.
+                    ops.extend(self.checkpoint_ops());
                     self.commit(ops, acks).await;
                     self.finish_snapshot(true).await;
                     for m in iter.chain(self.deferred.drain(..)) {
@@ -334,11 +431,61 @@ impl Writer {
         None
     }
 
+    /// Handles a lease request in the running batch: grants and revokes are logged with it and
+    /// take effect once it is durable.
+    fn lease(&mut self, msg: LeaseMsg, ops: &mut Vec<BatchOp>, acks: &mut Vec<Ack>) {
+        match msg {
+            LeaseMsg::Grant { id, ttl, reply } => {
+                if self.leases.borrow().contains(id) || self.cfg.leases.contains(id) || !self.pending_grants.insert(id)
+                {
+                    drop(reply.send(Err(ShardError::LeaseExists { lease: id })));
+                    return;
+                }
+                ops.push(BatchOp::LeaseGrant { id, ttl });
+                acks.push(Ack::Granted(reply, id, ttl));
+            }
+            LeaseMsg::BeginRevoke { id, reply } => {
+                let mut leases = self.leases.borrow_mut();
+                let r = if leases.contains(id) {
+                    leases.begin_end(id);
+                    self.cfg.leases.remove(id);
+                    Ok(())
+                } else {
+                    Err(ShardError::LeaseNotFound { lease: id })
+                };
+                drop(reply.send(r));
+            }
+            LeaseMsg::EndRevoke { id, revoked: true, reply } => {
+                ops.push(BatchOp::LeaseRevoke { id });
+                acks.push(Ack::Revoked(reply, id));
+            }
+            LeaseMsg::EndRevoke { id, revoked: false, reply } => {
+                if self.leases.borrow().contains(id) {
+                    self.leases.borrow_mut().cancel_end(id);
+                    self.cfg.leases.insert(id);
+                }
+                drop(reply.send(Ok(())));
+            }
+            LeaseMsg::Keys { id, reply } => drop(reply.send(Ok(self.store.borrow().lease_keys(id)))),
+            LeaseMsg::Checkpoint => ops.extend(self.checkpoint_ops()),
+            read => answer_lease_read(&self.leases, read),
+        }
+    }
+
+    /// Records of the remaining TTL of every lease homed here.
+    fn checkpoint_ops(&self) -> Vec<BatchOp> {
+        let remaining: Vec<(i64, i64)> =
+            self.leases.borrow().remaining(Instant::now()).into_iter().map(|(id, _, left)| (id, left)).collect();
+        remaining.chunks(CHECKPOINT_CHUNK).map(|c| BatchOp::LeaseCheckpoint { remaining: c.to_vec() }).collect()
+    }
+
     /// Executes one single-shard write against the latest state.
     fn execute(&mut self, op: Op) -> Result<(WriteOutcome, Option<BatchOp>), ShardError> {
         let mut store = self.store.borrow_mut();
         let mut rev = LazyRevision { clock: &self.clock, shard: self.cfg.id, rev: None };
         let mut log = Vec::new();
+        let registry = self.cfg.leases.clone();
+        let lease_exists = move |id: i64| registry.contains(id);
         let result = match &op {
             Op::Put(p) => {
                 store.check_put(p, &lease_exists)?;
@@ -363,10 +510,21 @@ impl Writer {
         }
         self.log(ops).await;
         self.release();
+        self.pending_grants.clear();
+        let now = Instant::now();
         for ack in acks {
             match ack {
                 Ack::Write(reply, outcome) => drop(reply.send(Ok(outcome))),
                 Ack::Unit(reply) => drop(reply.send(Ok(()))),
+                Ack::Granted(reply, id, ttl) => {
+                    self.leases.borrow_mut().insert(id, ttl, ttl, now);
+                    self.cfg.leases.insert(id);
+                    drop(reply.send(Ok(())));
+                }
+                Ack::Revoked(reply, id) => {
+                    self.leases.borrow_mut().remove(id);
+                    drop(reply.send(Ok(())));
+                }
             }
         }
         self.maybe_snapshot().await;
@@ -400,8 +558,22 @@ impl Writer {
             for r in &recs {
                 self.wal.append(r);
             }
-            if let Err(e) = self.wal.sync().await {
+            let started = Instant::now();
+            self.writing_since.set(Some(started));
+            let synced = self.wal.sync().await;
+            self.writing_since.set(None);
+            if let Err(e) = synced {
                 self.fatal(e.to_string());
+            }
+            let took = started.elapsed();
+            if took > STALL && !self.leases.borrow().is_empty() {
+                // Clients could not be sure their keepalives were served: give the time back.
+                tracing::warn!(
+                    shard = self.cfg.id.0,
+                    stalled_ms = took.as_millis() as u64,
+                    "WAL write stalled; extending lease deadlines"
+                );
+                self.leases.borrow_mut().extend_all(took);
             }
             if let Err(e) = self.raft.on_persisted(rd) {
                 self.fatal(e.to_string());
@@ -453,7 +625,8 @@ impl Writer {
                 }
                 Cross::CheckPuts { puts, reply } => {
                     let store = self.store.borrow();
-                    drop(reply.send(store.check_puts(&puts, &lease_exists)));
+                    let registry = &self.cfg.leases;
+                    drop(reply.send(store.check_puts(&puts, &|id| registry.contains(id))));
                 }
                 Cross::Exec { op, revision, current, reply } => {
                     let mut store = self.store.borrow_mut();
@@ -534,11 +707,18 @@ impl Writer {
             }
         };
         let revision = header.revision;
+        let leases: Vec<LeaseRecord> = self
+            .leases
+            .borrow()
+            .remaining(Instant::now())
+            .into_iter()
+            .map(|(id, ttl, remaining)| LeaseRecord { id, ttl, remaining })
+            .collect();
         let (store, dir) = (self.store.clone(), self.dirs.snap.clone());
         let done = Rc::new(Cell::new(false));
         let flag = done.clone();
         let task = glommio::spawn_local(async move {
-            let r = snapshot::write_from(store, &dir, header).await;
+            let r = snapshot::write_from(store, &dir, header, leases).await;
             flag.set(true);
             r.map(|path| SnapshotDone { index, revision, path })
         });

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod error;
 pub mod exec;
+pub mod lease;
 pub mod msg;
 pub mod mvcc;
 pub mod pool;
@@ -15,6 +16,6 @@ pub mod wal;
 
 pub use clock::RevisionClock;
 pub use error::ShardError;
-pub use msg::{Cross, EventSink, HoldInfo, ShardMsg, ShardStatus, WriteOutcome};
+pub use msg::{Cross, EventSink, HoldInfo, LeaseMsg, ShardMsg, ShardStatus, WriteOutcome};
 pub use pool::{PoolConfig, ShardHandle, ShardPool, StartError};
 pub use route::{ShardId, ShardMap};

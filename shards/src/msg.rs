@@ -84,6 +84,8 @@ pub enum ShardMsg {
     },
     /// A step of a cross-shard operation (see `Cross`).
     Cross(Cross),
+    /// A request about leases (see `LeaseMsg`).
+    Lease(LeaseMsg),
     /// Stop: writes already taken into the running batch complete, later queued ones fail with
     /// `Stopped`; replies once the WAL is closed.
     Shutdown {
@@ -122,6 +124,30 @@ pub enum Cross {
     /// Ends the hold. `aborted` after mutations means the in-memory state is ahead of the log:
     /// the process stops, as after a storage failure (a restart recovers from the log).
     Release { aborted: bool, reply: Reply<()> },
+}
+
+/// Lease requests. Grant, revoke and key lookups go through the writer (they log, or must see
+/// every write executed before them); renewals and lookups of the lease table are answered by
+/// the pump at once.
+pub enum LeaseMsg {
+    /// Logs the grant of a lease homed here, then makes it live. `ttl` is already the
+    /// effective TTL.
+    Grant { id: i64, ttl: i64, reply: Reply<()> },
+    /// First step of a revoke: the lease stops accepting keys and keepalives.
+    BeginRevoke { id: i64, reply: Reply<()> },
+    /// Last step of a revoke: with `revoked`, logs it and forgets the lease (its keys are
+    /// deleted by then); otherwise the lease lives on.
+    EndRevoke { id: i64, revoked: bool, reply: Reply<()> },
+    /// The keys of this shard attached to a lease, after every write executed so far.
+    Keys { id: i64, reply: Reply<Vec<bytes::Bytes>> },
+    /// Keepalive: the TTL, or `None` for an unknown or ending lease.
+    Renew { id: i64, reply: Reply<Option<i64>> },
+    /// (seconds left, granted TTL) of a lease homed here.
+    TimeToLive { id: i64, reply: Reply<Option<(i64, i64)>> },
+    /// The ids of the leases homed here.
+    List { reply: Reply<Vec<i64>> },
+    /// Logs the remaining TTL of every lease homed here (sent by the shard's own timer).
+    Checkpoint,
 }
 
 const _: () = {

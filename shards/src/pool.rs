@@ -12,7 +12,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::clock::RevisionClock;
 use crate::error::ShardError;
-use crate::exec::{pump, ShardConfig, Writer};
+use crate::exec::{lease_timer, pump, Local, ShardConfig, Writer};
+use crate::lease::{LeaseRegistry, LeaseTable};
 use crate::msg::{Reply, ShardMsg};
 use crate::raft_group::RaftGroup;
 use crate::recover::{self, RecoverError, RecoveredShard, ShardDirs};
@@ -32,6 +33,8 @@ pub struct PoolConfig {
     pub snapshot_entries: u64,
     /// Shard boundaries for a new data directory (ignored once it has a map).
     pub initial_boundaries: Option<Vec<bytes::Bytes>>,
+    /// How often each shard logs the remaining TTLs of its leases.
+    pub lease_checkpoint_interval: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,8 @@ pub struct ShardPool {
     map: Arc<ShardMap>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     events: flume::Receiver<Vec<wire::pb::mvccpb::Event>>,
+    leases: Arc<LeaseRegistry>,
+    expired: flume::Receiver<i64>,
     pub recovery: RecoveryReport,
 }
 
@@ -120,6 +125,13 @@ impl ShardPool {
 
         // Unbounded: a writer never waits for watchers; the hub drains it continuously.
         let (event_tx, events) = flume::unbounded();
+        let (expired_tx, expired) = flume::unbounded();
+        let leases = Arc::new(LeaseRegistry::default());
+        for r in &recovered {
+            for id in r.leases.keys() {
+                leases.insert(*id);
+            }
+        }
         let mut handles = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         let mut started = Vec::with_capacity(n);
@@ -133,6 +145,9 @@ impl ShardPool {
                 shard_count: n as u16,
                 snapshot_entries: cfg.snapshot_entries,
                 events: event_tx.clone(),
+                leases: leases.clone(),
+                expired: expired_tx.clone(),
+                lease_checkpoint_interval: cfg.lease_checkpoint_interval,
             };
             let clock = clock.clone();
             let fsync = cfg.fsync;
@@ -140,11 +155,14 @@ impl ShardPool {
                 LocalExecutorBuilder::new(Placement::Fixed(i % cpus)).name(&format!("shard-{i}")).io_memory(1 << 20);
             let t = builder
                 .spawn(move || async move {
+                    let (expired, checkpoint_every) = (shard_cfg.expired.clone(), shard_cfg.lease_checkpoint_interval);
                     match start_shard(shard_cfg, rec, clock, fsync).await {
-                        Ok((writer, store, clock)) => {
+                        Ok((writer, local, clock)) => {
                             let (wtx, wrx) = mpsc::channel(WRITER_QUEUE);
                             let _ = ready_tx.send(Ok(()));
-                            let p = glommio::spawn_local(pump(rx, store, clock, wtx));
+                            let timer = lease_timer(local.clone(), expired, wtx.clone(), checkpoint_every);
+                            glommio::spawn_local(timer).detach();
+                            let p = glommio::spawn_local(pump(rx, local, clock, wtx));
                             writer.run(wrx).await;
                             p.await;
                         }
@@ -163,7 +181,7 @@ impl ShardPool {
                 }
             }
         }
-        Ok(ShardPool { handles, clock, map, threads, events, recovery })
+        Ok(ShardPool { handles, clock, map, threads, events, leases, expired, recovery })
     }
 
     pub fn handles(&self) -> &[ShardHandle] {
@@ -176,6 +194,16 @@ impl ShardPool {
 
     pub fn map(&self) -> &Arc<ShardMap> {
         &self.map
+    }
+
+    /// Every live lease of the node.
+    pub fn leases(&self) -> &Arc<LeaseRegistry> {
+        &self.leases
+    }
+
+    /// Ids of leases whose deadline passed, from their home shards (the router revokes them).
+    pub fn expired_leases(&self) -> &flume::Receiver<i64> {
+        &self.expired
     }
 
     /// Every shard's events, one batch per durable write batch, sent before its revisions become
@@ -197,7 +225,7 @@ impl ShardPool {
     }
 }
 
-type Started = (Writer, Rc<RefCell<crate::mvcc::Store>>, Arc<RevisionClock>);
+type Started = (Writer, Local, Arc<RevisionClock>);
 
 async fn start_shard(
     cfg: ShardConfig,
@@ -205,11 +233,16 @@ async fn start_shard(
     clock: Arc<RevisionClock>,
     fsync: bool,
 ) -> Result<Started, String> {
-    let RecoveredShard { dirs, store, decided, raft, wal, .. } = rec;
+    let RecoveredShard { dirs, store, leases, decided, raft, wal, .. } = rec;
     let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync).await.map_err(|e| e.to_string())?;
     let group = RaftGroup::start(&raft).map_err(|e| e.to_string())?;
-    let store = Rc::new(RefCell::new(store));
-    let mut writer = Writer::new(cfg, dirs, store.clone(), group, writer_wal, clock.clone(), decided);
+    let mut table = LeaseTable::default();
+    let now = std::time::Instant::now();
+    for (id, l) in leases {
+        table.insert(id, l.ttl, l.remaining, now);
+    }
+    let local = Local { store: Rc::new(RefCell::new(store)), leases: Rc::new(RefCell::new(table)), ..Local::default() };
+    let mut writer = Writer::new(cfg, dirs, local.clone(), group, writer_wal, clock.clone(), decided);
     writer.start().await;
-    Ok((writer, store, clock))
+    Ok((writer, local, clock))
 }

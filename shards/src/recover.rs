@@ -5,7 +5,7 @@
 //! the coordinator logged (or snapshotted) a `Decide` for the same revision, so recovery first
 //! gathers the decisions of every shard, then replays.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use wire::record::batch::{Batch, BatchOp};
@@ -49,6 +49,7 @@ impl ShardDirs {
 pub struct ReadShard {
     pub dirs: ShardDirs,
     store: Store,
+    leases: BTreeMap<i64, RecoveredLease>,
     batches: Vec<(u64, Batch)>,
     pub decided: BTreeSet<i64>,
     pub raft: RecoveredRaft,
@@ -59,10 +60,20 @@ pub struct ReadShard {
 pub struct RecoveredShard {
     pub dirs: ShardDirs,
     pub store: Store,
+    /// The leases homed on this shard.
+    pub leases: BTreeMap<i64, RecoveredLease>,
     pub decided: BTreeSet<i64>,
     pub raft: RecoveredRaft,
     pub wal: RecoveredWal,
     pub replayed_entries: usize,
+}
+
+/// A lease as the log and snapshot left it: its granted TTL and the seconds it had left at the
+/// last checkpoint (its full TTL if it was never checkpointed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveredLease {
+    pub ttl: i64,
+    pub remaining: i64,
 }
 
 /// Reads a shard's snapshot and WAL (phase 1).
@@ -72,14 +83,16 @@ pub fn read_shard(dirs: ShardDirs) -> Result<ReadShard, RecoverError> {
     if let Some((path, offset, reason)) = &wal.torn_tail {
         tracing::warn!(file = %path.display(), offset, reason, "WAL ended in a torn record (crash during a write); cut it off");
     }
-    let (store, mut raft, mut decided) = match snap {
+    let (store, mut raft, mut decided, leases) = match snap {
         Some(s) => {
             tracing::info!(path = %s.path.display(), index = s.header.index, keys = s.store.key_count(), "loaded snapshot");
             let raft =
                 RecoveredRaft { snapshot_index: s.header.index, snapshot_term: s.header.term, ..Default::default() };
-            (s.store, raft, s.header.decided.iter().copied().collect())
+            let leases =
+                s.leases.iter().map(|l| (l.id, RecoveredLease { ttl: l.ttl, remaining: l.remaining })).collect();
+            (s.store, raft, s.header.decided.iter().copied().collect(), leases)
         }
-        None => (Store::new(), RecoveredRaft::default(), BTreeSet::new()),
+        None => (Store::new(), RecoveredRaft::default(), BTreeSet::new(), BTreeMap::new()),
     };
     let mut batches = Vec::new();
     for rec in &wal.records {
@@ -118,12 +131,12 @@ pub fn read_shard(dirs: ShardDirs) -> Result<ReadShard, RecoverError> {
             }
         }
     }
-    Ok(ReadShard { dirs, store, batches, decided, raft, wal })
+    Ok(ReadShard { dirs, store, leases, batches, decided, raft, wal })
 }
 
 /// Replays a shard's batches (phase 2), given the decisions of every shard.
 pub fn replay(read: ReadShard, all_decided: &BTreeSet<i64>) -> RecoveredShard {
-    let ReadShard { dirs, mut store, batches, decided, raft, wal } = read;
+    let ReadShard { dirs, mut store, mut leases, batches, decided, raft, wal } = read;
     let replayed_entries = batches.len();
     for (_, b) in batches {
         for op in b.ops {
@@ -141,8 +154,21 @@ pub fn replay(read: ReadShard, all_decided: &BTreeSet<i64>) -> RecoveredShard {
                 }
                 BatchOp::Decide { revision } => store.observe_revision(revision),
                 BatchOp::Compact { revision } => store.compact(revision),
+                BatchOp::LeaseGrant { id, ttl } => {
+                    leases.insert(id, RecoveredLease { ttl, remaining: ttl });
+                }
+                BatchOp::LeaseRevoke { id } => {
+                    leases.remove(&id);
+                }
+                BatchOp::LeaseCheckpoint { remaining } => {
+                    for (id, left) in remaining {
+                        if let Some(l) = leases.get_mut(&id) {
+                            l.remaining = left;
+                        }
+                    }
+                }
             }
         }
     }
-    RecoveredShard { dirs, store, decided, raft, wal, replayed_entries }
+    RecoveredShard { dirs, store, leases, decided, raft, wal, replayed_entries }
 }

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
 use wire::codec::frame::{self, RecordKind, ScanEnd};
-use wire::record::snapshot::{SnapshotHeader, SnapshotRecord};
+use wire::record::snapshot::{LeaseRecord, SnapshotHeader, SnapshotRecord};
 
 use crate::mvcc::Store;
 
@@ -62,11 +62,20 @@ fn footer(out: &mut Vec<u8>, key_count: u64) {
     frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Footer { key_count }.to_bytes());
 }
 
-/// Serializes `store` as of `header.revision` into snapshot file bytes, in one go (tests).
-pub fn encode(store: &Store, header: SnapshotHeader) -> Vec<u8> {
+/// Appends the header frame and, if any, the leases frame.
+fn head(out: &mut Vec<u8>, header: SnapshotHeader, leases: Vec<LeaseRecord>) {
+    frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Header(header).to_bytes());
+    if !leases.is_empty() {
+        frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Leases(leases).to_bytes());
+    }
+}
+
+/// Serializes `store` as of `header.revision`, and the shard's leases, into snapshot file
+/// bytes, in one go (tests and restores).
+pub fn encode(store: &Store, header: SnapshotHeader, leases: Vec<LeaseRecord>) -> Vec<u8> {
     let rev = header.revision;
     let mut out = Vec::new();
-    frame::encode_into(&mut out, RecordKind::Snapshot, &SnapshotRecord::Header(header).to_bytes());
+    head(&mut out, header, leases);
     let (mut after, mut count) = (None, 0);
     while let Some((last, n)) = encode_chunk(store, after.as_ref(), rev, &mut out) {
         after = Some(last);
@@ -142,6 +151,7 @@ pub async fn write_from(
     store: Rc<RefCell<Store>>,
     dir: &Path,
     header: SnapshotHeader,
+    leases: Vec<LeaseRecord>,
 ) -> Result<PathBuf, SnapshotError> {
     let ioe = |path: &Path, e: String| SnapshotError::Io { path: path.to_path_buf(), reason: e };
     std::fs::create_dir_all(dir).map_err(|e| ioe(dir, e.to_string()))?;
@@ -158,7 +168,7 @@ pub async fn write_from(
         .await
         .map_err(|e| ioe(&tmp, e.to_string()))?;
     let mut w = BlockWriter { file, path: tmp.clone(), pos: 0, pending: Vec::new() };
-    frame::encode_into(&mut w.pending, RecordKind::Snapshot, &SnapshotRecord::Header(header).to_bytes());
+    head(&mut w.pending, header, leases);
     let (mut after, mut count) = (None, 0);
     loop {
         let next = encode_chunk(&store.borrow(), after.as_ref(), rev, &mut w.pending);
@@ -190,6 +200,8 @@ pub async fn write_from(
 pub struct LoadedSnapshot {
     pub header: SnapshotHeader,
     pub store: Store,
+    /// The leases homed on the shard when the snapshot was taken.
+    pub leases: Vec<LeaseRecord>,
     pub path: PathBuf,
 }
 
@@ -219,6 +231,7 @@ fn decode(path: &Path, data: &[u8]) -> Result<LoadedSnapshot, SnapshotError> {
     let scan = frame::scan(data);
     let mut header = None;
     let mut store = Store::new();
+    let mut leases = Vec::new();
     let mut count = 0u64;
     for f in &scan.frames {
         let at = f.payload.start - frame::HEADER_LEN;
@@ -227,6 +240,7 @@ fn decode(path: &Path, data: &[u8]) -> Result<LoadedSnapshot, SnapshotError> {
         }
         match SnapshotRecord::from_bytes(&data[f.payload.clone()]).map_err(|e| damaged(at, e.to_string()))? {
             SnapshotRecord::Header(h) => header = Some(h),
+            SnapshotRecord::Leases(l) => leases.extend(l),
             SnapshotRecord::Keys(keys) => {
                 count += keys.len() as u64;
                 for k in keys {
@@ -239,7 +253,7 @@ fn decode(path: &Path, data: &[u8]) -> Result<LoadedSnapshot, SnapshotError> {
                     return Err(damaged(at, format!("footer counts {key_count} keys, file has {count}")));
                 }
                 store.restore_marks(h.compact_revision, h.revision);
-                return Ok(LoadedSnapshot { header: h, store, path: path.to_path_buf() });
+                return Ok(LoadedSnapshot { header: h, store, leases, path: path.to_path_buf() });
             }
         }
     }
@@ -271,7 +285,7 @@ mod tests {
             compact_revision: 3,
             decided: vec![5],
         };
-        let bytes = encode(&s, h.clone());
+        let bytes = encode(&s, h.clone(), Vec::new());
         let loaded = decode(Path::new("x"), &bytes).expect("valid");
         assert_eq!(loaded.header, h);
         assert_eq!(loaded.store.key_count(), 10_000);

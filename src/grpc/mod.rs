@@ -2,6 +2,7 @@
 //! builds etcd's response, including the header.
 
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod watch;
 

@@ -129,7 +129,7 @@ pub fn restore(backup: &Backup, data_dir: &Path) -> Result<(), BackupError> {
             decided: Vec::new(),
         };
         let path = dirs.snap.join(format!("{:016x}.snap", 1));
-        let bytes = shards::snapshot::encode(&store, header);
+        let bytes = shards::snapshot::encode(&store, header, Vec::new());
         std::fs::write(&path, bytes).map_err(|e| write_err(&path, &e))?;
         std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| write_err(&path, &e))?;
     }

@@ -41,6 +41,9 @@ fn dump_batch(b: &Batch, keys: bool) {
             ),
             BatchOp::Decide { revision } => (format!("  decide rev={revision}"), None),
             BatchOp::Compact { revision } => (format!("  compact rev={revision}"), None),
+            BatchOp::LeaseGrant { id, ttl } => (format!("  lease grant id={id} ttl={ttl}"), None),
+            BatchOp::LeaseRevoke { id } => (format!("  lease revoke id={id}"), None),
+            BatchOp::LeaseCheckpoint { remaining } => (format!("  lease checkpoint leases={}", remaining.len()), None),
         };
         println!("{what}");
         if let (true, Some(muts)) = (keys, muts) {

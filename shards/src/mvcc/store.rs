@@ -7,7 +7,7 @@
 //!
 // PERF-CRITICAL: no blocking I/O, no info logs, no allocation per key beyond the data itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -47,6 +47,9 @@ pub struct Store {
     capture: bool,
     /// Events recorded since the writer last took them, in execution (= revision) order.
     events: Vec<Event>,
+    /// The keys of this shard attached to each lease (by their live version), for revoke and
+    /// TimeToLive. The leases themselves live on their home shard.
+    lease_keys: HashMap<i64, BTreeSet<Bytes>>,
 }
 
 /// A page of a range's history: events in revision order, every event of a revision together.
@@ -90,6 +93,24 @@ fn event_of(key: &Bytes, v: &Version, prev: Option<&Version>) -> Event {
         r#type: kind as i32,
         kv: Some(kv),
         prev_kv: prev.filter(|p| p.value.is_some()).map(|p| p.to_kv(key, false)),
+    }
+}
+
+fn attach(index: &mut HashMap<i64, BTreeSet<Bytes>>, lease: i64, key: &Bytes) {
+    if lease != 0 {
+        index.entry(lease).or_default().insert(key.clone());
+    }
+}
+
+fn detach(index: &mut HashMap<i64, BTreeSet<Bytes>>, lease: i64, key: &[u8]) {
+    if lease == 0 {
+        return;
+    }
+    if let Some(keys) = index.get_mut(&lease) {
+        keys.remove(key);
+        if keys.is_empty() {
+            index.remove(&lease);
+        }
     }
 }
 
@@ -198,6 +219,11 @@ impl Store {
                 if self.capture {
                     self.events.push(event_of(key, &v, prev.as_ref()));
                 }
+                let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
+                if prev_lease != lease {
+                    detach(&mut self.lease_keys, prev_lease, key);
+                    attach(&mut self.lease_keys, lease, key);
+                }
                 match h.last_mut() {
                     // Same key twice in one revision (a txn): the later write wins.
                     Some(last) if last.mod_revision == rev => {
@@ -214,6 +240,7 @@ impl Store {
                 if self.capture {
                     self.events.push(event_of(&k, &v, None));
                 }
+                attach(&mut self.lease_keys, lease, &k);
                 self.keys.insert(k, vec![v]);
                 None
             }
@@ -244,6 +271,9 @@ impl Store {
             if let (Some(k), Some(prev)) = (&stored_key, visible_at(h, LATEST)) {
                 self.events.push(event_of(k, &t, Some(prev)));
             }
+            if let Some(prev) = visible_at(h, LATEST) {
+                detach(&mut self.lease_keys, prev.lease, key);
+            }
             match h.last_mut() {
                 Some(last) if last.mod_revision == rev => *last = t,
                 _ => {
@@ -252,6 +282,16 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// The keys of this shard whose live version is attached to `lease`.
+    pub fn lease_keys(&self, lease: i64) -> Vec<Bytes> {
+        self.lease_keys.get(&lease).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Every lease some key of this shard is attached to, with its key count.
+    pub fn attached_leases(&self) -> Vec<(i64, usize)> {
+        self.lease_keys.iter().map(|(&l, keys)| (l, keys.len())).collect()
     }
 
     /// Starts or stops recording watch events for puts and deletes.
@@ -435,6 +475,9 @@ impl Store {
             .collect();
         if let Some(last) = h.last() {
             self.current_revision = self.current_revision.max(last.mod_revision);
+            if last.value.is_some() {
+                attach(&mut self.lease_keys, last.lease, &Bytes::from(rec.key.clone()));
+            }
         }
         self.version_count += h.len();
         if !h.is_empty() {
@@ -576,6 +619,25 @@ mod tests {
         assert_eq!(summary(&single.events), vec![(0, "a".into(), 4, Some(3))]);
         s.compact(4);
         assert!(matches!(s.history(&range("a", "\0"), 3, 10, 100), Err(ShardError::Compacted { compacted: 4, .. })));
+    }
+
+    #[test]
+    fn lease_index_follows_puts_overwrites_deletes_and_snapshots() {
+        let mut s = Store::new();
+        s.put(&b("a"), b("1"), 7, 2);
+        s.put(&b("b"), b("1"), 7, 3);
+        s.put(&b("c"), b("1"), 8, 4);
+        assert_eq!(s.lease_keys(7), vec![b("a"), b("b")]);
+        s.put(&b("a"), b("2"), 8, 5); // moves off lease 7
+        s.delete(&KeyRange::single(b("b")), 6);
+        assert!(s.lease_keys(7).is_empty());
+        assert_eq!(s.lease_keys(8), vec![b("a"), b("c")]);
+        let mut t = Store::new();
+        for r in s.export_from(None, LATEST, 100, 1 << 20).0 {
+            t.import(r);
+        }
+        assert_eq!(t.lease_keys(8), vec![b("a"), b("c")]);
+        assert!(t.lease_keys(7).is_empty(), "a deleted key is attached to nothing");
     }
 
     #[test]

@@ -30,6 +30,14 @@ pub enum BatchOp {
     Decide { revision: i64 },
     /// Compaction of history below `revision`.
     Compact { revision: i64 },
+    /// A lease homed on this shard was granted with `ttl` seconds.
+    LeaseGrant { id: i64, ttl: i64 },
+    /// A lease homed on this shard was revoked (its keys were deleted before, in their own
+    /// write).
+    LeaseRevoke { id: i64 },
+    /// Remaining TTLs (lease id, seconds) of leases homed on this shard, so a restart resumes
+    /// them instead of resetting them to their full TTL.
+    LeaseCheckpoint { remaining: Vec<(i64, i64)> },
 }
 
 /// What one Raft entry carries.
@@ -70,6 +78,9 @@ mod tests {
             BatchOp::Prepare { revision: 6, participants: vec![0, 1], mutations: vec![] },
             BatchOp::Decide { revision: 6 },
             BatchOp::Compact { revision: 3 },
+            BatchOp::LeaseGrant { id: 7, ttl: 60 },
+            BatchOp::LeaseCheckpoint { remaining: vec![(7, 42)] },
+            BatchOp::LeaseRevoke { id: 7 },
         ]);
         assert_eq!(Batch::from_bytes(&b.to_bytes()).expect("valid"), b);
     }

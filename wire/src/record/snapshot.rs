@@ -39,11 +39,24 @@ pub struct SnapshotHeader {
     pub decided: Vec<i64>,
 }
 
+/// A lease homed on the shard: its granted TTL and the seconds it had left when the snapshot
+/// was taken.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub id: i64,
+    pub ttl: i64,
+    pub remaining: i64,
+}
+
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotRecord {
     Header(SnapshotHeader),
     Keys(Vec<KeyRecord>),
-    Footer { key_count: u64 },
+    Footer {
+        key_count: u64,
+    },
+    /// The leases homed on the shard (between the header and the footer).
+    Leases(Vec<LeaseRecord>),
 }
 
 super::record_codec!(SnapshotRecord, ArchivedSnapshotRecord);

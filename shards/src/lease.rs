@@ -1,0 +1,218 @@
+//! Leases homed on one shard: TTLs and deadlines, an O(log n) expiry heap, and the registry
+//! every shard consults before attaching a key to a lease.
+//!
+//! Grants and revokes are logged in the home shard's Raft log; keepalives are not (they only
+//! move a deadline in memory). Remaining TTLs are checkpointed into the log periodically, so a
+//! restart resumes each lease with what it had left at the last checkpoint instead of its full
+//! TTL (etcd's lease checkpointing).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+/// etcd's smallest TTL with its default timing (1.5 × election timeout, rounded up): shorter
+/// requests are granted this.
+pub const MIN_TTL: i64 = 2;
+/// etcd's `MaxLeaseTTL`: longer requests fail with `etcdserver: too large lease TTL`.
+pub const MAX_TTL: i64 = 9_000_000_000;
+
+/// The ids of every live lease of the node, whichever shard is their home. A put naming a lease
+/// checks it here, on its own shard; the home shard adds a lease once its grant is durable and
+/// removes it before it starts revoking, so no key can attach to a lease being revoked.
+#[derive(Debug, Default)]
+pub struct LeaseRegistry {
+    live: RwLock<HashSet<i64>>,
+}
+
+impl LeaseRegistry {
+    pub fn contains(&self, id: i64) -> bool {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    }
+
+    pub fn insert(&self, id: i64) {
+        self.live.write().unwrap_or_else(|p| p.into_inner()).insert(id);
+    }
+
+    pub fn remove(&self, id: i64) -> bool {
+        self.live.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    ttl: i64,
+    deadline: Instant,
+    /// Reported as expired (or being revoked): not renewable, not reported again.
+    ending: bool,
+}
+
+/// The leases homed on one shard.
+#[derive(Debug, Default)]
+pub struct LeaseTable {
+    leases: HashMap<i64, Lease>,
+    /// (deadline, id); an entry whose deadline no longer matches its lease is stale and skipped.
+    heap: BinaryHeap<Reverse<(Instant, i64)>>,
+}
+
+/// Whole seconds left until `deadline`, rounded up (what etcd reports as TTL).
+fn seconds_left(deadline: Instant, now: Instant) -> i64 {
+    let left = deadline.saturating_duration_since(now);
+    left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0)
+}
+
+/// The TTL a grant gets: at least [`MIN_TTL`].
+pub fn effective_ttl(requested: i64) -> i64 {
+    requested.max(MIN_TTL)
+}
+
+impl LeaseTable {
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        self.leases.contains_key(&id)
+    }
+
+    /// Adds a lease with `remaining` seconds to live out of `ttl` (a grant: `remaining == ttl`).
+    pub fn insert(&mut self, id: i64, ttl: i64, remaining: i64, now: Instant) {
+        let deadline = now + Duration::from_secs(remaining.clamp(0, MAX_TTL) as u64);
+        self.leases.insert(id, Lease { ttl, deadline, ending: false });
+        self.heap.push(Reverse((deadline, id)));
+    }
+
+    pub fn remove(&mut self, id: i64) -> bool {
+        // Its heap entries go stale and are dropped when they surface.
+        self.leases.remove(&id).is_some()
+    }
+
+    /// Marks a lease as being revoked: keepalives fail from now on. False if unknown or already
+    /// ending.
+    pub fn begin_end(&mut self, id: i64) -> bool {
+        match self.leases.get_mut(&id) {
+            Some(l) if !l.ending => {
+                l.ending = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A revoke that could not finish: the lease lives on (and may expire again).
+    pub fn cancel_end(&mut self, id: i64) {
+        if let Some(l) = self.leases.get_mut(&id) {
+            l.ending = false;
+        }
+    }
+
+    /// Keepalive: the lease's deadline becomes now + TTL; returns the TTL, or `None` if the
+    /// lease is unknown or ending.
+    pub fn renew(&mut self, id: i64, now: Instant) -> Option<i64> {
+        let l = self.leases.get_mut(&id).filter(|l| !l.ending)?;
+        l.deadline = now + Duration::from_secs(l.ttl as u64);
+        let (deadline, ttl) = (l.deadline, l.ttl);
+        self.heap.push(Reverse((deadline, id)));
+        Some(ttl)
+    }
+
+    /// (seconds left, granted TTL) of a lease.
+    pub fn time_to_live(&self, id: i64, now: Instant) -> Option<(i64, i64)> {
+        self.leases.get(&id).map(|l| (seconds_left(l.deadline, now), l.ttl))
+    }
+
+    pub fn ids(&self) -> Vec<i64> {
+        self.leases.keys().copied().collect()
+    }
+
+    /// (id, granted TTL, seconds left) of every lease, for checkpoints and snapshots.
+    pub fn remaining(&self, now: Instant) -> Vec<(i64, i64, i64)> {
+        self.leases.iter().map(|(&id, l)| (id, l.ttl, seconds_left(l.deadline, now))).collect()
+    }
+
+    /// Leases past their deadline that were not reported yet; each is marked ending. Costs
+    /// O(log n) per heap entry popped.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<i64> {
+        let mut out = Vec::new();
+        while let Some(Reverse((deadline, id))) = self.heap.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.heap.pop();
+            if let Some(l) = self.leases.get_mut(&id) {
+                if l.deadline == deadline && !l.ending {
+                    l.ending = true;
+                    out.push(id);
+                }
+            }
+        }
+        out
+    }
+
+    /// The earliest deadline in the heap (possibly stale: then waking for it finds nothing).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((d, _))| *d)
+    }
+
+    /// Moves every deadline `by` later: the shard could not serve keepalives for that long
+    /// (a stalled disk), so its leases must not all expire the moment it recovers.
+    pub fn extend_all(&mut self, by: Duration) {
+        self.heap.clear();
+        for (&id, l) in self.leases.iter_mut() {
+            l.deadline += by;
+            self.heap.push(Reverse((l.deadline, id)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_expires_in_deadline_order_and_renew_moves_the_deadline() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::default();
+        t.insert(1, 10, 10, t0);
+        t.insert(2, 5, 5, t0);
+        t.insert(3, 5, 2, t0); // restored with 2 s left of 5
+        assert_eq!(t.take_expired(t0 + Duration::from_secs(1)), Vec::<i64>::new());
+        assert_eq!(t.take_expired(t0 + Duration::from_secs(2)), vec![3]);
+        assert_eq!(t.renew(2, t0 + Duration::from_secs(4)), Some(5));
+        assert_eq!(t.take_expired(t0 + Duration::from_secs(6)), Vec::<i64>::new(), "renewed until 9 s");
+        assert_eq!(t.take_expired(t0 + Duration::from_secs(10)), vec![2, 1]);
+        assert_eq!(t.renew(1, t0 + Duration::from_secs(10)), None, "an expired lease cannot be renewed");
+        assert_eq!(t.time_to_live(1, t0 + Duration::from_secs(10)), Some((0, 10)));
+    }
+
+    #[test]
+    fn remaining_rounds_up_and_extend_all_postpones_expiry() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::default();
+        t.insert(1, 10, 10, t0);
+        assert_eq!(t.time_to_live(1, t0 + Duration::from_millis(2500)), Some((8, 10)));
+        t.extend_all(Duration::from_secs(30));
+        assert!(t.take_expired(t0 + Duration::from_secs(20)).is_empty());
+        assert_eq!(t.take_expired(t0 + Duration::from_secs(40)), vec![1]);
+        assert_eq!(effective_ttl(0), MIN_TTL);
+        assert_eq!(effective_ttl(60), 60);
+    }
+
+    #[test]
+    fn begin_end_blocks_renewal_until_canceled() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::default();
+        t.insert(1, 10, 10, t0);
+        assert!(t.begin_end(1));
+        assert!(!t.begin_end(1));
+        assert_eq!(t.renew(1, t0), None);
+        t.cancel_end(1);
+        assert_eq!(t.renew(1, t0), Some(10));
+        assert!(t.remove(1));
+        assert!(!t.contains(1));
+    }
+}
