@@ -18,6 +18,9 @@ use shards::{LeaseMsg, ShardError, ShardHandle, ShardMsg};
 use crate::error::ApiError;
 use crate::router::Router;
 
+/// Expired leases revoked at the same time.
+const CONCURRENT_EXPIRIES: usize = 64;
+
 pub struct Leases {
     router: Arc<Router>,
     registry: Arc<LeaseRegistry>,
@@ -148,15 +151,22 @@ impl Leases {
         Ok(ids)
     }
 
-    /// Revokes leases as their home shards report them expired, until the shards stop.
+    /// Revokes leases as their home shards report them expired, until the shards stop; up to
+    /// `CONCURRENT_EXPIRIES` at once, so leases expiring together share WAL writes instead of
+    /// queuing behind each other.
     pub async fn revoke_expired(self: Arc<Self>, expired: flume::Receiver<i64>) {
-        while let Ok(id) = expired.recv_async().await {
-            match self.revoke(id).await {
-                Ok(_) | Err(ApiError::Shard(ShardError::LeaseNotFound { .. })) => {}
-                Err(e) => {
-                    tracing::warn!(lease = id, error = %e, "could not revoke an expired lease; it stays until it expires again or is revoked")
+        use futures::StreamExt;
+        let revoke_one = |id: i64| {
+            let leases = self.clone();
+            async move {
+                match leases.revoke(id).await {
+                    Ok(_) | Err(ApiError::Shard(ShardError::LeaseNotFound { .. })) => {}
+                    Err(e) => {
+                        tracing::warn!(lease = id, error = %e, "could not revoke an expired lease; it stays until it expires again or is revoked")
+                    }
                 }
             }
-        }
+        };
+        expired.into_stream().for_each_concurrent(CONCURRENT_EXPIRIES, revoke_one).await;
     }
 }

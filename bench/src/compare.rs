@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::compare_lease::{self, LeaseScenario, LEASE_SCENARIOS};
 use crate::compare_watch::{self, WatchScenario, WATCH_SCENARIOS};
 use crate::driver::{self, RunConfig};
 use crate::error::BenchError;
@@ -54,8 +55,9 @@ pub struct CompareArgs {
     /// smoke run uses this).
     #[arg(long)]
     pub fail_on_errors: bool,
-    /// Multiply the watch scenarios' watcher and stream counts by this (the CI smoke run uses a
-    /// small scale; the figures in docs/PERFORMANCE.md use 1).
+    /// Multiply the watch scenarios' watcher and stream counts, and the lease scenarios' lease
+    /// counts and rates, by this (the CI smoke run uses a small scale; the figures in
+    /// docs/PERFORMANCE.md use 1).
     #[arg(long, default_value_t = 1.0)]
     pub watch_scale: f64,
 }
@@ -151,9 +153,12 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
         for s in &WATCH_SCENARIOS {
             println!("{:<18} {}", s.name, s.describe());
         }
+        for s in &LEASE_SCENARIOS {
+            println!("{:<18} {}", s.name, s.describe());
+        }
         return Ok(());
     }
-    let (scenarios, watch_scenarios) = select(&args.scenarios)?;
+    let (scenarios, watch_scenarios, lease_scenarios) = select(&args.scenarios)?;
     let kinds: Vec<ServerKind> = [ServerKind::Etcd, ServerKind::Corekv]
         .into_iter()
         .filter(|kind| args.only.is_none_or(|only| only == *kind))
@@ -213,10 +218,16 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
         }
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
     };
+    let mut lease_results = Vec::new();
+    let outcome = match outcome {
+        Ok(()) => compare_lease::run(&lease_scenarios, &kinds, &bin, args.watch_scale, &mut lease_results).await,
+        Err(e) => Err(e),
+    };
     let stopped = Ok(());
-    if !results.is_empty() || !watch_results.is_empty() {
+    if !results.is_empty() || !watch_results.is_empty() || !lease_results.is_empty() {
         let mut markdown = render_markdown(&header, &results);
         markdown.push_str(&compare_watch::render_markdown(&watch_results));
+        markdown.push_str(&compare_lease::render_markdown(&lease_results));
         println!("\n{markdown}");
         if let Some(path) = &args.out {
             std::fs::write(path, &markdown).map_err(|source| BenchError::WriteReport { path: path.clone(), source })?;
@@ -233,7 +244,11 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
                     .map(|(kind, rep, r)| format!("{} on {kind}: {} errors", r.scenario.name, rep.errors))
             })
             .collect();
-        let failed: Vec<String> = failed.into_iter().chain(compare_watch::failures(&watch_results)).collect();
+        let failed: Vec<String> = failed
+            .into_iter()
+            .chain(compare_watch::failures(&watch_results))
+            .chain(compare_lease::failures(&lease_results))
+            .collect();
         if !failed.is_empty() {
             return Err(BenchError::RunErrors(failed.join("; ")));
         }
@@ -244,7 +259,13 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
 /// The KV and watch scenarios named in `names`, in the canonical order; all of them when
 /// `names` is empty.
 fn select(names: &[String]) -> Result<Selected, BenchError> {
-    let all_names = || SCENARIOS.iter().map(|s| s.name).chain(WATCH_SCENARIOS.iter().map(|s| s.name));
+    let all_names = || {
+        SCENARIOS
+            .iter()
+            .map(|s| s.name)
+            .chain(WATCH_SCENARIOS.iter().map(|s| s.name))
+            .chain(LEASE_SCENARIOS.iter().map(|s| s.name))
+    };
     if let Some(unknown) = names.iter().find(|name| !all_names().any(|n| n == name.as_str())) {
         return Err(BenchError::UnknownScenario {
             name: unknown.clone(),
@@ -255,10 +276,11 @@ fn select(names: &[String]) -> Result<Selected, BenchError> {
     Ok((
         SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
         WATCH_SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
+        LEASE_SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
     ))
 }
 
-type Selected = (Vec<&'static Scenario>, Vec<&'static WatchScenario>);
+type Selected = (Vec<&'static Scenario>, Vec<&'static WatchScenario>, Vec<&'static LeaseScenario>);
 
 fn check_binary(kind: ServerKind, path: &Path) -> Result<(), BenchError> {
     if path.is_file() {
@@ -408,7 +430,7 @@ mod tests {
 
     #[test]
     fn select_empty_means_all_in_order() {
-        let (all, watch) = select(&[]).expect("all scenarios");
+        let (all, watch, _) = select(&[]).expect("all scenarios");
         assert_eq!((all.len(), watch.len()), (SCENARIOS.len(), WATCH_SCENARIOS.len()));
         assert_eq!(all[0].name, "put-1");
     }
@@ -421,8 +443,10 @@ mod tests {
 
     #[test]
     fn select_keeps_canonical_order() {
-        let (picked, watch) =
-            select(&["watch-1k".to_owned(), "txn-put-16".to_owned(), "put-1".to_owned()]).expect("known");
+        let (picked, watch, lease) =
+            select(&["lease-1m".to_owned(), "watch-1k".to_owned(), "txn-put-16".to_owned(), "put-1".to_owned()])
+                .expect("known");
+        assert_eq!(lease.iter().map(|s| s.name).collect::<Vec<_>>(), ["lease-1m"]);
         assert_eq!(picked.iter().map(|s| s.name).collect::<Vec<_>>(), ["put-1", "txn-put-16"]);
         assert_eq!(watch.iter().map(|s| s.name).collect::<Vec<_>>(), ["watch-1k"]);
     }

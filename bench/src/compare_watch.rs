@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::error::BenchError;
 use crate::report::fmt_opt;
-use crate::server::{RunningServer, ServerKind};
+use crate::server::{on_fresh_servers, ServerKind};
 use crate::watch::{self, WatchPlan, WatchReport};
 
 /// One watch scenario: its name, a description, and the plan at scale 1.
@@ -84,26 +84,18 @@ pub async fn run<'a>(
     results: &mut Vec<WatchResult>,
 ) -> Result<(), BenchError> {
     for (i, &scenario) in scenarios.iter().enumerate() {
-        let mut result = WatchResult { scenario, etcd: None, corekv: None };
-        let mut order = kinds.to_vec();
-        if i % 2 == 1 {
-            order.reverse();
-        }
-        for kind in order {
-            let server = RunningServer::start(kind, bin(kind)).await?;
-            let plan = scenario.plan(scale);
-            let outcome =
-                watch::run(&plan, scenario.name, Some(kind.to_string()), server.endpoint(), Some(server.pid())).await;
-            server.stop().await?;
-            let report = outcome?;
-            print!("{}", report.human());
-            println!("{}", report.json_line());
-            match kind {
-                ServerKind::Etcd => result.etcd = Some(report),
-                ServerKind::Corekv => result.corekv = Some(report),
+        let plan = scenario.plan(scale);
+        let (etcd, corekv) = on_fresh_servers(kinds, i % 2 == 1, bin, |kind, endpoint, pid| {
+            let plan = plan.clone();
+            async move {
+                let report = watch::run(&plan, scenario.name, Some(kind.to_string()), &endpoint, Some(pid)).await?;
+                print!("{}", report.human());
+                println!("{}", report.json_line());
+                Ok(report)
             }
-        }
-        results.push(result);
+        })
+        .await?;
+        results.push(WatchResult { scenario, etcd, corekv });
     }
     Ok(())
 }

@@ -106,6 +106,10 @@ pub enum BenchError {
     #[error("cannot stop {server} (pid {pid})")]
     Stop { server: ServerKind, pid: u32, source: io::Error },
 
+    /// A gRPC call the benchmark depends on failed.
+    #[error("{what}")]
+    Grpc { what: &'static str, source: tonic::Status },
+
     /// Creating watchers failed.
     #[error("creating watchers")]
     Watch { source: etcd_client::Error },

@@ -10,9 +10,11 @@
 //! watch benchmark: latency from a timestamp in each value, RSS per watcher).
 
 mod compare;
+mod compare_lease;
 mod compare_watch;
 mod driver;
 mod error;
+mod lease;
 mod noop;
 mod proc_stats;
 mod report;
@@ -56,6 +58,8 @@ enum Command {
     Mixed(MixedArgs),
     /// W watchers on S streams, P puts at a rate: event latency, delivery, RSS per watcher.
     Watch(watch::WatchArgs),
+    /// Grant rate, keepalive rate and expiry lateness with many leases; RSS per lease.
+    Lease(lease::LeaseArgs),
     /// Start etcd and corekv on loopback, run the same scenarios on both, print markdown.
     Compare(compare::CompareArgs),
     /// Serve a do-nothing etcd KV API: the client's and gRPC's own ceiling on this machine.
@@ -208,6 +212,12 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
     let (config, workload) = match cli.command {
         Command::Compare(args) => return compare::run(&args, usize::from(cli.threads)).await,
         Command::NoopServer(args) => return noop::serve(args.listen).await,
+        Command::Lease(args) => {
+            let report = lease::run(&args.plan, "lease", None, &args.endpoint, args.server_pid).await?;
+            print!("{}", report.human());
+            println!("{}", report.json_line());
+            return Ok(());
+        }
         Command::Watch(args) => {
             let report = watch::run(&args.plan, "watch", None, &args.endpoint, args.server_pid).await?;
             print!("{}", report.human());

@@ -65,6 +65,36 @@ impl ServerKind {
     }
 }
 
+/// Runs `run` once against a freshly started server of each kind in `kinds`, in that order
+/// (reversed when `flip`), stopping each server after its run; returns (etcd, corekv) results.
+pub async fn on_fresh_servers<'a, R, F, Fut>(
+    kinds: &[ServerKind],
+    flip: bool,
+    bin: &dyn Fn(ServerKind) -> &'a Path,
+    mut run: F,
+) -> Result<(Option<R>, Option<R>), BenchError>
+where
+    F: FnMut(ServerKind, String, u32) -> Fut,
+    Fut: std::future::Future<Output = Result<R, BenchError>>,
+{
+    let mut order = kinds.to_vec();
+    if flip {
+        order.reverse();
+    }
+    let (mut etcd, mut corekv) = (None, None);
+    for kind in order {
+        let server = RunningServer::start(kind, bin(kind)).await?;
+        let outcome = run(kind, server.endpoint().to_owned(), server.pid()).await;
+        server.stop().await?;
+        let report = outcome?;
+        match kind {
+            ServerKind::Etcd => etcd = Some(report),
+            ServerKind::Corekv => corekv = Some(report),
+        }
+    }
+    Ok((etcd, corekv))
+}
+
 /// A server process started by `compare`.
 pub struct RunningServer {
     kind: ServerKind,
