@@ -32,6 +32,8 @@ use crate::proc_stats::{self, Process};
 use crate::report::{fmt_opt, LatencySummary};
 
 const EXPIRY_PREFIX: &str = "bench-lease-expiry/";
+/// A grant or put not answered within this counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LeasePlan {
@@ -237,12 +239,13 @@ pub async fn run(
             let (mut ids, mut errors, mut h) = (Vec::new(), 0u64, histogram());
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let t = Instant::now();
-                match client.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await {
-                    Ok(r) => {
+                let grant = tokio::time::timeout(REQUEST_TIMEOUT, client.lease_grant(LeaseGrantRequest { ttl, id: 0 }));
+                match grant.await {
+                    Ok(Ok(r)) => {
                         ids.push(r.into_inner().id);
                         let _ = h.record((t.elapsed().as_micros() as u64).max(1));
                     }
-                    Err(_) => errors += 1,
+                    _ => errors += 1,
                 }
             }
             (ids, errors, h)
@@ -308,11 +311,9 @@ async fn keepalive_stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<LeaseKeepAliveRequest>(1024);
     let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let mut h = histogram();
-    let mut responses = match client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(_) => return (0, 1, h),
-    };
     let sender_sent = sent.clone();
+    let sent_count = Arc::new(AtomicU64::new(0));
+    let sender_count = sent_count.clone();
     let sender = tokio::spawn(async move {
         // Send in small bursts every millisecond to reach the rate without a timer per request.
         let per_ms = (rate as f64 / 1000.0).max(0.001);
@@ -328,13 +329,22 @@ async fn keepalive_stream(
                     q.push_back(Instant::now());
                 }
                 if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                    return count;
+                    return;
                 }
                 count += 1;
+                sender_count.store(count, Ordering::Relaxed);
             }
         }
-        count
     });
+    // Opened after the sender started: a Go gRPC server sends the stream's headers only with
+    // its first response, so waiting for them before sending anything would deadlock.
+    let mut responses = match client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(_) => {
+            sender.abort();
+            return (0, 1, h);
+        }
+    };
     let (mut answered, mut errors) = (0u64, 0u64);
     let deadline = Instant::now() + secs + Duration::from_secs(10);
     loop {
@@ -360,7 +370,9 @@ async fn keepalive_stream(
             }
         }
     }
-    let sent_total = sender.await.unwrap_or(0);
+    // A server that fell behind may have stopped reading: the sender could wait forever.
+    sender.abort();
+    let sent_total = sent_count.load(Ordering::Relaxed);
     errors += sent_total.saturating_sub(answered + errors);
     (answered, errors, h)
 }
@@ -417,14 +429,17 @@ async fn expiry(channels: &[Channel], plan: &LeasePlan) -> Result<(u64, Histogra
     let ttl = Duration::from_secs(plan.expiry_ttl.max(1) as u64);
     for i in 0..plan.expiry_sample {
         let key = format!("{EXPIRY_PREFIX}{i:08}").into_bytes();
-        let Ok(g) = lease.lease_grant(LeaseGrantRequest { ttl: plan.expiry_ttl, id: 0 }).await else { continue };
+        let grant = lease.lease_grant(LeaseGrantRequest { ttl: plan.expiry_ttl, id: 0 });
+        let Ok(Ok(g)) = tokio::time::timeout(REQUEST_TIMEOUT, grant).await else { continue };
         let granted = Instant::now();
         let id = g.into_inner().id;
-        if kv
-            .put(PutRequest { key: key.clone().into(), value: b"x".to_vec().into(), lease: id, ..Default::default() })
-            .await
-            .is_ok()
-        {
+        let put = kv.put(PutRequest {
+            key: key.clone().into(),
+            value: b"x".to_vec().into(),
+            lease: id,
+            ..Default::default()
+        });
+        if matches!(tokio::time::timeout(REQUEST_TIMEOUT, put).await, Ok(Ok(_))) {
             if let Ok(mut d) = deadlines.lock() {
                 d.insert(key, granted + ttl);
             }

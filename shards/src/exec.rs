@@ -445,9 +445,8 @@ impl Writer {
                 acks.push(Ack::Granted(reply, id, ttl));
             }
             LeaseMsg::BeginRevoke { id, reply } => {
-                let mut leases = self.leases.borrow_mut();
-                let r = if leases.contains(id) {
-                    leases.begin_end(id);
+                // Unknown, or already being revoked: etcd answers the second revoke "not found".
+                let r = if self.leases.borrow_mut().begin_end(id) {
                     self.cfg.leases.remove(id);
                     Ok(())
                 } else {

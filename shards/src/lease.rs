@@ -39,12 +39,20 @@ impl LeaseRegistry {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Live,
+    /// Reported as expired, its revoke not started yet: not renewable, not reported again.
+    Expired,
+    /// A revoke is running: not renewable, and a second revoke is refused.
+    Revoking,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Lease {
     ttl: i64,
     deadline: Instant,
-    /// Reported as expired (or being revoked): not renewable, not reported again.
-    ending: bool,
+    state: State,
 }
 
 /// The leases homed on one shard.
@@ -82,7 +90,7 @@ impl LeaseTable {
     /// Adds a lease with `remaining` seconds to live out of `ttl` (a grant: `remaining == ttl`).
     pub fn insert(&mut self, id: i64, ttl: i64, remaining: i64, now: Instant) {
         let deadline = now + Duration::from_secs(remaining.clamp(0, MAX_TTL) as u64);
-        self.leases.insert(id, Lease { ttl, deadline, ending: false });
+        self.leases.insert(id, Lease { ttl, deadline, state: State::Live });
         self.heap.push(Reverse((deadline, id)));
     }
 
@@ -91,29 +99,31 @@ impl LeaseTable {
         self.leases.remove(&id).is_some()
     }
 
-    /// Marks a lease as being revoked: keepalives fail from now on. False if unknown or already
-    /// ending.
+    /// Starts revoking a lease (live or expired): keepalives fail from now on. False if it is
+    /// unknown or a revoke of it is already running.
     pub fn begin_end(&mut self, id: i64) -> bool {
         match self.leases.get_mut(&id) {
-            Some(l) if !l.ending => {
-                l.ending = true;
+            Some(l) if l.state != State::Revoking => {
+                l.state = State::Revoking;
                 true
             }
             _ => false,
         }
     }
 
-    /// A revoke that could not finish: the lease lives on (and may expire again).
+    /// A revoke that could not finish: the lease lives on, and expires again (at once, if its
+    /// deadline has passed) unless renewed.
     pub fn cancel_end(&mut self, id: i64) {
         if let Some(l) = self.leases.get_mut(&id) {
-            l.ending = false;
+            l.state = State::Live;
+            self.heap.push(Reverse((l.deadline, id)));
         }
     }
 
     /// Keepalive: the lease's deadline becomes now + TTL; returns the TTL, or `None` if the
     /// lease is unknown or ending.
     pub fn renew(&mut self, id: i64, now: Instant) -> Option<i64> {
-        let l = self.leases.get_mut(&id).filter(|l| !l.ending)?;
+        let l = self.leases.get_mut(&id).filter(|l| l.state == State::Live)?;
         l.deadline = now + Duration::from_secs(l.ttl as u64);
         let (deadline, ttl) = (l.deadline, l.ttl);
         self.heap.push(Reverse((deadline, id)));
@@ -144,8 +154,8 @@ impl LeaseTable {
             }
             self.heap.pop();
             if let Some(l) = self.leases.get_mut(&id) {
-                if l.deadline == deadline && !l.ending {
-                    l.ending = true;
+                if l.deadline == deadline && l.state == State::Live {
+                    l.state = State::Expired;
                     out.push(id);
                 }
             }
@@ -203,16 +213,28 @@ mod tests {
     }
 
     #[test]
-    fn begin_end_blocks_renewal_until_canceled() {
+    fn begin_end_blocks_renewal_and_a_second_revoke_until_canceled() {
         let t0 = Instant::now();
         let mut t = LeaseTable::default();
         t.insert(1, 10, 10, t0);
         assert!(t.begin_end(1));
-        assert!(!t.begin_end(1));
+        assert!(!t.begin_end(1), "one revoke at a time");
         assert_eq!(t.renew(1, t0), None);
         t.cancel_end(1);
         assert_eq!(t.renew(1, t0), Some(10));
         assert!(t.remove(1));
         assert!(!t.contains(1));
+    }
+
+    #[test]
+    fn an_expired_lease_whose_revoke_failed_is_reported_again() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::default();
+        t.insert(1, 2, 2, t0);
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(t.take_expired(later), vec![1]);
+        assert!(t.begin_end(1), "an expired lease can be revoked");
+        t.cancel_end(1);
+        assert_eq!(t.take_expired(later), vec![1]);
     }
 }
