@@ -102,11 +102,12 @@ pub fn render_markdown(results: &[LeaseResult]) -> String {
          from the grant's answer plus the TTL to the delete event of the lease's key at a watcher.\n",
     );
     type Metric = fn(&LeaseReport) -> Option<f64>;
-    let rows: [(&str, Metric, bool); 9] = [
+    let rows: [(&str, Metric, bool); 10] = [
         ("grants/s", |r| Some(r.grants_per_sec()), true),
         ("server CPU per grant (µs)", LeaseReport::grant_cpu_us, true),
         ("server RSS per lease (B)", LeaseReport::rss_bytes_per_lease, true),
-        ("keepalives/s", |r| Some(r.keepalives_per_sec()), true),
+        ("keepalives/s answered", |r| Some(r.keepalives_per_sec()), true),
+        ("keepalives unanswered at the end", |r| Some(r.keepalive_unanswered as f64), false),
         ("keepalive p99 (µs)", |r| Some(r.keepalive_latency.p99_us as f64), true),
         ("server CPU per keepalive (µs)", LeaseReport::keepalive_cpu_us, true),
         ("expired / timed", |r| Some(r.expired as f64), false),

@@ -85,7 +85,10 @@ pub struct LeaseReport {
     pub rss_with_leases_kib: Option<u64>,
     pub grant_cpu: Option<Duration>,
     pub keepalives: u64,
+    /// Keepalives answered with TTL 0 or failed streams.
     pub keepalive_errors: u64,
+    /// Keepalives sent but not answered when the phase ended (offered faster than served).
+    pub keepalive_unanswered: u64,
     pub keepalive_time: Duration,
     pub keepalive_latency: LatencySummary,
     pub keepalive_cpu: Option<Duration>,
@@ -150,9 +153,10 @@ impl LeaseReport {
         let k = &self.keepalive_latency;
         let _ = writeln!(
             out,
-            "  keepalive  {:.0}/s ({} errors); p50 {} us p99 {} us; server cpu {} us/keepalive",
+            "  keepalive  {:.0}/s answered ({} errors, {} unanswered at the end); p50 {} us p99 {} us; server cpu {} us/keepalive",
             self.keepalives_per_sec(),
             self.keepalive_errors,
+            self.keepalive_unanswered,
             k.p50_us,
             k.p99_us,
             fmt_opt(self.keepalive_cpu_us())
@@ -171,7 +175,7 @@ impl LeaseReport {
         format!(
             "JSON {{\"bench\":\"lease\",\"label\":{:?},\"server\":{},\"leases\":{},\"grants_per_sec\":{:.1},\
              \"grant_errors\":{},\"rss_bytes_per_lease\":{},\"grant_cpu_us\":{},\"keepalives_per_sec\":{:.1},\
-             \"keepalive_errors\":{},\"keepalive_p99_us\":{},\"keepalive_cpu_us\":{},\"expired\":{},\
+             \"keepalive_errors\":{},\"keepalive_unanswered\":{},\"keepalive_p99_us\":{},\"keepalive_cpu_us\":{},\"expired\":{},\
              \"expiry_expected\":{},\"expiry_lateness_p99_us\":{},\"expiry_lateness_max_us\":{}}}",
             self.label,
             self.server.as_deref().map_or("null".to_owned(), |s| format!("{s:?}")),
@@ -182,6 +186,7 @@ impl LeaseReport {
             opt(self.grant_cpu_us()),
             self.keepalives_per_sec(),
             self.keepalive_errors,
+            self.keepalive_unanswered,
             self.keepalive_latency.p99_us,
             opt(self.keepalive_cpu_us()),
             self.expired,
@@ -283,9 +288,10 @@ pub async fn run(
     }
     let mut ka_h = histogram();
     for t in tasks {
-        let (n, e, h) = t.await?;
+        let (n, e, u, h) = t.await?;
         report.keepalives += n;
         report.keepalive_errors += e;
+        report.keepalive_unanswered += u;
         let _ = ka_h.add(&h);
     }
     report.keepalive_time = started.elapsed();
@@ -301,13 +307,13 @@ pub async fn run(
 }
 
 /// Sends keepalives for `ids` round-robin at `rate`/s for `secs` on one stream; returns
-/// (answered, errors, latency histogram).
+/// (answered, errors, unanswered, latency histogram).
 async fn keepalive_stream(
     mut client: LeaseClient<Channel>,
     ids: Vec<i64>,
     rate: u64,
     secs: Duration,
-) -> (u64, u64, Histogram<u64>) {
+) -> (u64, u64, u64, Histogram<u64>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<LeaseKeepAliveRequest>(1024);
     let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
     let mut h = histogram();
@@ -342,7 +348,7 @@ async fn keepalive_stream(
         Ok(r) => r.into_inner(),
         Err(_) => {
             sender.abort();
-            return (0, 1, h);
+            return (0, 1, 0, h);
         }
     };
     let (mut answered, mut errors) = (0u64, 0u64);
@@ -372,9 +378,8 @@ async fn keepalive_stream(
     }
     // A server that fell behind may have stopped reading: the sender could wait forever.
     sender.abort();
-    let sent_total = sent_count.load(Ordering::Relaxed);
-    errors += sent_total.saturating_sub(answered + errors);
-    (answered, errors, h)
+    let unanswered = sent_count.load(Ordering::Relaxed).saturating_sub(answered);
+    (answered, errors, unanswered, h)
 }
 
 /// Grants the timed leases with one key each and measures how late each key's delete event

@@ -43,7 +43,12 @@ impl Lease for LeaseService {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        let revision = self.leases.revoke(req.into_inner().id).await?;
+        // Detached: a client that gives up must not leave the lease half revoked (out of the
+        // registry, its keys not yet deleted).
+        let (leases, id) = (self.leases.clone(), req.into_inner().id);
+        let revision = tokio::spawn(async move { leases.revoke(id).await })
+            .await
+            .map_err(|e| Status::internal(format!("lease revoke task failed: {e}")))??;
         Ok(Response::new(pb::LeaseRevokeResponse { header: self.member.header(revision, self.raft_term) }))
     }
 
