@@ -166,3 +166,26 @@ async fn lease_survives_snapshot_and_wal_truncation() {
     assert_eq!((t.granted_ttl(), t.keys()), (120, &[b"K1".to_vec()][..]));
     assert!(!exists(&mut c, "q1").await);
 }
+
+/// A stalled disk does not revoke leases when it recovers: expiry holds during the stall and
+/// the deadlines move by its length afterwards (the fault hook delays one WAL write by 4 s).
+#[tokio::test]
+async fn lease_deadlines_move_past_a_wal_stall() {
+    let s = Server::start(&["--shards", "1"]);
+    let mut c = s.client().await;
+    let id = c.lease_grant(2, None).await.expect("grant").id();
+    c.put("k", "v", Some(PutOptions::new().with_lease(id))).await.expect("put");
+    let t0 = Instant::now();
+    std::fs::write(s.fault_file(), "4000").expect("arm the fault");
+    let mut writer = c.clone();
+    let stalled = tokio::spawn(async move { writer.put("other", "x", None).await });
+    stalled.await.expect("task").expect("the stalled put completes");
+    assert!(t0.elapsed() >= Duration::from_millis(3900), "the WAL write should have stalled");
+    assert!(s.log_text().contains("extending lease deadlines"));
+    // Its 2 s TTL passed during the stall, yet the lease and its key are still there.
+    assert!(exists(&mut c, "k").await, "expired by the stall");
+    assert!(c.lease_time_to_live(id, None).await.expect("ttl").ttl() > 0);
+    // Without keepalives it still expires, about a stall later than it would have.
+    tokio::time::sleep(Duration::from_secs(9).saturating_sub(t0.elapsed())).await;
+    assert!(!exists(&mut c, "k").await);
+}

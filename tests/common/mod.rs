@@ -46,6 +46,12 @@ impl Server {
         s
     }
 
+    /// Writing a number of milliseconds here delays the server's next WAL write by that long
+    /// (a debug-build fault hook, `shards::wal::fault`).
+    pub fn fault_file(&self) -> PathBuf {
+        self.dir.with_extension("walfault")
+    }
+
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -66,6 +72,8 @@ impl Server {
                 .arg("--advertise-client-urls")
                 .arg(format!("http://127.0.0.1:{}", self.port))
                 .args(&self.args)
+                // Absent unless a test writes it (see `fault_file`).
+                .env("COREKV_FAULT_WAL_DELAY_FILE", self.fault_file())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

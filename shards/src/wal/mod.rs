@@ -7,6 +7,7 @@
 //! cut off with a warning; damage anywhere before that is an error naming the file and offset.
 //! [`writer::WalWriter`] appends through io_uring (glommio DMA files) with group commit.
 
+pub mod fault;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -121,6 +121,7 @@ impl WalWriter {
         if self.pending.is_empty() {
             return Ok(());
         }
+        super::fault::delay().await;
         match self.write_pending().await {
             Ok(()) => Ok(()),
             Err(e) => {
