@@ -113,8 +113,8 @@ impl Router {
         let revision = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
         let mut events: Vec<Event> =
             parts.into_iter().flat_map(|p| p.events).filter(|e| revision(e) <= complete_upto).collect();
-        // Stable: one shard's events of a revision keep their order.
-        events.sort_by_key(revision);
+        // Key order within a revision, as the hub delivers live events.
+        events.sort_by_key(|e| (revision(e), e.kv.as_ref().map(|kv| kv.key.clone()).unwrap_or_default()));
         Ok(HistoryPage { events, complete_upto })
     }
 

@@ -185,7 +185,7 @@ async fn lease_deadlines_move_past_a_wal_stall() {
     // Its 2 s TTL passed during the stall, yet the lease and its key are still there.
     assert!(exists(&mut c, "k").await, "expired by the stall");
     assert!(c.lease_time_to_live(id, None).await.expect("ttl").ttl() > 0);
-    // Without keepalives it still expires, about a stall later than it would have.
+    // Without keepalives it still expires, one TTL after the stall ended.
     tokio::time::sleep(Duration::from_secs(9).saturating_sub(t0.elapsed())).await;
     assert!(!exists(&mut c, "k").await);
 }

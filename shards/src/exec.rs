@@ -460,7 +460,7 @@ impl Writer {
             }
             LeaseMsg::EndRevoke { id, revoked: false, reply } => {
                 if self.leases.borrow().contains(id) {
-                    self.leases.borrow_mut().cancel_end(id);
+                    self.leases.borrow_mut().cancel_end(id, Instant::now());
                     self.cfg.leases.insert(id);
                 }
                 drop(reply.send(Ok(())));
@@ -572,7 +572,7 @@ impl Writer {
                     stalled_ms = took.as_millis() as u64,
                     "WAL write stalled; extending lease deadlines"
                 );
-                self.leases.borrow_mut().extend_all(took);
+                self.leases.borrow_mut().refresh_after_stall(Instant::now());
             }
             if let Err(e) = self.raft.on_persisted(rd) {
                 self.fatal(e.to_string());

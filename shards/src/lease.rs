@@ -53,7 +53,12 @@ struct Lease {
     ttl: i64,
     deadline: Instant,
     state: State,
+    /// Already given a fresh TTL after a stall since its last renewal (once only).
+    rescued: bool,
 }
+
+/// How long a lease whose revoke failed waits before it is reported expired again.
+const RETRY_EXPIRY: Duration = Duration::from_secs(1);
 
 /// The leases homed on one shard.
 #[derive(Debug, Default)]
@@ -90,7 +95,7 @@ impl LeaseTable {
     /// Adds a lease with `remaining` seconds to live out of `ttl` (a grant: `remaining == ttl`).
     pub fn insert(&mut self, id: i64, ttl: i64, remaining: i64, now: Instant) {
         let deadline = now + Duration::from_secs(remaining.clamp(0, MAX_TTL) as u64);
-        self.leases.insert(id, Lease { ttl, deadline, state: State::Live });
+        self.leases.insert(id, Lease { ttl, deadline, state: State::Live, rescued: false });
         self.heap.push(Reverse((deadline, id)));
     }
 
@@ -111,11 +116,13 @@ impl LeaseTable {
         }
     }
 
-    /// A revoke that could not finish: the lease lives on, and expires again (at once, if its
-    /// deadline has passed) unless renewed.
-    pub fn cancel_end(&mut self, id: i64) {
+    /// A revoke that could not finish: the lease lives on, and expires again unless renewed —
+    /// if its deadline has passed, after [`RETRY_EXPIRY`], so a revoke that keeps failing is
+    /// retried at that pace.
+    pub fn cancel_end(&mut self, id: i64, now: Instant) {
         if let Some(l) = self.leases.get_mut(&id) {
             l.state = State::Live;
+            l.deadline = l.deadline.max(now + RETRY_EXPIRY);
             self.heap.push(Reverse((l.deadline, id)));
         }
     }
@@ -124,10 +131,11 @@ impl LeaseTable {
     /// lease is unknown or ending.
     pub fn renew(&mut self, id: i64, now: Instant) -> Option<i64> {
         let l = self.leases.get_mut(&id).filter(|l| l.state == State::Live)?;
+        // Only later: the heap keeps the older entry, which re-arms this deadline when it
+        // surfaces (one entry per lease, however often it is renewed).
         l.deadline = now + Duration::from_secs(l.ttl as u64);
-        let (deadline, ttl) = (l.deadline, l.ttl);
-        self.heap.push(Reverse((deadline, id)));
-        Some(ttl)
+        l.rescued = false;
+        Some(l.ttl)
     }
 
     /// (seconds left, granted TTL) of a lease.
@@ -154,9 +162,15 @@ impl LeaseTable {
             }
             self.heap.pop();
             if let Some(l) = self.leases.get_mut(&id) {
-                if l.deadline == deadline && l.state == State::Live {
+                if l.state != State::Live {
+                    continue;
+                }
+                if l.deadline <= now {
                     l.state = State::Expired;
                     out.push(id);
+                } else if l.deadline > deadline {
+                    // Renewed since this entry was pushed: wait for the new deadline.
+                    self.heap.push(Reverse((l.deadline, id)));
                 }
             }
         }
@@ -168,12 +182,18 @@ impl LeaseTable {
         self.heap.peek().map(|Reverse((d, _))| *d)
     }
 
-    /// Moves every deadline `by` later: the shard could not serve keepalives for that long
-    /// (a stalled disk), so its leases must not all expire the moment it recovers.
-    pub fn extend_all(&mut self, by: Duration) {
+    /// After a stall (a disk write that blocked the shard), gives every live lease a fresh TTL
+    /// from `now`, as etcd does for all leases when a new leader takes over: their clients may
+    /// not have been served meanwhile, so they must not all expire the moment the shard
+    /// recovers. A lease is rescued this way once between renewals, so a disk that keeps
+    /// stalling cannot keep a lease whose client is gone alive forever.
+    pub fn refresh_after_stall(&mut self, now: Instant) {
         self.heap.clear();
         for (&id, l) in self.leases.iter_mut() {
-            l.deadline += by;
+            if l.state == State::Live && !l.rescued {
+                l.deadline = l.deadline.max(now + Duration::from_secs(l.ttl as u64));
+                l.rescued = true;
+            }
             self.heap.push(Reverse((l.deadline, id)));
         }
     }
@@ -200,14 +220,15 @@ mod tests {
     }
 
     #[test]
-    fn remaining_rounds_up_and_extend_all_postpones_expiry() {
+    fn remaining_rounds_up_and_a_stall_refreshes_the_ttl() {
         let t0 = Instant::now();
         let mut t = LeaseTable::default();
         t.insert(1, 10, 10, t0);
         assert_eq!(t.time_to_live(1, t0 + Duration::from_millis(2500)), Some((8, 10)));
-        t.extend_all(Duration::from_secs(30));
-        assert!(t.take_expired(t0 + Duration::from_secs(20)).is_empty());
-        assert_eq!(t.take_expired(t0 + Duration::from_secs(40)), vec![1]);
+        // A stall that ended at 7 s: a fresh TTL from then.
+        t.refresh_after_stall(t0 + Duration::from_secs(7));
+        assert!(t.take_expired(t0 + Duration::from_secs(16)).is_empty());
+        assert_eq!(t.take_expired(t0 + Duration::from_secs(17)), vec![1]);
         assert_eq!(effective_ttl(0), MIN_TTL);
         assert_eq!(effective_ttl(60), 60);
     }
@@ -220,7 +241,7 @@ mod tests {
         assert!(t.begin_end(1));
         assert!(!t.begin_end(1), "one revoke at a time");
         assert_eq!(t.renew(1, t0), None);
-        t.cancel_end(1);
+        t.cancel_end(1, t0);
         assert_eq!(t.renew(1, t0), Some(10));
         assert!(t.remove(1));
         assert!(!t.contains(1));
@@ -234,7 +255,39 @@ mod tests {
         let later = t0 + Duration::from_secs(3);
         assert_eq!(t.take_expired(later), vec![1]);
         assert!(t.begin_end(1), "an expired lease can be revoked");
-        t.cancel_end(1);
-        assert_eq!(t.take_expired(later), vec![1]);
+        t.cancel_end(1, later);
+        assert!(t.take_expired(later).is_empty(), "retried after a pause");
+        assert_eq!(t.take_expired(later + Duration::from_secs(1)), vec![1]);
+    }
+
+    #[test]
+    fn renewals_keep_one_heap_entry_per_lease() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::default();
+        t.insert(1, 10, 10, t0);
+        for s in 1..1000 {
+            t.renew(1, t0 + Duration::from_millis(s));
+        }
+        assert_eq!(t.heap.len(), 1);
+        assert!(t.take_expired(t0 + Duration::from_secs(10)).is_empty(), "renewed until about 11 s");
+        assert_eq!(t.heap.len(), 1);
+        assert_eq!(t.take_expired(t0 + Duration::from_secs(11)), vec![1]);
+    }
+
+    #[test]
+    fn a_lease_is_rescued_from_stalls_once_between_renewals() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::default();
+        t.insert(1, 5, 5, t0);
+        for s in [4, 8, 12] {
+            t.refresh_after_stall(t0 + Duration::from_secs(s));
+        }
+        assert!(t.take_expired(t0 + Duration::from_secs(8)).is_empty(), "rescued at 4 s: until 9 s");
+        assert_eq!(t.take_expired(t0 + Duration::from_secs(9)), vec![1], "later stalls do not rescue it again");
+        t.insert(2, 5, 5, t0);
+        t.refresh_after_stall(t0 + Duration::from_secs(4));
+        assert_eq!(t.renew(2, t0 + Duration::from_secs(6)), Some(5));
+        t.refresh_after_stall(t0 + Duration::from_secs(10));
+        assert!(t.take_expired(t0 + Duration::from_secs(14)).is_empty(), "a renewal makes it rescuable again");
     }
 }

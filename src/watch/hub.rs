@@ -216,7 +216,11 @@ pub async fn run(batches: flume::Receiver<Vec<Event>>, clock: Arc<RevisionClock>
             }
         }
         let later = pending.split_off(&(frontier + 1));
-        let ready = std::mem::replace(&mut pending, later);
+        let mut ready = std::mem::replace(&mut pending, later);
+        // Key order within a revision, whichever shard's batch came first (history does the same).
+        for events in ready.values_mut() {
+            events.sort_by(|a, b| event_key(a).cmp(event_key(b)));
+        }
         hub.route(ready.into_iter().map(|(revision, events)| RevisionEvents { revision, events }).collect(), frontier);
         let next = match pending.first_key_value() {
             None => batches.recv_async().await,
@@ -230,6 +234,10 @@ pub async fn run(batches: flume::Receiver<Vec<Event>>, clock: Arc<RevisionClock>
             Err(_) => return,
         }
     }
+}
+
+fn event_key(e: &Event) -> &[u8] {
+    e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_ref())
 }
 
 fn add(pending: &mut BTreeMap<i64, Vec<Event>>, batch: Vec<Event>) {
