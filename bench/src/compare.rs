@@ -328,6 +328,30 @@ async fn run_scenarios(
     Ok(())
 }
 
+/// One row of a side-by-side table: its name, how to read it off a report, and whether to show
+/// the corekv/etcd ratio.
+pub type MetricRow<R> = (&'static str, fn(&R) -> Option<f64>, bool);
+
+/// Appends the rows of one scenario's side-by-side table.
+pub fn write_rows<R>(md: &mut String, rows: &[MetricRow<R>], etcd: Option<&R>, corekv: Option<&R>) {
+    for (name, metric, with_ratio) in rows {
+        let (e, c) = (etcd.and_then(metric), corekv.and_then(metric));
+        let ratio = if *with_ratio { ratio(e, c) } else { String::new() };
+        let _ = writeln!(md, "| {name} | {} | {} | {ratio} |", cell(e), cell(c));
+    }
+}
+
+/// A table cell: whole numbers (and anything from 1000 up) without decimals, small values with
+/// three, the rest with one; `–` when missing.
+fn cell(v: Option<f64>) -> String {
+    match v {
+        None => "–".to_owned(),
+        Some(v) if v.fract() == 0.0 || v >= 1000.0 => format!("{v:.0}"),
+        Some(v) if v < 10.0 => format!("{v:.3}"),
+        other => fmt_opt(other),
+    }
+}
+
 /// `corekv / etcd`, or `–` when either side is missing or etcd's figure is zero.
 fn ratio(etcd: Option<f64>, corekv: Option<f64>) -> String {
     match (etcd, corekv) {
@@ -372,8 +396,7 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
             r.scenario.name,
             r.scenario.describe()
         );
-        type Metric = fn(&RunReport) -> Option<f64>;
-        let rows: [(&str, Metric, bool); 10] = [
+        let rows: [MetricRow<RunReport>; 10] = [
             ("throughput (ops/s)", |r| Some(r.ops_per_sec()), true),
             ("latency p50 (µs)", |r| Some(r.latency.p50_us as f64), false),
             ("latency p90 (µs)", |r| Some(r.latency.p90_us as f64), false),
@@ -385,29 +408,7 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
             ("server RSS after (MiB)", |r| r.server_rss_kib.map(|k| k as f64 / 1024.0), false),
             ("errors", |r| Some(r.errors as f64), false),
         ];
-        for (name, metric, with_ratio) in rows {
-            let e = r.etcd.as_ref().and_then(metric);
-            let c = r.corekv.as_ref().and_then(metric);
-            let cell = |v: Option<f64>| {
-                v.map_or_else(
-                    || "–".to_owned(),
-                    |v| {
-                        if v.fract() == 0.0 || v >= 1000.0 {
-                            format!("{v:.0}")
-                        } else {
-                            fmt_opt(Some(v))
-                        }
-                    },
-                )
-            };
-            let _ = writeln!(
-                md,
-                "| {name} | {} | {} | {} |",
-                cell(e),
-                cell(c),
-                if with_ratio { ratio(e, c) } else { String::new() }
-            );
-        }
+        write_rows(&mut md, &rows, r.etcd.as_ref(), r.corekv.as_ref());
     }
     md
 }

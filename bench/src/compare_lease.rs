@@ -4,9 +4,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::compare::{write_rows, MetricRow};
 use crate::error::BenchError;
 use crate::lease::{self, LeasePlan, LeaseReport};
-use crate::report::fmt_opt;
 use crate::server::{on_fresh_servers, ServerKind};
 
 #[derive(Debug)]
@@ -101,8 +101,7 @@ pub fn render_markdown(results: &[LeaseResult]) -> String {
         "\n## Leases\n\nEach lease scenario runs on freshly started servers. Expiry lateness is measured \
          from the grant's answer plus the TTL to the delete event of the lease's key at a watcher.\n",
     );
-    type Metric = fn(&LeaseReport) -> Option<f64>;
-    let rows: [(&str, Metric, bool); 10] = [
+    let rows: [MetricRow<LeaseReport>; 10] = [
         ("grants/s", |r| Some(r.grants_per_sec()), true),
         ("server CPU per grant (µs)", LeaseReport::grant_cpu_us, true),
         ("server RSS per lease (B)", LeaseReport::rss_bytes_per_lease, true),
@@ -122,19 +121,7 @@ pub fn render_markdown(results: &[LeaseResult]) -> String {
             r.scenario.name,
             r.scenario.describe()
         );
-        for (name, metric, with_ratio) in rows {
-            let e = r.etcd.as_ref().and_then(metric);
-            let c = r.corekv.as_ref().and_then(metric);
-            let cell = |v: Option<f64>| match v {
-                Some(v) if v.fract() == 0.0 || v >= 1000.0 => format!("{v:.0}"),
-                other => fmt_opt(other),
-            };
-            let ratio = match (e, c) {
-                (Some(e), Some(c)) if with_ratio && e > 0.0 => format!("{:.2}x", c / e),
-                _ => String::new(),
-            };
-            let _ = writeln!(md, "| {name} | {} | {} | {ratio} |", cell(e), cell(c));
-        }
+        write_rows(&mut md, &rows, r.etcd.as_ref(), r.corekv.as_ref());
     }
     md
 }

@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::compare::{write_rows, MetricRow};
 use crate::error::BenchError;
-use crate::report::fmt_opt;
 use crate::server::{on_fresh_servers, ServerKind};
 use crate::watch::{self, WatchPlan, WatchReport};
 
@@ -116,13 +116,6 @@ pub fn failures(results: &[WatchResult]) -> Vec<String> {
     out
 }
 
-fn ratio(etcd: Option<f64>, corekv: Option<f64>) -> String {
-    match (etcd, corekv) {
-        (Some(e), Some(c)) if e > 0.0 => format!("{:.2}x", c / e),
-        _ => "–".to_owned(),
-    }
-}
-
 pub fn render_markdown(results: &[WatchResult]) -> String {
     let mut md = String::from(
         "\n## Watch\n\nEach watch scenario runs on freshly started servers. Latency is end to end: from \
@@ -130,8 +123,7 @@ pub fn render_markdown(results: &[WatchResult]) -> String {
          fsync). RSS per watcher is the server's RSS growth from before creating the watchers to after, \
          divided by the watchers.\n",
     );
-    type Metric = fn(&WatchReport) -> Option<f64>;
-    let rows: [(&str, Metric, bool); 8] = [
+    let rows: [MetricRow<WatchReport>; 8] = [
         ("events delivered", |r| Some(r.delivered_events as f64), false),
         ("events expected", |r| Some(r.expected_events as f64), false),
         ("events/s", |r| Some(r.events_per_sec()), true),
@@ -149,22 +141,7 @@ pub fn render_markdown(results: &[WatchResult]) -> String {
             r.scenario.name,
             r.scenario.describe()
         );
-        for (name, metric, with_ratio) in rows {
-            let e = r.etcd.as_ref().and_then(metric);
-            let c = r.corekv.as_ref().and_then(metric);
-            let cell = |v: Option<f64>| match v {
-                Some(v) if v.fract() == 0.0 || v >= 1000.0 => format!("{v:.0}"),
-                Some(v) if v < 10.0 => format!("{v:.3}"),
-                other => fmt_opt(other),
-            };
-            let _ = writeln!(
-                md,
-                "| {name} | {} | {} | {} |",
-                cell(e),
-                cell(c),
-                if with_ratio { ratio(e, c) } else { String::new() }
-            );
-        }
+        write_rows(&mut md, &rows, r.etcd.as_ref(), r.corekv.as_ref());
     }
     md
 }
