@@ -406,3 +406,28 @@ async fn watch_joining_a_busy_stream_gets_each_revision_once() {
     let firsts = &seen[&first];
     assert_eq!(firsts, &all[all.len() - firsts.len()..], "the first watcher: a gap-free tail");
 }
+
+/// A replay longer than one history read (8,192 revisions) arrives whole and in order.
+#[tokio::test]
+async fn watch_replays_more_revisions_than_one_history_window() {
+    let s = Server::start(&["--shards", "2"]);
+    let c = s.client().await;
+    const N: i64 = 9_000;
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                for i in (w..N).step_by(16) {
+                    c.put(format!("{}{i}", if i % 2 == 0 { "K" } else { "q" }), "v", None).await.expect("put");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let mut c = c.clone();
+    let (mut w, _) = watch(&mut c, "", WatchOptions::new().with_all_keys().with_start_revision(2)).await;
+    let revs: Vec<i64> = collect(&mut w, N as usize).await.iter().flat_map(events).map(|e| e.2).collect();
+    assert_eq!(revs, (2..N + 2).collect::<Vec<_>>());
+}

@@ -28,6 +28,9 @@ use crate::router::Router;
 
 /// Events asked of each shard per history read.
 const HISTORY_PAGE: usize = 4096;
+/// Revisions one history read spans at most: each read walks the events of its whole window
+/// before keeping a page, so a bounded window keeps a long catch-up linear in its length.
+const HISTORY_WINDOW: i64 = 8192;
 /// A stream with more watchers than this catches up with one keyspace-wide history read
 /// instead of one read per watcher.
 const PER_WATCHER_REPLAY_MAX: usize = 32;
@@ -247,7 +250,8 @@ impl Session {
             None => KeyRange { key: bytes::Bytes::from_static(&[0]), end: bytes::Bytes::from_static(&[0]) },
         };
         while from <= to {
-            match self.ctx.router.history(&range, from, to, HISTORY_PAGE).await {
+            let page_to = to.min(from.saturating_add(HISTORY_WINDOW - 1));
+            match self.ctx.router.history(&range, from, page_to, HISTORY_PAGE).await {
                 Ok(page) => {
                     let per = self.route(page.events.iter(), only);
                     self.deliver(per, page.complete_upto).await?;
