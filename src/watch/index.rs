@@ -17,7 +17,7 @@ struct RangeInterest {
 
 impl RangeInterest {
     fn contains(&self, k: &[u8]) -> bool {
-        k >= &*self.key && (*self.end == [0] || k < &*self.end)
+        shards::mvcc::range_contains(&self.key, &self.end, k)
     }
 }
 

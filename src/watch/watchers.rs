@@ -56,10 +56,7 @@ impl Watcher {
     }
 
     pub fn contains(&self, k: &[u8]) -> bool {
-        if self.is_single() {
-            return k == &*self.key;
-        }
-        k >= &*self.key && (*self.end == [0] || k < &*self.end)
+        shards::mvcc::range_contains(&self.key, &self.end, k)
     }
 }
 

@@ -70,6 +70,23 @@ fn visible_at(h: &History, rev: i64) -> Option<&Version> {
     v.value.as_ref().map(|_| v)
 }
 
+/// The keys of a range with their histories: a single key's lookup, or a map range.
+enum Histories<'a> {
+    One(Option<(&'a Bytes, &'a History)>),
+    Range(std::collections::btree_map::Range<'a, Bytes, History>),
+}
+
+impl<'a> Iterator for Histories<'a> {
+    type Item = (&'a Bytes, &'a History);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Histories::One(one) => one.take(),
+            Histories::Range(r) => r.next(),
+        }
+    }
+}
+
 impl From<&Version> for VersionRecord {
     fn from(v: &Version) -> VersionRecord {
         VersionRecord {
@@ -162,19 +179,7 @@ impl Store {
     /// Calls `f` for every key in `range` that is live at `rev`, in ascending key order, until
     /// `f` returns false.
     pub fn scan_at<'a>(&'a self, range: &KeyRange, rev: i64, mut f: impl FnMut(&'a Bytes, &'a Version) -> bool) {
-        if range.is_single() {
-            if let Some((k, h)) = self.keys.get_key_value(range.key.as_ref()) {
-                if let Some(v) = visible_at(h, rev) {
-                    f(k, v);
-                }
-            }
-            return;
-        }
-        let upper = if range.unbounded() { Bound::Unbounded } else { Bound::Excluded(range.end.as_ref()) };
-        if !range.unbounded() && range.end.as_ref() <= range.key.as_ref() {
-            return;
-        }
-        for (k, h) in self.keys.range::<[u8], _>((Bound::Included(range.key.as_ref()), upper)) {
+        for (k, h) in self.histories_in(range) {
             if let Some(v) = visible_at(h, rev) {
                 if !f(k, v) {
                     return;
@@ -183,16 +188,17 @@ impl Store {
         }
     }
 
-    /// Every key of `range` with its whole retained history, in key order.
-    fn histories_in<'a>(&'a self, range: &KeyRange) -> Box<dyn Iterator<Item = (&'a Bytes, &'a History)> + 'a> {
+    /// Every key of `range` with its whole retained history, in key order (one lookup for a
+    /// single key, no allocation).
+    fn histories_in<'a>(&'a self, range: &KeyRange) -> Histories<'a> {
         if range.is_single() {
-            return Box::new(self.keys.get_key_value(range.key.as_ref()).into_iter());
+            return Histories::One(self.keys.get_key_value(range.key.as_ref()));
         }
         if !range.unbounded() && range.end.as_ref() <= range.key.as_ref() {
-            return Box::new(std::iter::empty());
+            return Histories::One(None);
         }
-        let upper = if range.unbounded() { Bound::Unbounded } else { Bound::Excluded(range.end.to_vec()) };
-        Box::new(self.keys.range::<[u8], _>((Bound::Included(range.key.as_ref()), upper.as_ref().map(Vec::as_slice))))
+        let upper = if range.unbounded() { Bound::Unbounded } else { Bound::Excluded(range.end.as_ref()) };
+        Histories::Range(self.keys.range::<[u8], _>((Bound::Included(range.key.as_ref()), upper)))
     }
 
     /// The live version of `key` at `rev`.

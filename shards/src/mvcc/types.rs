@@ -27,11 +27,17 @@ impl KeyRange {
     }
 
     pub fn contains(&self, k: &[u8]) -> bool {
-        if self.is_single() {
-            return k == self.key.as_ref();
-        }
-        k >= self.key.as_ref() && (self.unbounded() || k < self.end.as_ref())
+        range_contains(&self.key, &self.end, k)
     }
+}
+
+/// Whether `k` is in the range `key`/`end` spelled as etcd does (see [`KeyRange`]); for holders
+/// of a range that keep it in other types than `Bytes`.
+pub fn range_contains(key: &[u8], end: &[u8], k: &[u8]) -> bool {
+    if end.is_empty() {
+        return k == key;
+    }
+    k >= key && (end == [0] || k < end)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
