@@ -14,6 +14,7 @@ use crate::compare_lease::{self, LeaseScenario, LEASE_SCENARIOS};
 use crate::compare_watch::{self, WatchScenario, WATCH_SCENARIOS};
 use crate::driver::{self, RunConfig};
 use crate::error::BenchError;
+use crate::fresh;
 use crate::report::{fmt_opt, RunReport};
 use crate::server::{self, RunningServer, ServerKind};
 use crate::workload::{Consistency, KeySpace, Workload};
@@ -244,11 +245,8 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
                     .map(|(kind, rep, r)| format!("{} on {kind}: {} errors", r.scenario.name, rep.errors))
             })
             .collect();
-        let failed: Vec<String> = failed
-            .into_iter()
-            .chain(compare_watch::failures(&watch_results))
-            .chain(compare_lease::failures(&lease_results))
-            .collect();
+        let failed: Vec<String> =
+            failed.into_iter().chain(fresh::failures(&watch_results)).chain(fresh::failures(&lease_results)).collect();
         if !failed.is_empty() {
             return Err(BenchError::RunErrors(failed.join("; ")));
         }

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use crate::compare::{write_rows, MetricRow};
 use crate::error::BenchError;
+use crate::fresh::{self, FreshScenario, SideBySide};
 use crate::lease::{self, LeasePlan, LeaseReport};
-use crate::server::{on_fresh_servers, ServerKind};
+use crate::server::ServerKind;
 
 #[derive(Debug)]
 pub struct LeaseScenario {
@@ -47,12 +48,15 @@ impl LeaseScenario {
     }
 }
 
-pub struct LeaseResult {
-    pub scenario: &'static LeaseScenario,
-    pub etcd: Option<LeaseReport>,
-    pub corekv: Option<LeaseReport>,
+pub type LeaseResult = SideBySide<LeaseScenario, LeaseReport>;
+
+impl FreshScenario for LeaseScenario {
+    fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
+/// Runs each scenario against each server kind in `kinds`, starting a fresh server per run.
 pub async fn run<'a>(
     scenarios: &[&'static LeaseScenario],
     kinds: &[ServerKind],
@@ -60,37 +64,11 @@ pub async fn run<'a>(
     scale: f64,
     results: &mut Vec<LeaseResult>,
 ) -> Result<(), BenchError> {
-    for (i, &scenario) in scenarios.iter().enumerate() {
+    fresh::run(scenarios, kinds, bin, results, |scenario, kind, endpoint, pid| {
         let plan = scenario.plan(scale);
-        let (etcd, corekv) = on_fresh_servers(kinds, i % 2 == 1, bin, |kind, endpoint, pid| {
-            let plan = plan.clone();
-            async move {
-                let report = lease::run(&plan, scenario.name, Some(kind.to_string()), &endpoint, Some(pid)).await?;
-                print!("{}", report.human());
-                println!("{}", report.json_line());
-                Ok(report)
-            }
-        })
-        .await?;
-        results.push(LeaseResult { scenario, etcd, corekv });
-    }
-    Ok(())
-}
-
-/// Scenarios with failed grants or keepalives or leases that never expired.
-pub fn failures(results: &[LeaseResult]) -> Vec<String> {
-    let mut out = Vec::new();
-    for r in results {
-        for (kind, rep) in [(ServerKind::Etcd, &r.etcd), (ServerKind::Corekv, &r.corekv)] {
-            if let Some(rep) = rep.as_ref().filter(|rep| !rep.complete()) {
-                out.push(format!(
-                    "{} on {kind}: {} grant errors, {} keepalive errors, {} of {} expired",
-                    r.scenario.name, rep.grant_errors, rep.keepalive_errors, rep.expired, rep.expiry_expected
-                ));
-            }
-        }
-    }
-    out
+        async move { lease::run(&plan, scenario.name, Some(kind.to_string()), &endpoint, Some(pid)).await }
+    })
+    .await
 }
 
 pub fn render_markdown(results: &[LeaseResult]) -> String {
@@ -145,6 +123,6 @@ mod tests {
         let md = render_markdown(&results);
         assert!(md.contains("### lease-100k"), "{md}");
         assert!(md.contains("| expired / timed | 20 | 20 |  |"), "{md}");
-        assert!(failures(&results).is_empty());
+        assert!(fresh::failures(&results).is_empty());
     }
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use crate::compare::{write_rows, MetricRow};
 use crate::error::BenchError;
-use crate::server::{on_fresh_servers, ServerKind};
+use crate::fresh::{self, FreshScenario, SideBySide};
+use crate::server::ServerKind;
 use crate::watch::{self, WatchPlan, WatchReport};
 
 /// One watch scenario: its name, a description, and the plan at scale 1.
@@ -69,10 +70,12 @@ impl WatchScenario {
     }
 }
 
-pub struct WatchResult {
-    pub scenario: &'static WatchScenario,
-    pub etcd: Option<WatchReport>,
-    pub corekv: Option<WatchReport>,
+pub type WatchResult = SideBySide<WatchScenario, WatchReport>;
+
+impl FreshScenario for WatchScenario {
+    fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 /// Runs each scenario against each server kind in `kinds`, starting a fresh server per run.
@@ -83,37 +86,11 @@ pub async fn run<'a>(
     scale: f64,
     results: &mut Vec<WatchResult>,
 ) -> Result<(), BenchError> {
-    for (i, &scenario) in scenarios.iter().enumerate() {
+    fresh::run(scenarios, kinds, bin, results, |scenario, kind, endpoint, pid| {
         let plan = scenario.plan(scale);
-        let (etcd, corekv) = on_fresh_servers(kinds, i % 2 == 1, bin, |kind, endpoint, pid| {
-            let plan = plan.clone();
-            async move {
-                let report = watch::run(&plan, scenario.name, Some(kind.to_string()), &endpoint, Some(pid)).await?;
-                print!("{}", report.human());
-                println!("{}", report.json_line());
-                Ok(report)
-            }
-        })
-        .await?;
-        results.push(WatchResult { scenario, etcd, corekv });
-    }
-    Ok(())
-}
-
-/// Scenarios with an incomplete delivery or failed puts, for `--fail-on-errors`.
-pub fn failures(results: &[WatchResult]) -> Vec<String> {
-    let mut out = Vec::new();
-    for r in results {
-        for (kind, rep) in [(ServerKind::Etcd, &r.etcd), (ServerKind::Corekv, &r.corekv)] {
-            if let Some(rep) = rep.as_ref().filter(|rep| !rep.complete()) {
-                out.push(format!(
-                    "{} on {kind}: {} of {} events, {} failed puts",
-                    r.scenario.name, rep.delivered_events, rep.expected_events, rep.put_errors
-                ));
-            }
-        }
-    }
-    out
+        async move { watch::run(&plan, scenario.name, Some(kind.to_string()), &endpoint, Some(pid)).await }
+    })
+    .await
 }
 
 pub fn render_markdown(results: &[WatchResult]) -> String {
@@ -165,6 +142,6 @@ mod tests {
         let md = render_markdown(&results);
         assert!(md.contains("### watch-scalability"), "{md}");
         assert!(md.contains("| events delivered | 10 | 10 |  |"), "{md}");
-        assert_eq!(failures(&results), Vec::<String>::new());
+        assert_eq!(fresh::failures(&results), Vec::<String>::new());
     }
 }

@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::error::BenchError;
 use crate::proc_stats::{self, Process};
@@ -132,17 +132,23 @@ pub async fn run(config: &RunConfig, workload: &Workload) -> Result<RunReport, B
     })
 }
 
-/// Dials `endpoint` once and wraps the connection in an etcd client.
-pub async fn connect(endpoint: &str, request_timeout: Duration) -> Result<Client, BenchError> {
+/// Dials `endpoint` (host:port or a URL) once: one gRPC connection, TCP_NODELAY, and a
+/// per-request timeout if given.
+pub async fn dial(endpoint: &str, request_timeout: Option<Duration>) -> Result<Channel, BenchError> {
     let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
-    let channel = Endpoint::from_shared(uri)
+    let mut ep = Endpoint::from_shared(uri)
         .map_err(|source| BenchError::InvalidEndpoint { endpoint: endpoint.to_owned(), source })?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(request_timeout)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|source| BenchError::Connect { endpoint: endpoint.to_owned(), source })?;
+        .tcp_nodelay(true);
+    if let Some(t) = request_timeout {
+        ep = ep.timeout(t);
+    }
+    ep.connect().await.map_err(|source| BenchError::Connect { endpoint: endpoint.to_owned(), source })
+}
+
+/// Dials `endpoint` once and wraps the connection in an etcd client.
+pub async fn connect(endpoint: &str, request_timeout: Duration) -> Result<Client, BenchError> {
+    let channel = dial(endpoint, Some(request_timeout)).await?;
     Client::from_channel(etcd_client::Channel::Tonic(channel), None)
         .await
         .map_err(|source| BenchError::Client { endpoint: endpoint.to_owned(), source })

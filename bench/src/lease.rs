@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use wire::pb::etcdserverpb::kv_client::KvClient;
 use wire::pb::etcdserverpb::lease_client::LeaseClient;
 use wire::pb::etcdserverpb::watch_client::WatchClient;
@@ -27,9 +27,11 @@ use wire::pb::etcdserverpb::{
     watch_request, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, WatchCreateRequest, WatchRequest,
 };
 
+use crate::driver::dial;
 use crate::error::BenchError;
+use crate::fresh::FreshReport;
 use crate::proc_stats::{self, Process};
-use crate::report::{fmt_opt, LatencySummary};
+use crate::report::{fmt_opt, latency_histogram, LatencySummary};
 
 const EXPIRY_PREFIX: &str = "bench-lease-expiry/";
 /// A grant or put not answered within this counts as an error.
@@ -130,12 +132,10 @@ impl LeaseReport {
     pub fn keepalive_cpu_us(&self) -> Option<f64> {
         Self::per_op(self.keepalive_cpu, self.keepalives)
     }
+}
 
-    pub fn complete(&self) -> bool {
-        self.grant_errors == 0 && self.keepalive_errors == 0 && self.expired == self.expiry_expected
-    }
-
-    pub fn human(&self) -> String {
+impl FreshReport for LeaseReport {
+    fn human(&self) -> String {
         let mut out = String::new();
         let server = self.server.as_deref().map(|s| format!(" [{s}]")).unwrap_or_default();
         let _ = writeln!(out, "{}{server}: {} leases", self.label, self.leases);
@@ -170,7 +170,7 @@ impl LeaseReport {
         out
     }
 
-    pub fn json_line(&self) -> String {
+    fn json_line(&self) -> String {
         let opt = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.1}"));
         format!(
             "JSON {{\"bench\":\"lease\",\"label\":{:?},\"server\":{},\"leases\":{},\"grants_per_sec\":{:.1},\
@@ -195,21 +195,16 @@ impl LeaseReport {
             self.expiry_lateness.max_us,
         )
     }
-}
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!("valid histogram bounds"))
-}
-
-async fn channel(endpoint: &str) -> Result<Channel, BenchError> {
-    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
-    Endpoint::from_shared(uri)
-        .map_err(|source| BenchError::InvalidEndpoint { endpoint: endpoint.to_owned(), source })?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|source| BenchError::Connect { endpoint: endpoint.to_owned(), source })
+    fn shortfall(&self) -> Option<String> {
+        let complete = self.grant_errors == 0 && self.keepalive_errors == 0 && self.expired == self.expiry_expected;
+        (!complete).then(|| {
+            format!(
+                "{} grant errors, {} keepalive errors, {} of {} expired",
+                self.grant_errors, self.keepalive_errors, self.expired, self.expiry_expected
+            )
+        })
+    }
 }
 
 pub async fn run(
@@ -227,7 +222,7 @@ pub async fn run(
     let delta = |a: Option<Duration>, b: Option<Duration>| a.zip(b).map(|(a, b)| b.saturating_sub(a));
     let mut channels = Vec::with_capacity(plan.conns);
     for _ in 0..plan.conns {
-        channels.push(channel(endpoint).await?);
+        channels.push(dial(endpoint, None).await?);
     }
     let mut report = LeaseReport { label: label.to_owned(), server, leases: plan.leases, ..Default::default() };
 
@@ -241,7 +236,7 @@ pub async fn run(
         let mut client = LeaseClient::new(channels[c % channels.len()].clone());
         let (next, total, ttl) = (next.clone(), plan.leases, plan.ttl);
         tasks.push(tokio::spawn(async move {
-            let (mut ids, mut errors, mut h) = (Vec::new(), 0u64, histogram());
+            let (mut ids, mut errors, mut h) = (Vec::new(), 0u64, latency_histogram());
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let t = Instant::now();
                 let grant = tokio::time::timeout(REQUEST_TIMEOUT, client.lease_grant(LeaseGrantRequest { ttl, id: 0 }));
@@ -257,7 +252,7 @@ pub async fn run(
         }));
     }
     let mut ids = Vec::with_capacity(plan.leases as usize);
-    let mut grant_h = histogram();
+    let mut grant_h = latency_histogram();
     for t in tasks {
         let (i, e, h) = t.await?;
         ids.extend(i);
@@ -286,7 +281,7 @@ pub async fn run(
             Duration::from_secs(plan.keepalive_secs),
         )));
     }
-    let mut ka_h = histogram();
+    let mut ka_h = latency_histogram();
     for t in tasks {
         let (n, e, u, h) = t.await?;
         report.keepalives += n;
@@ -316,7 +311,7 @@ async fn keepalive_stream(
 ) -> (u64, u64, u64, Histogram<u64>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<LeaseKeepAliveRequest>(1024);
     let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
-    let mut h = histogram();
+    let mut h = latency_histogram();
     let sender_sent = sent.clone();
     let sent_count = Arc::new(AtomicU64::new(0));
     let sender_count = sent_count.clone();
@@ -385,7 +380,7 @@ async fn keepalive_stream(
 /// Grants the timed leases with one key each and measures how late each key's delete event
 /// arrives after its lease's deadline.
 async fn expiry(channels: &[Channel], plan: &LeasePlan) -> Result<(u64, Histogram<u64>), BenchError> {
-    let mut h = histogram();
+    let mut h = latency_histogram();
     if plan.expiry_sample == 0 {
         return Ok((0, h));
     }

@@ -14,6 +14,7 @@ mod compare_lease;
 mod compare_watch;
 mod driver;
 mod error;
+mod fresh;
 mod lease;
 mod noop;
 mod proc_stats;
@@ -30,6 +31,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::driver::RunConfig;
 use crate::error::BenchError;
+use crate::fresh::FreshReport as _;
 use crate::workload::{Consistency, KeySpace, MixWeights, Workload};
 
 /// Requests sent when neither --total nor --duration-secs is given (etcd's default).

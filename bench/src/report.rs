@@ -11,6 +11,12 @@ use hdrhistogram::Histogram;
 
 use crate::workload::OpKind;
 
+/// An empty histogram of microsecond latencies from 1 µs to 10 min, 3 significant digits (the
+/// watch and lease benchmarks; `driver` keeps its own bounds).
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!("valid histogram bounds"))
+}
+
 /// Latency percentiles of the successful requests, in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LatencySummary {

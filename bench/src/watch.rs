@@ -17,8 +17,9 @@ use hdrhistogram::Histogram;
 
 use crate::driver::connect;
 use crate::error::BenchError;
+use crate::fresh::FreshReport;
 use crate::proc_stats::{self, Process};
-use crate::report::{fmt_opt, LatencySummary};
+use crate::report::{fmt_opt, latency_histogram, LatencySummary};
 
 /// Concurrent put loops sharing the rate (one put is one fsync on the server).
 const PUTTERS: u64 = 16;
@@ -108,12 +109,10 @@ impl WatchReport {
         let cpu = self.server_cpu?;
         (self.delivered_events > 0).then(|| cpu.as_secs_f64() * 1e6 / self.delivered_events as f64)
     }
+}
 
-    pub fn complete(&self) -> bool {
-        self.delivered_events == self.expected_events && self.put_errors == 0
-    }
-
-    pub fn human(&self) -> String {
+impl FreshReport for WatchReport {
+    fn human(&self) -> String {
         let mut out = String::new();
         let server = self.server.as_deref().map(|s| format!(" [{s}]")).unwrap_or_default();
         let _ = writeln!(
@@ -145,7 +144,7 @@ impl WatchReport {
         out
     }
 
-    pub fn json_line(&self) -> String {
+    fn json_line(&self) -> String {
         let opt = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.1}"));
         format!(
             "JSON {{\"bench\":\"watch\",\"label\":{:?},\"server\":{},\"watchers\":{},\"streams\":{},\"conns\":{},\
@@ -169,6 +168,13 @@ impl WatchReport {
             opt(self.rss_bytes_per_watcher()),
             opt(self.server_cpu_us_per_event()),
         )
+    }
+
+    fn shortfall(&self) -> Option<String> {
+        let complete = self.delivered_events == self.expected_events && self.put_errors == 0;
+        (!complete).then(|| {
+            format!("{} of {} events, {} failed puts", self.delivered_events, self.expected_events, self.put_errors)
+        })
     }
 }
 
@@ -255,7 +261,7 @@ pub async fn run(
         _ => None,
     };
     let _ = stop_tx.send(true);
-    let mut histogram = new_histogram();
+    let mut histogram = latency_histogram();
     for r in readers {
         if let Some(h) = r.await? {
             let _ = histogram.add(&h);
@@ -278,11 +284,6 @@ pub async fn run(
         rss_with_watchers_kib,
         server_cpu,
     })
-}
-
-fn new_histogram() -> Histogram<u64> {
-    // 1 µs to 10 min, 3 significant digits; the bounds are valid constants.
-    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!("valid histogram bounds"))
 }
 
 /// One stream: creates a watcher per key in `keys`, reports ready, then records latencies.
@@ -336,7 +337,7 @@ async fn read_stream(
         Err(_) => return None,
     };
     let _ = ready.send(Ok(())).await;
-    let mut histogram = new_histogram();
+    let mut histogram = latency_histogram();
     loop {
         tokio::select! {
             msg = rx.message() => match msg {
