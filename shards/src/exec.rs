@@ -483,8 +483,8 @@ impl Writer {
         let mut store = self.store.borrow_mut();
         let mut rev = LazyRevision { clock: &self.clock, shard: self.cfg.id, rev: None };
         let mut log = Vec::new();
-        let registry = self.cfg.leases.clone();
-        let lease_exists = move |id: i64| registry.contains(id);
+        let registry = &self.cfg.leases;
+        let lease_exists = |id: i64| registry.contains(id);
         let result = match &op {
             Op::Put(p) => {
                 store.check_put(p, &lease_exists)?;
