@@ -5,7 +5,7 @@
 //! [`recover`] reads the segments at startup (before the executors start, with plain reads): a
 //! torn or crc-bad record at the very end of the last segment is a crash during a write — it is
 //! cut off with a warning; damage anywhere before that is an error naming the file and offset.
-//! [`writer::WalWriter`] appends through io_uring (glommio DMA files) with group commit.
+//! [`writer::WalWriter`] appends through io_uring (glommio buffered O_DSYNC writes) with group commit.
 
 pub mod fault;
 pub mod writer;
@@ -77,8 +77,8 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(out)
 }
 
-/// Reads every segment of `dir`, cutting off a torn tail (and zeroing it on disk, so later
-/// appends never sit in front of stale bytes).
+/// Reads every segment of `dir`, cutting off a torn tail (and zeroing everything after the end
+/// of the log on disk, so later appends never sit in front of stale bytes).
 pub fn recover(dir: &Path) -> Result<RecoveredWal, WalError> {
     let mut out = RecoveredWal::default();
     let segs = list_segments(dir)?;
@@ -101,9 +101,17 @@ pub fn recover(dir: &Path) -> Result<RecoveredWal, WalError> {
             out.records.push(rec);
         }
         match scan.end {
+            ScanEnd::Clean if is_last => {
+                // A clean end followed, past zeros, by more bytes: a torn write whose later pages
+                // reached the disk and earlier ones did not. It was never acknowledged.
+                if zero_stale(&path, &data, scan.valid_len).map_err(io_err(&path))? {
+                    let reason = "bytes after a run of zeros (a torn write)".to_string();
+                    out.torn_tail = Some((path.clone(), scan.valid_len as u64, reason));
+                }
+            }
             ScanEnd::Clean => {}
             ScanEnd::TornTail { offset, error } if is_last => {
-                zero_tail(&path, &data, offset).map_err(io_err(&path))?;
+                zero_stale(&path, &data, offset).map_err(io_err(&path))?;
                 out.torn_tail = Some((path.clone(), offset as u64, error.to_string()));
             }
             ScanEnd::TornTail { offset, error } | ScanEnd::Damaged { offset, error } => {
@@ -118,23 +126,18 @@ pub fn recover(dir: &Path) -> Result<RecoveredWal, WalError> {
     Ok(out)
 }
 
-/// Overwrites the torn bytes from `offset` up to the first all-zero 4 KiB block with zeros.
-fn zero_tail(path: &Path, data: &[u8], offset: usize) -> std::io::Result<()> {
+/// Overwrites with zeros every byte from `offset` to the last non-zero byte of the segment, so
+/// later appends never sit in front of bytes a torn write left (a write's pages can reach the
+/// disk out of order, leaving stale frames past a run of zeros). Returns whether it wrote.
+fn zero_stale(path: &Path, data: &[u8], offset: usize) -> std::io::Result<bool> {
     use std::io::{Seek, SeekFrom, Write};
-    let mut end = offset;
-    let block = 4096;
-    loop {
-        let next = (end / block + 1) * block;
-        let stop = next.min(data.len());
-        end = stop;
-        if stop >= data.len() || data[stop..(stop + block).min(data.len())].iter().all(|&b| b == 0) {
-            break;
-        }
-    }
+    let Some(last) = data[offset..].iter().rposition(|&b| b != 0) else { return Ok(false) };
+    let end = offset + last + 1;
     let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
     f.seek(SeekFrom::Start(offset as u64))?;
     f.write_all(&vec![0u8; end - offset])?;
-    f.sync_data()
+    f.sync_data()?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -181,6 +184,30 @@ mod tests {
         // The cut is durable: a second recovery is clean.
         let again = recover(d.path()).expect("recover again");
         assert_eq!(again.records.len(), 1);
+        assert!(again.torn_tail.is_none());
+    }
+
+    #[test]
+    fn wal_recover_zeroes_stale_frames_past_a_zero_gap() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = write_segment(d.path(), 1, &[entry(1), entry(2)]);
+        let mut data = std::fs::read(&p).expect("read");
+        let valid = frame::scan(&data).valid_len;
+        // A later page of an unacknowledged write reached the disk; the page before it did not.
+        let mut stale = Vec::new();
+        frame::encode_into(&mut stale, RecordKind::Wal, &entry(3).to_bytes());
+        data.resize(valid + 4096, 0);
+        data.extend_from_slice(&stale);
+        data.resize(data.len() + 4096, 0);
+        std::fs::write(&p, &data).expect("write");
+        let r = recover(d.path()).expect("recover");
+        assert_eq!(r.records.len(), 2);
+        assert_eq!(r.tail_len, valid as u64);
+        assert!(r.torn_tail.is_some());
+        let after = std::fs::read(&p).expect("read");
+        assert!(after[valid..].iter().all(|&b| b == 0), "stale bytes past the end were zeroed");
+        // A shorter append after the restart must not run into the stale frame: still clean.
+        let again = recover(d.path()).expect("recover again");
         assert!(again.torn_tail.is_none());
     }
 
