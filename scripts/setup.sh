@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a fresh Debian machine that has only the Rust
-# toolchain: etcdctl (etcd-client) for the CLI tests and etcd (etcd-server) for side-by-side
-# benchmarks. protoc is not needed: the build uses the one the protoc-bin-vendored crate
+# toolchain: etcdctl (etcd-client) for the CLI tests, etcd (etcd-server) for side-by-side
+# benchmarks, and a TrueType font (fonts-dejavu-core) for the benchmark charts. protoc is not needed: the build uses the one the protoc-bin-vendored crate
 # brings (scripts/protoc). Idempotent.
 set -euo pipefail
 
 need=()
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# The font corekv-bench labels its PNG charts with (bench/src/charts.rs).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

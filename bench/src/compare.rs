@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::charts;
 use crate::compare_lease::{self, LeaseScenario, LEASE_SCENARIOS};
 use crate::compare_watch::{self, WatchScenario, WATCH_SCENARIOS};
 use crate::driver::{self, RunConfig};
@@ -43,6 +44,10 @@ pub struct CompareArgs {
     /// Also write the markdown report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also draw throughput.png and p99.png (against clients) of the KV scenarios into this
+    /// directory (docs/PERFORMANCE.md uses docs/charts).
+    #[arg(long)]
+    pub charts: Option<PathBuf>,
     /// Start and measure only this server.
     #[arg(long, value_enum)]
     pub only: Option<ServerKind>,
@@ -233,6 +238,11 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
         if let Some(path) = &args.out {
             std::fs::write(path, &markdown).map_err(|source| BenchError::WriteReport { path: path.clone(), source })?;
         }
+        if let Some(dir) = &args.charts {
+            for path in charts::write(dir, &chart_points(&results))? {
+                println!("wrote {}", path.display());
+            }
+        }
     }
     outcome.and(stopped)?;
     if args.fail_on_errors {
@@ -252,6 +262,21 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
         }
     }
     Ok(())
+}
+
+/// Every KV run as a chart point.
+fn chart_points(results: &[ScenarioResult]) -> Vec<charts::Point> {
+    results
+        .iter()
+        .flat_map(|r| {
+            [(ServerKind::Etcd, &r.etcd), (ServerKind::Corekv, &r.corekv)].map(move |(kind, rep)| (r, kind, rep))
+        })
+        .filter_map(|(r, kind, rep)| {
+            let rep = rep.as_ref()?;
+            let p99 = rep.latency.p99_us as f64;
+            charts::Point::of_scenario(r.scenario.name, &kind.to_string(), r.scenario.clients, rep.ops_per_sec(), p99)
+        })
+        .collect()
 }
 
 /// The KV and watch scenarios named in `names`, in the canonical order; all of them when

@@ -18,6 +18,14 @@ use crate::server::ServerKind;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BenchError {
+    /// A chart could not be drawn or written.
+    #[error("chart {path}: {reason}")]
+    Chart { path: PathBuf, reason: String },
+
+    /// A saved compare log could not be read.
+    #[error("cannot read {path}")]
+    ReadLog { path: PathBuf, source: io::Error },
+
     /// `compare --fail-on-errors` saw failed requests.
     #[error("requests failed: {0}")]
     RunErrors(String),

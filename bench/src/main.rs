@@ -9,6 +9,7 @@
 //! `server` (starting and stopping servers), `compare` (scenarios and markdown), `watch` (the
 //! watch benchmark: latency from a timestamp in each value, RSS per watcher).
 
+mod charts;
 mod compare;
 mod compare_lease;
 mod compare_watch;
@@ -66,6 +67,18 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Serve a do-nothing etcd KV API: the client's and gRPC's own ceiling on this machine.
     NoopServer(NoopArgs),
+    /// Draw the throughput and p99 charts (PNG) from a saved `compare` log's JSON lines.
+    Charts(ChartsArgs),
+}
+
+#[derive(Args, Debug)]
+struct ChartsArgs {
+    /// The output of a `compare` run (its `JSON` lines are read; other lines are ignored).
+    #[arg(long)]
+    from: std::path::PathBuf,
+    /// Where to write throughput.png and p99.png.
+    #[arg(long, default_value = "docs/charts")]
+    out_dir: std::path::PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -214,6 +227,14 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
     let (config, workload) = match cli.command {
         Command::Compare(args) => return compare::run(&args, usize::from(cli.threads)).await,
         Command::NoopServer(args) => return noop::serve(args.listen).await,
+        Command::Charts(args) => {
+            let log = std::fs::read_to_string(&args.from)
+                .map_err(|source| BenchError::ReadLog { path: args.from.clone(), source })?;
+            for path in charts::write(&args.out_dir, &charts::points_from_log(&log))? {
+                println!("wrote {}", path.display());
+            }
+            return Ok(());
+        }
         Command::Lease(args) => {
             let report = lease::run(&args.plan, "lease", None, &args.endpoint, args.server_pid).await?;
             print!("{}", report.human());
