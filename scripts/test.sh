@@ -19,6 +19,9 @@ cargo build -p corekv -p corekv-bench
 echo "benchmark smoke: every scenario completed without errors"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# Every history the linearizability tests check is appended here; start it afresh.
+report=target/tmp/linearizability-report.txt
+rm -f "$report"
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
@@ -27,4 +30,8 @@ set -e
 # the doc tests, which are few).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
+if [ -f "$report" ]; then
+  echo "linearizability: every history checked"
+  cat "$report"
+fi
 exit "$status"

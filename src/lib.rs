@@ -4,6 +4,7 @@ pub mod alarm;
 pub mod backup;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod grpc;
 pub mod leases;
 pub mod router;

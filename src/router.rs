@@ -28,6 +28,8 @@ pub struct Router {
     map: Arc<ShardMap>,
     /// Cross-shard writes run one at a time, so two can never hold shards in opposite orders.
     cross: tokio::sync::Mutex<()>,
+    /// Test-only fault: reads at the current revision see one revision earlier (`fault`).
+    stale_reads: bool,
 }
 
 /// A write's answer: the result and the revision for the response header.
@@ -38,11 +40,16 @@ pub struct Written {
 
 impl Router {
     pub fn new(pool: &ShardPool) -> Router {
+        let stale_reads = crate::fault::stale_reads();
+        if stale_reads {
+            tracing::warn!("test fault: reads are served one revision stale ({})", crate::fault::STALE_READS_ENV);
+        }
         Router {
             shards: pool.handles().to_vec(),
             clock: pool.clock().clone(),
             map: pool.map().clone(),
             cross: tokio::sync::Mutex::new(()),
+            stale_reads,
         }
     }
 
@@ -122,7 +129,11 @@ impl Router {
     /// etcd's errors for a future or compacted one.
     fn read_revision(&self, requested: i64) -> Result<(i64, i64), ApiError> {
         let current = self.clock.visible();
-        let rev = if requested > 0 { requested } else { current };
+        let rev = match requested {
+            r if r > 0 => r,
+            _ if self.stale_reads && current > 1 => current - 1,
+            _ => current,
+        };
         if rev > current {
             return Err(ShardError::FutureRevision { requested: rev, current }.into());
         }
@@ -136,8 +147,9 @@ impl Router {
     async fn single(&self, shard: u16, op: Op) -> Result<Written, ApiError> {
         let out: WriteOutcome = self.shard(shard).request(|reply| ShardMsg::Write { op, reply }).await?;
         self.clock.wait_visible(out.revision).await;
-        let revision = if out.changed { out.revision } else { self.clock.visible() };
-        Ok(Written { result: out.result, revision })
+        // Not the frontier now: writes on this shard may have become visible since the op ran,
+        // and the header must name a revision whose state the op saw (etcd's header revision).
+        Ok(Written { result: out.result, revision: out.revision })
     }
 
     pub async fn put(&self, p: PutOp) -> Result<Written, ApiError> {
@@ -251,6 +263,9 @@ impl Router {
             }
         }
         let current = self.clock.visible().max(observed);
+        // While every participant is held nothing else writes them, so a txn that writes
+        // nothing reads them as of every revision allocated up to here.
+        let read_at = self.clock.allocated().max(observed);
         let mut run = CrossRun { router: self, revision: None, changed: BTreeSet::new(), current, compacted };
         let result = match outcome {
             Ok(()) => run.run(t).await,
@@ -274,10 +289,10 @@ impl Router {
                 rev
             }
             None => {
-                // A txn that wrote nothing may still have read the newest durable writes of
-                // the participants; answer only once those are visible.
-                self.clock.wait_visible(observed).await;
-                self.clock.visible()
+                // A txn that wrote nothing answers with the revision it read at, once visible
+                // (it may have read the participants' newest writes).
+                self.clock.wait_visible(read_at).await;
+                read_at
             }
         };
         Ok((r, revision))

@@ -70,6 +70,11 @@ impl RevisionClock {
         }
     }
 
+    /// The highest revision allocated so far (durable or not).
+    pub fn allocated(&self) -> i64 {
+        self.next.load(SeqCst) - 1
+    }
+
     /// The visibility frontier: the revision reads without an explicit revision use.
     pub fn visible(&self) -> i64 {
         self.visible.load(SeqCst)

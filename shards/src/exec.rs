@@ -498,7 +498,9 @@ impl Writer {
             Some(revision) => {
                 (WriteOutcome { revision, changed: true, result }, Some(BatchOp::Write { revision, mutations: log }))
             }
-            None => (WriteOutcome { revision: store.current_revision(), changed: false, result }, None),
+            // Nothing written: the op saw this shard as of every revision allocated so far (any
+            // later write here is allocated a higher one), so that is the revision it read at.
+            None => (WriteOutcome { revision: self.clock.allocated(), changed: false, result }, None),
         })
     }
 

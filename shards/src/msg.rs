@@ -16,8 +16,9 @@ pub type EventSink = flume::Sender<Vec<wire::pb::mvccpb::Event>>;
 /// A write executed on one shard.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteOutcome {
-    /// The write's revision if it changed something, else the latest revision it observed on
-    /// this shard; the caller waits until this revision is visible before answering.
+    /// The write's revision if it changed something, else the revision it read at (the highest
+    /// allocated when it ran: the shard's keys are the same at every revision up to there).
+    /// The caller waits until this revision is visible and answers with it in the header.
     pub revision: i64,
     pub changed: bool,
     pub result: OpResult,

@@ -12,6 +12,8 @@ pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
     args: Vec<String>,
+    /// Extra environment variables for the server process (test-only fault switches).
+    env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
     pub log: PathBuf,
 }
@@ -34,11 +36,17 @@ impl Server {
 
     /// Starts a server on `dir` (kept after the server stops).
     pub fn start_in(dir: &Path, args: &[&str]) -> Server {
+        Server::start_with_env(dir, args, &[])
+    }
+
+    /// Starts a server on `dir` with extra environment variables.
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut s = Server {
             child: None,
             port: 0,
             dir: dir.to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             _tmp: None,
             log: dir.with_extension("log"),
         };
@@ -74,6 +82,7 @@ impl Server {
                 .args(&self.args)
                 // Absent unless a test writes it (see `fault_file`).
                 .env("COREKV_FAULT_WAL_DELAY_FILE", self.fault_file())
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -106,6 +115,11 @@ impl Server {
 
     pub async fn client(&self) -> etcd_client::Client {
         etcd_client::Client::connect([self.endpoint()], None).await.expect("connect")
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: no chance to flush anything.
