@@ -2,7 +2,9 @@
 //! `wire::record::backup`), paging through each shard with reads at that revision, and ends it
 //! with the SHA-256 trailer etcdctl checks. `corekv-snapshot restore` turns it into a data
 //! directory. A compaction past the revision while streaming fails the backup (the shards
-//! answer `Compacted`) rather than produce an inconsistent one.
+//! answer `Compacted`) rather than produce an inconsistent one. The leases live when the stream
+//! ends go in last, so every lease a backed-up key names is there unless it ended meanwhile
+//! (then the restored key outlives it, as it would have been deleted by the revoke).
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::Sender;
@@ -10,8 +12,10 @@ use tonic::Status;
 use wire::codec::frame::{encode_into, RecordKind};
 use wire::pb::etcdserverpb::{ResponseHeader, SnapshotResponse};
 use wire::record::backup::{BackupRecord, BACKUP_FORMAT};
+use wire::record::snapshot::LeaseRecord;
 
 use crate::error::ApiError;
+use crate::leases::Leases;
 use crate::router::Router;
 
 /// Bytes gathered before a message is sent.
@@ -42,6 +46,7 @@ impl Out<'_> {
 /// Streams the backup of everything visible at `revision` into `tx`.
 pub async fn stream(
     router: &Router,
+    leases: &Leases,
     revision: i64,
     header: Option<ResponseHeader>,
     tx: &Sender<Result<SnapshotResponse, Status>>,
@@ -68,6 +73,8 @@ pub async fn stream(
             }
         }
     }
+    let leases = leases.list().await?.into_iter().map(|(id, ttl)| LeaseRecord { id, ttl, remaining: ttl }).collect();
+    encode_into(&mut out.buf, RecordKind::Backup, &BackupRecord::Leases { leases }.to_bytes());
     encode_into(&mut out.buf, RecordKind::Backup, &BackupRecord::Footer { key_count }.to_bytes());
     // Zero padding (read as the end of the frames) to a multiple of 512, then the checksum.
     let total = out.sent + out.buf.len();

@@ -140,15 +140,15 @@ impl Leases {
         Ok(Some(TimeToLive { remaining, granted, keys }))
     }
 
-    /// Every live lease id, ascending.
-    pub async fn list(&self) -> Result<Vec<i64>, ApiError> {
+    /// (id, granted TTL) of every live lease, by id.
+    pub async fn list(&self) -> Result<Vec<(i64, i64)>, ApiError> {
         let parts = futures::future::try_join_all(
             self.router.handles().iter().map(|h| h.request(|reply| ShardMsg::Lease(LeaseMsg::List { reply }))),
         )
         .await?;
-        let mut ids: Vec<i64> = parts.into_iter().flatten().collect();
-        ids.sort_unstable();
-        Ok(ids)
+        let mut leases: Vec<(i64, i64)> = parts.into_iter().flatten().collect();
+        leases.sort_unstable();
+        Ok(leases)
     }
 
     /// Revokes leases as their home shards report them expired, until the shards stop; up to

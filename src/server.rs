@@ -103,6 +103,7 @@ pub async fn serve(
             .max_encoding_message_size(usize::MAX);
         let maint = MaintenanceServer::new(MaintenanceService {
             router: router.clone(),
+            leases: leases.clone(),
             member,
             data_dir: cfg.data_dir.clone(),
             alarms: alarms.clone(),

@@ -92,25 +92,49 @@ fn etcdctl_snapshot_save_then_corekv_restore_brings_every_key_back() {
         ok(s.etcdctl(&["put", &format!("q{i:03}"), &format!("w{i}")])); // revision 201 at the end
     }
     ok(s.etcdctl(&["del", "K000"])); // revision 202
+                                     // Two leases with a key each (revisions 203 and 204); a third ends before the backup.
+    let lease_id = |granted: String| granted.split_whitespace().nth(1).expect("lease id").to_string();
+    let (l1, l2, gone) = (
+        lease_id(ok(s.etcdctl(&["lease", "grant", "600"]))),
+        lease_id(ok(s.etcdctl(&["lease", "grant", "900"]))),
+        lease_id(ok(s.etcdctl(&["lease", "grant", "60"]))),
+    );
+    ok(s.etcdctl(&["put", "--lease", &l1, "K050", "leased"]));
+    ok(s.etcdctl(&["put", "--lease", &l2, "q050", "leased"]));
+    ok(s.etcdctl(&["lease", "revoke", &gone]));
     let tmp = tempfile::tempdir().expect("tmp");
     let file = tmp.path().join("backup.db");
     let saved = ok(s.etcdctl(&["snapshot", "save", file.to_str().expect("utf8")]));
     assert!(saved.contains("Snapshot saved at"), "{saved}");
     assert!(s.stop());
     let backup = corekv_tools::backup::read(&file).expect("a valid backup");
-    assert_eq!((backup.revision, backup.key_count(), backup.shards.len()), (202, 199, 2));
+    assert_eq!((backup.revision, backup.key_count(), backup.shards.len()), (204, 199, 2));
+    assert_eq!(backup.leases.len(), 2, "{:?}", backup.leases);
     let restored = tmp.path().join("restored");
     corekv_tools::backup::restore(&backup, &restored).expect("restore");
     let r = Server::start_in(&restored, &[]);
     assert_eq!(ok(r.etcdctl(&["get", "q042", "--print-value-only"])).trim(), "w42");
     assert_eq!(ok(r.etcdctl(&["get", "K000"])), "", "deleted before the backup");
     let json = ok(r.etcdctl(&["get", "K", "--prefix", "--limit", "1", "-w", "json"]));
-    assert!(json.contains("\"revision\":202") && json.contains("\"count\":99"), "{json}");
+    assert!(json.contains("\"revision\":204") && json.contains("\"count\":99"), "{json}");
+    // The leases come back with their full TTL and their keys; revoking one deletes its key.
+    let mut listed: Vec<String> = ok(r.etcdctl(&["lease", "list"])).lines().skip(1).map(str::to_string).collect();
+    let mut expected = vec![l1.clone(), l2.clone()];
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let ttl = ok(r.etcdctl(&["lease", "timetolive", &l2, "--keys"]));
+    assert!(ttl.starts_with(&format!("lease {l2} granted with TTL(900s), remaining(")), "{ttl}");
+    assert!(ttl.trim_end().ends_with("attached keys([q050])"), "{ttl}");
+    ok(r.etcdctl(&["lease", "revoke", &l1])); // revision 205
+    assert_eq!(ok(r.etcdctl(&["get", "K050"])), "", "revoking the restored lease deleted its key");
+    let (success, _, err) = r.etcdctl(&["put", "--lease", &gone, "K1", "c"]);
+    assert!(!success && err.contains("etcdserver: requested lease not found"), "{err}");
     let (success, _, err) = r.etcdctl(&["get", "K001", "--rev", "5"]);
     assert!(!success && err.contains("required revision has been compacted"), "{err}");
     assert_eq!(ok(r.etcdctl(&["put", "K999", "new"])).trim(), "OK");
     let json = ok(r.etcdctl(&["get", "K999", "-w", "json"]));
-    assert!(json.contains("\"revision\":203"), "revisions continue after a restore: {json}");
+    assert!(json.contains("\"revision\":206"), "revisions continue after a restore: {json}");
     // A damaged backup is refused.
     let mut bytes = std::fs::read(&file).expect("read");
     bytes[100] ^= 1;

@@ -232,7 +232,7 @@ fn answer_lease_read(leases: &RefCell<LeaseTable>, msg: LeaseMsg) {
     match msg {
         LeaseMsg::Renew { id, reply } => drop(reply.send(Ok(leases.borrow_mut().renew(id, now)))),
         LeaseMsg::TimeToLive { id, reply } => drop(reply.send(Ok(leases.borrow().time_to_live(id, now)))),
-        LeaseMsg::List { reply } => drop(reply.send(Ok(leases.borrow().ids()))),
+        LeaseMsg::List { reply } => drop(reply.send(Ok(leases.borrow().granted()))),
         other => fail(ShardMsg::Lease(other), ShardError::Stopped),
     }
 }

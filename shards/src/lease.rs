@@ -143,8 +143,9 @@ impl LeaseTable {
         self.leases.get(&id).map(|l| (seconds_left(l.deadline, now), l.ttl))
     }
 
-    pub fn ids(&self) -> Vec<i64> {
-        self.leases.keys().copied().collect()
+    /// (id, granted TTL) of every lease.
+    pub fn granted(&self) -> Vec<(i64, i64)> {
+        self.leases.iter().map(|(&id, l)| (id, l.ttl)).collect()
     }
 
     /// (id, granted TTL, seconds left) of every lease, for checkpoints and snapshots.

@@ -145,8 +145,8 @@ pub enum LeaseMsg {
     Renew { id: i64, reply: Reply<Option<i64>> },
     /// (seconds left, granted TTL) of a lease homed here.
     TimeToLive { id: i64, reply: Reply<Option<(i64, i64)>> },
-    /// The ids of the leases homed here.
-    List { reply: Reply<Vec<i64>> },
+    /// (id, granted TTL) of the leases homed here.
+    List { reply: Reply<Vec<(i64, i64)>> },
     /// Logs the remaining TTL of every lease homed here (sent by the shard's own timer).
     Checkpoint,
 }

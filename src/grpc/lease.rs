@@ -105,7 +105,7 @@ impl Lease for LeaseService {
         &self,
         _: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
-        let leases = self.leases.list().await?.into_iter().map(|id| pb::LeaseStatus { id }).collect();
+        let leases = self.leases.list().await?.into_iter().map(|(id, _)| pb::LeaseStatus { id }).collect();
         Ok(Response::new(pb::LeaseLeasesResponse { header: self.header(), leases }))
     }
 }

@@ -13,6 +13,7 @@ use wire::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance};
 
 use super::Member;
 use crate::alarm::AlarmTable;
+use crate::leases::Leases;
 use crate::router::Router;
 
 /// The etcd API version corekv serves.
@@ -20,6 +21,8 @@ pub const ETCD_VERSION: &str = "3.5.0";
 
 pub struct MaintenanceService {
     pub router: Arc<Router>,
+    /// For backups, which carry the live leases.
+    pub leases: Arc<Leases>,
     pub member: Member,
     pub data_dir: std::path::PathBuf,
     pub alarms: Arc<AlarmTable>,
@@ -121,11 +124,12 @@ impl Maintenance for MaintenanceService {
     /// `snapshot save` stores it, `corekv-snapshot restore` turns it into a data directory.
     async fn snapshot(&self, _: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         let router = self.router.clone();
+        let leases = self.leases.clone();
         let revision = router.clock().visible();
         let header = self.member.header(revision, self.raft_term);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            if let Err(e) = crate::backup::stream(&router, revision, header, &tx).await {
+            if let Err(e) = crate::backup::stream(&router, &leases, revision, header, &tx).await {
                 let _ = tx.send(Err(Status::from(e))).await;
             }
         });

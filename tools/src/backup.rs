@@ -1,7 +1,8 @@
 //! Reads a corekv backup (`wire::record::backup`): checks its SHA-256 trailer and frames, and
 //! restores it into a new data directory — the shard map, and per shard one snapshot file at
 //! Raft index 1 holding its keys, with the backup's revision as both the current and the
-//! compacted revision (a backup carries no history, so older revisions read as compacted).
+//! compacted revision (a backup carries no history, so older revisions read as compacted), and
+//! each lease on its home shard (id mod shard count) with its full TTL, as etcd's restore does.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,7 @@ use shards::recover::ShardDirs;
 use shards::route::ShardMap;
 use wire::codec::frame::{scan, RecordKind, ScanEnd};
 use wire::record::backup::{BackupRecord, BACKUP_FORMAT};
-use wire::record::snapshot::{KeyRecord, SnapshotHeader};
+use wire::record::snapshot::{KeyRecord, LeaseRecord, SnapshotHeader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -37,6 +38,8 @@ pub struct Backup {
     pub boundaries: Vec<Vec<u8>>,
     /// Keys per shard, in key order.
     pub shards: Vec<Vec<KeyRecord>>,
+    /// The leases live when the backup was taken (none in a format 1 backup).
+    pub leases: Vec<LeaseRecord>,
 }
 
 impl Backup {
@@ -73,7 +76,7 @@ pub fn read(path: &Path) -> Result<Backup, BackupError> {
         }
         match BackupRecord::from_bytes(&body[f.payload.clone()]).map_err(|e| damaged(at, e.to_string()))? {
             BackupRecord::Header { format, revision, boundaries } => {
-                if format != BACKUP_FORMAT {
+                if !(1..=BACKUP_FORMAT).contains(&format) {
                     return Err(damaged(at, format!("unsupported backup format {format}")));
                 }
                 backup.revision = revision;
@@ -88,6 +91,7 @@ pub fn read(path: &Path) -> Result<Backup, BackupError> {
                     .ok_or_else(|| damaged(at, format!("shard {shard} out of range")))?;
                 slot.extend(keys);
             }
+            BackupRecord::Leases { leases } => backup.leases.extend(leases),
             BackupRecord::Footer { key_count } => {
                 if !seen_header || key_count != backup.key_count() as u64 {
                     return Err(damaged(at, format!("footer counts {key_count} keys, found {}", backup.key_count())));
@@ -129,9 +133,70 @@ pub fn restore(backup: &Backup, data_dir: &Path) -> Result<(), BackupError> {
             decided: Vec::new(),
         };
         let path = dirs.snap.join(format!("{:016x}.snap", 1));
-        let bytes = shards::snapshot::encode(&store, header, Vec::new());
+        let shard_count = backup.shards.len() as i64;
+        let leases: Vec<LeaseRecord> = backup
+            .leases
+            .iter()
+            .filter(|l| l.id.rem_euclid(shard_count) == i as i64)
+            .map(|l| LeaseRecord { remaining: l.ttl, ..l.clone() })
+            .collect();
+        let bytes = shards::snapshot::encode(&store, header, leases);
         std::fs::write(&path, bytes).map_err(|e| write_err(&path, &e))?;
         std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| write_err(&path, &e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::codec::frame::encode_into;
+
+    /// A backup file as the server writes it: frames, zero padding to 512, SHA-256.
+    fn backup_file(records: &[BackupRecord]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for r in records {
+            encode_into(&mut body, RecordKind::Backup, &r.to_bytes());
+        }
+        body.resize(body.len().div_ceil(512) * 512, 0);
+        let sum = Sha256::digest(&body);
+        body.extend_from_slice(&sum);
+        body
+    }
+
+    #[test]
+    fn format_1_backups_without_leases_still_read_and_restore() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let file = tmp.path().join("old.db");
+        let header = BackupRecord::Header { format: 1, revision: 5, boundaries: vec![b"O".to_vec()] };
+        std::fs::write(&file, backup_file(&[header, BackupRecord::Footer { key_count: 0 }])).expect("write");
+        let backup = read(&file).expect("a format 1 backup reads");
+        assert_eq!((backup.revision, backup.shards.len(), backup.leases.len()), (5, 2, 0));
+        restore(&backup, &tmp.path().join("data")).expect("restore");
+        let header = BackupRecord::Header { format: BACKUP_FORMAT + 1, revision: 5, boundaries: Vec::new() };
+        std::fs::write(&file, backup_file(&[header, BackupRecord::Footer { key_count: 0 }])).expect("write");
+        let err = read(&file).expect_err("a newer format is refused");
+        assert!(err.to_string().contains("unsupported backup format"), "{err}");
+    }
+
+    #[test]
+    fn leases_restore_on_their_home_shard_with_their_full_ttl() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let file = tmp.path().join("b.db");
+        let header = BackupRecord::Header { format: BACKUP_FORMAT, revision: 9, boundaries: vec![b"O".to_vec()] };
+        let leases = BackupRecord::Leases {
+            leases: vec![LeaseRecord { id: 10, ttl: 60, remaining: 3 }, LeaseRecord { id: 11, ttl: 90, remaining: 1 }],
+        };
+        std::fs::write(&file, backup_file(&[header, leases, BackupRecord::Footer { key_count: 0 }])).expect("write");
+        let data = tmp.path().join("data");
+        restore(&read(&file).expect("read"), &data).expect("restore");
+        for (shard, expected) in
+            [(0, LeaseRecord { id: 10, ttl: 60, remaining: 60 }), (1, LeaseRecord { id: 11, ttl: 90, remaining: 90 })]
+        {
+            let loaded = shards::snapshot::load_latest(&ShardDirs::new(&data, shard).snap, shard as u16)
+                .expect("load")
+                .expect("a snapshot");
+            assert_eq!(loaded.leases, vec![expected]);
+        }
+    }
 }
