@@ -7,6 +7,7 @@
 //! still flushing what the previous scenario wrote.
 
 use std::fmt::Write as _;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -124,16 +125,27 @@ impl Scenario {
         }
     }
 
-    fn run_config(&self, server: &RunningServer, duration: Duration) -> Result<RunConfig, BenchError> {
+    /// The run of this scenario against `server`; with `rate`, offered at that many requests
+    /// per second instead of as fast as the clients go.
+    fn run_config(
+        &self,
+        server: &RunningServer,
+        duration: Duration,
+        rate: Option<NonZeroU64>,
+    ) -> Result<RunConfig, BenchError> {
+        let label = match rate {
+            Some(_) => format!("{}@etcd-rate", self.name),
+            None => self.name.to_owned(),
+        };
         Ok(RunConfig {
-            label: self.name.to_owned(),
+            label,
             server: Some(server.kind().to_string()),
             endpoints: vec![server.endpoint().to_owned()],
             clients: self.clients,
             conns: self.conns,
             total: None,
             duration: Some(duration),
-            rate: None,
+            rate,
             keys: KeySpace::new(KEY_SIZE, KEY_SPACE, false)?,
             val_size: VAL_SIZE,
             server_pid: Some(server.pid()),
@@ -148,6 +160,8 @@ struct ScenarioResult {
     scenario: &'static Scenario,
     etcd: Option<RunReport>,
     corekv: Option<RunReport>,
+    /// corekv offered etcd's throughput of the same scenario: latency at equal offered load.
+    corekv_at_etcd_rate: Option<RunReport>,
 }
 
 /// Runs the comparison; prints each run's summary and JSON line, then the markdown tables.
@@ -329,7 +343,7 @@ async fn run_scenarios(
 ) -> Result<(), BenchError> {
     let duration = Duration::from_secs(duration_secs);
     for (i, &scenario) in scenarios.iter().enumerate() {
-        let mut result = ScenarioResult { scenario, etcd: None, corekv: None };
+        let mut result = ScenarioResult { scenario, etcd: None, corekv: None, corekv_at_etcd_rate: None };
         let workload = scenario.workload();
         let mut order: Vec<usize> = (0..servers.len()).collect();
         if i % 2 == 1 {
@@ -338,13 +352,22 @@ async fn run_scenarios(
         for index in order {
             let server = &mut servers[index];
             server.check_alive()?;
-            let report = driver::run(&scenario.run_config(server, duration)?, &workload).await?;
+            let report = driver::run(&scenario.run_config(server, duration, None)?, &workload).await?;
             print!("{}", report.human());
             println!("{}", report.json_line());
             match server.kind() {
                 ServerKind::Etcd => result.etcd = Some(report),
                 ServerKind::Corekv => result.corekv = Some(report),
             }
+        }
+        // Latency is compared at equal offered load: corekv again, at the rate etcd reached.
+        let etcd_rate = result.etcd.as_ref().and_then(|e| NonZeroU64::new(e.ops_per_sec().round() as u64));
+        if let (Some(rate), Some(server)) = (etcd_rate, servers.iter_mut().find(|s| s.kind() == ServerKind::Corekv)) {
+            server.check_alive()?;
+            let report = driver::run(&scenario.run_config(server, duration, Some(rate))?, &workload).await?;
+            print!("{}", report.human());
+            println!("{}", report.json_line());
+            result.corekv_at_etcd_rate = Some(report);
         }
         results.push(result);
     }
@@ -392,8 +415,8 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
     md.push_str(
         "\nRatios are corekv / etcd: above 1 is better for throughput, below 1 is better for \
          latency and CPU.\n\n## Summary\n\n\
-         | scenario | etcd ops/s | corekv ops/s | throughput | p99 | server CPU/op |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+         | scenario | etcd ops/s | corekv ops/s | throughput | p99 | p99 at etcd's rate | server CPU/op |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
     );
     let ops = |r: &Option<RunReport>| r.as_ref().map(RunReport::ops_per_sec);
     let p99 = |r: &Option<RunReport>| r.as_ref().map(|r| r.latency.p99_us as f64);
@@ -402,12 +425,13 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
     for r in results {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             r.scenario.name,
             num(ops(&r.etcd)),
             num(ops(&r.corekv)),
             ratio(ops(&r.etcd), ops(&r.corekv)),
             ratio(p99(&r.etcd), p99(&r.corekv)),
+            ratio(p99(&r.etcd), p99(&r.corekv_at_etcd_rate)),
             ratio(cpu(&r.etcd), cpu(&r.corekv)),
         );
     }
@@ -432,6 +456,14 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
             ("errors", |r| Some(r.errors as f64), false),
         ];
         write_rows(&mut md, &rows, r.etcd.as_ref(), r.corekv.as_ref());
+        if let Some(at_rate) = &r.corekv_at_etcd_rate {
+            let rows: [MetricRow<RunReport>; 3] = [
+                ("corekv at etcd's throughput: ops/s", |r| Some(r.ops_per_sec()), false),
+                ("corekv at etcd's throughput: p99 (µs)", |r| Some(r.latency.p99_us as f64), true),
+                ("corekv at etcd's throughput: server CPU (µs/op)", RunReport::server_cpu_us_per_op, true),
+            ];
+            write_rows(&mut md, &rows, r.etcd.as_ref(), Some(at_rate));
+        }
     }
     md
 }
@@ -488,9 +520,11 @@ mod tests {
             scenario: &SCENARIOS[1],
             etcd: Some(report(10_000, 4_000, 1_150)),
             corekv: Some(report(20_000, 2_000, 1_150)),
+            corekv_at_etcd_rate: Some(report(10_000, 1_000, 500)),
         }];
         let md = render_markdown("- test\n", &results);
-        assert!(md.contains("| put-16 | 10000 | 20000 | 2.00x | 0.50x | 0.50x |"), "{md}");
+        assert!(md.contains("| put-16 | 10000 | 20000 | 2.00x | 0.50x | 0.25x | 0.50x |"), "{md}");
+        assert!(md.contains("| corekv at etcd's throughput: p99 (µs) | 4000 | 1000 | 0.25x |"), "{md}");
         assert!(md.contains("## put-16: put, 16 clients, 4 conns"));
         assert!(md.contains("| throughput (ops/s) | 10000 | 20000 | 2.00x |"));
         assert!(md.contains("| server CPU (µs/op) | 115 | 57.5 | 0.50x |"), "{md}");
@@ -498,8 +532,13 @@ mod tests {
 
     #[test]
     fn markdown_single_server_leaves_other_column_empty() {
-        let results = [ScenarioResult { scenario: &SCENARIOS[0], etcd: Some(report(500, 3_000, 100)), corekv: None }];
+        let results = [ScenarioResult {
+            scenario: &SCENARIOS[0],
+            etcd: Some(report(500, 3_000, 100)),
+            corekv: None,
+            corekv_at_etcd_rate: None,
+        }];
         let md = render_markdown("", &results);
-        assert!(md.contains("| put-1 | 500 | – | – | – | – |"), "{md}");
+        assert!(md.contains("| put-1 | 500 | – | – | – | – | – |"), "{md}");
     }
 }

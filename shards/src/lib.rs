@@ -2,6 +2,7 @@
 //! and its WAL. `src/` reaches shards only through [`pool::ShardPool`] and [`pool::ShardHandle`].
 
 pub mod clock;
+pub mod dma;
 pub mod error;
 pub mod exec;
 pub mod lease;

@@ -234,6 +234,8 @@ async fn start_shard(
     fsync: bool,
 ) -> Result<Started, String> {
     let RecoveredShard { dirs, store, leases, decided, raft, wal, .. } = rec;
+    std::fs::create_dir_all(&dirs.wal).map_err(|e| format!("{}: {e}", dirs.wal.display()))?;
+    crate::dma::use_main_ring(&dirs.wal).await;
     let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync).await.map_err(|e| e.to_string())?;
     let group = RaftGroup::start(&raft).map_err(|e| e.to_string())?;
     let mut table = LeaseTable::default();

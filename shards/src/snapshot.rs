@@ -1,6 +1,6 @@
 //! Shard snapshots: the MVCC store at a Raft index, in `<data-dir>/shard-<i>/snap/<index:016x>.snap`.
 //!
-//! Written to a `.tmp` name through glommio (buffered writes), fdatasync'ed, renamed, and the directory synced;
+//! Written to a `.tmp` name through a DMA file, fdatasync'ed, renamed, and the directory synced;
 //! only then are older snapshots and the WAL segments it covers deleted. So a `.snap` file that
 //! does not decode in full is damage, and startup stops on it. Loading uses plain reads.
 
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use bytes::Bytes;
-use glommio::io::{BufferedFile, OpenOptions};
+use glommio::io::{DmaFile, OpenOptions};
 use wire::codec::frame::{self, RecordKind, ScanEnd};
 use wire::record::snapshot::{LeaseRecord, SnapshotHeader, SnapshotRecord};
 
@@ -109,30 +109,33 @@ fn remove_partial(dir: &Path) {
     }
 }
 
-/// A snapshot file being written, a chunk of at least `FLUSH_AT` bytes at a time. Buffered
-/// (page cache) writes on glommio's main ring, like the WAL's (see `wal::writer` for why not DMA).
-struct ChunkWriter {
-    file: BufferedFile,
+/// A snapshot file being written: bytes go out in whole 4 KiB blocks at aligned offsets.
+struct BlockWriter {
+    file: DmaFile,
     path: PathBuf,
     pos: u64,
     pending: Vec<u8>,
 }
 
-impl ChunkWriter {
+impl BlockWriter {
     const FLUSH_AT: usize = 1 << 20;
 
-    async fn write_pending(&mut self) -> Result<(), SnapshotError> {
-        let data = std::mem::replace(&mut self.pending, Vec::with_capacity(Self::FLUSH_AT + (64 << 10)));
-        let len = data.len();
-        if len == 0 {
+    async fn write_blocks(&mut self, all: bool) -> Result<(), SnapshotError> {
+        let n = if all { self.pending.len().div_ceil(4096) * 4096 } else { self.pending.len() / 4096 * 4096 };
+        if n == 0 {
             return Ok(());
         }
-        let io = |reason: String| SnapshotError::Io { path: self.path.clone(), reason };
-        let written = self.file.write_at(data, self.pos).await.map_err(|e| io(e.to_string()))?;
-        if written < len {
-            return Err(io(format!("short write: {written} of {len}")));
-        }
-        self.pos += len as u64;
+        let mut buf = self.file.alloc_dma_buffer(n);
+        let b = buf.as_bytes_mut();
+        let take = n.min(self.pending.len());
+        b[..take].copy_from_slice(&self.pending[..take]);
+        b[take..].fill(0);
+        self.file
+            .write_at(buf, self.pos)
+            .await
+            .map_err(|e| SnapshotError::Io { path: self.path.clone(), reason: e.to_string() })?;
+        self.pos += n as u64;
+        self.pending.drain(..take);
         Ok(())
     }
 }
@@ -157,14 +160,14 @@ pub async fn write_from(
     let rev = header.revision;
     let tmp = dir.join(format!("{}.tmp", snap_name(index)));
     let path = dir.join(snap_name(index));
-    let file: BufferedFile = OpenOptions::new()
+    let file: DmaFile = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .buffered_open(&tmp)
+        .dma_open(&tmp)
         .await
         .map_err(|e| ioe(&tmp, e.to_string()))?;
-    let mut w = ChunkWriter { file, path: tmp.clone(), pos: 0, pending: Vec::new() };
+    let mut w = BlockWriter { file, path: tmp.clone(), pos: 0, pending: Vec::new() };
     head(&mut w.pending, header, leases);
     let (mut after, mut count) = (None, 0);
     loop {
@@ -172,13 +175,14 @@ pub async fn write_from(
         let Some((last, n)) = next else { break };
         after = Some(last);
         count += n;
-        if w.pending.len() >= ChunkWriter::FLUSH_AT {
-            w.write_pending().await?;
+        if w.pending.len() >= BlockWriter::FLUSH_AT {
+            w.write_blocks(false).await?;
         }
         YieldNow(false).await;
     }
     footer(&mut w.pending, count);
-    w.write_pending().await?;
+    // The padding after the footer is zeros, which a scan reads as the end.
+    w.write_blocks(true).await?;
     let file = w.file;
     file.fdatasync().await.map_err(|e| ioe(&tmp, e.to_string()))?;
     file.close().await.map_err(|e| ioe(&tmp, e.to_string()))?;

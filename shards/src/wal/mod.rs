@@ -5,7 +5,8 @@
 //! [`recover`] reads the segments at startup (before the executors start, with plain reads): a
 //! torn or crc-bad record at the very end of the last segment is a crash during a write — it is
 //! cut off with a warning; damage anywhere before that is an error naming the file and offset.
-//! [`writer::WalWriter`] appends through io_uring (glommio buffered O_DSYNC writes) with group commit.
+//! [`writer::WalWriter`] appends through io_uring (glommio DMA files on the main ring, `crate::dma`)
+//! with group commit.
 
 pub mod fault;
 pub mod writer;

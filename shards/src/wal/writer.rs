@@ -1,36 +1,34 @@
-//! Appends WAL records through io_uring with group commit: records are encoded into memory as
-//! the shard executes a batch, and one [`WalWriter::sync`] writes them all in one durable write
-//! (the segment is opened O_DSYNC: the write completes once the data and the metadata needed to
-//! read it are on stable storage, as with fdatasync).
+//! Appends WAL records through io_uring (glommio DMA files, O_DIRECT | O_DSYNC, on glommio's
+//! main ring rather than its IOPOLL ring: see `crate::dma`) with group commit: records are encoded into memory as the shard executes a batch, and one
+//! [`WalWriter::sync`] writes them all in one durable write (O_DSYNC: the write completes once
+//! the data and the metadata needed to read it are on stable storage, as with fdatasync).
 //!
-//! Why buffered (page cache) writes and not glommio's DMA files: glommio sends every `DmaFile`
-//! read and write to its IOPOLL ring when a probe read succeeds there, which it does on virtio-blk
-//! without poll queues; the executor then spins for the whole write (~1 core per busy shard), and
-//! on the CPU that takes the disk's interrupts the spinning delays its own completion 3x (see
-//! docs/PERFORMANCE.md, "WAL writes"). A buffered O_DSYNC write goes to glommio's main ring,
-//! where the kernel completes it on an io-wq worker while the shard thread serves other work or
-//! sleeps. It also appends exactly the new bytes instead of rewriting the last partial block.
-//!
-//! Errors are sticky: after a failed write the writer is poisoned and never retries (a retried
-//! fsync can report success for data the kernel already dropped).
+//! O_DIRECT writes whole 4 KiB blocks at aligned offsets, so the partly filled last block is kept
+//! in memory and rewritten, with the new records after it, by the next sync. Errors are sticky:
+//! after a failed write the writer is poisoned and never retries (a retried fsync
+//! can report success for data the kernel already dropped).
 //!
 //! Runs on its shard's executor only.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-use glommio::io::{BufferedFile, OpenOptions};
+use glommio::io::{DmaFile, OpenOptions};
 use wire::codec::frame::{self, RecordKind};
 use wire::record::wal::WalRecord;
 
 use super::{segment_path, RecoveredWal, Segment, WalError, SEGMENT_BYTES};
 
+const BLOCK: u64 = 4096;
+
 pub struct WalWriter {
     dir: PathBuf,
-    file: BufferedFile,
+    file: DmaFile,
     seq: u64,
     /// Logical end of the current segment: where the next frame goes.
     end: u64,
+    /// Bytes of the current segment from `align_down(end)` to `end`.
+    tail_block: Vec<u8>,
     /// Frames encoded since the last sync; `pending` starts at offset `end`.
     pending: Vec<u8>,
     pending_last_index: u64,
@@ -47,7 +45,7 @@ fn io(path: &Path) -> impl FnOnce(glommio::GlommioError<()>) -> WalError + '_ {
 
 /// Opens a segment. With `fsync`, the file is opened `O_DSYNC`: each write completes only once
 /// durable, which saves the separate fdatasync round trip (and its executor wake-up) per batch.
-async fn open_segment(dir: &Path, seq: u64, create: bool, fsync: bool) -> Result<BufferedFile, WalError> {
+async fn open_segment(dir: &Path, seq: u64, create: bool, fsync: bool) -> Result<DmaFile, WalError> {
     let path = segment_path(dir, seq);
     let flags = if fsync { libc::O_DSYNC } else { 0 };
     let file = OpenOptions::new()
@@ -55,7 +53,7 @@ async fn open_segment(dir: &Path, seq: u64, create: bool, fsync: bool) -> Result
         .write(true)
         .create(create)
         .custom_flags(flags)
-        .buffered_open(&path)
+        .dma_open(&path)
         .await
         .map_err(io(&path))?;
     if create {
@@ -77,11 +75,19 @@ impl WalWriter {
             None => (1, 0, 0),
         };
         let file = open_segment(dir, seq, end == 0 && recovered.segments.is_empty(), fsync).await?;
+        let block_start = end / BLOCK * BLOCK;
+        let mut tail_block = Vec::new();
+        if end > block_start {
+            let path = segment_path(dir, seq);
+            let r = file.read_at_aligned(block_start, BLOCK as usize).await.map_err(io(&path))?;
+            tail_block.extend_from_slice(&r[..(end - block_start) as usize]);
+        }
         Ok(WalWriter {
             dir: dir.to_path_buf(),
             file,
             seq,
             end,
+            tail_block,
             pending: Vec::new(),
             pending_last_index: current_last_index,
             sealed,
@@ -130,19 +136,29 @@ impl WalWriter {
             self.roll().await?;
         }
         let path = segment_path(&self.dir, self.seq);
-        // The buffer is handed to the kernel; the next group starts with one of the same size.
-        let capacity = self.pending.capacity();
-        let data = std::mem::replace(&mut self.pending, Vec::with_capacity(capacity));
-        let len = data.len();
-        let written = self.file.write_at(data, self.end).await.map_err(io(&path))?;
-        if written < len {
+        let block_start = self.end / BLOCK * BLOCK;
+        let data_len = self.tail_block.len() + self.pending.len();
+        let write_len = (data_len as u64).div_ceil(BLOCK) * BLOCK;
+        let mut buf = self.file.alloc_dma_buffer(write_len as usize);
+        let bytes = buf.as_bytes_mut();
+        bytes[..self.tail_block.len()].copy_from_slice(&self.tail_block);
+        bytes[self.tail_block.len()..data_len].copy_from_slice(&self.pending);
+        bytes[data_len..].fill(0);
+        let new_end = self.end + self.pending.len() as u64;
+        let new_block_start = new_end / BLOCK * BLOCK;
+        let keep_from = (new_block_start - block_start) as usize;
+        let new_tail = bytes[keep_from..(new_end - block_start) as usize].to_vec();
+        let written = self.file.write_at(buf, block_start).await.map_err(io(&path))?;
+        if (written as u64) < write_len {
             return Err(WalError::Io {
                 path,
-                source: std::io::Error::other(format!("short write: {written} of {len}")),
+                source: std::io::Error::other(format!("short write: {written} of {write_len}")),
             });
         }
         // With fsync on, the segment is O_DSYNC: the completed write is already durable.
-        self.end += len as u64;
+        self.end = new_end;
+        self.tail_block = new_tail;
+        self.pending.clear();
         self.current_last_index = self.pending_last_index;
         Ok(())
     }
@@ -156,6 +172,7 @@ impl WalWriter {
         self.sealed.push_back(Segment { seq: self.seq, path, last_index: self.current_last_index });
         self.seq += 1;
         self.end = 0;
+        self.tail_block.clear();
         Ok(())
     }
 
