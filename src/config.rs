@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// etcd's default `--initial-cluster`.
+pub const DEFAULT_INITIAL_CLUSTER: &str = "default=http://localhost:2380";
+
 /// etcd's default `--max-request-bytes` (1.5 MiB).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// Extra room gRPC allows above `--max-request-bytes` before refusing a message, as etcd does.
@@ -28,6 +31,22 @@ pub struct Config {
     /// Token for the cluster id (single node: only feeds the id).
     #[arg(long, default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
+    /// This member's peer URLs to advertise (comma-separated); MemberList reports them.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// URLs to listen on for peer traffic. Accepted for etcd compatibility; a single node has
+    /// no peers, so nothing listens there yet.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    /// Initial cluster configuration, `name=peer-url,...`. Must name this member only, with its
+    /// advertised peer URLs (multi-member clusters are not built yet). Left at the default with
+    /// a `--name` other than "default", it becomes `<name>=<--initial-advertise-peer-urls>`, as
+    /// in etcd.
+    #[arg(long, default_value = DEFAULT_INITIAL_CLUSTER)]
+    pub initial_cluster: String,
+    /// `new` (start a cluster) or `existing` (join one: needs replication, not built yet).
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
@@ -111,6 +130,18 @@ pub enum ConfigError {
     ZeroCheckpointInterval,
     #[error("invalid URL {url:?} in --listen-client-urls: {reason}")]
     BadUrl { url: String, reason: &'static str },
+    #[error("--initial-cluster: {entry:?} is not name=url")]
+    BadInitialCluster { entry: String },
+    #[error("couldn't find local name {0:?} in the initial cluster configuration")]
+    LocalNameMissing(String),
+    #[error("--initial-cluster has {cluster} but missing from --initial-advertise-peer-urls={advertised}")]
+    PeerUrlsMismatch { cluster: String, advertised: String },
+    #[error(
+        "--initial-cluster names {0} members: corekv runs single-member clusters only (replication is not built yet)"
+    )]
+    MultiMember(usize),
+    #[error("--initial-cluster-state existing joins a running cluster, which needs replication (not built yet)")]
+    JoinUnsupported,
 }
 
 impl Config {
@@ -130,7 +161,49 @@ impl Config {
                 return Err(ConfigError::BadShardCount(n));
             }
         }
-        self.client_addrs().map(|_| ())
+        self.client_addrs()?;
+        self.peer_urls().map(|_| ())
+    }
+
+    /// This member's advertised peer URLs, checked against `--initial-cluster` as etcd checks
+    /// them; a cluster of more than this member, or joining an existing one, is refused.
+    pub fn peer_urls(&self) -> Result<Vec<String>, ConfigError> {
+        let split = |s: &str| -> Vec<String> {
+            s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect()
+        };
+        let advertised = split(&self.initial_advertise_peer_urls);
+        let cluster = if self.initial_cluster == DEFAULT_INITIAL_CLUSTER && self.name != "default" {
+            format!("{}={}", self.name, self.initial_advertise_peer_urls)
+        } else {
+            self.initial_cluster.clone()
+        };
+        let mut members: Vec<(String, Vec<String>)> = Vec::new();
+        for entry in cluster.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, url) = entry
+                .split_once('=')
+                .filter(|(n, u)| !n.is_empty() && !u.is_empty())
+                .ok_or_else(|| ConfigError::BadInitialCluster { entry: entry.to_string() })?;
+            match members.iter_mut().find(|(n, _)| n == name) {
+                Some((_, urls)) => urls.push(url.to_string()),
+                None => members.push((name.to_string(), vec![url.to_string()])),
+            }
+        }
+        let Some((_, mine)) = members.iter().find(|(n, _)| *n == self.name) else {
+            return Err(ConfigError::LocalNameMissing(self.name.clone()));
+        };
+        let (mut a, mut b) = (mine.clone(), advertised.clone());
+        a.sort();
+        b.sort();
+        if a != b {
+            return Err(ConfigError::PeerUrlsMismatch { cluster: mine.join(","), advertised: advertised.join(",") });
+        }
+        if members.len() > 1 {
+            return Err(ConfigError::MultiMember(members.len()));
+        }
+        if self.initial_cluster_state == "existing" {
+            return Err(ConfigError::JoinUnsupported);
+        }
+        Ok(advertised)
     }
 
     /// The socket addresses of `--listen-client-urls`.
@@ -178,6 +251,33 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("5x").is_err());
+    }
+
+    #[test]
+    fn initial_cluster_is_checked_like_etcd() {
+        let peers = |args: &[&str]| Config::parse_from([&["corekv"], args].concat()).peer_urls();
+        assert_eq!(peers(&[]).expect("defaults"), vec!["http://localhost:2380".to_string()]);
+        // A name other than "default" with the default --initial-cluster stands for itself.
+        assert!(peers(&["--name", "n1"]).is_ok());
+        let ok = peers(&[
+            "--name",
+            "n1",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+        ]);
+        assert_eq!(ok.expect("one member"), vec!["http://127.0.0.1:2380".to_string()]);
+        let err = |args: &[&str]| peers(args).expect_err("refused").to_string();
+        assert!(err(&["--name", "n2", "--initial-cluster", "n1=http://localhost:2380"])
+            .contains("couldn't find local name \"n2\""));
+        assert!(err(&["--initial-cluster", "default=http://127.0.0.1:9"])
+            .contains("missing from --initial-advertise-peer-urls"));
+        assert!(
+            err(&["--initial-cluster", "default=http://localhost:2380,b=http://localhost:2381"]).contains("2 members")
+        );
+        assert!(err(&["--initial-cluster", "nonsense"]).contains("not name=url"));
+        assert!(err(&["--initial-cluster-state", "existing"]).contains("needs replication"));
     }
 
     #[test]

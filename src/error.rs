@@ -27,6 +27,18 @@ pub enum ApiError {
     RequestTooLarge,
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("member not found")]
+    MemberNotFound,
+    #[error("peer URLs already exist")]
+    PeerUrlExists,
+    #[error("can only promote a learner member")]
+    MemberNotLearner,
+    /// Removing the only voting member would leave no quorum.
+    #[error("not enough started members")]
+    NotEnoughStartedMembers,
+    /// Adding a member or moving one's peer URLs: needs replication (not built yet).
+    #[error("membership change needs replication")]
+    MembershipChangeUnsupported,
     #[error(transparent)]
     Shard(#[from] ShardError),
 }

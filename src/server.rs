@@ -6,11 +6,13 @@ use std::sync::Arc;
 use shards::{PoolConfig, ShardPool};
 use tonic::transport::Server;
 use wire::pb::etcdserverpb::{
-    kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 
 use crate::alarm::AlarmTable;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
+use crate::grpc::cluster::ClusterService;
 use crate::grpc::{kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService, Member};
 use crate::leases::Leases;
 use crate::router::Router;
@@ -41,6 +43,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     cfg.validate()?;
     let addrs = cfg.client_addrs()?;
+    let peer_urls = cfg.peer_urls()?;
     let started = std::time::Instant::now();
     let pool_cfg = PoolConfig {
         data_dir: cfg.data_dir.clone(),
@@ -116,6 +119,14 @@ pub async fn serve(
         let lease =
             LeaseServer::new(LeaseService { router: router.clone(), leases: leases.clone(), member, raft_term })
                 .max_decoding_message_size(max_msg);
+        let cluster = ClusterServer::new(ClusterService {
+            router: router.clone(),
+            member,
+            raft_term,
+            name: cfg.name.clone(),
+            peer_urls: peer_urls.clone(),
+            client_urls: cfg.advertise_client_urls.split(',').map(|u| u.trim().to_string()).collect(),
+        });
         let mut stop = stop_tx.subscribe();
         tracing::info!(%addr, "serving client requests");
         servers.push(tokio::spawn(
@@ -124,6 +135,7 @@ pub async fn serve(
                 .add_service(maint)
                 .add_service(watch)
                 .add_service(lease)
+                .add_service(cluster)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.recv().await;
                 }),

@@ -23,6 +23,11 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
         ApiError::EmptyOp => rpctypes::KEY_NOT_FOUND,
         ApiError::NoSpace => rpctypes::NO_SPACE,
         ApiError::LeaseTtlTooLarge => rpctypes::LEASE_TTL_TOO_LARGE,
+        ApiError::MemberNotFound => rpctypes::MEMBER_NOT_FOUND,
+        ApiError::PeerUrlExists => rpctypes::PEER_URL_EXIST,
+        ApiError::MemberNotLearner => rpctypes::MEMBER_NOT_LEARNER,
+        ApiError::NotEnoughStartedMembers => rpctypes::NOT_ENOUGH_STARTED_MEMBERS,
+        ApiError::MembershipChangeUnsupported => rpctypes::MEMBERSHIP_CHANGE_UNSUPPORTED,
         ApiError::Shard(s) => match s {
             ShardError::Compacted { .. } => rpctypes::COMPACTED,
             ShardError::FutureRevision { .. } => rpctypes::FUTURE_REV,

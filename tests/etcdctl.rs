@@ -218,3 +218,35 @@ fn etcdctl_lease_grant_keepalive_timetolive_list_revoke_and_put_lease() {
     let (success, _, err) = s.etcdctl(&["put", "--lease", &id, "K1", "c"]);
     assert!(!success && err.contains("etcdserver: requested lease not found"), "{err}");
 }
+
+#[test]
+fn etcdctl_member_list_and_single_member_changes_answer_as_etcd() {
+    let s = Server::start(&["--name", "solo", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"]);
+    let list = ok(s.etcdctl(&["member", "list"]));
+    // "<id hex>, started, solo, http://127.0.0.1:2380, http://127.0.0.1:<port>, false"
+    let fields: Vec<&str> = list.trim().split(", ").collect();
+    assert_eq!(fields.len(), 6, "{list}");
+    assert_eq!(
+        &fields[1..],
+        ["started", "solo", "http://127.0.0.1:2380", &format!("http://{}", s.endpoint()), "false"]
+    );
+    let id = fields[0].to_string();
+    // `endpoint health --cluster` finds the endpoints through MemberList. (`endpoint status
+    // --cluster` would too, but fails on the `http://` in them: COMPATIBILITY.md §1.)
+    let (success, _, health) = s.etcdctl(&["endpoint", "health", "--cluster"]);
+    // etcdctl 3.4 prints the health lines on stderr.
+    assert!(success && health.contains(&format!("http://{} is healthy", s.endpoint())), "{health}");
+    let err = |args: &[&str]| {
+        let (success, out, err) = s.etcdctl(args);
+        assert!(!success, "{args:?} succeeded: {out}");
+        err
+    };
+    assert!(err(&["member", "remove", &id]).contains("re-configuration failed due to not enough started members"));
+    assert!(err(&["member", "remove", "1234"]).contains("etcdserver: member not found"));
+    assert!(err(&["member", "promote", &id]).contains("etcdserver: can only promote a learner member"));
+    assert!(err(&["member", "add", "again", "--peer-urls=http://127.0.0.1:2380"]).contains("Peer URLs already exists"));
+    assert!(err(&["member", "add", "n2", "--peer-urls=http://127.0.0.1:2381"]).contains("needs replication"));
+    let updated = ok(s.etcdctl(&["member", "update", &id, "--peer-urls=http://127.0.0.1:2380"]));
+    assert!(updated.contains(&format!("Member {id} updated")), "{updated}");
+    assert!(err(&["member", "update", &id, "--peer-urls=http://127.0.0.1:2390"]).contains("needs replication"));
+}

@@ -66,10 +66,19 @@ rpc_errors! {
     PERMISSION_DENIED = (PermissionDenied, "etcdserver: permission denied");
     USER_EMPTY = (InvalidArgument, "etcdserver: user name is empty");
     AUTH_FAILED = (InvalidArgument, "etcdserver: authentication failed, invalid user ID or password");
+    MEMBER_NOT_FOUND = (NotFound, "etcdserver: member not found");
+    PEER_URL_EXIST = (FailedPrecondition, "etcdserver: Peer URLs already exists");
+    MEMBER_NOT_LEARNER = (FailedPrecondition, "etcdserver: can only promote a learner member");
+    NOT_ENOUGH_STARTED_MEMBERS = (FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members");
 }
 
 /// corekv's own errors, where etcd has no equivalent.
 pub const SNAPSHOT_FAILED: RpcError = RpcError { code: Code::Internal, message: "corekv: snapshot failed" };
+/// A membership change that needs replication to other nodes, which corekv does not have yet.
+pub const MEMBERSHIP_CHANGE_UNSUPPORTED: RpcError = RpcError {
+    code: Code::Unimplemented,
+    message: "corekv: adding members or changing their peer URLs needs replication, which is not built yet",
+};
 
 #[cfg(test)]
 mod tests {
