@@ -11,6 +11,7 @@ use wire::pb::etcdserverpb::{
 };
 
 use crate::alarm::AlarmTable;
+use crate::authority::AuthorityFix;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
 use crate::grpc::cluster::ClusterService;
 use crate::grpc::{kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService, Member};
@@ -101,6 +102,8 @@ pub async fn serve(
             tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
         // Nagle's algorithm would hold small responses back for the client's delayed ACK (40 ms).
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Repair malformed `:authority` headers some etcd clients send (src/authority.rs).
+        let incoming = tokio_stream::StreamExt::map(incoming, |conn| conn.map(AuthorityFix::new));
         let kv = KvServer::new(KvService { router: router.clone(), member, limits, raft_term, alarms: alarms.clone() })
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(usize::MAX);

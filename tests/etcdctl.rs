@@ -231,11 +231,12 @@ fn etcdctl_member_list_and_single_member_changes_answer_as_etcd() {
         ["started", "solo", "http://127.0.0.1:2380", &format!("http://{}", s.endpoint()), "false"]
     );
     let id = fields[0].to_string();
-    // `endpoint health --cluster` finds the endpoints through MemberList. (`endpoint status
-    // --cluster` would too, but fails on the `http://` in them: COMPATIBILITY.md §1.)
+    // `--cluster` finds the endpoints through MemberList (with their `http://`).
     let (success, _, health) = s.etcdctl(&["endpoint", "health", "--cluster"]);
     // etcdctl 3.4 prints the health lines on stderr.
     assert!(success && health.contains(&format!("http://{} is healthy", s.endpoint())), "{health}");
+    let status = ok(s.etcdctl(&["endpoint", "status", "--cluster", "-w", "fields"]));
+    assert!(status.contains(&format!("\"Endpoint\" : \"http://{}\"", s.endpoint())), "{status}");
     let err = |args: &[&str]| {
         let (success, out, err) = s.etcdctl(args);
         assert!(!success, "{args:?} succeeded: {out}");
@@ -249,4 +250,20 @@ fn etcdctl_member_list_and_single_member_changes_answer_as_etcd() {
     let updated = ok(s.etcdctl(&["member", "update", &id, "--peer-urls=http://127.0.0.1:2380"]));
     assert!(updated.contains(&format!("Member {id} updated")), "{updated}");
     assert!(err(&["member", "update", &id, "--peer-urls=http://127.0.0.1:2390"]).contains("needs replication"));
+}
+
+#[test]
+fn etcdctl_with_a_scheme_in_its_endpoint_dials_each_endpoint_successfully() {
+    // etcdctl 3.4 sends `:authority: http://127.0.0.1:<port>` when it dials an endpoint itself
+    // (status, hashkv, defrag); corekv repairs it before the HTTP/2 server (src/authority.rs).
+    let s = Server::start(&[]);
+    let with_scheme = format!("http://{}", s.endpoint());
+    let ok_via = |args: &[&str]| ok(s.etcdctl_via(&with_scheme, args));
+    assert_eq!(ok_via(&["put", "k", "v"]).trim(), "OK");
+    let status = ok_via(&["endpoint", "status", "-w", "fields"]);
+    assert!(status.contains("\"Revision\" : 2"), "{status}");
+    let hash = ok_via(&["endpoint", "hashkv", "-w", "fields"]);
+    assert!(hash.contains("\"Hash\" :"), "{hash}");
+    assert!(ok_via(&["defrag"]).contains("Finished defragmenting etcd member"));
+    assert_eq!(ok_via(&["get", "k", "--print-value-only"]).trim(), "v");
 }

@@ -152,9 +152,14 @@ impl Server {
 
     /// Runs an etcdctl (v3 API) command against this server; returns (success, stdout, stderr).
     pub fn etcdctl(&self, args: &[&str]) -> (bool, String, String) {
+        self.etcdctl_via(&self.endpoint(), args)
+    }
+
+    /// Runs etcdctl with `--endpoints=<endpoint>` (e.g. this server's address with a scheme).
+    pub fn etcdctl_via(&self, endpoint: &str, args: &[&str]) -> (bool, String, String) {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg(format!("--endpoints={endpoint}"))
             .args(args)
             .output()
             .expect("run etcdctl (install it with scripts/setup.sh)");
