@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::charts;
 use crate::compare_lease::{self, LeaseScenario, LEASE_SCENARIOS};
+use crate::compare_memory::{self, MemoryScenario, MEMORY_SCENARIOS};
 use crate::compare_watch::{self, WatchScenario, WATCH_SCENARIOS};
 use crate::driver::{self, RunConfig};
 use crate::error::BenchError;
@@ -62,9 +63,9 @@ pub struct CompareArgs {
     /// smoke run uses this).
     #[arg(long)]
     pub fail_on_errors: bool,
-    /// Multiply the watch scenarios' watcher and stream counts, and the lease scenarios' lease
-    /// counts and rates, by this (the CI smoke run uses a small scale; the figures in
-    /// docs/PERFORMANCE.md use 1).
+    /// Multiply the watch scenarios' watcher and stream counts, the lease scenarios' lease
+    /// counts and rates, and the memory scenarios' key counts, by this (the CI smoke run uses a
+    /// small scale; the figures in docs/PERFORMANCE.md use 1).
     #[arg(long, default_value_t = 1.0)]
     pub watch_scale: f64,
 }
@@ -176,9 +177,12 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
         for s in &LEASE_SCENARIOS {
             println!("{:<18} {}", s.name, s.describe());
         }
+        for s in &MEMORY_SCENARIOS {
+            println!("{:<18} {}", s.name, s.describe());
+        }
         return Ok(());
     }
-    let (scenarios, watch_scenarios, lease_scenarios) = select(&args.scenarios)?;
+    let (scenarios, watch_scenarios, lease_scenarios, memory_scenarios) = select(&args.scenarios)?;
     let kinds: Vec<ServerKind> = [ServerKind::Etcd, ServerKind::Corekv]
         .into_iter()
         .filter(|kind| args.only.is_none_or(|only| only == *kind))
@@ -243,11 +247,17 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
         Ok(()) => compare_lease::run(&lease_scenarios, &kinds, &bin, args.watch_scale, &mut lease_results).await,
         Err(e) => Err(e),
     };
+    let mut memory_results = Vec::new();
+    let outcome = match outcome {
+        Ok(()) => compare_memory::run(&memory_scenarios, &kinds, &bin, args.watch_scale, &mut memory_results).await,
+        Err(e) => Err(e),
+    };
     let stopped = Ok(());
-    if !results.is_empty() || !watch_results.is_empty() || !lease_results.is_empty() {
+    if !results.is_empty() || !watch_results.is_empty() || !lease_results.is_empty() || !memory_results.is_empty() {
         let mut markdown = render_markdown(&header, &results);
         markdown.push_str(&compare_watch::render_markdown(&watch_results));
         markdown.push_str(&compare_lease::render_markdown(&lease_results));
+        markdown.push_str(&compare_memory::render_markdown(&memory_results));
         println!("\n{markdown}");
         if let Some(path) = &args.out {
             std::fs::write(path, &markdown).map_err(|source| BenchError::WriteReport { path: path.clone(), source })?;
@@ -269,8 +279,12 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
                     .map(|(kind, rep, r)| format!("{} on {kind}: {} errors", r.scenario.name, rep.errors))
             })
             .collect();
-        let failed: Vec<String> =
-            failed.into_iter().chain(fresh::failures(&watch_results)).chain(fresh::failures(&lease_results)).collect();
+        let failed: Vec<String> = failed
+            .into_iter()
+            .chain(fresh::failures(&watch_results))
+            .chain(fresh::failures(&lease_results))
+            .chain(fresh::failures(&memory_results))
+            .collect();
         if !failed.is_empty() {
             return Err(BenchError::RunErrors(failed.join("; ")));
         }
@@ -302,6 +316,7 @@ fn select(names: &[String]) -> Result<Selected, BenchError> {
             .map(|s| s.name)
             .chain(WATCH_SCENARIOS.iter().map(|s| s.name))
             .chain(LEASE_SCENARIOS.iter().map(|s| s.name))
+            .chain(MEMORY_SCENARIOS.iter().map(|s| s.name))
     };
     if let Some(unknown) = names.iter().find(|name| !all_names().any(|n| n == name.as_str())) {
         return Err(BenchError::UnknownScenario {
@@ -314,10 +329,12 @@ fn select(names: &[String]) -> Result<Selected, BenchError> {
         SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
         WATCH_SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
         LEASE_SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
+        MEMORY_SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
     ))
 }
 
-type Selected = (Vec<&'static Scenario>, Vec<&'static WatchScenario>, Vec<&'static LeaseScenario>);
+type Selected =
+    (Vec<&'static Scenario>, Vec<&'static WatchScenario>, Vec<&'static LeaseScenario>, Vec<&'static MemoryScenario>);
 
 fn check_binary(kind: ServerKind, path: &Path) -> Result<(), BenchError> {
     if path.is_file() {
@@ -486,8 +503,8 @@ mod tests {
 
     #[test]
     fn select_empty_means_all_in_order() {
-        let (all, watch, _) = select(&[]).expect("all scenarios");
-        assert_eq!((all.len(), watch.len()), (SCENARIOS.len(), WATCH_SCENARIOS.len()));
+        let (all, watch, _, memory) = select(&[]).expect("all scenarios");
+        assert_eq!((all.len(), watch.len(), memory.len()), (SCENARIOS.len(), WATCH_SCENARIOS.len(), 1));
         assert_eq!(all[0].name, "put-1");
     }
 
@@ -499,9 +516,10 @@ mod tests {
 
     #[test]
     fn select_keeps_canonical_order() {
-        let (picked, watch, lease) =
+        let (picked, watch, lease, memory) =
             select(&["lease-1m".to_owned(), "watch-1k".to_owned(), "txn-put-16".to_owned(), "put-1".to_owned()])
                 .expect("known");
+        assert!(memory.is_empty());
         assert_eq!(lease.iter().map(|s| s.name).collect::<Vec<_>>(), ["lease-1m"]);
         assert_eq!(picked.iter().map(|s| s.name).collect::<Vec<_>>(), ["put-1", "txn-put-16"]);
         assert_eq!(watch.iter().map(|s| s.name).collect::<Vec<_>>(), ["watch-1k"]);

@@ -64,7 +64,7 @@ pub async fn run<'a>(
     scale: f64,
     results: &mut Vec<LeaseResult>,
 ) -> Result<(), BenchError> {
-    fresh::run(scenarios, kinds, bin, results, |scenario, kind, endpoint, pid| {
+    fresh::run(scenarios, kinds, bin, results, |scenario, kind, endpoint, pid, _data_dir| {
         let plan = scenario.plan(scale);
         async move { lease::run(&plan, scenario.name, Some(kind.to_string()), &endpoint, Some(pid)).await }
     })

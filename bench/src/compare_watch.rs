@@ -86,7 +86,7 @@ pub async fn run<'a>(
     scale: f64,
     results: &mut Vec<WatchResult>,
 ) -> Result<(), BenchError> {
-    fresh::run(scenarios, kinds, bin, results, |scenario, kind, endpoint, pid| {
+    fresh::run(scenarios, kinds, bin, results, |scenario, kind, endpoint, pid, _data_dir| {
         let plan = scenario.plan(scale);
         async move { watch::run(&plan, scenario.name, Some(kind.to_string()), &endpoint, Some(pid)).await }
     })

@@ -3,7 +3,7 @@
 //! results kept side by side.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::BenchError;
 use crate::server::{on_fresh_servers, ServerKind};
@@ -26,8 +26,9 @@ pub trait FreshReport {
     fn shortfall(&self) -> Option<String>;
 }
 
-/// Runs every scenario with `run_one` on a fresh server of each kind, appending to `results` as
-/// scenarios finish (so what was measured before an error is still reported).
+/// Runs every scenario with `run_one` (given the server's kind, endpoint, pid and data directory)
+/// on a fresh server of each kind, appending to `results` as scenarios finish (so what was
+/// measured before an error is still reported).
 pub async fn run<'a, S, R, F, Fut>(
     scenarios: &[&'static S],
     kinds: &[ServerKind],
@@ -37,12 +38,12 @@ pub async fn run<'a, S, R, F, Fut>(
 ) -> Result<(), BenchError>
 where
     R: FreshReport,
-    F: FnMut(&'static S, ServerKind, String, u32) -> Fut,
+    F: FnMut(&'static S, ServerKind, String, u32, PathBuf) -> Fut,
     Fut: Future<Output = Result<R, BenchError>>,
 {
     for (i, &scenario) in scenarios.iter().enumerate() {
-        let (etcd, corekv) = on_fresh_servers(kinds, i % 2 == 1, bin, |kind, endpoint, pid| {
-            let report = run_one(scenario, kind, endpoint, pid);
+        let (etcd, corekv) = on_fresh_servers(kinds, i % 2 == 1, bin, |kind, endpoint, pid, data_dir| {
+            let report = run_one(scenario, kind, endpoint, pid, data_dir);
             async move {
                 let report = report.await?;
                 print!("{}", report.human());

@@ -12,6 +12,7 @@
 mod charts;
 mod compare;
 mod compare_lease;
+mod compare_memory;
 mod compare_watch;
 mod driver;
 mod error;

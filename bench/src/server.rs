@@ -74,7 +74,7 @@ pub async fn on_fresh_servers<'a, R, F, Fut>(
     mut run: F,
 ) -> Result<(Option<R>, Option<R>), BenchError>
 where
-    F: FnMut(ServerKind, String, u32) -> Fut,
+    F: FnMut(ServerKind, String, u32, PathBuf) -> Fut,
     Fut: std::future::Future<Output = Result<R, BenchError>>,
 {
     let mut order = kinds.to_vec();
@@ -84,7 +84,7 @@ where
     let (mut etcd, mut corekv) = (None, None);
     for kind in order {
         let server = RunningServer::start(kind, bin(kind)).await?;
-        let outcome = run(kind, server.endpoint().to_owned(), server.pid()).await;
+        let outcome = run(kind, server.endpoint().to_owned(), server.pid(), server.data_dir.clone()).await;
         server.stop().await?;
         let report = outcome?;
         match kind {
@@ -102,6 +102,7 @@ pub struct RunningServer {
     pid: u32,
     endpoint: String,
     log_path: PathBuf,
+    data_dir: PathBuf,
     /// Held for its `Drop`, which deletes the data directory after the process is gone.
     _dir: TempDir,
 }
@@ -130,7 +131,8 @@ impl RunningServer {
             path: bin.to_owned(),
             source: io::Error::other("process exited before its pid could be read"),
         })?;
-        let mut server = Self { kind, child, pid, endpoint: format!("127.0.0.1:{client_port}"), log_path, _dir: dir };
+        let endpoint = format!("127.0.0.1:{client_port}");
+        let mut server = Self { kind, child, pid, endpoint, log_path, data_dir, _dir: dir };
         server.wait_ready().await?;
         Ok(server)
     }

@@ -143,6 +143,12 @@ impl RaftGroup {
         }
         let _ = light.take_committed_entries();
         self.node.advance_apply();
+        // A lone voter has no follower to send older entries to, and they are durable in the
+        // WAL: keep only the last applied entry in memory (its term is all the log matching and
+        // snapshots need). Without this the in-memory log held every batch, values included,
+        // until the next snapshot — up to --snapshot-count entries, a second copy of the data.
+        let applied = self.node.raft.raft_log.applied;
+        self.compact_log(applied)?;
         Ok(self.node.raft.raft_log.committed)
     }
 
@@ -159,5 +165,33 @@ impl RaftGroup {
     /// The term of `index`, if still in the log.
     pub fn term_of(&self, index: u64) -> u64 {
         self.node.raft.raft_log.term(index).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs Ready cycles until Raft has nothing left to persist.
+    fn settle(g: &mut RaftGroup) {
+        while let Some((rd, _records)) = g.take_ready() {
+            g.on_persisted(rd).expect("persisted");
+        }
+    }
+
+    #[test]
+    fn a_lone_voter_keeps_only_the_last_applied_entry_in_memory() {
+        let mut g = RaftGroup::start(&RecoveredRaft::default()).expect("start");
+        settle(&mut g);
+        for i in 0..100u8 {
+            g.propose(vec![i; 1024]).expect("propose");
+            settle(&mut g);
+        }
+        assert!(g.is_leader());
+        assert_eq!((g.commit_index(), g.applied_index()), (g.last_index(), g.last_index()));
+        let store = g.node.raft.raft_log.store.clone();
+        let first = raft::Storage::first_index(&store).expect("first index");
+        assert_eq!(first, g.last_index(), "only the last entry stays in memory");
+        assert!(g.term_of(g.last_index()) > 0, "its term is still known (snapshots record it)");
     }
 }
