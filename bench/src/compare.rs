@@ -395,6 +395,13 @@ async fn run_scenarios(
 /// the corekv/etcd ratio.
 pub type MetricRow<R> = (&'static str, fn(&R) -> Option<f64>, bool);
 
+/// Appends one scenario's side-by-side table under the markdown heading `heading` (with its
+/// `#`s): the column header, then `rows`.
+pub fn write_table<R>(md: &mut String, heading: &str, rows: &[MetricRow<R>], etcd: Option<&R>, corekv: Option<&R>) {
+    let _ = write!(md, "\n{heading}\n\n| | etcd | corekv | corekv/etcd |\n|---|---:|---:|---:|\n");
+    write_rows(md, rows, etcd, corekv);
+}
+
 /// Appends the rows of one scenario's side-by-side table.
 pub fn write_rows<R>(md: &mut String, rows: &[MetricRow<R>], etcd: Option<&R>, corekv: Option<&R>) {
     for (name, metric, with_ratio) in rows {
@@ -454,12 +461,6 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
     }
 
     for r in results {
-        let _ = write!(
-            md,
-            "\n## {}: {}\n\n| | etcd | corekv | corekv/etcd |\n|---|---:|---:|---:|\n",
-            r.scenario.name,
-            r.scenario.describe()
-        );
         let rows: [MetricRow<RunReport>; 10] = [
             ("throughput (ops/s)", |r| Some(r.ops_per_sec()), true),
             ("latency p50 (µs)", |r| Some(r.latency.p50_us as f64), false),
@@ -472,7 +473,8 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
             ("server RSS after (MiB)", |r| r.server_rss_kib.map(|k| k as f64 / 1024.0), false),
             ("errors", |r| Some(r.errors as f64), false),
         ];
-        write_rows(&mut md, &rows, r.etcd.as_ref(), r.corekv.as_ref());
+        let heading = format!("## {}: {}", r.scenario.name, r.scenario.describe());
+        write_table(&mut md, &heading, &rows, r.etcd.as_ref(), r.corekv.as_ref());
         if let Some(at_rate) = &r.corekv_at_etcd_rate {
             let rows: [MetricRow<RunReport>; 3] = [
                 ("corekv at etcd's throughput: ops/s", |r| Some(r.ops_per_sec()), false),

@@ -1,10 +1,9 @@
 //! The lease part of `compare`: each lease scenario runs on freshly started servers, etcd and
 //! corekv in alternating order, and is tabulated side by side.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::compare::{write_rows, MetricRow};
+use crate::compare::{write_table, MetricRow};
 use crate::error::BenchError;
 use crate::fresh::{self, FreshScenario, SideBySide};
 use crate::lease::{self, LeasePlan, LeaseReport};
@@ -93,13 +92,8 @@ pub fn render_markdown(results: &[LeaseResult]) -> String {
     ];
     for r in results {
         let n = r.etcd.as_ref().or(r.corekv.as_ref()).map_or(0, |l| l.leases);
-        let _ = write!(
-            md,
-            "\n### {}: {} (run with {n} leases)\n\n| | etcd | corekv | corekv/etcd |\n|---|---:|---:|---:|\n",
-            r.scenario.name,
-            r.scenario.describe()
-        );
-        write_rows(&mut md, &rows, r.etcd.as_ref(), r.corekv.as_ref());
+        let heading = format!("### {}: {} (run with {n} leases)", r.scenario.name, r.scenario.describe());
+        write_table(&mut md, &heading, &rows, r.etcd.as_ref(), r.corekv.as_ref());
     }
     md
 }

@@ -2,12 +2,11 @@
 //! written once by single puts) into a freshly started server, then report its RSS and the
 //! disk its data directory takes, side by side for etcd and corekv.
 
-use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::compare::{write_rows, MetricRow};
+use crate::compare::{write_table, MetricRow};
 use crate::driver::{self, RunConfig};
 use crate::error::BenchError;
 use crate::fresh::{self, FreshReport, FreshScenario, SideBySide};
@@ -184,13 +183,8 @@ pub fn render_markdown(results: &[MemoryResult]) -> String {
         ("data directory on disk (MiB)", |r| Some(r.disk_mib()), true),
     ];
     for r in results {
-        let _ = write!(
-            md,
-            "\n### {}: {}\n\n| | etcd | corekv | corekv/etcd |\n|---|---:|---:|---:|\n",
-            r.scenario.name,
-            r.scenario.describe()
-        );
-        write_rows(&mut md, &rows, r.etcd.as_ref(), r.corekv.as_ref());
+        let heading = format!("### {}: {}", r.scenario.name, r.scenario.describe());
+        write_table(&mut md, &heading, &rows, r.etcd.as_ref(), r.corekv.as_ref());
     }
     md
 }

@@ -2,10 +2,9 @@
 //! scenario's freed memory cannot hide the next one's growth), etcd and corekv in alternating
 //! order, and is tabulated side by side.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::compare::{write_rows, MetricRow};
+use crate::compare::{write_table, MetricRow};
 use crate::error::BenchError;
 use crate::fresh::{self, FreshScenario, SideBySide};
 use crate::server::ServerKind;
@@ -112,13 +111,8 @@ pub fn render_markdown(results: &[WatchResult]) -> String {
     ];
     for r in results {
         let watchers = r.etcd.as_ref().or(r.corekv.as_ref()).map_or(0, |w| w.watchers);
-        let _ = write!(
-            md,
-            "\n### {}: {} (run with {watchers} watchers)\n\n| | etcd | corekv | corekv/etcd |\n|---|---:|---:|---:|\n",
-            r.scenario.name,
-            r.scenario.describe()
-        );
-        write_rows(&mut md, &rows, r.etcd.as_ref(), r.corekv.as_ref());
+        let heading = format!("### {}: {} (run with {watchers} watchers)", r.scenario.name, r.scenario.describe());
+        write_table(&mut md, &heading, &rows, r.etcd.as_ref(), r.corekv.as_ref());
     }
     md
 }
