@@ -163,6 +163,8 @@ struct ScenarioResult {
     corekv: Option<RunReport>,
     /// corekv offered etcd's throughput of the same scenario: latency at equal offered load.
     corekv_at_etcd_rate: Option<RunReport>,
+    /// The same scenario against the no-op server: what the client and gRPC allow at most.
+    ceiling: Option<RunReport>,
 }
 
 /// Runs the comparison; prints each run's summary and JSON line, then the markdown tables.
@@ -187,9 +189,12 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
         .into_iter()
         .filter(|kind| args.only.is_none_or(|only| only == *kind))
         .collect();
+    let this_binary =
+        std::env::current_exe().map_err(|source| BenchError::Scratch { server: ServerKind::Noop, source })?;
     let bin = |kind| match kind {
         ServerKind::Etcd => args.etcd_bin.as_path(),
         ServerKind::Corekv => args.corekv_bin.as_path(),
+        ServerKind::Noop => this_binary.as_path(),
     };
     for &kind in &kinds {
         check_binary(kind, bin(kind))?;
@@ -208,9 +213,16 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
         args.duration_secs
     );
 
-    let mut servers = Vec::with_capacity(kinds.len());
+    // The KV scenarios also run against the no-op server, for the ceiling (not with --only).
+    let kv_kinds: Vec<ServerKind> =
+        kinds.iter().copied().chain(args.only.is_none().then_some(ServerKind::Noop)).collect();
+    if kv_kinds.contains(&ServerKind::Noop) {
+        let _ =
+            writeln!(header, "- no-op server: this binary's `noop-server`, the ceiling of the client and gRPC stack");
+    }
+    let mut servers = Vec::with_capacity(kv_kinds.len());
     let mut started = Ok(());
-    for &kind in &kinds {
+    for &kind in kv_kinds.iter().filter(|_| !scenarios.is_empty()) {
         match RunningServer::start(kind, bin(kind)).await {
             Ok(server) => servers.push(server),
             Err(e) => {
@@ -348,6 +360,7 @@ fn check_binary(kind: ServerKind, path: &Path) -> Result<(), BenchError> {
             ServerKind::Corekv => {
                 "build it with `cargo build --release -p corekv`, pass --corekv-bin, or use --only etcd"
             }
+            ServerKind::Noop => "the no-op server is this binary: is it still where it was started from?",
         },
     })
 }
@@ -360,7 +373,8 @@ async fn run_scenarios(
 ) -> Result<(), BenchError> {
     let duration = Duration::from_secs(duration_secs);
     for (i, &scenario) in scenarios.iter().enumerate() {
-        let mut result = ScenarioResult { scenario, etcd: None, corekv: None, corekv_at_etcd_rate: None };
+        let mut result =
+            ScenarioResult { scenario, etcd: None, corekv: None, corekv_at_etcd_rate: None, ceiling: None };
         let workload = scenario.workload();
         let mut order: Vec<usize> = (0..servers.len()).collect();
         if i % 2 == 1 {
@@ -375,6 +389,7 @@ async fn run_scenarios(
             match server.kind() {
                 ServerKind::Etcd => result.etcd = Some(report),
                 ServerKind::Corekv => result.corekv = Some(report),
+                ServerKind::Noop => result.ceiling = Some(report),
             }
         }
         // Latency is compared at equal offered load: corekv again, at the rate etcd reached.
@@ -422,6 +437,14 @@ fn cell(v: Option<f64>) -> String {
     }
 }
 
+/// `corekv` as a percentage of `ceiling`, or `–`.
+fn share(ceiling: Option<f64>, corekv: Option<f64>) -> String {
+    match (ceiling, corekv) {
+        (Some(c), Some(k)) if c > 0.0 && c.is_finite() && k.is_finite() => format!("{:.0}%", 100.0 * k / c),
+        _ => "–".to_owned(),
+    }
+}
+
 /// `corekv / etcd`, or `–` when either side is missing or etcd's figure is zero.
 fn ratio(etcd: Option<f64>, corekv: Option<f64>) -> String {
     match (etcd, corekv) {
@@ -439,8 +462,8 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
     md.push_str(
         "\nRatios are corekv / etcd: above 1 is better for throughput, below 1 is better for \
          latency and CPU.\n\n## Summary\n\n\
-         | scenario | etcd ops/s | corekv ops/s | throughput | p99 | p99 at etcd's rate | server CPU/op |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+         | scenario | etcd ops/s | corekv ops/s | throughput | p99 | p99 at etcd's rate | server CPU/op | corekv / no-op ceiling |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let ops = |r: &Option<RunReport>| r.as_ref().map(RunReport::ops_per_sec);
     let p99 = |r: &Option<RunReport>| r.as_ref().map(|r| r.latency.p99_us as f64);
@@ -449,7 +472,7 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
     for r in results {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.scenario.name,
             num(ops(&r.etcd)),
             num(ops(&r.corekv)),
@@ -457,6 +480,7 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
             ratio(p99(&r.etcd), p99(&r.corekv)),
             ratio(p99(&r.etcd), p99(&r.corekv_at_etcd_rate)),
             ratio(cpu(&r.etcd), cpu(&r.corekv)),
+            share(ops(&r.ceiling), ops(&r.corekv)),
         );
     }
 
@@ -475,6 +499,13 @@ fn render_markdown(header: &str, results: &[ScenarioResult]) -> String {
         ];
         let heading = format!("## {}: {}", r.scenario.name, r.scenario.describe());
         write_table(&mut md, &heading, &rows, r.etcd.as_ref(), r.corekv.as_ref());
+        if let Some(ceiling) = &r.ceiling {
+            let rows: [MetricRow<RunReport>; 2] = [
+                ("no-op server (the client's ceiling): ops/s", |r| Some(r.ops_per_sec()), false),
+                ("no-op server: server CPU (µs/op)", RunReport::server_cpu_us_per_op, false),
+            ];
+            write_rows(&mut md, &rows, None, Some(ceiling));
+        }
         if let Some(at_rate) = &r.corekv_at_etcd_rate {
             let rows: [MetricRow<RunReport>; 3] = [
                 ("corekv at etcd's throughput: ops/s", |r| Some(r.ops_per_sec()), false),
@@ -541,9 +572,11 @@ mod tests {
             etcd: Some(report(10_000, 4_000, 1_150)),
             corekv: Some(report(20_000, 2_000, 1_150)),
             corekv_at_etcd_rate: Some(report(10_000, 1_000, 500)),
+            ceiling: Some(report(40_000, 1_000, 1_000)),
         }];
         let md = render_markdown("- test\n", &results);
-        assert!(md.contains("| put-16 | 10000 | 20000 | 2.00x | 0.50x | 0.25x | 0.50x |"), "{md}");
+        assert!(md.contains("| put-16 | 10000 | 20000 | 2.00x | 0.50x | 0.25x | 0.50x | 50% |"), "{md}");
+        assert!(md.contains("| no-op server (the client's ceiling): ops/s | – | 40000 |  |"), "{md}");
         assert!(md.contains("| corekv at etcd's throughput: p99 (µs) | 4000 | 1000 | 0.25x |"), "{md}");
         assert!(md.contains("## put-16: put, 16 clients, 4 conns"));
         assert!(md.contains("| throughput (ops/s) | 10000 | 20000 | 2.00x |"));
@@ -557,8 +590,9 @@ mod tests {
             etcd: Some(report(500, 3_000, 100)),
             corekv: None,
             corekv_at_etcd_rate: None,
+            ceiling: None,
         }];
         let md = render_markdown("", &results);
-        assert!(md.contains("| put-1 | 500 | – | – | – | – | – |"), "{md}");
+        assert!(md.contains("| put-1 | 500 | – | – | – | – | – | – |"), "{md}");
     }
 }

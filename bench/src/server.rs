@@ -33,6 +33,9 @@ const LOG_TAIL_LINES: usize = 20;
 pub enum ServerKind {
     Etcd,
     Corekv,
+    /// This binary's `noop-server`: the ceiling the client and gRPC allow (KV scenarios only).
+    #[value(skip)]
+    Noop,
 }
 
 impl fmt::Display for ServerKind {
@@ -40,6 +43,7 @@ impl fmt::Display for ServerKind {
         f.write_str(match self {
             Self::Etcd => "etcd",
             Self::Corekv => "corekv",
+            Self::Noop => "no-op",
         })
     }
 }
@@ -47,6 +51,9 @@ impl fmt::Display for ServerKind {
 impl ServerKind {
     /// Command-line flags for a single-member server on loopback.
     fn args(self, data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<OsString> {
+        if self == Self::Noop {
+            return vec!["noop-server".into(), "--listen".into(), format!("127.0.0.1:{client_port}").into()];
+        }
         let client_url = format!("http://127.0.0.1:{client_port}");
         let mut args: Vec<OsString> = vec!["--data-dir".into(), data_dir.into()];
         let mut flag = |name: &str, value: &str| {
@@ -90,6 +97,8 @@ where
         match kind {
             ServerKind::Etcd => etcd = Some(report),
             ServerKind::Corekv => corekv = Some(report),
+            // Fresh-server scenarios (watch, lease, memory) need a real server.
+            ServerKind::Noop => {}
         }
     }
     Ok((etcd, corekv))
