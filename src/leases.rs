@@ -45,8 +45,8 @@ impl Leases {
     }
 
     fn home(&self, id: i64) -> &ShardHandle {
-        let shards = self.router.handles();
-        &shards[id.rem_euclid(shards.len() as i64) as usize]
+        let handles = self.router.handles();
+        &handles[shards::lease::home_shard(id, handles.len())]
     }
 
     /// Grants a lease: `id == 0` picks one. Returns the id and the TTL granted.

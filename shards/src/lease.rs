@@ -74,6 +74,12 @@ fn seconds_left(deadline: Instant, now: Instant) -> i64 {
     left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0)
 }
 
+/// The shard a lease lives on (its grant, revoke, keepalives and snapshot record), of
+/// `shard_count`: id mod count, never negative.
+pub fn home_shard(id: i64, shard_count: usize) -> usize {
+    id.rem_euclid(shard_count as i64) as usize
+}
+
 /// The TTL a grant gets: at least [`MIN_TTL`].
 pub fn effective_ttl(requested: i64) -> i64 {
     requested.max(MIN_TTL)
@@ -203,6 +209,11 @@ impl LeaseTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn home_shard_is_id_mod_count_for_negative_ids_too() {
+        assert_eq!((home_shard(7, 2), home_shard(8, 2), home_shard(-1, 3), home_shard(5, 1)), (1, 0, 2, 0));
+    }
 
     #[test]
     fn lease_expires_in_deadline_order_and_renew_moves_the_deadline() {

@@ -133,11 +133,10 @@ pub fn restore(backup: &Backup, data_dir: &Path) -> Result<(), BackupError> {
             decided: Vec::new(),
         };
         let path = dirs.snap.join(format!("{:016x}.snap", 1));
-        let shard_count = backup.shards.len() as i64;
         let leases: Vec<LeaseRecord> = backup
             .leases
             .iter()
-            .filter(|l| l.id.rem_euclid(shard_count) == i as i64)
+            .filter(|l| shards::lease::home_shard(l.id, backup.shards.len()) == i)
             .map(|l| LeaseRecord { remaining: l.ttl, ..l.clone() })
             .collect();
         let bytes = shards::snapshot::encode(&store, header, leases);
