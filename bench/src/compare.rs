@@ -382,10 +382,7 @@ async fn run_scenarios(
         }
         for index in order {
             let server = &mut servers[index];
-            server.check_alive()?;
-            let report = driver::run(&scenario.run_config(server, duration, None)?, &workload).await?;
-            print!("{}", report.human());
-            println!("{}", report.json_line());
+            let report = measure(scenario, server, duration, None, &workload).await?;
             match server.kind() {
                 ServerKind::Etcd => result.etcd = Some(report),
                 ServerKind::Corekv => result.corekv = Some(report),
@@ -395,15 +392,26 @@ async fn run_scenarios(
         // Latency is compared at equal offered load: corekv again, at the rate etcd reached.
         let etcd_rate = result.etcd.as_ref().and_then(|e| NonZeroU64::new(e.ops_per_sec().round() as u64));
         if let (Some(rate), Some(server)) = (etcd_rate, servers.iter_mut().find(|s| s.kind() == ServerKind::Corekv)) {
-            server.check_alive()?;
-            let report = driver::run(&scenario.run_config(server, duration, Some(rate))?, &workload).await?;
-            print!("{}", report.human());
-            println!("{}", report.json_line());
-            result.corekv_at_etcd_rate = Some(report);
+            result.corekv_at_etcd_rate = Some(measure(scenario, server, duration, Some(rate), &workload).await?);
         }
         results.push(result);
     }
     Ok(())
+}
+
+/// One run of `scenario` against `server` (offered `rate`, else closed loop), printed as it ends.
+async fn measure(
+    scenario: &Scenario,
+    server: &mut RunningServer,
+    duration: Duration,
+    rate: Option<NonZeroU64>,
+    workload: &Workload,
+) -> Result<RunReport, BenchError> {
+    server.check_alive()?;
+    let report = driver::run(&scenario.run_config(server, duration, rate)?, workload).await?;
+    print!("{}", report.human());
+    println!("{}", report.json_line());
+    Ok(report)
 }
 
 /// One row of a side-by-side table: its name, how to read it off a report, and whether to show
