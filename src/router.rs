@@ -264,8 +264,9 @@ impl Router {
         }
         let current = self.clock.visible().max(observed);
         // While every participant is held nothing else writes them, so a txn that writes
-        // nothing reads them as of every revision allocated up to here.
-        let read_at = self.clock.allocated().max(observed);
+        // nothing reads them as of every revision allocated up to here (which includes
+        // `observed`, a revision each participant already executed).
+        let read_at = self.clock.allocated();
         let mut run = CrossRun { router: self, revision: None, changed: BTreeSet::new(), current, compacted };
         let result = match outcome {
             Ok(()) => run.run(t).await,
