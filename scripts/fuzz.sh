@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../wire"
 secs=${1:-30}
-for target in wal_scan wal_record batch snapshot_record backup_record; do
+for target in wal_scan wal_record batch snapshot_record backup_record peer_frame; do
   RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" -- -max_total_time="$secs" -rss_limit_mb=2048
 done
