@@ -82,6 +82,34 @@ pub struct Config {
     /// catches up from MVCC history once it reads again (corekv-specific).
     #[arg(long, default_value_t = 4096)]
     pub watch_queue_revisions: usize,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+}
+
+/// One member named by `--initial-cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+/// A member's id: derived from its sorted peer URLs and the cluster token, as etcd derives it
+/// (with a different hash), so every member computes the same ids from the same flags.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let id = fnv1a(format!("{}\0{token}", urls.join("")).as_bytes());
+    // Raft reserves 0 for "none".
+    id.max(1)
+}
+
+pub fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Parses a Go duration (`1h30m`, `10m`, `5s`, `250ms`, `100us`, `10ns`).
@@ -137,11 +165,15 @@ pub enum ConfigError {
     #[error("--initial-cluster has {cluster} but missing from --initial-advertise-peer-urls={advertised}")]
     PeerUrlsMismatch { cluster: String, advertised: String },
     #[error(
-        "--initial-cluster names {0} members: corekv runs single-member clusters only (replication is not built yet)"
+        "--initial-cluster-state existing joins a running cluster, which needs membership changes (not built yet)"
     )]
-    MultiMember(usize),
-    #[error("--initial-cluster-state existing joins a running cluster, which needs replication (not built yet)")]
     JoinUnsupported,
+    #[error("--election-timeout[{election}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat}ms]")]
+    ElectionTimeout { election: u64, heartbeat: u64 },
+    #[error("--heartbeat-interval must be above zero")]
+    ZeroHeartbeat,
+    #[error("invalid URL {url:?} in --listen-peer-urls: {reason}")]
+    BadPeerUrl { url: String, reason: &'static str },
 }
 
 impl Config {
@@ -162,12 +194,18 @@ impl Config {
             }
         }
         self.client_addrs()?;
-        self.peer_urls().map(|_| ())
+        self.raft_timing()?;
+        if self.initial_members()?.len() > 1 {
+            self.peer_listen_addrs()?;
+        }
+        Ok(())
     }
 
     /// This member's advertised peer URLs, checked against `--initial-cluster` as etcd checks
     /// them; a cluster of more than this member, or joining an existing one, is refused.
-    pub fn peer_urls(&self) -> Result<Vec<String>, ConfigError> {
+    /// The members of `--initial-cluster` (this one's advertised URLs checked as etcd checks
+    /// them), each with its id, in the order given.
+    pub fn initial_members(&self) -> Result<Vec<InitialMember>, ConfigError> {
         let split = |s: &str| -> Vec<String> {
             s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect()
         };
@@ -197,13 +235,51 @@ impl Config {
         if a != b {
             return Err(ConfigError::PeerUrlsMismatch { cluster: mine.join(","), advertised: advertised.join(",") });
         }
-        if members.len() > 1 {
-            return Err(ConfigError::MultiMember(members.len()));
-        }
         if self.initial_cluster_state == "existing" {
             return Err(ConfigError::JoinUnsupported);
         }
-        Ok(advertised)
+        Ok(members
+            .into_iter()
+            .map(|(name, peer_urls)| InitialMember {
+                id: member_id(&peer_urls, &self.initial_cluster_token),
+                name,
+                peer_urls,
+            })
+            .collect())
+    }
+
+    /// This member's `--initial-advertise-peer-urls`.
+    pub fn peer_urls(&self) -> Result<Vec<String>, ConfigError> {
+        let me = self.initial_members()?.into_iter().find(|m| m.name == self.name);
+        Ok(me.map(|m| m.peer_urls).unwrap_or_default())
+    }
+
+    /// Where this member listens for its peers (`--listen-peer-urls`).
+    pub fn peer_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.listen_peer_urls
+            .split(',')
+            .map(|u| {
+                parse_url(u.trim()).map_err(|e| match e {
+                    ConfigError::BadUrl { url, reason } => ConfigError::BadPeerUrl { url, reason },
+                    other => other,
+                })
+            })
+            .collect()
+    }
+
+    /// One Raft tick, and the ticks of an election timeout (etcd's two flags, in ms).
+    pub fn raft_timing(&self) -> Result<(std::time::Duration, usize), ConfigError> {
+        if self.heartbeat_interval == 0 {
+            return Err(ConfigError::ZeroHeartbeat);
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(ConfigError::ElectionTimeout {
+                election: self.election_timeout,
+                heartbeat: self.heartbeat_interval,
+            });
+        }
+        let ticks = (self.election_timeout / self.heartbeat_interval) as usize;
+        Ok((std::time::Duration::from_millis(self.heartbeat_interval), ticks))
     }
 
     /// The socket addresses of `--listen-client-urls`.
@@ -212,7 +288,8 @@ impl Config {
     }
 }
 
-fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
+/// The address of an `http://ip:port` URL (`localhost` is 127.0.0.1).
+pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
     let bad = |reason| ConfigError::BadUrl { url: url.to_string(), reason };
     let rest = if let Some(r) = url.strip_prefix("http://") {
         r
@@ -273,11 +350,28 @@ mod tests {
             .contains("couldn't find local name \"n2\""));
         assert!(err(&["--initial-cluster", "default=http://127.0.0.1:9"])
             .contains("missing from --initial-advertise-peer-urls"));
-        assert!(
-            err(&["--initial-cluster", "default=http://localhost:2380,b=http://localhost:2381"]).contains("2 members")
-        );
+        let three = Config::parse_from([
+            "corekv",
+            "--name",
+            "b",
+            "--initial-cluster",
+            "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2",
+        ]);
+        let members = three.initial_members().expect("three members");
+        assert_eq!(members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        let ids: std::collections::BTreeSet<u64> = members.iter().map(|m| m.id).collect();
+        assert_eq!(ids.len(), 3, "distinct ids");
+        assert_eq!(members[1].id, member_id(&["http://127.0.0.1:2".into()], "etcd-cluster"));
         assert!(err(&["--initial-cluster", "nonsense"]).contains("not name=url"));
-        assert!(err(&["--initial-cluster-state", "existing"]).contains("needs replication"));
+        assert!(err(&["--initial-cluster-state", "existing"]).contains("needs membership changes"));
+        let timing = |args: &[&str]| Config::parse_from([&["corekv"], args].concat()).raft_timing();
+        assert_eq!(timing(&[]).expect("defaults"), (std::time::Duration::from_millis(100), 10));
+        assert!(timing(&["--heartbeat-interval", "100", "--election-timeout", "400"])
+            .expect_err("too short")
+            .to_string()
+            .contains("at least as 5 times"));
     }
 
     #[test]

@@ -36,9 +36,15 @@ pub enum ApiError {
     /// Removing the only voting member would leave no quorum.
     #[error("not enough started members")]
     NotEnoughStartedMembers,
-    /// Adding a member or moving one's peer URLs: needs replication (not built yet).
-    #[error("membership change needs replication")]
+    /// A membership change: not built yet.
+    #[error("membership changes are not built yet")]
     MembershipChangeUnsupported,
+    /// No member is known to lead (election in progress, or no quorum).
+    #[error("no leader")]
+    NoLeader,
+    /// A forwarded request reached a member that does not serve writes.
+    #[error("not leader")]
+    NotLeader,
     #[error(transparent)]
     Shard(#[from] ShardError),
 }

@@ -234,6 +234,12 @@ impl Router {
         Ok(())
     }
 
+    /// In a cluster: confirms with a quorum that this node still leads (ReadIndex on group 0,
+    /// where every group's leadership follows), so a read served next is linearizable.
+    pub async fn confirm_leadership(&self) -> Result<(), ApiError> {
+        Ok(self.shards[0].request(|reply| ShardMsg::ReadIndex { reply }).await?)
+    }
+
     pub async fn status(&self) -> Result<Vec<ShardStatus>, ApiError> {
         Ok(try_join_all(self.shards.iter().map(|s| s.request(|reply| ShardMsg::Status { reply }))).await?)
     }

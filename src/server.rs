@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use shards::{PoolConfig, ShardPool};
+use shards::{ClusterConfig, PoolConfig, ShardPool};
 use tonic::transport::Server;
 use wire::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -13,9 +13,11 @@ use wire::pb::etcdserverpb::{
 use crate::alarm::AlarmTable;
 use crate::authority::AuthorityFix;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
+use crate::forward::Forwarder;
 use crate::grpc::cluster::ClusterService;
 use crate::grpc::{kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService, Member};
 use crate::leases::Leases;
+use crate::peer::{self, faults::PeerFaults, PeerDirectory};
 use crate::router::Router;
 use crate::validate::Limits;
 use crate::watch::hub::{self, Hub, QueueLimits};
@@ -31,6 +33,8 @@ pub enum ServeError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
 }
 
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -45,6 +49,15 @@ pub async fn serve(
     cfg.validate()?;
     let addrs = cfg.client_addrs()?;
     let peer_urls = cfg.peer_urls()?;
+    let members = cfg.initial_members()?;
+    let me = members.iter().find(|m| m.name == cfg.name).map_or(1, |m| m.id);
+    let (tick, election_ticks) = cfg.raft_timing()?;
+    let cluster = (members.len() > 1).then(|| ClusterConfig {
+        me,
+        voters: members.iter().map(|m| m.id).collect(),
+        tick,
+        election_ticks,
+    });
     let started = std::time::Instant::now();
     let pool_cfg = PoolConfig {
         data_dir: cfg.data_dir.clone(),
@@ -56,8 +69,9 @@ pub async fn serve(
             .as_ref()
             .map(|b| b.iter().map(|k| bytes::Bytes::copy_from_slice(k.as_bytes())).collect()),
         lease_checkpoint_interval: cfg.experimental_lease_checkpoint_interval,
+        cluster,
     };
-    let pool = tokio::task::spawn_blocking(move || ShardPool::start(pool_cfg))
+    let mut pool = tokio::task::spawn_blocking(move || ShardPool::start(pool_cfg))
         .await
         .map_err(|e| ServeError::Start(shards::StartError::Executor { shard: 0, reason: e.to_string() }))??;
     tracing::info!(
@@ -72,8 +86,22 @@ pub async fn serve(
     if cfg.unsafe_no_fsync {
         tracing::warn!("--unsafe-no-fsync: acknowledged writes may be lost on a crash");
     }
+    let fwd = match pool.take_cluster_io() {
+        Some(io) => {
+            let node = io.node.clone();
+            let directory = Arc::new(PeerDirectory::new(me, members, &cfg.advertise_client_urls));
+            let faults = Arc::new(PeerFaults::from_env(me));
+            peer::start(io, directory.clone(), &cfg.peer_listen_addrs()?, faults.clone()).await?;
+            let (shards, clock) = (pool.handles().to_vec(), pool.clock().clone());
+            tokio::spawn(shards::cluster::promote_when_ready(node.clone(), shards, clock));
+            // A request waits this long for a leader before `no leader` (etcd's clients retry).
+            let patience = std::time::Duration::from_millis(cfg.election_timeout * 3);
+            Some(Arc::new(Forwarder::new(node, directory, patience, faults)))
+        }
+        None => None,
+    };
     let router = Arc::new(Router::new(&pool));
-    let member = Member::new(&cfg.name, &cfg.initial_cluster_token, &cfg.advertise_client_urls);
+    let member = Member::new(me, &cfg.initial_cluster_token);
     let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let status = router.status().await.unwrap_or_default();
@@ -104,9 +132,16 @@ pub async fn serve(
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         // Repair malformed `:authority` headers some etcd clients send (src/authority.rs).
         let incoming = tokio_stream::StreamExt::map(incoming, |conn| conn.map(AuthorityFix::new));
-        let kv = KvServer::new(KvService { router: router.clone(), member, limits, raft_term, alarms: alarms.clone() })
-            .max_decoding_message_size(max_msg)
-            .max_encoding_message_size(usize::MAX);
+        let kv = KvServer::new(KvService {
+            router: router.clone(),
+            member,
+            limits,
+            raft_term,
+            alarms: alarms.clone(),
+            fwd: fwd.clone(),
+        })
+        .max_decoding_message_size(max_msg)
+        .max_encoding_message_size(usize::MAX);
         let maint = MaintenanceServer::new(MaintenanceService {
             router: router.clone(),
             leases: leases.clone(),
@@ -114,14 +149,20 @@ pub async fn serve(
             data_dir: cfg.data_dir.clone(),
             alarms: alarms.clone(),
             raft_term,
+            fwd: fwd.clone(),
         })
         .max_decoding_message_size(max_msg);
-        let watch = WatchServer::new(WatchService { ctx: watch_ctx.clone() })
+        let watch = WatchServer::new(WatchService { ctx: watch_ctx.clone(), fwd: fwd.clone() })
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(usize::MAX);
-        let lease =
-            LeaseServer::new(LeaseService { router: router.clone(), leases: leases.clone(), member, raft_term })
-                .max_decoding_message_size(max_msg);
+        let lease = LeaseServer::new(LeaseService {
+            router: router.clone(),
+            leases: leases.clone(),
+            member,
+            raft_term,
+            fwd: fwd.clone(),
+        })
+        .max_decoding_message_size(max_msg);
         let cluster = ClusterServer::new(ClusterService {
             router: router.clone(),
             member,
@@ -129,6 +170,7 @@ pub async fn serve(
             name: cfg.name.clone(),
             peer_urls: peer_urls.clone(),
             client_urls: cfg.advertise_client_urls.split(',').map(|u| u.trim().to_string()).collect(),
+            fwd: fwd.clone(),
         });
         let mut stop = stop_tx.subscribe();
         tracing::info!(%addr, "serving client requests");

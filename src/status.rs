@@ -28,6 +28,8 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
         ApiError::MemberNotLearner => rpctypes::MEMBER_NOT_LEARNER,
         ApiError::NotEnoughStartedMembers => rpctypes::NOT_ENOUGH_STARTED_MEMBERS,
         ApiError::MembershipChangeUnsupported => rpctypes::MEMBERSHIP_CHANGE_UNSUPPORTED,
+        ApiError::NoLeader => rpctypes::NO_LEADER,
+        ApiError::NotLeader => rpctypes::NOT_LEADER,
         ApiError::Shard(s) => match s {
             ShardError::Compacted { .. } => rpctypes::COMPACTED,
             ShardError::FutureRevision { .. } => rpctypes::FUTURE_REV,
@@ -38,6 +40,8 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
             ShardError::LeaseExists { .. } => rpctypes::LEASE_EXIST,
             ShardError::Busy => rpctypes::TOO_MANY_REQUESTS,
             ShardError::Stopped => rpctypes::STOPPED,
+            ShardError::NotLeader => rpctypes::NOT_LEADER,
+            ShardError::LeaderChanged => rpctypes::LEADER_CHANGED,
             _ => rpctypes::STOPPED,
         },
     }

@@ -70,6 +70,15 @@ impl RevisionClock {
         }
     }
 
+    /// Restarts allocation above `rev` on a node that has just become leader of every group:
+    /// every revision up to `rev` is committed and applied, none above was ever acknowledged.
+    pub fn restart_above(&self, rev: i64) {
+        self.next.fetch_max(rev + 1, SeqCst);
+        if self.visible.fetch_max(rev, SeqCst) < rev {
+            self.advanced.notify(usize::MAX);
+        }
+    }
+
     /// The highest revision allocated so far (durable or not).
     pub fn allocated(&self) -> i64 {
         self.next.load(SeqCst) - 1

@@ -25,6 +25,12 @@ pub enum ShardError {
     /// A snapshot asked for (Defragment) could not be written; the WAL was kept.
     #[error("snapshot failed: {reason}")]
     SnapshotFailed { reason: String },
+    /// This node does not lead the shard's group (another node takes writes).
+    #[error("not leader")]
+    NotLeader,
+    /// Leadership moved while the write was being replicated; it was not applied here.
+    #[error("leader changed")]
+    LeaderChanged,
     /// The shard has stopped (shutdown, or its executor ended).
     #[error("shard stopped")]
     Stopped,

@@ -22,6 +22,7 @@ use wire::record::batch::{Batch, BatchOp, Mutation};
 use wire::record::snapshot::{LeaseRecord, SnapshotHeader};
 
 use crate::clock::RevisionClock;
+use crate::cluster::ClusterLink;
 use crate::error::ShardError;
 use crate::lease::{LeaseRegistry, LeaseTable};
 use crate::msg::{Cross, EventSink, HoldInfo, LeaseMsg, Reply, ShardMsg, ShardStatus, WriteOutcome};
@@ -29,7 +30,7 @@ use crate::mvcc::store::LATEST;
 use crate::mvcc::txn::RevisionSource;
 use crate::mvcc::{Op, OpResult, Store};
 use crate::raft_group::RaftGroup;
-use crate::recover::ShardDirs;
+use crate::recover::{self, LeaseChange, ShardDirs};
 use crate::route::ShardId;
 use crate::snapshot;
 use crate::wal::writer::WalWriter;
@@ -59,6 +60,8 @@ pub struct ShardConfig {
     pub expired: flume::Sender<i64>,
     /// How often the remaining TTLs of the leases homed here are logged.
     pub lease_checkpoint_interval: Duration,
+    /// With other nodes: the shard's link to the rest of its Raft group.
+    pub cluster: Option<ClusterLink>,
 }
 
 /// What the shard's tasks share on its thread (never borrowed across an `.await`).
@@ -150,6 +153,54 @@ pub struct Writer {
     pending_grants: HashSet<i64>,
     /// When the WAL write in progress started (the lease timer holds expiry during a stall).
     writing_since: Rc<Cell<Option<Instant>>>,
+    /// Entries up to this index were executed here (by this leader) or applied; a committed
+    /// entry above it is applied when it arrives.
+    executed_upto: u64,
+    /// The store's revision as of the last committed entry: what a leader that loses its
+    /// leadership rolls back to.
+    committed_revision: i64,
+    /// Committed batches waiting to be applied, in log order (a member of a group only): the
+    /// head waits while it holds a cross-shard prepare whose decision has not arrived.
+    apply_queue: VecDeque<(u64, Batch)>,
+    /// When the next Raft tick is due (a member of a group only).
+    next_tick: Instant,
+    /// The keys of the batch being replicated (a member of a group only), for a roll-back if
+    /// leadership is lost before it commits. `None` when nothing is in flight.
+    uncommitted: Option<Vec<bytes::Bytes>>,
+    /// The ReadIndex round the running batch's requests join, if one was started.
+    read_round: Option<u64>,
+    /// Rounds started so far (a round's context is its number).
+    read_rounds: u64,
+    /// Callers waiting for each round's confirmation.
+    read_waiters: std::collections::HashMap<u64, Vec<Reply<()>>>,
+}
+
+/// Every key a batch writes.
+fn written_keys(batch: &Batch) -> Vec<bytes::Bytes> {
+    let mut keys = Vec::new();
+    for op in &batch.ops {
+        if let BatchOp::Write { mutations, .. } | BatchOp::Prepare { mutations, .. } = op {
+            keys.extend(mutations.iter().map(|m| match m {
+                Mutation::Put { key, .. } | Mutation::Delete { key } => bytes::Bytes::copy_from_slice(key),
+            }));
+        }
+    }
+    keys
+}
+
+/// What recovery left for the writer besides the store.
+pub struct RecoveredLog {
+    /// Decided cross-shard revisions above the snapshot floor.
+    pub decided: BTreeSet<i64>,
+    /// Committed batches not applied yet (see `recover::replay`).
+    pub unapplied: Vec<(u64, Batch)>,
+}
+
+/// What woke the writer.
+enum Wake {
+    Msg(Option<ShardMsg>),
+    Raft(raft::eraftpb::Message),
+    Tick,
 }
 
 struct RunningSnapshot {
@@ -245,6 +296,7 @@ pub async fn lease_timer(
     expired: flume::Sender<i64>,
     mut to_writer: mpsc::Sender<ShardMsg>,
     checkpoint_interval: Duration,
+    node: Option<Arc<crate::cluster::NodeState>>,
 ) {
     let Local { leases, writing_since, .. } = local;
     let mut next_checkpoint = Instant::now() + checkpoint_interval;
@@ -255,14 +307,15 @@ pub async fn lease_timer(
         glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
         let now = Instant::now();
         let stalled = writing_since.get().is_some_and(|t| now.saturating_duration_since(t) > STALL);
-        if !stalled {
+        // Only the node serving writes expires leases (it alone can revoke them).
+        if !stalled && node.as_ref().is_none_or(|n| n.serving()) {
             for id in leases.borrow_mut().take_expired(now) {
                 if expired.send(id).is_err() {
                     return;
                 }
             }
         }
-        if now >= next_checkpoint {
+        if now >= next_checkpoint && node.as_ref().is_none_or(|n| n.serving()) {
             next_checkpoint = now + checkpoint_interval;
             if !leases.borrow().is_empty() && to_writer.send(ShardMsg::Lease(LeaseMsg::Checkpoint)).await.is_err() {
                 return;
@@ -282,6 +335,8 @@ fn fail(msg: ShardMsg, e: ShardError) {
         ShardMsg::Write { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Compact { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Status { reply } => drop(reply.send(Err(e))),
+        ShardMsg::Promote { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::ReadIndex { reply } => drop(reply.send(Err(e))),
         ShardMsg::Shutdown { reply } => drop(reply.send(Err(e))),
         ShardMsg::Lease(l) => match l {
             LeaseMsg::Grant { reply, .. } | LeaseMsg::BeginRevoke { reply, .. } | LeaseMsg::EndRevoke { reply, .. } => {
@@ -314,11 +369,21 @@ impl Writer {
         raft: RaftGroup,
         wal: WalWriter,
         clock: Arc<RevisionClock>,
-        decided: BTreeSet<i64>,
+        log: RecoveredLog,
     ) -> Writer {
+        let RecoveredLog { decided, unapplied } = log;
         let Local { store, leases, writing_since } = local;
         store.borrow_mut().set_capture(true);
+        let committed_revision = store.borrow().current_revision();
         Writer {
+            executed_upto: raft.applied_index(),
+            committed_revision,
+            apply_queue: unapplied.into(),
+            next_tick: Instant::now(),
+            uncommitted: None,
+            read_round: None,
+            read_rounds: 0,
+            read_waiters: Default::default(),
             cfg,
             dirs,
             store,
@@ -344,9 +409,13 @@ impl Writer {
         loop {
             let first = match self.deferred.pop_front() {
                 Some(m) => m,
-                None => match rx.next().await {
-                    Some(m) => m,
-                    None => break,
+                None => match self.wait(Some(&mut rx)).await {
+                    Wake::Msg(Some(m)) => m,
+                    Wake::Msg(None) => break,
+                    wake => {
+                        self.on_raft(wake).await;
+                        continue;
+                    }
                 },
             };
             let mut batch = vec![first];
@@ -374,6 +443,10 @@ impl Writer {
         let mut batch_bytes = 0usize;
         let mut iter = batch.into_iter();
         while let Some(msg) = iter.next() {
+            if self.refuses(&msg) {
+                fail(msg, ShardError::NotLeader);
+                continue;
+            }
             match msg {
                 ShardMsg::Write { op, reply } => match self.execute(op) {
                     Ok((outcome, logged)) => {
@@ -415,6 +488,8 @@ impl Writer {
                 }
                 ShardMsg::Cross(other) => fail(ShardMsg::Cross(other), ShardError::Stopped),
                 ShardMsg::Lease(m) => self.lease(m, &mut ops, &mut acks),
+                ShardMsg::Promote { term, reply } => drop(reply.send(self.promote(term))),
+                ShardMsg::ReadIndex { reply } => self.read_index(reply),
                 ShardMsg::Shutdown { reply } => {
                     // A restart resumes every lease with what it has left now.
                     ops.extend(self.checkpoint_ops());
@@ -428,6 +503,10 @@ impl Writer {
             }
         }
         self.commit(ops, acks).await;
+        if self.read_round.take().is_some() {
+            // Send the round's heartbeats now rather than at the next tick.
+            self.persist_ready().await;
+        }
         None
     }
 
@@ -509,9 +588,20 @@ impl Writer {
         if ops.is_empty() && acks.is_empty() {
             return;
         }
-        self.log(ops).await;
-        self.release();
+        let committed = self.log(ops).await;
         self.pending_grants.clear();
+        if !committed {
+            for ack in acks {
+                match ack {
+                    Ack::Write(reply, _) => drop(reply.send(Err(ShardError::LeaderChanged))),
+                    Ack::Unit(reply) | Ack::Granted(reply, ..) | Ack::Revoked(reply, _) => {
+                        drop(reply.send(Err(ShardError::LeaderChanged)))
+                    }
+                }
+            }
+            return;
+        }
+        self.release();
         let now = Instant::now();
         for ack in acks {
             match ack {
@@ -542,20 +632,66 @@ impl Writer {
         self.clock.release(self.cfg.id);
     }
 
-    /// Logs `ops` durably through Raft (no-op for an empty list). Returns only once durable: a
-    /// failure ends the process (see [`Self::fatal`]).
-    async fn log(&mut self, ops: Vec<BatchOp>) {
-        if !ops.is_empty() {
-            if let Err(e) = self.raft.propose(Batch::new(ops).to_bytes()) {
+    /// Logs `ops` through Raft (nothing to propose for an empty list) and returns once they are
+    /// committed: durable here, and with other voters on a majority. A storage failure ends the
+    /// process (see [`Self::fatal`]). Returns false if this member lost its leadership first:
+    /// the ops were rolled back from the store and may or may not commit later.
+    async fn log(&mut self, ops: Vec<BatchOp>) -> bool {
+        if ops.is_empty() {
+            self.persist_ready().await;
+            return true;
+        }
+        let batch = Batch::new(ops);
+        if self.cfg.cluster.is_some() {
+            self.uncommitted = Some(written_keys(&batch));
+        }
+        if let Err(e) = self.raft.propose(batch.to_bytes()) {
+            if self.cfg.cluster.is_none() {
                 self.fatal(e.to_string());
             }
-            self.entries_since_snapshot += 1;
+            // Not the leader any more, or handing leadership over: the batch never reached the
+            // log, and its effects leave the store.
+            self.roll_back_uncommitted();
+            return false;
         }
-        self.persist_ready().await
+        self.entries_since_snapshot += 1;
+        let index = self.raft.last_index();
+        self.executed_upto = index;
+        self.persist_ready().await;
+        while self.raft.commit_index() < index && self.uncommitted.is_some() {
+            let wake = self.wait(None).await;
+            self.on_raft(wake).await;
+        }
+        // A step-down rolled the batch back; if it commits under another leader, it arrives as
+        // a committed entry and is applied like any other.
+        if self.cfg.cluster.is_some() && self.uncommitted.take().is_none() {
+            return false;
+        }
+        self.committed_revision = self.store.borrow().current_revision();
+        true
     }
 
     async fn persist_ready(&mut self) {
-        while let Some((rd, recs)) = self.raft.take_ready() {
+        loop {
+            self.step_down_if_deposed();
+            let Some(work) = self.raft.take_ready() else { break };
+            if RaftGroup::has_snapshot(&work.rd) {
+                self.fatal(
+                    "this member is behind the leader's log and needs a snapshot; sending snapshots to \
+                     followers is not built yet"
+                        .into(),
+                );
+            }
+            self.send(work.messages);
+            self.enqueue_committed(work.committed);
+            for rs in work.read_states {
+                let round = rs.request_ctx.try_into().map_or(0, u64::from_le_bytes);
+                for reply in self.read_waiters.remove(&round).unwrap_or_default() {
+                    drop(reply.send(Ok(())));
+                }
+            }
+            let recs = work.records;
+            let rd = work.rd;
             for r in &recs {
                 self.wal.append(r);
             }
@@ -576,10 +712,249 @@ impl Writer {
                 );
                 self.leases.borrow_mut().refresh_after_stall(Instant::now());
             }
-            if let Err(e) = self.raft.on_persisted(rd) {
-                self.fatal(e.to_string());
+            match self.raft.on_persisted(rd) {
+                Ok(p) => {
+                    self.send(p.messages);
+                    self.enqueue_committed(p.committed);
+                }
+                Err(e) => self.fatal(e.to_string()),
             }
         }
+        if self.cfg.cluster.is_some() {
+            self.apply_queued(false);
+            self.after_step();
+        }
+    }
+
+    /// Waits for the next message (if `rx` is given), Raft message from another node or tick.
+    async fn wait(&self, rx: Option<&mut mpsc::Receiver<ShardMsg>>) -> Wake {
+        use futures::FutureExt;
+        let Some(link) = &self.cfg.cluster else {
+            return match rx {
+                Some(rx) => Wake::Msg(rx.next().await),
+                // Alone, nothing but a message can wake the writer: `log` never waits here.
+                None => futures::future::pending().await,
+            };
+        };
+        let raft = link.inbox.recv_async().map(|m| m.map_or(Wake::Tick, Wake::Raft)).fuse();
+        let tick =
+            glommio::timer::sleep(self.next_tick.saturating_duration_since(Instant::now())).map(|_| Wake::Tick).fuse();
+        futures::pin_mut!(raft, tick);
+        match rx {
+            Some(rx) => futures::select_biased! {
+                w = raft => w,
+                w = tick => w,
+                m = rx.next() => Wake::Msg(m),
+            },
+            None => futures::select_biased! {
+                w = raft => w,
+                w = tick => w,
+            },
+        }
+    }
+
+    /// Steps a Raft message (and every other one already queued) or ticks, then does what Raft
+    /// asks.
+    async fn on_raft(&mut self, wake: Wake) {
+        let Some(link) = &self.cfg.cluster else { return };
+        match wake {
+            Wake::Raft(m) => {
+                let more: Vec<_> = link.inbox.try_iter().collect();
+                for m in std::iter::once(m).chain(more) {
+                    // Messages from stale terms or unknown members are Raft's to ignore.
+                    if let Err(e) = self.raft.step(m) {
+                        tracing::debug!(shard = self.cfg.id.0, error = %e, "raft message ignored");
+                    }
+                }
+            }
+            Wake::Tick => {
+                if Instant::now() >= self.next_tick {
+                    self.next_tick = Instant::now() + link.tick;
+                    self.raft.tick();
+                    // Decisions applied by other shards may unblock a waiting prepare.
+                    self.apply_queued(false);
+                }
+            }
+            Wake::Msg(_) => {}
+        }
+        self.persist_ready().await;
+    }
+
+    fn send(&self, messages: Vec<raft::eraftpb::Message>) {
+        if let (Some(link), false) = (&self.cfg.cluster, messages.is_empty()) {
+            // The transport drops what it cannot deliver; Raft sends it again.
+            let _ = link.outbox.send((self.cfg.id.0, messages));
+        }
+    }
+
+    /// Queues the committed entries this shard did not execute itself, for [`Self::apply_queued`].
+    fn enqueue_committed(&mut self, entries: Vec<raft::eraftpb::Entry>) {
+        for e in entries {
+            if e.index <= self.executed_upto {
+                continue;
+            }
+            self.executed_upto = e.index;
+            if e.data.is_empty() {
+                continue;
+            }
+            match Batch::from_bytes(&e.data) {
+                Ok(b) => self.apply_queue.push_back((e.index, b)),
+                // Committed by a majority, so every member holds these bytes: the log is corrupt.
+                Err(err) => self.fatal(format!("committed entry {} holds an invalid batch: {err}", e.index)),
+            }
+        }
+    }
+
+    /// Whether cross-shard write `revision` was decided: on any shard of this node, or further
+    /// on in this shard's own queue (the coordinator logs its prepare and then its decision).
+    fn is_decided(&self, revision: i64) -> bool {
+        let decided_later = || {
+            self.apply_queue
+                .iter()
+                .any(|(_, b)| b.ops.iter().any(|op| matches!(op, BatchOp::Decide { revision: r } if *r == revision)))
+        };
+        self.cfg.cluster.as_ref().is_some_and(|l| l.node.is_decided(revision)) || decided_later()
+    }
+
+    /// Applies queued committed batches in order. The head waits while one of its prepares is
+    /// undecided, unless `discard_undecided` (a new leader settling its log: every decision that
+    /// will ever commit has been applied by then).
+    fn apply_queued(&mut self, discard_undecided: bool) {
+        while let Some((_, batch)) = self.apply_queue.front() {
+            let undecided = recover::prepares(batch).any(|r| !self.is_decided(r));
+            if undecided && !discard_undecided {
+                break;
+            }
+            let decided: Vec<i64> = recover::prepares(batch).filter(|r| self.is_decided(*r)).collect();
+            let Some((_, batch)) = self.apply_queue.pop_front() else { break };
+            let now = Instant::now();
+            for op in batch.ops {
+                if let BatchOp::Decide { revision } = op {
+                    self.decided.insert(revision);
+                    if let Some(l) = &self.cfg.cluster {
+                        l.node.record_decided(revision);
+                    }
+                }
+                let change = recover::apply_op(&mut self.store.borrow_mut(), op, |r| decided.contains(&r));
+                match change {
+                    Some(LeaseChange::Grant { id, ttl }) => {
+                        self.leases.borrow_mut().insert(id, ttl, ttl, now);
+                        self.cfg.leases.insert(id);
+                    }
+                    Some(LeaseChange::Revoke { id }) => {
+                        self.leases.borrow_mut().remove(id);
+                        self.cfg.leases.remove(id);
+                    }
+                    Some(LeaseChange::Checkpoint { remaining }) => self.leases.borrow_mut().checkpoint(&remaining, now),
+                    None => {}
+                }
+            }
+            let mut store = self.store.borrow_mut();
+            // Followers serve no watches: their events are not wanted.
+            drop(store.take_events());
+            self.clock.set_compacted(store.compact_revision());
+            self.committed_revision = store.current_revision();
+        }
+    }
+
+    /// After Raft moved: tells the node what this
+    /// group's member knows, and hands this group's leadership to the member leading group 0.
+    fn after_step(&mut self) {
+        let Some(link) = &self.cfg.cluster else { return };
+        let node = link.node.clone();
+        let me = link.me;
+        let settled = self.raft.leads_settled() && self.apply_queue.len() <= 1 && {
+            // A lone undecided prepare at the end of the log may never be decided: settling
+            // (Promote) discards it.
+            self.apply_queue.front().is_none_or(|(_, b)| recover::prepares(b).any(|r| !self.is_decided(r)))
+        };
+        let shard = self.cfg.id.0 as usize;
+        node.publish(shard, self.raft.leader_id(), self.raft.term(), if settled { self.raft.term() } else { 0 });
+        let target = node.leader();
+        if shard != 0 && self.raft.is_leader() && target != 0 && target != me {
+            self.raft.transfer_leader(target);
+        }
+    }
+
+    /// A member that lost its leadership while writes it executed were not committed undoes
+    /// them: the store goes back to its last committed state (before the Ready that may carry
+    /// another leader's entries for the same indexes is applied), and the abandoned revisions
+    /// are released. Whatever of them commits later arrives as committed entries and is applied.
+    fn step_down_if_deposed(&mut self) {
+        if !self.raft.is_leader() {
+            self.roll_back_uncommitted();
+            // Raft forgets the pending rounds of a leader that steps down.
+            for (_, waiters) in self.read_waiters.drain() {
+                for reply in waiters {
+                    drop(reply.send(Err(ShardError::LeaderChanged)));
+                }
+            }
+        }
+    }
+
+    /// Joins (or starts) this batch's ReadIndex round (see `ShardMsg::ReadIndex`).
+    fn read_index(&mut self, reply: Reply<()>) {
+        if self.cfg.cluster.is_none() {
+            drop(reply.send(Ok(())));
+            return;
+        }
+        let round = match self.read_round {
+            Some(r) => r,
+            None => {
+                self.read_rounds += 1;
+                self.raft.read_index(self.read_rounds.to_le_bytes().to_vec());
+                self.read_round = Some(self.read_rounds);
+                self.read_rounds
+            }
+        };
+        self.read_waiters.entry(round).or_default().push(reply);
+    }
+
+    /// Undoes the writes of the batch in flight (see [`Self::step_down_if_deposed`]).
+    fn roll_back_uncommitted(&mut self) {
+        let Some(keys) = self.uncommitted.take() else { return };
+        tracing::warn!(
+            shard = self.cfg.id.0,
+            keys = keys.len(),
+            revision = self.committed_revision,
+            "leadership lost before writes committed; rolled them back"
+        );
+        self.store.borrow_mut().roll_back(keys.iter().map(|k| k.as_ref()), self.committed_revision);
+        self.executed_upto = self.raft.applied_index();
+        self.clock.release(self.cfg.id);
+    }
+
+    /// Whether this member must refuse `msg` because it is one of several and its node does not
+    /// serve writes (the router forwards those to the leader).
+    fn refuses(&self, msg: &ShardMsg) -> bool {
+        let Some(link) = &self.cfg.cluster else { return false };
+        let writes = matches!(
+            msg,
+            ShardMsg::Write { .. }
+                | ShardMsg::Compact { .. }
+                | ShardMsg::Cross(Cross::Hold { .. })
+                | ShardMsg::ReadIndex { .. }
+                | ShardMsg::Lease(
+                    LeaseMsg::Grant { .. }
+                        | LeaseMsg::BeginRevoke { .. }
+                        | LeaseMsg::EndRevoke { .. }
+                        | LeaseMsg::Checkpoint
+                )
+        );
+        writes && !link.node.serving()
+    }
+
+    /// Settles this shard for a node that now leads every group (see `ShardMsg::Promote`):
+    /// applies what is queued, discarding prepares whose decision never committed, and restarts
+    /// its leases' deadlines, as etcd does when a new leader takes over.
+    fn promote(&mut self, term: u64) -> Result<i64, ShardError> {
+        if !(self.raft.leads_settled() && self.raft.term() == term) {
+            return Err(ShardError::NotLeader);
+        }
+        self.apply_queued(true);
+        // Keepalives went to the old leader: every lease gets at least its TTL again.
+        self.leases.borrow_mut().refresh_after_stall(Instant::now());
+        Ok(self.store.borrow().current_revision())
     }
 
     /// A storage failure is fatal, as in etcd (`raft.go` calls `lg.Fatal` when saving fails):
@@ -644,16 +1019,16 @@ impl Writer {
                 }
                 Cross::Prepare { revision, participants, reply } => {
                     let ops = vec![BatchOp::Prepare { revision, participants, mutations: std::mem::take(&mut log) }];
-                    self.log(ops).await;
+                    self.log_held(ops).await;
                     drop(reply.send(Ok(())));
                 }
                 Cross::CommitLocal { revision, reply } => {
                     let ops = vec![BatchOp::Write { revision, mutations: std::mem::take(&mut log) }];
-                    self.log(ops).await;
+                    self.log_held(ops).await;
                     drop(reply.send(Ok(())));
                 }
                 Cross::Decide { revision, reply } => {
-                    self.log(vec![BatchOp::Decide { revision }]).await;
+                    self.log_held(vec![BatchOp::Decide { revision }]).await;
                     self.decided.insert(revision);
                     drop(reply.send(Ok(())));
                 }
@@ -667,6 +1042,15 @@ impl Writer {
                 }
                 Cross::Hold { reply } => drop(reply.send(Err(ShardError::Busy))),
             }
+        }
+    }
+
+    /// Logs a step of a held cross-shard write. If leadership is lost midway, the other shards'
+    /// steps cannot be undone from here: the process stops, and a restart recovers from the log
+    /// (as after an abandoned cross-shard write; see `Cross::Release`).
+    async fn log_held(&mut self, ops: Vec<BatchOp>) {
+        if !self.log(ops).await {
+            self.fatal("leadership was lost in the middle of a cross-shard write".into());
         }
     }
 

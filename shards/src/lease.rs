@@ -105,6 +105,15 @@ impl LeaseTable {
         self.heap.push(Reverse((deadline, id)));
     }
 
+    /// Applies a logged checkpoint: each listed live lease has `left` seconds from `now`.
+    pub fn checkpoint(&mut self, remaining: &[(i64, i64)], now: Instant) {
+        for &(id, left) in remaining {
+            if let Some(ttl) = self.leases.get(&id).map(|l| l.ttl) {
+                self.insert(id, ttl, left, now);
+            }
+        }
+    }
+
     pub fn remove(&mut self, id: i64) -> bool {
         // Its heap entries go stale and are dropped when they surface.
         self.leases.remove(&id).is_some()

@@ -2,6 +2,7 @@
 //! and its WAL. `src/` reaches shards only through [`pool::ShardPool`] and [`pool::ShardHandle`].
 
 pub mod clock;
+pub mod cluster;
 pub mod dma;
 pub mod error;
 pub mod exec;
@@ -18,5 +19,5 @@ pub mod wal;
 pub use clock::RevisionClock;
 pub use error::ShardError;
 pub use msg::{Cross, EventSink, HoldInfo, LeaseMsg, ShardMsg, ShardStatus, WriteOutcome};
-pub use pool::{PoolConfig, ShardHandle, ShardPool, StartError};
+pub use pool::{ClusterConfig, ClusterIo, PoolConfig, ShardHandle, ShardPool, StartError};
 pub use route::{ShardId, ShardMap};

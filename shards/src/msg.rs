@@ -87,6 +87,20 @@ pub enum ShardMsg {
     Cross(Cross),
     /// A request about leases (see `LeaseMsg`).
     Lease(LeaseMsg),
+    /// Only with other nodes, to shard 0: confirms through a round of heartbeats that this node
+    /// still leads group 0 — so no other node can have taken writes — after the request
+    /// arrived (Raft's ReadIndex; requests in one batch share a round). A linearizable read may
+    /// then be served at the visible revision. Alone, it answers at once.
+    ReadIndex {
+        reply: Reply<()>,
+    },
+    /// Only with other nodes: the node leads every group (this one in `term`); settle what the
+    /// log left open and answer with the shard's newest revision. Fails if this shard no longer
+    /// leads in `term`.
+    Promote {
+        term: u64,
+        reply: Reply<i64>,
+    },
     /// Stop: writes already taken into the running batch complete, later queued ones fail with
     /// `Stopped`; replies once the WAL is closed.
     Shutdown {

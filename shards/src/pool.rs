@@ -11,11 +11,12 @@ use futures::channel::{mpsc, oneshot};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::clock::RevisionClock;
+use crate::cluster::{ClusterLink, NodeState, Outgoing};
 use crate::error::ShardError;
-use crate::exec::{lease_timer, pump, Local, ShardConfig, Writer};
+use crate::exec::{lease_timer, pump, Local, RecoveredLog, ShardConfig, Writer};
 use crate::lease::{LeaseRegistry, LeaseTable};
 use crate::msg::{Reply, ShardMsg};
-use crate::raft_group::RaftGroup;
+use crate::raft_group::{Membership, RaftGroup};
 use crate::recover::{self, RecoverError, RecoveredShard, ShardDirs};
 use crate::route::{ShardId, ShardMap, ShardMapError};
 use crate::wal::writer::WalWriter;
@@ -35,6 +36,28 @@ pub struct PoolConfig {
     pub initial_boundaries: Option<Vec<bytes::Bytes>>,
     /// How often each shard logs the remaining TTLs of its leases.
     pub lease_checkpoint_interval: std::time::Duration,
+    /// With other nodes: this node's place in every shard's Raft group.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// This node as one member of a multi-node cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub me: u64,
+    pub voters: Vec<u64>,
+    /// One Raft tick (`--heartbeat-interval`).
+    pub tick: std::time::Duration,
+    /// Ticks before a follower without a leader campaigns (`--election-timeout` / tick).
+    pub election_ticks: usize,
+}
+
+/// The ends of the shards' Raft traffic that the peer transport holds.
+pub struct ClusterIo {
+    /// Every shard's outgoing messages, tagged with its group.
+    pub outgoing: flume::Receiver<Outgoing>,
+    /// Per shard (= group): where messages from other nodes go.
+    pub incoming: Vec<flume::Sender<raft::eraftpb::Message>>,
+    pub node: Arc<NodeState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +97,7 @@ pub struct ShardPool {
     events: flume::Receiver<Vec<wire::pb::mvccpb::Event>>,
     leases: Arc<LeaseRegistry>,
     expired: flume::Receiver<i64>,
+    cluster_io: Option<ClusterIo>,
     pub recovery: RecoveryReport,
 }
 
@@ -92,13 +116,14 @@ impl ShardPool {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let map = ShardMap::load_or_create(&cfg.data_dir, cfg.shards, cpus, cfg.initial_boundaries.as_deref())?;
         let n = map.shard_count();
+        let lone_voter = cfg.cluster.is_none();
 
         // Phase 1: read every shard's files in parallel; phase 2: replay with all decisions.
         let read: Vec<_> = std::thread::scope(|s| {
             let jobs: Vec<_> = (0..n)
                 .map(|i| {
                     let dirs = ShardDirs::new(&cfg.data_dir, i);
-                    s.spawn(move || recover::read_shard(dirs))
+                    s.spawn(move || recover::read_shard(dirs, lone_voter))
                 })
                 .collect();
             jobs.into_iter().map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
@@ -109,7 +134,8 @@ impl ShardPool {
         }
         let decided: BTreeSet<i64> = shards.iter().flat_map(|s| s.decided.iter().copied()).collect();
         let recovered: Vec<RecoveredShard> = std::thread::scope(|s| {
-            let jobs: Vec<_> = shards.into_iter().map(|r| s.spawn(|| recover::replay(r, &decided))).collect();
+            let jobs: Vec<_> =
+                shards.into_iter().map(|r| s.spawn(|| recover::replay(r, &decided, !lone_voter))).collect();
             jobs.into_iter().map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         });
 
@@ -132,6 +158,9 @@ impl ShardPool {
                 leases.insert(*id);
             }
         }
+        let (outbox, outgoing) = flume::unbounded();
+        let node = cfg.cluster.as_ref().map(|c| Arc::new(NodeState::new(c.me, n)));
+        let mut incoming = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         let mut started = Vec::with_capacity(n);
@@ -148,6 +177,22 @@ impl ShardPool {
                 leases: leases.clone(),
                 expired: expired_tx.clone(),
                 lease_checkpoint_interval: cfg.lease_checkpoint_interval,
+                cluster: match (&cfg.cluster, &node) {
+                    (Some(c), Some(node)) => {
+                        let (in_tx, inbox) = flume::unbounded();
+                        incoming.push(in_tx);
+                        Some(ClusterLink {
+                            me: c.me,
+                            voters: c.voters.clone(),
+                            outbox: outbox.clone(),
+                            inbox,
+                            node: node.clone(),
+                            tick: c.tick,
+                            election_ticks: c.election_ticks,
+                        })
+                    }
+                    _ => None,
+                },
             };
             let clock = clock.clone();
             let fsync = cfg.fsync;
@@ -156,11 +201,12 @@ impl ShardPool {
             let t = builder
                 .spawn(move || async move {
                     let (expired, checkpoint_every) = (shard_cfg.expired.clone(), shard_cfg.lease_checkpoint_interval);
+                    let node = shard_cfg.cluster.as_ref().map(|c| c.node.clone());
                     match start_shard(shard_cfg, rec, clock, fsync).await {
                         Ok((writer, local, clock)) => {
                             let (wtx, wrx) = mpsc::channel(WRITER_QUEUE);
                             let _ = ready_tx.send(Ok(()));
-                            let timer = lease_timer(local.clone(), expired, wtx.clone(), checkpoint_every);
+                            let timer = lease_timer(local.clone(), expired, wtx.clone(), checkpoint_every, node);
                             glommio::spawn_local(timer).detach();
                             let p = glommio::spawn_local(pump(rx, local, clock, wtx));
                             writer.run(wrx).await;
@@ -181,7 +227,13 @@ impl ShardPool {
                 }
             }
         }
-        Ok(ShardPool { handles, clock, map, threads, events, leases, expired, recovery })
+        let cluster_io = node.map(|node| ClusterIo { outgoing, incoming, node });
+        Ok(ShardPool { handles, clock, map, threads, events, leases, expired, cluster_io, recovery })
+    }
+
+    /// With other nodes: the shards' Raft traffic, for the peer transport to carry (once).
+    pub fn take_cluster_io(&mut self) -> Option<ClusterIo> {
+        self.cluster_io.take()
     }
 
     pub fn handles(&self) -> &[ShardHandle] {
@@ -233,18 +285,23 @@ async fn start_shard(
     clock: Arc<RevisionClock>,
     fsync: bool,
 ) -> Result<Started, String> {
-    let RecoveredShard { dirs, store, leases, decided, raft, wal, .. } = rec;
+    let RecoveredShard { dirs, store, leases, decided, raft, wal, unapplied, .. } = rec;
     std::fs::create_dir_all(&dirs.wal).map_err(|e| format!("{}: {e}", dirs.wal.display()))?;
     crate::dma::use_main_ring(&dirs.wal).await;
     let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync).await.map_err(|e| e.to_string())?;
-    let group = RaftGroup::start(&raft).map_err(|e| e.to_string())?;
+    let members = match &cfg.cluster {
+        Some(c) => Membership { me: c.me, voters: c.voters.clone(), election_ticks: c.election_ticks },
+        None => Membership::alone(),
+    };
+    let group = RaftGroup::start(&raft, &members).map_err(|e| e.to_string())?;
     let mut table = LeaseTable::default();
     let now = std::time::Instant::now();
     for (id, l) in leases {
         table.insert(id, l.ttl, l.remaining, now);
     }
     let local = Local { store: Rc::new(RefCell::new(store)), leases: Rc::new(RefCell::new(table)), ..Local::default() };
-    let mut writer = Writer::new(cfg, dirs, local.clone(), group, writer_wal, clock.clone(), decided);
+    let log = RecoveredLog { decided, unapplied };
+    let mut writer = Writer::new(cfg, dirs, local.clone(), group, writer_wal, clock.clone(), log);
     writer.start().await;
     Ok((writer, local, clock))
 }

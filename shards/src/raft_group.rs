@@ -10,12 +10,12 @@
 //! and no incoming snapshots; committed entries need no apply step because the shard executed
 //! them before proposing (see `mvcc::store`).
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot, SnapshotMetadata};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode};
 use wire::record::wal::{HardStateRecord, LogEntry, WalRecord};
 
-/// This node's id in every group (single node).
+/// This node's id in every group when it runs alone.
 pub const NODE_ID: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +31,62 @@ pub struct RecoveredRaft {
     pub hard_state: Option<HardStateRecord>,
 }
 
+impl RecoveredRaft {
+    /// The highest index whose entry recovery may replay into the store: with other voters,
+    /// only what the durable hard state says is committed (a later tail may be overwritten by
+    /// another leader); alone, every durable entry.
+    pub fn replay_limit(&self, lone_voter: bool) -> u64 {
+        let last = self.entries.last().map_or(self.snapshot_index, |e| e.index);
+        if lone_voter {
+            last
+        } else {
+            self.hard_state.map_or(0, |h| h.commit).clamp(self.snapshot_index, last)
+        }
+    }
+}
+
+/// Who votes in the group and how this member's clock runs.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub me: u64,
+    pub voters: Vec<u64>,
+    /// Ticks without a heartbeat before a follower campaigns.
+    pub election_ticks: usize,
+}
+
+impl Membership {
+    /// A group of one (single node).
+    pub fn alone() -> Membership {
+        Membership { me: NODE_ID, voters: vec![NODE_ID], election_ticks: 10 }
+    }
+
+    pub fn lone_voter(&self) -> bool {
+        self.voters.len() == 1
+    }
+}
+
+/// What one Ready asks of the shard.
+pub struct ReadyWork {
+    pub rd: raft::Ready,
+    /// To append to the WAL and make durable before [`RaftGroup::on_persisted`].
+    pub records: Vec<WalRecord>,
+    /// To send now (a leader may send appends before its own write is durable).
+    pub messages: Vec<Message>,
+    /// Committed entries to apply now.
+    pub committed: Vec<Entry>,
+    /// ReadIndex requests confirmed by a quorum (their contexts).
+    pub read_states: Vec<raft::ReadState>,
+}
+
+/// What Raft released once a Ready was durable.
+pub struct Persisted {
+    pub messages: Vec<Message>,
+    pub committed: Vec<Entry>,
+}
+
 pub struct RaftGroup {
     node: RawNode<MemStorage>,
+    lone_voter: bool,
 }
 
 fn to_entry(e: &LogEntry) -> Entry {
@@ -40,9 +94,10 @@ fn to_entry(e: &LogEntry) -> Entry {
 }
 
 impl RaftGroup {
-    /// Rebuilds the group from durable state and campaigns (a lone voter wins at once).
-    pub fn start(rec: &RecoveredRaft) -> Result<RaftGroup, RaftError> {
-        let voters = ConfState { voters: vec![NODE_ID], ..Default::default() };
+    /// Rebuilds the group from durable state. A lone voter campaigns and wins at once; in a
+    /// group of several, elections start from ticks.
+    pub fn start(rec: &RecoveredRaft, members: &Membership) -> Result<RaftGroup, RaftError> {
+        let voters = ConfState { voters: members.voters.clone(), ..Default::default() };
         let storage = MemStorage::new_with_conf_state(voters.clone());
         let mut last = rec.snapshot_index;
         {
@@ -69,16 +124,29 @@ impl RaftGroup {
                 hs = HardState { term: h.term, vote: h.vote, commit: h.commit };
             }
             hs.term = hs.term.max(rec.snapshot_term).max(rec.entries.last().map_or(0, |e| e.term));
-            // Every durable entry of a lone voter is committed.
-            hs.commit = last;
+            hs.commit = rec.replay_limit(members.lone_voter());
             w.set_hardstate(hs);
         }
-        let cfg = Config { id: NODE_ID, applied: last, election_tick: 10, heartbeat_tick: 1, ..Default::default() };
+        let applied = rec.replay_limit(members.lone_voter());
+        let cfg = Config {
+            id: members.me,
+            applied,
+            election_tick: members.election_ticks,
+            heartbeat_tick: 1,
+            // A leader cut off from a majority steps down instead of taking writes it can never
+            // commit; pre-vote keeps a rejoining member from disrupting a healthy leader.
+            check_quorum: !members.lone_voter(),
+            pre_vote: !members.lone_voter(),
+            ..Default::default()
+        };
         cfg.validate()?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let mut node = RawNode::new(&cfg, storage, &logger)?;
-        node.campaign()?;
-        Ok(RaftGroup { node })
+        if members.lone_voter() {
+            node.campaign()?;
+        }
+        debug_assert!(last >= applied);
+        Ok(RaftGroup { node, lone_voter: members.lone_voter() })
     }
 
     pub fn term(&self) -> u64 {
@@ -101,20 +169,74 @@ impl RaftGroup {
         self.node.raft.state == raft::StateRole::Leader
     }
 
+    /// The leader this member knows of (0: none).
+    pub fn leader_id(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    pub fn id(&self) -> u64 {
+        self.node.raft.id
+    }
+
+    /// Whether this member leads and has committed an entry of its own term: every entry of
+    /// earlier terms that will ever commit is then committed.
+    /// Not while it is handing leadership over: Raft drops proposals then.
+    pub fn leads_settled(&self) -> bool {
+        self.is_leader() && self.node.raft.commit_to_current_term() && self.node.raft.lead_transferee.is_none()
+    }
+
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), RaftError> {
         Ok(self.node.propose(Vec::new(), data)?)
     }
 
-    /// Takes what Raft wants persisted, as WAL records; call [`on_persisted`](Self::on_persisted)
-    /// once they are durable. Returns `None` when Raft has nothing to do.
-    pub fn take_ready(&mut self) -> Option<(raft::Ready, Vec<WalRecord>)> {
+    pub fn step(&mut self, m: Message) -> Result<(), RaftError> {
+        Ok(self.node.step(m)?)
+    }
+
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// Asks a quorum to confirm this leader; the answer comes back in a Ready's `read_states`
+    /// with `ctx` (a leader that has not committed in its term yet answers once it has).
+    pub fn read_index(&mut self, ctx: Vec<u8>) {
+        self.node.read_index(ctx);
+    }
+
+    /// Hands leadership to `to` (a leader only; Raft ignores it elsewhere).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
+    /// A leader lost the transport to `id`: Raft probes it again instead of streaming.
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.node.report_unreachable(id);
+    }
+
+    /// The entries in `(from, to]` still in memory (uncommitted ones always are).
+    pub fn entries_between(&self, from: u64, to: u64) -> Vec<Entry> {
+        if to <= from {
+            return Vec::new();
+        }
+        self.node.raft.raft_log.entries(from + 1, None, raft::GetEntriesContext::empty(false)).map_or_else(
+            |_| Vec::new(),
+            |mut v| {
+                v.retain(|e| e.index <= to);
+                v
+            },
+        )
+    }
+
+    /// Takes what Raft wants done, with the records to make durable; call
+    /// [`on_persisted`](Self::on_persisted) once they are. `None` when Raft has nothing to do.
+    pub fn take_ready(&mut self) -> Option<ReadyWork> {
         if !self.node.has_ready() {
             return None;
         }
-        let rd = self.node.ready();
-        let mut recs = Vec::new();
+        let mut rd = self.node.ready();
+        let mut records = Vec::new();
         for e in rd.entries() {
-            recs.push(WalRecord::Entry(LogEntry {
+            records.push(WalRecord::Entry(LogEntry {
                 index: e.index,
                 term: e.term,
                 entry_type: e.entry_type as u8,
@@ -122,41 +244,57 @@ impl RaftGroup {
             }));
         }
         if let Some(hs) = rd.hs() {
-            recs.push(WalRecord::HardState(HardStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit }));
+            records.push(WalRecord::HardState(HardStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit }));
         }
-        Some((rd, recs))
+        let messages = rd.take_messages();
+        let committed = rd.take_committed_entries();
+        let read_states = rd.take_read_states();
+        Some(ReadyWork { rd, records, messages, committed, read_states })
     }
 
-    /// Tells Raft the ready's entries and hard state are durable; returns the newly committed
-    /// index.
-    pub fn on_persisted(&mut self, mut rd: raft::Ready) -> Result<u64, RaftError> {
+    /// Whether a Ready carries a snapshot from the leader (this member fell behind its log).
+    pub fn has_snapshot(rd: &raft::Ready) -> bool {
+        !rd.snapshot().is_empty()
+    }
+
+    /// Tells Raft the Ready's entries and hard state are durable; returns what that released.
+    /// The caller applies `committed` before its next Raft call.
+    pub fn on_persisted(&mut self, mut rd: raft::Ready) -> Result<Persisted, RaftError> {
         let store = self.node.raft.raft_log.store.clone();
-        // Committed entries were executed before they were proposed; nothing to apply.
-        let _ = rd.take_committed_entries();
         store.wl().append(rd.entries())?;
         if let Some(hs) = rd.hs() {
             store.wl().set_hardstate(hs.clone());
         }
+        let mut messages = rd.take_persisted_messages();
         let mut light = self.node.advance(rd);
         if let Some(c) = light.commit_index() {
             store.wl().mut_hard_state().commit = c;
         }
-        let _ = light.take_committed_entries();
+        messages.extend(light.take_messages());
+        let committed = light.take_committed_entries();
         self.node.advance_apply();
-        // A lone voter has no follower to send older entries to, and they are durable in the
-        // WAL: keep only the last applied entry in memory (its term is all the log matching and
-        // snapshots need). Without this the in-memory log held every batch, values included,
-        // until the next snapshot — up to --snapshot-count entries, a second copy of the data.
-        let applied = self.node.raft.raft_log.applied;
-        self.compact_log(applied)?;
-        Ok(self.node.raft.raft_log.committed)
+        if self.lone_voter {
+            // A lone voter has no follower to send older entries to, and they are durable in
+            // the WAL: keep only the last applied entry in memory (its term is all the log
+            // matching and snapshots need). Without this the in-memory log held every batch,
+            // values included, until the next snapshot — a second copy of the data.
+            let applied = self.node.raft.raft_log.applied;
+            self.compact_log(applied)?;
+        }
+        Ok(Persisted { messages, committed })
     }
 
-    /// Drops log entries up to `index` from memory (covered by a snapshot).
+    /// Drops log entries up to `index` from memory (covered by a snapshot). A leader keeps what
+    /// a follower still needs: corekv cannot send snapshots to followers yet.
     pub fn compact_log(&mut self, index: u64) -> Result<(), RaftError> {
+        let mut index = index.min(self.node.raft.raft_log.applied);
+        if !self.lone_voter && self.is_leader() {
+            let slowest = self.node.raft.prs().iter().map(|(_, p)| p.matched).min().unwrap_or(0);
+            index = index.min(slowest);
+        }
         let store = self.node.raft.raft_log.store.clone();
         let first = raft::Storage::first_index(&store)?;
-        if index >= first && index <= self.node.raft.raft_log.applied {
+        if index >= first {
             store.wl().compact(index)?;
         }
         Ok(())
@@ -174,14 +312,14 @@ mod tests {
 
     /// Runs Ready cycles until Raft has nothing left to persist.
     fn settle(g: &mut RaftGroup) {
-        while let Some((rd, _records)) = g.take_ready() {
-            g.on_persisted(rd).expect("persisted");
+        while let Some(work) = g.take_ready() {
+            g.on_persisted(work.rd).expect("persisted");
         }
     }
 
     #[test]
     fn a_lone_voter_keeps_only_the_last_applied_entry_in_memory() {
-        let mut g = RaftGroup::start(&RecoveredRaft::default()).expect("start");
+        let mut g = RaftGroup::start(&RecoveredRaft::default(), &Membership::alone()).expect("start");
         settle(&mut g);
         for i in 0..100u8 {
             g.propose(vec![i; 1024]).expect("propose");

@@ -66,6 +66,9 @@ pub struct RecoveredShard {
     pub raft: RecoveredRaft,
     pub wal: RecoveredWal,
     pub replayed_entries: usize,
+    /// Committed batches not replayed yet (a member of a group stops at an undecided prepare;
+    /// see [`replay`]), in log order.
+    pub unapplied: Vec<(u64, Batch)>,
 }
 
 /// A lease as the log and snapshot left it: its granted TTL and the seconds it had left at the
@@ -76,8 +79,10 @@ pub struct RecoveredLease {
     pub remaining: i64,
 }
 
-/// Reads a shard's snapshot and WAL (phase 1).
-pub fn read_shard(dirs: ShardDirs) -> Result<ReadShard, RecoverError> {
+/// Reads a shard's snapshot and WAL (phase 1). With other voters (`lone_voter` false) only the
+/// entries the durable hard state marks committed are replayed; the rest stay in the Raft log,
+/// for the group to commit or overwrite.
+pub fn read_shard(dirs: ShardDirs, lone_voter: bool) -> Result<ReadShard, RecoverError> {
     let snap = snapshot::load_latest(&dirs.snap, dirs.shard)?;
     let wal = wal::recover(&dirs.wal)?;
     if let Some((path, offset, reason)) = &wal.torn_tail {
@@ -122,53 +127,94 @@ pub fn read_shard(dirs: ShardDirs) -> Result<ReadShard, RecoverError> {
                     index: e.index,
                     reason: err.to_string(),
                 })?;
-                for op in &b.ops {
-                    if let BatchOp::Decide { revision } = op {
-                        decided.insert(*revision);
-                    }
-                }
                 batches.push((e.index, b));
+            }
+        }
+    }
+    let limit = raft.replay_limit(lone_voter);
+    batches.retain(|(index, _)| *index <= limit);
+    for (_, b) in &batches {
+        for op in &b.ops {
+            if let BatchOp::Decide { revision } = op {
+                decided.insert(*revision);
             }
         }
     }
     Ok(ReadShard { dirs, store, leases, batches, decided, raft, wal })
 }
 
-/// Replays a shard's batches (phase 2), given the decisions of every shard.
-pub fn replay(read: ReadShard, all_decided: &BTreeSet<i64>) -> RecoveredShard {
+/// What a committed op needs beyond the store, from whoever keeps the leases.
+#[derive(Debug)]
+pub enum LeaseChange {
+    Grant { id: i64, ttl: i64 },
+    Revoke { id: i64 },
+    Checkpoint { remaining: Vec<(i64, i64)> },
+}
+
+/// Applies one committed op to `store` (recovery replay and followers). A `Prepare` applies only
+/// if `is_decided` says its revision was decided; otherwise it is discarded and its revision
+/// marked used, so it is never handed out again (a later write reusing it could be decided, and
+/// the stale prepare would then apply with it). Lease ops are returned for the caller's table.
+pub fn apply_op(store: &mut Store, op: BatchOp, is_decided: impl Fn(i64) -> bool) -> Option<LeaseChange> {
+    match op {
+        BatchOp::Write { revision, mutations } => store.apply(&mutations, revision),
+        BatchOp::Prepare { revision, mutations, .. } => {
+            if is_decided(revision) {
+                store.apply(&mutations, revision);
+            } else {
+                tracing::warn!(revision, "discarding cross-shard write that was never decided");
+                store.observe_revision(revision);
+            }
+        }
+        BatchOp::Decide { revision } => store.observe_revision(revision),
+        BatchOp::Compact { revision } => store.compact(revision),
+        BatchOp::LeaseGrant { id, ttl } => return Some(LeaseChange::Grant { id, ttl }),
+        BatchOp::LeaseRevoke { id } => return Some(LeaseChange::Revoke { id }),
+        BatchOp::LeaseCheckpoint { remaining } => return Some(LeaseChange::Checkpoint { remaining }),
+    }
+    None
+}
+
+/// The revisions of the cross-shard prepares in `batch`.
+pub fn prepares(batch: &Batch) -> impl Iterator<Item = i64> + '_ {
+    batch.ops.iter().filter_map(|op| match op {
+        BatchOp::Prepare { revision, .. } => Some(*revision),
+        _ => None,
+    })
+}
+
+/// Replays a shard's batches (phase 2), given the decisions of every shard. Alone, undecided
+/// prepares are discarded (a crash between prepare and decide). As one member of a group
+/// (`stop_at_undecided`), replay stops before the first batch with an undecided prepare: its
+/// decision may still arrive through another group, and what follows must apply after it.
+pub fn replay(read: ReadShard, all_decided: &BTreeSet<i64>, stop_at_undecided: bool) -> RecoveredShard {
     let ReadShard { dirs, mut store, mut leases, batches, decided, raft, wal } = read;
-    let replayed_entries = batches.len();
-    for (_, b) in batches {
+    let mut unapplied = Vec::new();
+    let mut replayed_entries = 0;
+    for (index, b) in batches {
+        if !unapplied.is_empty() || (stop_at_undecided && prepares(&b).any(|r| !all_decided.contains(&r))) {
+            unapplied.push((index, b));
+            continue;
+        }
+        replayed_entries += 1;
         for op in b.ops {
-            match op {
-                BatchOp::Write { revision, mutations } => store.apply(&mutations, revision),
-                BatchOp::Prepare { revision, mutations, .. } => {
-                    if all_decided.contains(&revision) {
-                        store.apply(&mutations, revision);
-                    } else {
-                        tracing::warn!(revision, shard = %dirs.root.display(), "discarding cross-shard write that was never decided");
-                        // Its revision must never be handed out again: a later write reusing it
-                        // could be decided, and the stale prepare would then apply with it.
-                        store.observe_revision(revision);
-                    }
-                }
-                BatchOp::Decide { revision } => store.observe_revision(revision),
-                BatchOp::Compact { revision } => store.compact(revision),
-                BatchOp::LeaseGrant { id, ttl } => {
+            match apply_op(&mut store, op, |r| all_decided.contains(&r)) {
+                Some(LeaseChange::Grant { id, ttl }) => {
                     leases.insert(id, RecoveredLease { ttl, remaining: ttl });
                 }
-                BatchOp::LeaseRevoke { id } => {
+                Some(LeaseChange::Revoke { id }) => {
                     leases.remove(&id);
                 }
-                BatchOp::LeaseCheckpoint { remaining } => {
+                Some(LeaseChange::Checkpoint { remaining }) => {
                     for (id, left) in remaining {
                         if let Some(l) = leases.get_mut(&id) {
                             l.remaining = left;
                         }
                     }
                 }
+                None => {}
             }
         }
     }
-    RecoveredShard { dirs, store, leases, decided, raft, wal, replayed_entries }
+    RecoveredShard { dirs, store, leases, decided, raft, wal, replayed_entries, unapplied }
 }

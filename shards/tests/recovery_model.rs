@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use shards::mvcc::store::LATEST;
 use shards::mvcc::{KeyRange, Store};
-use shards::raft_group::{RaftGroup, RecoveredRaft};
+use shards::raft_group::{Membership, RaftGroup, RecoveredRaft};
 use shards::recover::{read_shard, replay, ShardDirs};
 use wire::codec::frame::{encode_into, RecordKind};
 use wire::record::batch::{Batch, BatchOp, Mutation};
@@ -88,8 +88,8 @@ fn recover_from(bytes: &[u8]) -> Store {
     let dirs = ShardDirs::new(tmp.path(), 0);
     std::fs::create_dir_all(&dirs.wal).expect("mkdir");
     std::fs::write(dirs.wal.join("0000000000000001.wal"), bytes).expect("write");
-    let read = read_shard(dirs).expect("recovery of a crashed log must succeed");
-    replay(read, &BTreeSet::new()).store
+    let read = read_shard(dirs, true).expect("recovery of a crashed log must succeed");
+    replay(read, &BTreeSet::new(), false).store
 }
 
 #[test]
@@ -139,10 +139,10 @@ fn recovery_model_cross_shard_prepare_commits_only_with_decision() {
             let dirs = ShardDirs::new(tmp.path(), i);
             std::fs::create_dir_all(&dirs.wal).expect("mkdir");
             std::fs::write(dirs.wal.join("0000000000000001.wal"), prepare_log(1, ops)).expect("write");
-            read.push(read_shard(dirs).expect("read"));
+            read.push(read_shard(dirs, true).expect("read"));
         }
         let all: BTreeSet<i64> = read.iter().flat_map(|r| r.decided.iter().copied()).collect();
-        let stores: Vec<Store> = read.into_iter().map(|r| replay(r, &all).store).collect();
+        let stores: Vec<Store> = read.into_iter().map(|r| replay(r, &all, false).store).collect();
         let counts: Vec<usize> = stores.iter().map(Store::key_count).collect();
         assert_eq!(counts, if decided { vec![1, 1] } else { vec![0, 0] }, "decided={decided}");
         // A discarded prepare's revision is still taken: it is never handed out again.
@@ -153,12 +153,12 @@ fn recovery_model_cross_shard_prepare_commits_only_with_decision() {
 #[test]
 fn raft_group_restart_keeps_log_and_raises_term() {
     // First life: campaign, then three proposals, persisted as the writer would.
-    let mut g = RaftGroup::start(&RecoveredRaft::default()).expect("start");
+    let mut g = RaftGroup::start(&RecoveredRaft::default(), &Membership::alone()).expect("start");
     let mut durable: Vec<WalRecord> = Vec::new();
     let persist = |g: &mut RaftGroup, durable: &mut Vec<WalRecord>| {
-        while let Some((rd, recs)) = g.take_ready() {
-            durable.extend(recs);
-            g.on_persisted(rd).expect("persisted");
+        while let Some(work) = g.take_ready() {
+            durable.extend(work.records);
+            g.on_persisted(work.rd).expect("persisted");
         }
     };
     persist(&mut g, &mut durable);
@@ -178,7 +178,7 @@ fn raft_group_restart_keeps_log_and_raises_term() {
             WalRecord::HardState(h) => rec.hard_state = Some(*h),
         }
     }
-    let mut g = RaftGroup::start(&rec).expect("restart");
+    let mut g = RaftGroup::start(&rec, &Membership::alone()).expect("restart");
     persist(&mut g, &mut durable);
     assert!(g.is_leader());
     assert!(g.term() > term, "a restart campaigns in a new term");

@@ -1,10 +1,10 @@
-//! The Cluster service of a single-member cluster: MemberList reports this member (its id,
-//! `--name`, advertised peer and client URLs); the changes answer as etcd answers them in a
-//! one-member cluster where it can — an unknown id is `member not found`, removing the only
-//! voter `not enough started members`, promoting a voter `can only promote a learner member`,
-//! adding this member's own peer URLs again `Peer URLs already exists`. Adding another member or
-//! moving this one's peer URLs needs replication, which corekv does not have yet: those answer
-//! `Unimplemented` with a message that says so.
+//! The Cluster service. MemberList reports every member of `--initial-cluster` (its id, name,
+//! peer URLs, and client URLs once it has sent them) — alone, just this member. Alone, the
+//! changes answer as etcd answers them in a one-member cluster where it can — an unknown id is
+//! `member not found`, removing the only voter `not enough started members`, promoting a voter
+//! `can only promote a learner member`, adding this member's own peer URLs again `Peer URLs
+//! already exists`. Every other change needs membership changes, which corekv does not have
+//! yet: those answer `Unimplemented` with a message that says so.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use wire::pb::etcdserverpb::{self as pb, cluster_server::Cluster};
 
 use super::Member;
 use crate::error::ApiError;
+use crate::forward::Forwarder;
 use crate::router::Router;
 
 pub struct ClusterService {
@@ -25,10 +26,28 @@ pub struct ClusterService {
     pub peer_urls: Vec<String>,
     /// `--advertise-client-urls`.
     pub client_urls: Vec<String>,
+    /// In a cluster: every member, from the flags and their frames.
+    pub fwd: Option<Arc<Forwarder>>,
 }
 
 impl ClusterService {
     fn members(&self) -> Vec<pb::Member> {
+        if let Some(f) = &self.fwd {
+            let dir = f.directory();
+            let urls = |id| dir.client_urls(id).map(|u| u.split(',').map(|s| s.trim().to_string()).collect());
+            return dir
+                .members()
+                .iter()
+                .map(|m| pb::Member {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_ur_ls: m.peer_urls.clone(),
+                    // etcd lists a member that has not published its client URLs without them.
+                    client_ur_ls: urls(m.id).unwrap_or_default(),
+                    is_learner: false,
+                })
+                .collect();
+        }
         vec![pb::Member {
             id: self.member.member_id,
             name: self.name.clone(),
@@ -42,12 +61,15 @@ impl ClusterService {
         self.member.header(self.router.clock().visible(), self.raft_term)
     }
 
-    /// `MemberNotFound` unless `id` is this member.
+    /// `MemberNotFound` unless `id` is a member; in a cluster, a change to a member needs
+    /// membership changes, which are not built yet (`MembershipChangeUnsupported`).
     fn this_member(&self, id: u64) -> Result<(), ApiError> {
-        if id == self.member.member_id {
-            Ok(())
-        } else {
+        if !self.members().iter().any(|m| m.id == id) {
             Err(ApiError::MemberNotFound)
+        } else if self.fwd.is_some() {
+            Err(ApiError::MembershipChangeUnsupported)
+        } else {
+            Ok(())
         }
     }
 }
@@ -56,7 +78,8 @@ impl ClusterService {
 impl Cluster for ClusterService {
     async fn member_add(&self, req: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
         let req = req.into_inner();
-        if req.peer_ur_ls.iter().any(|u| self.peer_urls.contains(u)) {
+        let members = self.members();
+        if req.peer_ur_ls.iter().any(|u| members.iter().any(|m| m.peer_ur_ls.contains(u))) {
             return Err(ApiError::PeerUrlExists.into());
         }
         Err(ApiError::MembershipChangeUnsupported.into())

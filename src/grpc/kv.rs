@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use shards::mvcc::{Op, OpResult, RangeResult, TxnResult, TxnSpec};
 use tonic::{Request, Response, Status};
-use wire::pb::etcdserverpb::{self as pb, kv_server::Kv};
+use wire::pb::etcdserverpb::{self as pb, kv_client::KvClient, kv_server::Kv};
 
 use super::Member;
 use crate::alarm::AlarmTable;
+use crate::forward::{onward, route_of, Forwarder, Route};
 use crate::router::Router;
 use crate::validate::{self, Limits};
 
@@ -19,6 +20,8 @@ pub struct KvService {
     pub raft_term: u64,
     /// Writes fail while a NOSPACE alarm is active.
     pub alarms: Arc<AlarmTable>,
+    /// In a cluster: sends requests on to the member that serves them.
+    pub fwd: Option<Arc<Forwarder>>,
 }
 
 /// Whether a txn puts at its top level: etcd's quota cost (`costTxn`) counts only those.
@@ -62,12 +65,21 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
+            return KvClient::new(ch).range(onward(req)).await;
+        }
+        if self.fwd.is_some() && !req.get_ref().serializable {
+            self.router.confirm_leadership().await?;
+        }
         let q = validate::range(req.into_inner())?;
         let (r, revision) = self.router.range(q).await?;
         Ok(Response::new(range_response(r, self.header(revision))))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
+            return KvClient::new(ch).put(onward(req)).await;
+        }
         let req = req.into_inner();
         let len = validate::encoded_len(&req);
         let put = validate::put(req)?;
@@ -85,6 +97,9 @@ impl Kv for KvService {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
+            return KvClient::new(ch).delete_range(onward(req)).await;
+        }
         let req = req.into_inner();
         let len = validate::encoded_len(&req);
         let delete = validate::delete(req)?;
@@ -98,6 +113,13 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
+            return KvClient::new(ch).txn(onward(req)).await;
+        }
+        if self.fwd.is_some() {
+            // A txn that writes commits through a quorum anyway; one that only reads needs this.
+            self.router.confirm_leadership().await?;
+        }
         let spec = validate::txn(req.into_inner(), self.limits)?;
         // As etcd's capped applier: under NOSPACE a txn may delete, but not put.
         if has_put(&spec) {
@@ -108,6 +130,9 @@ impl Kv for KvService {
     }
 
     async fn compact(&self, req: Request<pb::CompactionRequest>) -> Result<Response<pb::CompactionResponse>, Status> {
+        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
+            return KvClient::new(ch).compact(onward(req)).await;
+        }
         let revision = self.router.compact(req.into_inner().revision).await?;
         Ok(Response::new(pb::CompactionResponse { header: self.header(revision) }))
     }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
-use wire::pb::etcdserverpb::{self as pb, lease_server::Lease};
+use wire::pb::etcdserverpb::{self as pb, lease_client::LeaseClient, lease_server::Lease};
 
 use super::Member;
+use crate::forward::{onward, onward_stream, route_of, Forwarder, Route};
 use crate::leases::Leases;
 use crate::router::Router;
 
@@ -20,6 +21,8 @@ pub struct LeaseService {
     pub leases: Arc<Leases>,
     pub member: Member,
     pub raft_term: u64,
+    /// In a cluster: sends requests on to the member that serves them.
+    pub fwd: Option<Arc<Forwarder>>,
 }
 
 impl LeaseService {
@@ -34,6 +37,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
+            return LeaseClient::new(ch).lease_grant(onward(req)).await;
+        }
         let r = req.into_inner();
         let (id, ttl) = self.leases.grant(r.id, r.ttl).await?;
         Ok(Response::new(pb::LeaseGrantResponse { header: self.header(), id, ttl, error: String::new() }))
@@ -43,6 +49,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
+            return LeaseClient::new(ch).lease_revoke(onward(req)).await;
+        }
         // Detached: a client that gives up must not leave the lease half revoked (out of the
         // registry, its keys not yet deleted).
         let (leases, id) = (self.leases.clone(), req.into_inner().id);
@@ -58,6 +67,10 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
+            let answers = LeaseClient::new(ch).lease_keep_alive(onward_stream(req)).await?;
+            return Ok(answers.map(|s| Box::pin(s) as Self::LeaseKeepAliveStream));
+        }
         let mut requests = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
         let (leases, router, member, raft_term) =
@@ -86,6 +99,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
+            return LeaseClient::new(ch).lease_time_to_live(onward(req)).await;
+        }
         let r = req.into_inner();
         let resp = match self.leases.time_to_live(r.id, r.keys).await? {
             Some(t) => pb::LeaseTimeToLiveResponse {
@@ -103,8 +119,11 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _: Request<pb::LeaseLeasesRequest>,
+        req: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
+            return LeaseClient::new(ch).lease_leases(onward(req)).await;
+        }
         let leases = self.leases.list().await?.into_iter().map(|(id, _)| pb::LeaseStatus { id }).collect();
         Ok(Response::new(pb::LeaseLeasesResponse { header: self.header(), leases }))
     }

@@ -13,6 +13,7 @@ use wire::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance};
 
 use super::Member;
 use crate::alarm::AlarmTable;
+use crate::forward::Forwarder;
 use crate::leases::Leases;
 use crate::router::Router;
 
@@ -27,6 +28,8 @@ pub struct MaintenanceService {
     pub data_dir: std::path::PathBuf,
     pub alarms: Arc<AlarmTable>,
     pub raft_term: u64,
+    /// In a cluster: who leads, for Status.
+    pub fwd: Option<Arc<Forwarder>>,
 }
 
 fn dir_size(p: &std::path::Path) -> u64 {
@@ -68,6 +71,12 @@ impl Maintenance for MaintenanceService {
         let st = self.router.status().await?;
         let term = st.iter().map(|s| s.raft_term).max().unwrap_or(0);
         let revision = self.router.clock().visible();
+        let leader = match &self.fwd {
+            // The member leading group 0, where every group's leadership converges.
+            Some(f) => f.node().leader(),
+            None if st.iter().all(|s| s.is_leader) => self.member.member_id,
+            None => 0,
+        };
         // WAL bytes (sealed segments count whole, the current one up to its end; not the
         // preallocated space after it) plus snapshots.
         let snapshots: u64 = (0..st.len()).map(|i| dir_size(&self.data_dir.join(format!("shard-{i}/snap")))).sum();
@@ -76,7 +85,7 @@ impl Maintenance for MaintenanceService {
             header: self.member.header(revision, term),
             version: ETCD_VERSION.to_string(),
             db_size,
-            leader: if st.iter().all(|s| s.is_leader) { self.member.member_id } else { 0 },
+            leader,
             // One Raft group per shard: indexes are summed so they grow with every write anywhere.
             raft_index: st.iter().map(|s| s.raft_index).sum(),
             raft_term: term,

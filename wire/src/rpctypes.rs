@@ -56,6 +56,7 @@ rpc_errors! {
     TOO_MANY_REQUESTS = (ResourceExhausted, "etcdserver: too many requests");
     NO_LEADER = (Unavailable, "etcdserver: no leader");
     NOT_LEADER = (Unavailable, "etcdserver: not leader");
+    LEADER_CHANGED = (Unavailable, "etcdserver: leader changed");
     STOPPED = (Unavailable, "etcdserver: server stopped");
     TIMEOUT = (Unavailable, "etcdserver: request timed out");
     CORRUPT = (DataLoss, "etcdserver: corrupt cluster");
@@ -74,10 +75,10 @@ rpc_errors! {
 
 /// corekv's own errors, where etcd has no equivalent.
 pub const SNAPSHOT_FAILED: RpcError = RpcError { code: Code::Internal, message: "corekv: snapshot failed" };
-/// A membership change that needs replication to other nodes, which corekv does not have yet.
+/// A membership change (add, remove, update, promote), which corekv cannot make yet.
 pub const MEMBERSHIP_CHANGE_UNSUPPORTED: RpcError = RpcError {
     code: Code::Unimplemented,
-    message: "corekv: adding members or changing their peer URLs needs replication, which is not built yet",
+    message: "corekv: membership changes (adding, removing, updating or promoting members) are not built yet",
 };
 
 #[cfg(test)]

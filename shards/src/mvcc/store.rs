@@ -359,6 +359,31 @@ impl Store {
         self.current_revision = self.current_revision.max(rev);
     }
 
+    /// Undoes every version of `keys` above `rev` and sets the current revision back to `rev`:
+    /// writes a leader executed, then lost its leadership before they committed. Events not yet
+    /// taken are dropped with them.
+    pub fn roll_back<'k>(&mut self, keys: impl IntoIterator<Item = &'k [u8]>, rev: i64) {
+        for key in keys {
+            let Some((stored, h)) = self.keys.get_key_value(key) else { continue };
+            let stored = stored.clone();
+            let before = visible_at(h, LATEST).map_or(0, |v| v.lease);
+            let Some(h) = self.keys.get_mut(key) else { continue };
+            let kept = h.partition_point(|v| v.mod_revision <= rev);
+            self.version_count -= h.len() - kept;
+            h.truncate(kept);
+            let after = visible_at(h, LATEST).map_or(0, |v| v.lease);
+            if h.is_empty() {
+                self.keys.remove(key);
+            }
+            if before != after {
+                detach(&mut self.lease_keys, before, key);
+                attach(&mut self.lease_keys, after, &stored);
+            }
+        }
+        self.current_revision = self.current_revision.min(rev);
+        self.events.clear();
+    }
+
     /// Records that revision `rev` exists even if it changed nothing here (recovery bookkeeping).
     pub fn observe_revision(&mut self, rev: i64) {
         self.current_revision = self.current_revision.max(rev);
@@ -517,6 +542,22 @@ mod tests {
             true
         });
         out
+    }
+
+    #[test]
+    fn roll_back_undoes_puts_deletes_and_lease_attachments_above_a_revision() {
+        let mut s = Store::new();
+        s.put(&b("a"), b("1"), 7, 2);
+        s.put(&b("b"), b("1"), 0, 3);
+        let (before_versions, before_keys) = (s.version_count(), s.key_count());
+        s.put(&b("a"), b("2"), 0, 4);
+        s.delete(&range("b", ""), 5);
+        s.put(&b("c"), b("new"), 9, 5);
+        s.roll_back([&b"a"[..], b"b", b"c"], 3);
+        assert_eq!(keys_at(&s, &range("a", "z"), LATEST), vec![("a".into(), 2), ("b".into(), 3)]);
+        assert_eq!((s.version_count(), s.key_count(), s.current_revision()), (before_versions, before_keys, 3));
+        assert_eq!(s.lease_keys(7), vec![b("a")], "a's lease comes back with its version");
+        assert!(s.lease_keys(9).is_empty(), "c never existed at revision 3");
     }
 
     #[test]

@@ -1,0 +1,159 @@
+//! A shard as one member of its Raft group across several nodes (DESIGN-NOTES §5).
+//!
+//! Shard i of every node is Raft group i. The node whose shards lead *every* group is the one
+//! that serves writes: only it allocates revisions, so they never repeat. The shards of a node
+//! share a [`NodeState`]: which member each of its groups follows, which groups it leads with all
+//! committed entries applied, and whether the node is serving. [`promote_when_ready`] turns a
+//! node that has become leader of every group into a serving one: it asks each shard to settle
+//! what its log left open (cross-shard prepares), restarts the revision counter above every
+//! revision any shard holds, and only then lets writes in.
+//!
+//! The transport (in `src/peer`) is outside this crate: a shard hands outgoing messages to its
+//! [`ClusterLink::outbox`] and receives its group's messages on [`ClusterLink::inbox`].
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_listener::Event;
+use raft::eraftpb::Message;
+
+use crate::clock::RevisionClock;
+use crate::msg::ShardMsg;
+use crate::pool::ShardHandle;
+
+/// Messages a shard sends: its group (= shard index) and the Raft messages, in order.
+pub type Outgoing = (u16, Vec<Message>);
+
+/// What a shard needs to take part in a multi-node group.
+#[derive(Clone, Debug)]
+pub struct ClusterLink {
+    /// This node's Raft id (its member id).
+    pub me: u64,
+    /// Every voter's id, this node's included.
+    pub voters: Vec<u64>,
+    pub outbox: flume::Sender<Outgoing>,
+    pub inbox: flume::Receiver<Message>,
+    pub node: Arc<NodeState>,
+    /// One Raft tick (etcd's `--heartbeat-interval`).
+    pub tick: Duration,
+    /// Ticks without a heartbeat before a follower campaigns (`--election-timeout` / tick).
+    pub election_ticks: usize,
+}
+
+/// What the shards of one node share about their groups.
+#[derive(Debug)]
+pub struct NodeState {
+    me: u64,
+    /// Per shard: the leader its member knows of (0: none).
+    leaders: Box<[AtomicU64]>,
+    /// Per shard: the term in which it leads with every committed entry applied (0: it does not).
+    ready: Box<[AtomicU64]>,
+    /// Per shard: its member's current term.
+    terms: Box<[AtomicU64]>,
+    serving: AtomicBool,
+    /// Revisions of cross-shard writes whose decision some shard of this node has applied.
+    decided: Mutex<BTreeSet<i64>>,
+    changed: Event,
+}
+
+impl NodeState {
+    pub fn new(me: u64, shards: usize) -> NodeState {
+        let zeros = || (0..shards).map(|_| AtomicU64::new(0)).collect();
+        NodeState {
+            me,
+            leaders: zeros(),
+            ready: zeros(),
+            terms: zeros(),
+            serving: AtomicBool::new(false),
+            decided: Mutex::new(BTreeSet::new()),
+            changed: Event::new(),
+        }
+    }
+
+    pub fn me(&self) -> u64 {
+        self.me
+    }
+
+    /// Whether this node leads every group and has settled their logs: it takes writes.
+    pub fn serving(&self) -> bool {
+        self.serving.load(SeqCst)
+    }
+
+    /// The member that leads group 0 (where every group's leadership converges), 0 if unknown.
+    pub fn leader(&self) -> u64 {
+        self.leaders[0].load(SeqCst)
+    }
+
+    /// The highest term any of this node's groups is in.
+    pub fn term(&self) -> u64 {
+        self.terms.iter().map(|t| t.load(SeqCst)).max().unwrap_or(0)
+    }
+
+    /// Records what shard `shard` knows of its group after a Raft step.
+    pub fn publish(&self, shard: usize, leader: u64, term: u64, ready_term: u64) {
+        self.terms[shard].store(term, SeqCst);
+        let old_leader = self.leaders[shard].swap(leader, SeqCst);
+        let old_ready = self.ready[shard].swap(ready_term, SeqCst);
+        if old_ready != 0 && ready_term != old_ready {
+            // Leadership of one group moved: no write may be taken until all are back here.
+            self.serving.store(false, SeqCst);
+        }
+        if old_leader != leader || old_ready != ready_term {
+            self.changed.notify(usize::MAX);
+        }
+    }
+
+    pub fn record_decided(&self, revision: i64) {
+        self.lock_decided().insert(revision);
+    }
+
+    pub fn is_decided(&self, revision: i64) -> bool {
+        self.lock_decided().contains(&revision)
+    }
+
+    fn lock_decided(&self) -> std::sync::MutexGuard<'_, BTreeSet<i64>> {
+        // A panic elsewhere aborts the process (see main), so a poisoned lock is never observed.
+        self.decided.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The terms of every group if this node leads them all with their logs applied.
+    fn all_ready(&self) -> Option<Vec<u64>> {
+        let terms: Vec<u64> = self.ready.iter().map(|r| r.load(SeqCst)).collect();
+        terms.iter().all(|t| *t != 0).then_some(terms)
+    }
+}
+
+/// Runs for the life of the node: whenever it has become leader of every group, settles the
+/// shards (see [`ShardMsg::Promote`]), restarts the revision counter above every revision any
+/// of them holds and starts serving writes.
+pub async fn promote_when_ready(node: Arc<NodeState>, shards: Vec<ShardHandle>, clock: Arc<RevisionClock>) {
+    loop {
+        let listener = node.changed.listen();
+        if !node.serving() {
+            if let Some(terms) = node.all_ready() {
+                let mut highest = Some(0i64);
+                for (shard, term) in shards.iter().zip(&terms) {
+                    let term = *term;
+                    match shard.request(|reply| ShardMsg::Promote { term, reply }).await {
+                        Ok(rev) => highest = highest.map(|h| h.max(rev)),
+                        Err(_) => highest = None,
+                    }
+                }
+                if let Some(rev) = highest {
+                    clock.restart_above(rev);
+                    node.serving.store(true, SeqCst);
+                    // A group that lost leadership meanwhile would have cleared `ready`.
+                    if node.all_ready().as_ref() != Some(&terms) {
+                        node.serving.store(false, SeqCst);
+                    } else {
+                        tracing::info!(member = format!("{:x}", node.me), revision = rev, "leading every group");
+                    }
+                    continue;
+                }
+            }
+        }
+        listener.await;
+    }
+}

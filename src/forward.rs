@@ -1,0 +1,127 @@
+//! Forwarding client requests to the member that serves writes.
+//!
+//! In a cluster only the node that leads every shard's group takes writes and answers
+//! linearizable reads (see `shards::cluster`). A request reaching another member is sent on,
+//! unchanged, over a client connection to that node's advertised client URL, and its answer
+//! (or error) comes back as is: clients need not know the leader. While no leader is known the
+//! request waits up to the election timeout, then fails with etcd's `etcdserver: no leader`.
+//! A forwarded request is marked, so two members with different ideas of the leader never
+//! pass it around in a loop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shards::cluster::NodeState;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ApiError;
+use crate::peer::faults::PeerFaults;
+use crate::peer::PeerDirectory;
+
+/// The metadata key marking a request another member forwarded.
+pub const FORWARDED: &str = "corekv-forwarded";
+const POLL: Duration = Duration::from_millis(10);
+
+/// Where a request is served.
+pub enum Route {
+    /// Here: this node serves (or the server runs alone).
+    Local,
+    /// On the leader, through this connection.
+    Leader(Channel),
+}
+
+pub struct Forwarder {
+    node: Arc<NodeState>,
+    directory: Arc<PeerDirectory>,
+    /// How long a request waits for a leader before `no leader`.
+    patience: Duration,
+    /// Connections by client URL (a restarted leader may come back on another one).
+    channels: Mutex<HashMap<String, Channel>>,
+    /// A partition the tests inject cuts client forwarding too, as a real one would.
+    faults: Arc<PeerFaults>,
+}
+
+impl Forwarder {
+    pub fn new(
+        node: Arc<NodeState>,
+        directory: Arc<PeerDirectory>,
+        patience: Duration,
+        faults: Arc<PeerFaults>,
+    ) -> Forwarder {
+        Forwarder { node, directory, patience, channels: Mutex::default(), faults }
+    }
+
+    pub fn node(&self) -> &Arc<NodeState> {
+        &self.node
+    }
+
+    pub fn directory(&self) -> &Arc<PeerDirectory> {
+        &self.directory
+    }
+
+    /// Where a request with this metadata is served: here once this node serves, else on the
+    /// leader (unless the request was already forwarded once).
+    pub async fn route(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Route, ApiError> {
+        let forwarded = metadata.contains_key(FORWARDED);
+        let deadline = tokio::time::Instant::now() + self.patience;
+        loop {
+            if self.node.serving() {
+                return Ok(Route::Local);
+            }
+            let leader = self.node.leader();
+            let me = self.node.me();
+            if !forwarded && leader != 0 && leader != me && !self.faults.drops(me, leader) {
+                if let Some(channel) = self.channel(leader) {
+                    return Ok(Route::Leader(channel));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(if forwarded { ApiError::NotLeader } else { ApiError::NoLeader });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// A (lazily connected) channel to member `id`'s first client URL, once it is known.
+    fn channel(&self, id: u64) -> Option<Channel> {
+        let urls = self.directory.client_urls(id)?;
+        let url = urls.split(',').next()?.trim().to_string();
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(&url) {
+            return Some(c.clone());
+        }
+        let channel = Endpoint::from_shared(url.clone()).ok()?.tcp_nodelay(true).connect_lazy();
+        channels.insert(url, channel.clone());
+        Some(channel)
+    }
+}
+
+/// `req` as a request to the leader: same message and metadata, marked as forwarded.
+pub fn onward<T>(req: tonic::Request<T>) -> tonic::Request<T> {
+    let (mut metadata, extensions, message) = req.into_parts();
+    metadata.insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    // Hop-by-hop headers of the incoming call must not be replayed on the outgoing one.
+    metadata.remove("content-type");
+    metadata.remove("te");
+    metadata.remove("user-agent");
+    metadata.remove("grpc-timeout");
+    tonic::Request::from_parts(metadata, extensions, message)
+}
+
+/// Where `req` is served, for a service that may run in a cluster (`None`: it runs alone).
+pub async fn route_of<T>(fwd: &Option<Arc<Forwarder>>, req: &tonic::Request<T>) -> Result<Route, tonic::Status> {
+    match fwd {
+        Some(f) => Ok(f.route(req.metadata()).await?),
+        None => Ok(Route::Local),
+    }
+}
+
+/// A client stream of the caller turned into the leader-bound request of a forwarded stream
+/// call: messages pass through until the caller's side ends or fails.
+pub fn onward_stream<T: Send + 'static>(
+    req: tonic::Request<tonic::Streaming<T>>,
+) -> tonic::Request<impl futures::Stream<Item = T> + Send + 'static> {
+    use futures::StreamExt;
+    onward(req).map(|s| s.take_while(|r| std::future::ready(r.is_ok())).filter_map(|r| std::future::ready(r.ok())))
+}

@@ -1,0 +1,219 @@
+//! The peer transport: carries every shard's Raft messages between the members of a cluster.
+//!
+//! One TCP connection per ordered node pair: each node dials every other node and writes only
+//! to its own outbound connection, so a connection has one writer and one reader. A frame
+//! (`wire::codec::peer`) batches whatever was queued for that peer across all groups. Nothing is
+//! buffered for an unreachable peer: messages to it are dropped and Raft sends again (probes,
+//! heartbeats, retransmitted appends), which keeps a dead member from growing anyone's memory.
+//!
+//! Frames also carry the sender's advertised client URLs, which is how members learn where to
+//! forward client requests ([`PeerDirectory`]).
+
+pub mod faults;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use prost_raft::Message as _;
+use raft::eraftpb::Message;
+use shards::ClusterIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wire::codec::peer::PeerFrame;
+
+use crate::config::InitialMember;
+
+/// Messages per frame at most (the rest go in the next frame).
+const FRAME_MESSAGES: usize = 4096;
+/// Pause between attempts to reach a peer that is down.
+const RECONNECT: Duration = Duration::from_millis(100);
+
+/// What this node knows of the other members: their peer addresses (from the flags) and client
+/// URLs (learned from their frames).
+#[derive(Debug)]
+pub struct PeerDirectory {
+    me: u64,
+    members: Vec<InitialMember>,
+    client_urls: RwLock<HashMap<u64, String>>,
+}
+
+impl PeerDirectory {
+    pub fn new(me: u64, members: Vec<InitialMember>, my_client_urls: &str) -> PeerDirectory {
+        let urls = HashMap::from([(me, my_client_urls.to_string())]);
+        PeerDirectory { me, members, client_urls: RwLock::new(urls) }
+    }
+
+    pub fn me(&self) -> u64 {
+        self.me
+    }
+
+    pub fn members(&self) -> &[InitialMember] {
+        &self.members
+    }
+
+    /// The advertised client URLs of member `id` (comma-separated), once it has sent a frame.
+    pub fn client_urls(&self, id: u64) -> Option<String> {
+        self.client_urls.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    fn learn(&self, id: u64, urls: &str) {
+        if self.members.iter().any(|m| m.id == id) && self.client_urls(id).as_deref() != Some(urls) {
+            self.client_urls.write().unwrap_or_else(|p| p.into_inner()).insert(id, urls.to_string());
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("cannot listen for peers on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("member {name}: peer URL {url:?} is not http://ip:port")]
+    BadPeerUrl { name: String, url: String },
+}
+
+/// Starts listening on `listen` and sending to every other member; runs until the runtime ends.
+pub async fn start(
+    io: ClusterIo,
+    directory: Arc<PeerDirectory>,
+    listen: &[SocketAddr],
+    faults: Arc<faults::PeerFaults>,
+) -> Result<(), PeerError> {
+    let ClusterIo { outgoing, incoming, .. } = io;
+    let incoming = Arc::new(incoming);
+    for &addr in listen {
+        let listener = TcpListener::bind(addr).await.map_err(|source| PeerError::Listen { addr, source })?;
+        tracing::info!(%addr, "listening for peers");
+        tokio::spawn(accept(listener, incoming.clone(), directory.clone(), faults.clone()));
+    }
+    let mut queues = HashMap::new();
+    for m in directory.members().iter().filter(|m| m.id != directory.me()) {
+        let url = m.peer_urls.first().cloned().unwrap_or_default();
+        let addr = crate::config::parse_url(&url)
+            .map_err(|_| PeerError::BadPeerUrl { name: m.name.clone(), url: url.clone() })?;
+        let (tx, rx) = flume::unbounded();
+        queues.insert(m.id, tx);
+        tokio::spawn(send_to(m.id, addr, rx, directory.clone(), faults.clone()));
+    }
+    tokio::spawn(async move {
+        while let Ok((group, messages)) = outgoing.recv_async().await {
+            for m in messages {
+                if let Some(q) = queues.get(&m.to) {
+                    let _ = q.send((group, m));
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn accept(
+    listener: TcpListener,
+    incoming: Arc<Vec<flume::Sender<Message>>>,
+    directory: Arc<PeerDirectory>,
+    faults: Arc<faults::PeerFaults>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, from)) => {
+                let (incoming, directory, faults) = (incoming.clone(), directory.clone(), faults.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = receive(stream, &incoming, &directory, &faults).await {
+                        tracing::debug!(%from, error = %e, "peer connection closed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a peer connection failed");
+                tokio::time::sleep(RECONNECT).await;
+            }
+        }
+    }
+}
+
+/// Reads frames from one peer's connection and hands each message to its group's shard.
+async fn receive(
+    mut stream: TcpStream,
+    incoming: &[flume::Sender<Message>],
+    directory: &PeerDirectory,
+    faults: &faults::PeerFaults,
+) -> std::io::Result<()> {
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut body = Vec::new();
+    loop {
+        let mut prefix = [0u8; 4];
+        stream.read_exact(&mut prefix).await?;
+        let len = PeerFrame::body_len(prefix).map_err(|e| bad(e.to_string()))?;
+        body.resize(len, 0);
+        stream.read_exact(&mut body).await?;
+        let frame = PeerFrame::decode(&body).map_err(|e| bad(e.to_string()))?;
+        if faults.drops(frame.from, directory.me()) {
+            continue;
+        }
+        directory.learn(frame.from, &frame.client_urls);
+        for (group, bytes) in frame.messages {
+            let msg = Message::decode(bytes.as_slice()).map_err(|e| bad(format!("raft message: {e}")))?;
+            if msg.from != frame.from {
+                return Err(bad(format!("frame from {:x} carries a message from {:x}", frame.from, msg.from)));
+            }
+            match incoming.get(group as usize) {
+                Some(shard) => drop(shard.send(msg)),
+                // Members run the same shard count; a group beyond ours is a misconfigured peer.
+                None => return Err(bad(format!("message for group {group}, this node has {}", incoming.len()))),
+            }
+        }
+    }
+}
+
+/// Sends everything queued for peer `to`, one frame per batch, reconnecting when needed.
+async fn send_to(
+    to: u64,
+    addr: SocketAddr,
+    queue: flume::Receiver<(u16, Message)>,
+    directory: Arc<PeerDirectory>,
+    faults: Arc<faults::PeerFaults>,
+) {
+    let me = directory.me();
+    let my_urls = directory.client_urls(me).unwrap_or_default();
+    let mut buf = Vec::new();
+    loop {
+        // Connect first, and say hello with an empty frame: members that never exchange Raft
+        // messages (two followers) still learn each other's client URLs.
+        let mut conn = match TcpStream::connect(addr).await {
+            Ok(s) if !faults.drops(me, to) => s,
+            outcome => {
+                if let Err(e) = outcome {
+                    tracing::debug!(peer = format!("{to:x}"), %addr, error = %e, "peer unreachable");
+                }
+                tokio::time::sleep(RECONNECT).await;
+                // Whatever queued meanwhile is stale; Raft will send again.
+                if queue.drain().len() == 0 && queue.is_disconnected() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let _ = conn.set_nodelay(true);
+        let mut batch = Vec::new();
+        loop {
+            let frame = PeerFrame {
+                from: me,
+                client_urls: my_urls.clone(),
+                messages: batch.iter().map(|(g, m): &(u16, Message)| (*g, m.encode_to_vec())).collect(),
+            };
+            buf.clear();
+            frame.encode_into(&mut buf);
+            if let Err(e) = conn.write_all(&buf).await {
+                tracing::debug!(peer = format!("{to:x}"), error = %e, "peer connection lost");
+                break;
+            }
+            let Ok(first) = queue.recv_async().await else { return };
+            batch = vec![first];
+            batch.extend(queue.try_iter().take(FRAME_MESSAGES - 1));
+            if faults.drops(me, to) {
+                break;
+            }
+        }
+    }
+}

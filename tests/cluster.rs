@@ -1,0 +1,139 @@
+//! Three-member clusters of real `corekv` processes on 127.0.0.1 (issue 5): writes through any
+//! member, a leader killed under load, a leader cut off by a partition, and members catching up.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+
+/// Writes unique keys through `client` until `stop`, one at a time; returns the (key, revision)
+/// of every acknowledged put. Failed puts (leader gone, timeouts) have unknown outcomes and are
+/// not counted.
+async fn write_until(mut client: etcd_client::Client, prefix: String, stop: Arc<Mutex<bool>>) -> Vec<(String, i64)> {
+    let mut acked = Vec::new();
+    let mut n = 0;
+    while !*stop.lock().expect("stop flag") {
+        n += 1;
+        let key = format!("{prefix}-{n:05}");
+        let put = tokio::time::timeout(Duration::from_secs(3), client.put(key.as_str(), "v", None)).await;
+        match put {
+            Ok(Ok(r)) => acked.push((key, r.header().expect("header").revision())),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_replicate_and_survive_the_leader_being_killed() {
+    let mut cluster = Cluster::start(3, &["--shards", "2"]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+
+    // Writes through every member (followers forward them) are read back through every member.
+    let mut last = 0;
+    for i in 0..3 {
+        let mut c = cluster.client_of(i).await;
+        for key in [format!("a{i}"), format!("z{i}"), format!("{i}")] {
+            let r = c.put(key.as_str(), format!("from-{i}"), None).await.expect("put through a member");
+            let rev = r.header().expect("header").revision();
+            assert!(rev > last, "revisions increase: {rev} after {last}");
+            last = rev;
+        }
+    }
+    for i in 0..3 {
+        let mut c = cluster.client_of(i).await;
+        let r = c.get("", Some(etcd_client::GetOptions::new().with_from_key())).await.expect("get");
+        assert_eq!(r.kvs().len(), 9, "member {i} reads every write");
+        assert!(r.header().expect("header").revision() >= last);
+    }
+
+    // Load through the two other members while the leader is killed.
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let stop = Arc::new(Mutex::new(false));
+    let mut writers = Vec::new();
+    for (w, &i) in others.iter().chain(others.iter()).enumerate() {
+        let client = cluster.client_of(i).await;
+        writers.push(tokio::spawn(write_until(client, format!("load{w}"), stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.nodes[leader].kill9();
+    let killed_at = Instant::now();
+    let new_leader = cluster.wait_leader(&others, Duration::from_secs(10)).await;
+    let failover = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    *stop.lock().expect("stop flag") = true;
+    let mut acked = Vec::new();
+    for w in writers {
+        let mine = w.await.expect("writer");
+        // One writer's puts are sequential: their revisions must increase.
+        assert!(mine.windows(2).all(|p| p[0].1 < p[1].1), "revisions went backwards: {mine:?}");
+        acked.extend(mine);
+    }
+    assert!(acked.len() > 20, "the cluster kept taking writes: {} acknowledged", acked.len());
+    let mut revs: Vec<i64> = acked.iter().map(|(_, r)| *r).collect();
+    revs.sort_unstable();
+    revs.dedup();
+    assert_eq!(revs.len(), acked.len(), "no revision was handed out twice");
+
+    // No acknowledged write is lost: each key holds its put, at its acknowledged revision.
+    let mut c = cluster.client_of(new_leader).await;
+    for (key, rev) in &acked {
+        let r = c.get(key.as_str(), None).await.expect("get acknowledged key");
+        let kv = r.kvs().first().unwrap_or_else(|| panic!("acknowledged put of {key} at {rev} lost"));
+        assert_eq!(kv.mod_revision(), *rev, "{key}");
+    }
+    eprintln!(
+        "leader killed: new leader after {failover:?}; {} writes acknowledged through the failover, none lost",
+        acked.len()
+    );
+
+    // The killed member comes back and catches up with the log it missed.
+    cluster.nodes[leader].restart();
+    cluster.wait_converged(leader, new_leader, Duration::from_secs(20)).await;
+    let mut c = cluster.client_of(leader).await;
+    let r = c.put("after-restart", "x", None).await.expect("put through the restarted member");
+    assert!(r.header().expect("header").revision() > *revs.last().expect("revisions"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_stops_taking_writes_and_the_majority_moves_on() {
+    let cluster = Cluster::start(3, &["--shards", "2"]);
+    let old = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let mut c = cluster.client_of(old).await;
+    c.put("before", "1", None).await.expect("put before the partition");
+    let before = cluster.raft_index(old).await;
+
+    cluster.isolate(old);
+    // The cut-off leader must not acknowledge a write: it cannot reach a majority.
+    let mut cut = cluster.client_of(old).await;
+    let put = tokio::time::timeout(Duration::from_secs(4), cut.put("isolated", "never", None)).await;
+    assert!(!matches!(put, Ok(Ok(_))), "an isolated leader acknowledged a write: {put:?}");
+
+    // The majority elects a new leader and serves.
+    let majority: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = cluster.wait_leader(&majority, Duration::from_secs(10)).await;
+    assert_ne!(new, old);
+    let mut m = cluster.client_of(majority[0]).await;
+    for i in 0..20 {
+        if let Err(e) = m.put(format!("during-{i:02}"), "x", None).await {
+            for n in &cluster.nodes {
+                eprintln!("=== {}\n{}", n.dir.display(), n.log_text());
+            }
+            panic!("put on the majority side: {e}");
+        }
+    }
+    assert_eq!(cluster.raft_index(old).await.1, before.1, "the isolated member applied nothing new");
+
+    // After healing, the old leader follows the new one and converges.
+    cluster.heal();
+    cluster.wait_converged(old, new, Duration::from_secs(20)).await;
+    assert_eq!(cluster.leader_seen_by(old).await, Some(new), "the old leader stepped down");
+    let mut c = cluster.client_of(old).await;
+    let r = c.get("during-", Some(etcd_client::GetOptions::new().with_prefix())).await.expect("get");
+    assert_eq!(r.kvs().len(), 20, "the old leader sees the majority's writes");
+    let r = c.get("isolated", None).await.expect("get");
+    assert!(r.kvs().is_empty(), "the write the isolated leader could not commit is gone");
+}

@@ -1,0 +1,143 @@
+//! A cluster of real `corekv` processes on 127.0.0.1: fixed peer ports (members dial each other
+//! there across restarts), client ports chosen per start, and a test-only peer fault file per
+//! member (`COREKV_FAULT_PEER_FILE`) to cut members off from each other.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{free_port, Server};
+
+/// Raft timing for tests: elections within about a second.
+pub const HEARTBEAT_MS: &str = "50";
+pub const ELECTION_MS: &str = "500";
+
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+    /// Member ids, by node index.
+    pub ids: Vec<u64>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` members with `extra` flags each (e.g. `--shards 2`).
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let peer_urls: Vec<String> = (0..n).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
+        let initial: Vec<String> = (0..n).map(|i| format!("n{}={}", i + 1, peer_urls[i])).collect();
+        let initial = initial.join(",");
+        let ids =
+            peer_urls.iter().map(|u| corekv::config::member_id(std::slice::from_ref(u), "etcd-cluster")).collect();
+        let mut cluster = Cluster { nodes: Vec::new(), ids, _tmp: tmp };
+        let mut starting = Vec::new();
+        for (i, url) in peer_urls.iter().enumerate() {
+            let dir = cluster._tmp.path().join(format!("n{}", i + 1));
+            let name = format!("n{}", i + 1);
+            let mut args = vec![
+                "--name",
+                &name,
+                "--initial-cluster",
+                &initial,
+                "--initial-advertise-peer-urls",
+                url,
+                "--listen-peer-urls",
+                url,
+                "--heartbeat-interval",
+                HEARTBEAT_MS,
+                "--election-timeout",
+                ELECTION_MS,
+            ];
+            args.extend_from_slice(extra);
+            let fault = dir.with_extension("peerfault");
+            let fault = fault.to_string_lossy().into_owned();
+            starting.push(Server::start_with_env(&dir, &args, &[("COREKV_FAULT_PEER_FILE", &fault)]));
+        }
+        cluster.nodes = starting;
+        cluster
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().filter(|n| n.pid().is_some()).map(|n| n.endpoint()).collect()
+    }
+
+    /// A client that talks to member `i` only.
+    pub async fn client_of(&self, i: usize) -> etcd_client::Client {
+        self.nodes[i].client().await
+    }
+
+    fn fault_file(&self, i: usize) -> PathBuf {
+        self.nodes[i].dir.with_extension("peerfault")
+    }
+
+    /// Cuts member `i` off from every other member, both ways.
+    pub fn isolate(&self, i: usize) {
+        for j in 0..self.nodes.len() {
+            let cut: Vec<u64> = if j == i {
+                self.ids.iter().copied().filter(|id| *id != self.ids[i]).collect()
+            } else {
+                vec![self.ids[i]]
+            };
+            let text: String = cut.iter().map(|id| format!("{id:x}\n")).collect();
+            std::fs::write(self.fault_file(j), text).expect("write peer fault file");
+        }
+        // Members re-read the file at most every 50 ms.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
+    /// Ends every cut.
+    pub fn heal(&self) {
+        for j in 0..self.nodes.len() {
+            std::fs::write(self.fault_file(j), "").expect("clear peer fault file");
+        }
+    }
+
+    /// The index of the member that running member `asked` reports as leader, if any.
+    pub async fn leader_seen_by(&self, asked: usize) -> Option<usize> {
+        let mut c = self.client_of(asked).await;
+        let leader = c.status().await.ok()?.leader();
+        self.ids.iter().position(|id| *id == leader)
+    }
+
+    /// Waits until every running member in `among` reports the same leader, also in `among`.
+    pub async fn wait_leader(&self, among: &[usize], within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut seen = Vec::new();
+            for &i in among {
+                seen.push(self.leader_seen_by(i).await);
+            }
+            if let Some(Some(l)) = seen.first() {
+                if among.contains(l) && seen.iter().all(|s| *s == Some(*l)) && self.serves(*l).await {
+                    return *l;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader among {among:?} within {within:?}: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether member `i` answers a linearizable read (it serves, or forwards to one that does).
+    pub async fn serves(&self, i: usize) -> bool {
+        let mut c = self.client_of(i).await;
+        c.get("wait-leader-probe", None).await.is_ok()
+    }
+
+    /// (raft index, applied index) of member `i`, summed over its shards.
+    pub async fn raft_index(&self, i: usize) -> (u64, u64) {
+        let mut c = self.client_of(i).await;
+        let s = c.status().await.expect("status");
+        (s.raft_index(), s.raft_applied_index())
+    }
+
+    /// Waits until members `a` and `b` have applied the same log.
+    pub async fn wait_converged(&self, a: usize, b: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (ia, ib) = (self.raft_index(a).await, self.raft_index(b).await);
+            if ia.1 == ib.1 && ia.0 == ib.0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "members {a} and {b} did not converge: {ia:?} vs {ib:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
