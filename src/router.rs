@@ -44,6 +44,9 @@ impl Router {
         if stale_reads {
             tracing::warn!("test fault: reads are served one revision stale ({})", crate::fault::STALE_READS_ENV);
         }
+        if crate::fault::follower_reads() {
+            tracing::warn!("test fault: followers serve reads themselves ({})", crate::fault::FOLLOWER_READS_ENV);
+        }
         Router {
             shards: pool.handles().to_vec(),
             clock: pool.clock().clone(),

@@ -65,10 +65,12 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
-        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return KvClient::new(ch).range(onward(req)).await;
-        }
-        if self.fwd.is_some() && !req.get_ref().serializable {
+        let route = route_of(&self.fwd, &req).await?;
+        if let Route::Leader(ch) = route {
+            if !crate::fault::follower_reads() {
+                return KvClient::new(ch).range(onward(req)).await;
+            }
+        } else if self.fwd.is_some() && !req.get_ref().serializable {
             self.router.confirm_leadership().await?;
         }
         let q = validate::range(req.into_inner())?;

@@ -21,6 +21,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` members with `extra` flags each (e.g. `--shards 2`).
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_env(n, extra, &[])
+    }
+
+    /// Starts `n` members with `extra` flags and environment variables each.
+    pub fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let peer_urls: Vec<String> = (0..n).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
         let initial: Vec<String> = (0..n).map(|i| format!("n{}={}", i + 1, peer_urls[i])).collect();
@@ -49,7 +54,9 @@ impl Cluster {
             args.extend_from_slice(extra);
             let fault = dir.with_extension("peerfault");
             let fault = fault.to_string_lossy().into_owned();
-            starting.push(Server::start_with_env(&dir, &args, &[("COREKV_FAULT_PEER_FILE", &fault)]));
+            let mut vars = vec![("COREKV_FAULT_PEER_FILE", fault.as_str())];
+            vars.extend_from_slice(env);
+            starting.push(Server::start_with_env(&dir, &args, &vars));
         }
         cluster.nodes = starting;
         cluster

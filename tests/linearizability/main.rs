@@ -3,10 +3,14 @@
 //! the real `corekv` binary; every operation is recorded with its invocation and return times,
 //! and `checker` searches for an order that explains every answer (revisions included).
 //!
+//! Histories: one server (concurrent clients; SIGKILLs and restarts) and a three-member cluster
+//! (a leader killed and restarted, a leader cut off by a partition that heals).
+//!
 //! Every history checked is reported on stdout and appended to
 //! `target/tmp/linearizability-report.txt` (scripts/test.sh prints it). A server started with
-//! the debug-build stale-read fault (`COREKV_FAULT_STALE_READS`) must fail the check, which
-//! shows the checker can fail.
+//! the debug-build stale-read fault (`COREKV_FAULT_STALE_READS`), and a cluster whose followers
+//! answer reads themselves (`COREKV_FAULT_FOLLOWER_READS`), must fail the check, which shows the
+//! checker can fail.
 
 mod checker;
 #[path = "../common/mod.rs"]
@@ -17,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use checker::{Cell, Input, Operation, Output, State, Verdict, KEYS};
+use common::cluster::Cluster;
 use common::Server;
 use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 use rand::Rng;
@@ -164,15 +169,33 @@ async fn run(kv: &mut KvClient, input: &Input, serializable: bool) -> Result<Out
 /// Runs `CLIENTS` clients against `server` until `deadline`; each client numbers its values
 /// from `seq0` so values stay unique across rounds.
 async fn round(server: &Server, origin: Instant, length: Duration, seq0: u32, rec: &Arc<Recorder>) {
+    let mut kvs = Vec::new();
+    for _ in 0..CLIENTS {
+        kvs.push(server.client().await.kv_client());
+    }
+    round_with(kvs, origin, length, seq0, rec).await;
+}
+
+/// Runs one client per connection in `kvs` until `length` has passed.
+async fn round_with(kvs: Vec<KvClient>, origin: Instant, length: Duration, seq0: u32, rec: &Arc<Recorder>) {
     let deadline = Instant::now() + length;
     let mut tasks = Vec::new();
-    for id in 0..CLIENTS {
-        let kv = server.client().await.kv_client();
+    for (id, kv) in kvs.into_iter().enumerate() {
         tasks.push(tokio::spawn(client(kv, id, origin, deadline, seq0, rec.clone())));
     }
     for t in tasks {
         t.await.expect("client task");
     }
+}
+
+/// Clients for a round on `cluster`, spread over its running members (each talks to one).
+async fn cluster_clients(cluster: &Cluster) -> Vec<KvClient> {
+    let running: Vec<usize> = (0..cluster.nodes.len()).filter(|i| cluster.nodes[*i].pid().is_some()).collect();
+    let mut kvs = Vec::new();
+    for id in 0..CLIENTS {
+        kvs.push(cluster.client_of(running[id % running.len()]).await.kv_client());
+    }
+    kvs
 }
 
 /// Checks a recorded history and reports it; returns the verdict.
@@ -251,6 +274,65 @@ async fn history_through_sigkill_and_restart_is_linearizable() {
     round(&server, origin, Duration::from_secs(1), 900_000, &rec).await;
     let verdict = check_and_report("sigkill-restart-x3", &rec);
     assert!(matches!(verdict, Verdict::Linearizable), "{verdict:?}");
+}
+
+/// A three-member cluster through a SIGKILL of its leader (and the restart of that member) and
+/// a partition that cuts the leader off and heals, with clients on every member. A request that
+/// failed has an unknown outcome that is never bounded here: another member may commit it later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_of_a_cluster_through_leader_kill_and_partition_is_linearizable() {
+    let mut cluster = Cluster::start(3, &["--shards", "2"]);
+    let rec = Arc::new(Recorder::default());
+    let origin = Instant::now();
+    let all = [0, 1, 2];
+
+    // Round 1: the leader is killed mid-round, then comes back.
+    let leader = cluster.wait_leader(&all, Duration::from_secs(15)).await;
+    {
+        let clients = round_with(cluster_clients(&cluster).await, origin, Duration::from_secs(3), 0, &rec);
+        tokio::pin!(clients);
+        tokio::select! {
+            () = &mut clients => {}
+            () = tokio::time::sleep(Duration::from_millis(1000)) => {
+                cluster.nodes[leader].kill9();
+                clients.await;
+            }
+        }
+    }
+    cluster.nodes[leader].restart();
+    let leader = cluster.wait_leader(&all, Duration::from_secs(15)).await;
+
+    // Round 2: the leader is cut off from the others mid-round, then the partition heals.
+    {
+        let clients = round_with(cluster_clients(&cluster).await, origin, Duration::from_secs(4), 100_000, &rec);
+        tokio::pin!(clients);
+        let faults = async {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            cluster.isolate(leader);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            cluster.heal();
+        };
+        tokio::join!(&mut clients, faults);
+    }
+    cluster.wait_leader(&all, Duration::from_secs(15)).await;
+
+    // A last round reads back what survived.
+    round_with(cluster_clients(&cluster).await, origin, Duration::from_secs(1), 900_000, &rec).await;
+    let verdict = check_and_report("cluster-3-members-kill-and-partition", &rec);
+    assert!(matches!(verdict, Verdict::Linearizable), "{verdict:?}");
+}
+
+/// The same cluster with a broken read path — followers answer reads from their own state,
+/// without asking the leader — must fail the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_reads_fail_the_check_on_a_cluster() {
+    let cluster = Cluster::start_with_env(3, &["--shards", "2"], &[("COREKV_FAULT_FOLLOWER_READS", "1")]);
+    assert!(cluster.nodes[0].log_text().contains("test fault: followers serve reads themselves"), "the fault is on");
+    cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let rec = Arc::new(Recorder::default());
+    round_with(cluster_clients(&cluster).await, Instant::now(), Duration::from_secs(2), 0, &rec).await;
+    let verdict = check_and_report("cluster-follower-read-fault", &rec);
+    assert!(matches!(verdict, Verdict::Violation { .. }), "the checker must reject follower reads: {verdict:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
