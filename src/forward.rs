@@ -36,6 +36,7 @@ pub struct Forwarder {
     directory: Arc<PeerDirectory>,
     /// How long a request waits for a leader before `no leader`.
     patience: Duration,
+    election_timeout: Duration,
     /// Connections by client URL (a restarted leader may come back on another one).
     channels: Mutex<HashMap<String, Channel>>,
     /// A partition the tests inject cuts client forwarding too, as a real one would.
@@ -43,13 +44,20 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// Requests wait up to three election timeouts for a leader.
     pub fn new(
         node: Arc<NodeState>,
         directory: Arc<PeerDirectory>,
-        patience: Duration,
+        election_timeout: Duration,
         faults: Arc<PeerFaults>,
     ) -> Forwarder {
-        Forwarder { node, directory, patience, channels: Mutex::default(), faults }
+        let patience = 3 * election_timeout;
+        Forwarder { node, directory, patience, election_timeout, channels: Mutex::default(), faults }
+    }
+
+    /// `--election-timeout`.
+    pub fn election_timeout(&self) -> Duration {
+        self.election_timeout
     }
 
     pub fn node(&self) -> &Arc<NodeState> {

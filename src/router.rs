@@ -243,6 +243,11 @@ impl Router {
         Ok(self.shards[0].request(|reply| ShardMsg::ReadIndex { reply }).await?)
     }
 
+    /// In a cluster: starts handing leadership of group 0 (and so of every group) to `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ApiError> {
+        Ok(self.shards[0].request(|reply| ShardMsg::TransferLeader { to, reply }).await?)
+    }
+
     pub async fn status(&self) -> Result<Vec<ShardStatus>, ApiError> {
         Ok(try_join_all(self.shards.iter().map(|s| s.request(|reply| ShardMsg::Status { reply }))).await?)
     }

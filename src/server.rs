@@ -94,9 +94,8 @@ pub async fn serve(
             peer::start(io, directory.clone(), &cfg.peer_listen_addrs()?, faults.clone()).await?;
             let (shards, clock) = (pool.handles().to_vec(), pool.clock().clone());
             tokio::spawn(shards::cluster::promote_when_ready(node.clone(), shards, clock));
-            // A request waits this long for a leader before `no leader` (etcd's clients retry).
-            let patience = std::time::Duration::from_millis(cfg.election_timeout * 3);
-            Some(Arc::new(Forwarder::new(node, directory, patience, faults)))
+            let election_timeout = std::time::Duration::from_millis(cfg.election_timeout);
+            Some(Arc::new(Forwarder::new(node, directory, election_timeout, faults)))
         }
         None => None,
     };

@@ -137,3 +137,35 @@ async fn an_isolated_leader_stops_taking_writes_and_the_majority_moves_on() {
     let r = c.get("isolated", None).await.expect("get");
     assert!(r.kvs().is_empty(), "the write the isolated leader could not commit is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lists_members_and_moves_leadership() {
+    let cluster = Cluster::start(3, &["--shards", "2"]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let target = (leader + 1) % 3;
+    let via = |i: usize, args: &[&str]| cluster.nodes[i].etcdctl(args);
+
+    // Every member lists all three, with the client URLs they advertised.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, out, err) = via(target, &["member", "list"]);
+    assert!(ok, "{err}");
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let line = out.lines().find(|l| l.contains(&format!(", n{}, ", i + 1))).expect("member listed");
+        assert!(line.contains(&format!("http://{}", node.endpoint())), "{line}");
+    }
+
+    // Only the leader moves leadership: etcdctl looks for it among the endpoints it is given.
+    let (ok, _, err) = via(target, &["move-leader", &format!("{:x}", cluster.ids[leader])]);
+    assert!(!ok && err.contains("no leader endpoint given"), "{err}");
+    let mut c = cluster.client_of(target).await;
+    let e = c.move_leader(cluster.ids[leader]).await.expect_err("a follower does not move leadership");
+    assert!(e.to_string().contains("etcdserver: not leader"), "{e}");
+    let (ok, out, err) = via(leader, &["move-leader", &format!("{:x}", cluster.ids[target])]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Leadership transferred"), "{out}");
+    assert_eq!(cluster.wait_leader(&[0, 1, 2], Duration::from_secs(10)).await, target);
+    let (ok, _, err) = via(leader, &["put", "after-move", "1"]);
+    assert!(ok, "writes go on through the old leader (forwarded): {err}");
+    let (ok, out, _) = via(target, &["get", "after-move", "--print-value-only"]);
+    assert!(ok && out.trim() == "1", "{out}");
+}

@@ -336,7 +336,7 @@ fn fail(msg: ShardMsg, e: ShardError) {
         ShardMsg::Compact { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Status { reply } => drop(reply.send(Err(e))),
         ShardMsg::Promote { reply, .. } => drop(reply.send(Err(e))),
-        ShardMsg::ReadIndex { reply } => drop(reply.send(Err(e))),
+        ShardMsg::ReadIndex { reply } | ShardMsg::TransferLeader { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Shutdown { reply } => drop(reply.send(Err(e))),
         ShardMsg::Lease(l) => match l {
             LeaseMsg::Grant { reply, .. } | LeaseMsg::BeginRevoke { reply, .. } | LeaseMsg::EndRevoke { reply, .. } => {
@@ -490,6 +490,11 @@ impl Writer {
                 ShardMsg::Lease(m) => self.lease(m, &mut ops, &mut acks),
                 ShardMsg::Promote { term, reply } => drop(reply.send(self.promote(term))),
                 ShardMsg::ReadIndex { reply } => self.read_index(reply),
+                ShardMsg::TransferLeader { to, reply } => {
+                    self.raft.transfer_leader(to);
+                    self.persist_ready().await;
+                    drop(reply.send(Ok(())));
+                }
                 ShardMsg::Shutdown { reply } => {
                     // A restart resumes every lease with what it has left now.
                     ops.extend(self.checkpoint_ops());
@@ -934,6 +939,7 @@ impl Writer {
                 | ShardMsg::Compact { .. }
                 | ShardMsg::Cross(Cross::Hold { .. })
                 | ShardMsg::ReadIndex { .. }
+                | ShardMsg::TransferLeader { .. }
                 | ShardMsg::Lease(
                     LeaseMsg::Grant { .. }
                         | LeaseMsg::BeginRevoke { .. }

@@ -94,6 +94,12 @@ pub enum ShardMsg {
     ReadIndex {
         reply: Reply<()>,
     },
+    /// Only with other nodes, to shard 0 of the leader: hands group 0's leadership to member
+    /// `to` (the other groups follow it). Answers once the transfer has started.
+    TransferLeader {
+        to: u64,
+        reply: Reply<()>,
+    },
     /// Only with other nodes: the node leads every group (this one in `term`); settle what the
     /// log left open and answer with the shard's newest revision. Fails if this shard no longer
     /// leads in `term`.

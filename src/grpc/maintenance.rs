@@ -145,19 +145,40 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
-    /// A single node leads every group: moving leadership to itself succeeds at once (as in
-    /// etcd, where the transfer loop ends when the target leads); any other target is not a
-    /// member, which etcd answers with "bad leader transferee".
+    /// As etcd: only the leader moves leadership (`etcdserver: not leader` elsewhere); to
+    /// itself it succeeds at once, to a non-member it is a "bad leader transferee". In a
+    /// cluster, group 0's leadership goes to the target (the other groups follow it), and the
+    /// call answers once the target leads, or fails after twice the election timeout as etcd's
+    /// does ("leader transfer took too long").
     async fn move_leader(
         &self,
         req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        if req.into_inner().target_id != self.member.member_id {
-            let e = wire::rpctypes::BAD_LEADER_TRANSFEREE;
-            return Err(Status::new(tonic::Code::from_i32(e.code as i32), e.message));
+        let target = req.into_inner().target_id;
+        let status = |e: wire::rpctypes::RpcError| Status::new(tonic::Code::from_i32(e.code as i32), e.message);
+        let Some(f) = &self.fwd else {
+            if target != self.member.member_id {
+                return Err(status(wire::rpctypes::BAD_LEADER_TRANSFEREE));
+            }
+            return Ok(Response::new(pb::MoveLeaderResponse { header: self.header_now() }));
+        };
+        if !f.node().serving() {
+            return Err(status(wire::rpctypes::NOT_LEADER));
         }
-        let header = self.header_now();
-        Ok(Response::new(pb::MoveLeaderResponse { header }))
+        if !f.directory().members().iter().any(|m| m.id == target) {
+            return Err(status(wire::rpctypes::BAD_LEADER_TRANSFEREE));
+        }
+        if target != self.member.member_id {
+            self.router.transfer_leader(target).await?;
+            let deadline = tokio::time::Instant::now() + 2 * f.election_timeout();
+            while f.node().leader() != target {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(status(wire::rpctypes::TIMEOUT_LEADER_TRANSFER));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        Ok(Response::new(pb::MoveLeaderResponse { header: self.header_now() }))
     }
 
     /// etcd 3.5 downgrades a cluster by one minor version. corekv has no older version to go

@@ -59,6 +59,7 @@ rpc_errors! {
     LEADER_CHANGED = (Unavailable, "etcdserver: leader changed");
     STOPPED = (Unavailable, "etcdserver: server stopped");
     TIMEOUT = (Unavailable, "etcdserver: request timed out");
+    TIMEOUT_LEADER_TRANSFER = (DeadlineExceeded, "etcdserver: request timed out, leader transfer took too long");
     CORRUPT = (DataLoss, "etcdserver: corrupt cluster");
     NOT_CAPABLE = (Unavailable, "etcdserver: not capable");
     BAD_LEADER_TRANSFEREE = (FailedPrecondition, "etcdserver: bad leader transferee");
