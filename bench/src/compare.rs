@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::charts;
+use crate::compare_cluster::{self, ClusterScenario, CLUSTER_SCENARIOS};
 use crate::compare_lease::{self, LeaseScenario, LEASE_SCENARIOS};
 use crate::compare_memory::{self, MemoryScenario, MEMORY_SCENARIOS};
 use crate::compare_watch::{self, WatchScenario, WATCH_SCENARIOS};
@@ -182,9 +183,12 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
         for s in &MEMORY_SCENARIOS {
             println!("{:<18} {}", s.name, s.describe());
         }
+        for s in &CLUSTER_SCENARIOS {
+            println!("{:<18} {}", s.name, s.describe());
+        }
         return Ok(());
     }
-    let (scenarios, watch_scenarios, lease_scenarios, memory_scenarios) = select(&args.scenarios)?;
+    let (scenarios, watch_scenarios, lease_scenarios, memory_scenarios, cluster_scenarios) = select(&args.scenarios)?;
     let kinds: Vec<ServerKind> = [ServerKind::Etcd, ServerKind::Corekv]
         .into_iter()
         .filter(|kind| args.only.is_none_or(|only| only == *kind))
@@ -264,12 +268,25 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
         Ok(()) => compare_memory::run(&memory_scenarios, &kinds, &bin, args.watch_scale, &mut memory_results).await,
         Err(e) => Err(e),
     };
+    let mut cluster_results = Vec::new();
+    let outcome = match outcome {
+        Ok(()) => {
+            compare_cluster::run(&cluster_scenarios, &kinds, &bin, args.duration_secs, &mut cluster_results).await
+        }
+        Err(e) => Err(e),
+    };
     let stopped = Ok(());
-    if !results.is_empty() || !watch_results.is_empty() || !lease_results.is_empty() || !memory_results.is_empty() {
+    if !results.is_empty()
+        || !watch_results.is_empty()
+        || !lease_results.is_empty()
+        || !memory_results.is_empty()
+        || !cluster_results.is_empty()
+    {
         let mut markdown = render_markdown(&header, &results);
         markdown.push_str(&compare_watch::render_markdown(&watch_results));
         markdown.push_str(&compare_lease::render_markdown(&lease_results));
         markdown.push_str(&compare_memory::render_markdown(&memory_results));
+        markdown.push_str(&compare_cluster::render_markdown(&cluster_results));
         println!("\n{markdown}");
         if let Some(path) = &args.out {
             std::fs::write(path, &markdown).map_err(|source| BenchError::WriteReport { path: path.clone(), source })?;
@@ -296,6 +313,7 @@ pub async fn run(args: &CompareArgs, threads: usize) -> Result<(), BenchError> {
             .chain(fresh::failures(&watch_results))
             .chain(fresh::failures(&lease_results))
             .chain(fresh::failures(&memory_results))
+            .chain(fresh::failures(&cluster_results))
             .collect();
         if !failed.is_empty() {
             return Err(BenchError::RunErrors(failed.join("; ")));
@@ -329,6 +347,7 @@ fn select(names: &[String]) -> Result<Selected, BenchError> {
             .chain(WATCH_SCENARIOS.iter().map(|s| s.name))
             .chain(LEASE_SCENARIOS.iter().map(|s| s.name))
             .chain(MEMORY_SCENARIOS.iter().map(|s| s.name))
+            .chain(CLUSTER_SCENARIOS.iter().map(|s| s.name))
     };
     if let Some(unknown) = names.iter().find(|name| !all_names().any(|n| n == name.as_str())) {
         return Err(BenchError::UnknownScenario {
@@ -342,11 +361,17 @@ fn select(names: &[String]) -> Result<Selected, BenchError> {
         WATCH_SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
         LEASE_SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
         MEMORY_SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
+        CLUSTER_SCENARIOS.iter().filter(|s| wanted(s.name)).collect(),
     ))
 }
 
-type Selected =
-    (Vec<&'static Scenario>, Vec<&'static WatchScenario>, Vec<&'static LeaseScenario>, Vec<&'static MemoryScenario>);
+type Selected = (
+    Vec<&'static Scenario>,
+    Vec<&'static WatchScenario>,
+    Vec<&'static LeaseScenario>,
+    Vec<&'static MemoryScenario>,
+    Vec<&'static ClusterScenario>,
+);
 
 fn check_binary(kind: ServerKind, path: &Path) -> Result<(), BenchError> {
     if path.is_file() {
@@ -544,8 +569,9 @@ mod tests {
 
     #[test]
     fn select_empty_means_all_in_order() {
-        let (all, watch, _, memory) = select(&[]).expect("all scenarios");
+        let (all, watch, _, memory, cluster) = select(&[]).expect("all scenarios");
         assert_eq!((all.len(), watch.len(), memory.len()), (SCENARIOS.len(), WATCH_SCENARIOS.len(), 1));
+        assert_eq!(cluster.len(), CLUSTER_SCENARIOS.len());
         assert_eq!(all[0].name, "put-1");
     }
 
@@ -557,10 +583,10 @@ mod tests {
 
     #[test]
     fn select_keeps_canonical_order() {
-        let (picked, watch, lease, memory) =
+        let (picked, watch, lease, memory, cluster) =
             select(&["lease-1m".to_owned(), "watch-1k".to_owned(), "txn-put-16".to_owned(), "put-1".to_owned()])
                 .expect("known");
-        assert!(memory.is_empty());
+        assert!(memory.is_empty() && cluster.is_empty());
         assert_eq!(lease.iter().map(|s| s.name).collect::<Vec<_>>(), ["lease-1m"]);
         assert_eq!(picked.iter().map(|s| s.name).collect::<Vec<_>>(), ["put-1", "txn-put-16"]);
         assert_eq!(watch.iter().map(|s| s.name).collect::<Vec<_>>(), ["watch-1k"]);

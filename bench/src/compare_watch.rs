@@ -93,6 +93,9 @@ pub async fn run<'a>(
 }
 
 pub fn render_markdown(results: &[WatchResult]) -> String {
+    if results.is_empty() {
+        return String::new();
+    }
     let mut md = String::from(
         "\n## Watch\n\nEach watch scenario runs on freshly started servers. Latency is end to end: from \
          the put being sent to the event decoded by the watching client (so it includes the put's \

@@ -11,6 +11,7 @@
 
 mod charts;
 mod compare;
+mod compare_cluster;
 mod compare_lease;
 mod compare_memory;
 mod compare_watch;

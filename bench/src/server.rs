@@ -48,9 +48,23 @@ impl fmt::Display for ServerKind {
     }
 }
 
+/// One member of a cluster `compare` starts: its name and every member's `name=peer URL`.
+#[derive(Clone, Debug)]
+pub struct ClusterMember {
+    pub name: String,
+    pub initial_cluster: String,
+}
+
 impl ServerKind {
-    /// Command-line flags for a single-member server on loopback.
-    fn args(self, data_dir: &Path, client_port: u16, peer_port: u16) -> Vec<OsString> {
+    /// Command-line flags for a server on loopback, alone or as `member` of a cluster (then
+    /// both servers get the same etcd flags: name, initial cluster, peer URLs).
+    fn member_args(
+        self,
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        member: Option<&ClusterMember>,
+    ) -> Vec<OsString> {
         if self == Self::Noop {
             return vec!["noop-server".into(), "--listen".into(), format!("127.0.0.1:{client_port}").into()];
         }
@@ -62,8 +76,13 @@ impl ServerKind {
         };
         flag("--listen-client-urls", &client_url);
         flag("--advertise-client-urls", &client_url);
-        if self == Self::Etcd {
-            let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        if let Some(m) = member {
+            flag("--name", &m.name);
+            flag("--listen-peer-urls", &peer_url);
+            flag("--initial-advertise-peer-urls", &peer_url);
+            flag("--initial-cluster", &m.initial_cluster);
+        } else if self == Self::Etcd {
             flag("--listen-peer-urls", &peer_url);
             flag("--initial-advertise-peer-urls", &peer_url);
             flag("--initial-cluster", &format!("default={peer_url}"));
@@ -119,16 +138,47 @@ pub struct RunningServer {
 impl RunningServer {
     /// Starts `bin` as a `kind` server and waits until it answers a KV request.
     pub async fn start(kind: ServerKind, bin: &Path) -> Result<Self, BenchError> {
+        let [client_port, peer_port] = free_ports()?;
+        let mut server = Self::spawn(kind, bin, client_port, peer_port, None)?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Starts a cluster of `members` servers of `kind` on loopback and waits until every member
+    /// answers a KV request (members elect a leader only once a majority runs).
+    pub async fn start_cluster(kind: ServerKind, bin: &Path, members: usize) -> Result<Vec<Self>, BenchError> {
+        let ports = free_ports_n(2 * members)?;
+        let names: Vec<String> = (1..=members).map(|i| format!("m{i}")).collect();
+        let initial: Vec<String> =
+            names.iter().zip(&ports[members..]).map(|(n, p)| format!("{n}=http://127.0.0.1:{p}")).collect();
+        let initial_cluster = initial.join(",");
+        let mut servers = Vec::with_capacity(members);
+        for (i, name) in names.into_iter().enumerate() {
+            let member = ClusterMember { name, initial_cluster: initial_cluster.clone() };
+            servers.push(Self::spawn(kind, bin, ports[i], ports[members + i], Some(&member))?);
+        }
+        for s in &mut servers {
+            s.wait_ready().await?;
+        }
+        Ok(servers)
+    }
+
+    fn spawn(
+        kind: ServerKind,
+        bin: &Path,
+        client_port: u16,
+        peer_port: u16,
+        member: Option<&ClusterMember>,
+    ) -> Result<Self, BenchError> {
         let scratch = |source| BenchError::Scratch { server: kind, source };
         let dir = tempfile::Builder::new().prefix(&format!("corekv-bench-{kind}-")).tempdir().map_err(scratch)?;
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("server.log");
         let log = File::create(&log_path).map_err(scratch)?;
         let log_err = log.try_clone().map_err(scratch)?;
-        let [client_port, peer_port] = free_ports()?;
 
         let child = Command::new(bin)
-            .args(kind.args(&data_dir, client_port, peer_port))
+            .args(kind.member_args(&data_dir, client_port, peer_port, member))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -141,9 +191,7 @@ impl RunningServer {
             source: io::Error::other("process exited before its pid could be read"),
         })?;
         let endpoint = format!("127.0.0.1:{client_port}");
-        let mut server = Self { kind, child, pid, endpoint, log_path, data_dir, _dir: dir };
-        server.wait_ready().await?;
-        Ok(server)
+        Ok(Self { kind, child, pid, endpoint, log_path, data_dir, _dir: dir })
     }
 
     pub fn kind(&self) -> ServerKind {
@@ -227,10 +275,16 @@ pub async fn version(bin: &Path) -> String {
 /// kernel cannot hand out the same port twice; another process could still take one before the
 /// server binds it, which only makes that start fail loudly.
 fn free_ports() -> Result<[u16; 2], BenchError> {
-    let bind = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BenchError::FreePort);
-    let (a, b) = (bind()?, bind()?);
-    let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).map_err(BenchError::FreePort);
-    Ok([port(&a)?, port(&b)?])
+    let ports = free_ports_n(2)?;
+    Ok([ports[0], ports[1]])
+}
+
+/// `n` distinct free ports on 127.0.0.1 (see [`free_ports`]).
+fn free_ports_n(n: usize) -> Result<Vec<u16>, BenchError> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BenchError::FreePort))
+        .collect::<Result<_, _>>()?;
+    listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(BenchError::FreePort)).collect()
 }
 
 /// Sends SIGTERM, the signal both servers treat as a clean shutdown request.
@@ -263,7 +317,10 @@ mod tests {
     use super::*;
 
     fn args(kind: ServerKind) -> Vec<String> {
-        kind.args(Path::new("/tmp/d"), 2379, 2380).into_iter().map(|a| a.to_string_lossy().into_owned()).collect()
+        kind.member_args(Path::new("/tmp/d"), 2379, 2380, None)
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
@@ -292,6 +349,32 @@ mod tests {
         let a = args(ServerKind::Corekv);
         assert_eq!(a[..4], ["--data-dir", "/tmp/d", "--listen-client-urls", "http://127.0.0.1:2379"]);
         assert!(!a.iter().any(|f| f.contains("peer") || f.contains("fsync")));
+    }
+
+    #[test]
+    fn cluster_members_get_the_same_etcd_flags_on_both_servers() {
+        let m =
+            ClusterMember { name: "m2".into(), initial_cluster: "m1=http://127.0.0.1:1,m2=http://127.0.0.1:2".into() };
+        for kind in [ServerKind::Etcd, ServerKind::Corekv] {
+            let a: Vec<String> = kind
+                .member_args(Path::new("/tmp/d"), 2379, 2, Some(&m))
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(
+                a[6..],
+                [
+                    "--name",
+                    "m2",
+                    "--listen-peer-urls",
+                    "http://127.0.0.1:2",
+                    "--initial-advertise-peer-urls",
+                    "http://127.0.0.1:2",
+                    "--initial-cluster",
+                    "m1=http://127.0.0.1:1,m2=http://127.0.0.1:2",
+                ]
+            );
+        }
     }
 
     #[test]
