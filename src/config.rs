@@ -96,6 +96,8 @@ pub struct InitialMember {
     pub id: u64,
     pub name: String,
     pub peer_urls: Vec<String>,
+    /// Receives the log without voting (until promoted).
+    pub learner: bool,
 }
 
 /// A member's id: derived from its sorted peer URLs and the cluster token, as etcd derives it
@@ -164,9 +166,7 @@ pub enum ConfigError {
     LocalNameMissing(String),
     #[error("--initial-cluster has {cluster} but missing from --initial-advertise-peer-urls={advertised}")]
     PeerUrlsMismatch { cluster: String, advertised: String },
-    #[error(
-        "--initial-cluster-state existing joins a running cluster, which needs membership changes (not built yet)"
-    )]
+    #[error("--initial-cluster-state existing needs --initial-cluster to name the running members and this one")]
     JoinUnsupported,
     #[error("--election-timeout[{election}ms] should be at least as 5 times as --heartbeat-interval[{heartbeat}ms]")]
     ElectionTimeout { election: u64, heartbeat: u64 },
@@ -235,13 +235,17 @@ impl Config {
         if a != b {
             return Err(ConfigError::PeerUrlsMismatch { cluster: mine.join(","), advertised: advertised.join(",") });
         }
-        if self.initial_cluster_state == "existing" {
+        let joining = self.initial_cluster_state == "existing";
+        if joining && members.len() < 2 {
             return Err(ConfigError::JoinUnsupported);
         }
         Ok(members
             .into_iter()
             .map(|(name, peer_urls)| InitialMember {
                 id: member_id(&peer_urls, &self.initial_cluster_token),
+                // A member joining a running cluster starts as a learner of its log; the
+                // membership change that added it (learner or voter) arrives with the log.
+                learner: joining && name == self.name,
                 name,
                 peer_urls,
             })
@@ -365,7 +369,7 @@ mod tests {
         assert_eq!(ids.len(), 3, "distinct ids");
         assert_eq!(members[1].id, member_id(&["http://127.0.0.1:2".into()], "etcd-cluster"));
         assert!(err(&["--initial-cluster", "nonsense"]).contains("not name=url"));
-        assert!(err(&["--initial-cluster-state", "existing"]).contains("needs membership changes"));
+        assert!(err(&["--initial-cluster-state", "existing"]).contains("needs --initial-cluster to name"));
         let timing = |args: &[&str]| Config::parse_from([&["corekv"], args].concat()).raft_timing();
         assert_eq!(timing(&[]).expect("defaults"), (std::time::Duration::from_millis(100), 10));
         assert!(timing(&["--heartbeat-interval", "100", "--election-timeout", "400"])

@@ -37,8 +37,15 @@ pub enum ApiError {
     #[error("not enough started members")]
     NotEnoughStartedMembers,
     /// A membership change: not built yet.
-    #[error("membership changes are not built yet")]
+    #[error("membership change not built yet")]
     MembershipChangeUnsupported,
+    /// Removing the leading member (corekv needs leadership moved first).
+    #[error("removing the leader is not built yet")]
+    RemoveLeaderUnsupported,
+    #[error("learner not in sync with the leader")]
+    LearnerNotReady,
+    #[error("invalid member URLs")]
+    MemberBadUrls,
     /// No member is known to lead (election in progress, or no quorum).
     #[error("no leader")]
     NoLeader,

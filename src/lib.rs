@@ -9,6 +9,8 @@ pub mod fault;
 pub mod forward;
 pub mod grpc;
 pub mod leases;
+pub mod members;
+pub mod membership;
 pub mod peer;
 pub mod router;
 pub mod server;

@@ -243,6 +243,21 @@ impl Router {
         Ok(self.shards[0].request(|reply| ShardMsg::ReadIndex { reply }).await?)
     }
 
+    /// In a cluster, on the leader: applies a membership change to every group, group 0 first,
+    /// one group at a time.
+    pub async fn conf_change_all(&self, change: raft::eraftpb::ConfChange) -> Result<(), ApiError> {
+        for shard in self.shards.iter() {
+            let change = change.clone();
+            shard.request(|reply| ShardMsg::ConfChange { change, reply }).await?;
+        }
+        Ok(())
+    }
+
+    /// In a cluster, on the leader: how far member `id` replicated each group's log.
+    pub async fn progress_all(&self, id: u64) -> Result<Vec<Option<(u64, u64)>>, ApiError> {
+        Ok(try_join_all(self.shards.iter().map(|s| s.request(|reply| ShardMsg::Progress { id, reply }))).await?)
+    }
+
     /// In a cluster: starts handing leadership of group 0 (and so of every group) to `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ApiError> {
         Ok(self.shards[0].request(|reply| ShardMsg::TransferLeader { to, reply }).await?)

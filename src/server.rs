@@ -17,6 +17,7 @@ use crate::forward::Forwarder;
 use crate::grpc::cluster::ClusterService;
 use crate::grpc::{kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService, Member};
 use crate::leases::Leases;
+use crate::membership::Membership;
 use crate::peer::{self, faults::PeerFaults, PeerDirectory};
 use crate::router::Router;
 use crate::validate::Limits;
@@ -35,6 +36,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Peer(#[from] crate::peer::PeerError),
+    #[error(transparent)]
+    Members(#[from] crate::members::MembersError),
 }
 
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -49,12 +52,16 @@ pub async fn serve(
     cfg.validate()?;
     let addrs = cfg.client_addrs()?;
     let peer_urls = cfg.peer_urls()?;
-    let members = cfg.initial_members()?;
-    let me = members.iter().find(|m| m.name == cfg.name).map_or(1, |m| m.id);
+    let flags_members = cfg.initial_members()?;
+    let me = flags_members.iter().find(|m| m.name == cfg.name).map_or(1, |m| m.id);
+    // After membership changes, the data directory's list wins over --initial-cluster.
+    let members = crate::members::load(&cfg.data_dir)?.unwrap_or(flags_members);
     let (tick, election_ticks) = cfg.raft_timing()?;
+    let ids = |learner: bool| members.iter().filter(|m| m.learner == learner).map(|m| m.id).collect();
     let cluster = (members.len() > 1).then(|| ClusterConfig {
         me,
-        voters: members.iter().map(|m| m.id).collect(),
+        voters: ids(false),
+        learners: ids(true),
         tick,
         election_ticks,
     });
@@ -91,7 +98,10 @@ pub async fn serve(
             let node = io.node.clone();
             let directory = Arc::new(PeerDirectory::new(me, members, &cfg.advertise_client_urls));
             let faults = Arc::new(PeerFaults::from_env(me));
-            peer::start(io, directory.clone(), &cfg.peer_listen_addrs()?, faults.clone()).await?;
+            crate::members::save(&cfg.data_dir, &directory.members())?;
+            let network = peer::start(io, directory.clone(), &cfg.peer_listen_addrs()?, faults.clone()).await?;
+            let changes = node.member_changes();
+            tokio::spawn(peer::follow_member_changes(changes, directory.clone(), network, cfg.data_dir.clone()));
             let (shards, clock) = (pool.handles().to_vec(), pool.clock().clone());
             tokio::spawn(shards::cluster::promote_when_ready(node.clone(), shards, clock));
             let election_timeout = std::time::Duration::from_millis(cfg.election_timeout);
@@ -123,6 +133,8 @@ pub async fn serve(
         progress_interval: cfg.experimental_watch_progress_notify_interval,
         stop: watch_stop,
     });
+    let membership =
+        fwd.as_ref().map(|f| Arc::new(Membership::new(router.clone(), f.clone(), &cfg.initial_cluster_token)));
     let mut servers = Vec::new();
     for addr in addrs {
         let listener =
@@ -170,6 +182,7 @@ pub async fn serve(
             peer_urls: peer_urls.clone(),
             client_urls: cfg.advertise_client_urls.split(',').map(|u| u.trim().to_string()).collect(),
             fwd: fwd.clone(),
+            membership: membership.clone(),
         });
         let mut stop = stop_tx.subscribe();
         tracing::info!(%addr, "serving client requests");

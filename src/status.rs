@@ -28,6 +28,9 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
         ApiError::MemberNotLearner => rpctypes::MEMBER_NOT_LEARNER,
         ApiError::NotEnoughStartedMembers => rpctypes::NOT_ENOUGH_STARTED_MEMBERS,
         ApiError::MembershipChangeUnsupported => rpctypes::MEMBERSHIP_CHANGE_UNSUPPORTED,
+        ApiError::RemoveLeaderUnsupported => rpctypes::REMOVE_LEADER_UNSUPPORTED,
+        ApiError::LearnerNotReady => rpctypes::LEARNER_NOT_READY,
+        ApiError::MemberBadUrls => rpctypes::MEMBER_BAD_URLS,
         ApiError::NoLeader => rpctypes::NO_LEADER,
         ApiError::NotLeader => rpctypes::NOT_LEADER,
         ApiError::Shard(s) => match s {
@@ -42,6 +45,7 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
             ShardError::Stopped => rpctypes::STOPPED,
             ShardError::NotLeader => rpctypes::NOT_LEADER,
             ShardError::LeaderChanged => rpctypes::LEADER_CHANGED,
+            ShardError::ConfChangePending => rpctypes::CONF_CHANGE_PENDING,
             _ => rpctypes::STOPPED,
         },
     }

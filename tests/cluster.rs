@@ -169,3 +169,79 @@ async fn etcdctl_lists_members_and_moves_leadership() {
     let (ok, out, _) = via(target, &["get", "after-move", "--print-value-only"]);
     assert!(ok && out.trim() == "1", "{out}");
 }
+
+/// Issue 5's membership test: with writes flowing, a learner is added and started, catches up,
+/// is promoted, and an old member is removed (and stops by itself); nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_joins_catches_up_is_promoted_and_an_old_member_is_removed_under_writes() {
+    let mut cluster = Cluster::start(3, &["--shards", "2"]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let stop = Arc::new(Mutex::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let client = cluster.client_of(w).await;
+        writers.push(tokio::spawn(write_until(client, format!("m{w}"), stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Add a learner; etcdctl prints the flags for the new member, as with etcd.
+    let url = Cluster::new_peer_url();
+    let (ok, out, err) = cluster.nodes[0].etcdctl(&["member", "add", "n4", "--learner", &format!("--peer-urls={url}")]);
+    assert!(ok, "member add --learner: {err}");
+    assert!(out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{out}");
+    let (ok, out, _) = cluster.nodes[1].etcdctl(&["member", "list"]);
+    assert!(ok && out.lines().any(|l| l.contains(&url) && l.ends_with(", true")), "listed as a learner: {out}");
+    let learner = cluster.join(&url);
+
+    // It catches up; promotion is refused until it has, then succeeds.
+    let id = format!("{:x}", cluster.ids[learner]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, _, err) = cluster.nodes[leader].etcdctl(&["member", "promote", &id]);
+        if ok {
+            break;
+        }
+        assert!(err.contains("in sync with leader"), "promote: {err}");
+        assert!(Instant::now() < deadline, "the learner never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, out, _) = cluster.nodes[learner].etcdctl(&["member", "list"]);
+    assert!(out.lines().any(|l| l.contains(&url) && l.ends_with(", false")), "promoted to a voter: {out}");
+
+    // Remove an old member that does not lead; it sees its removal and stops.
+    let old = (0..3).find(|i| *i != leader).expect("a follower");
+    let (ok, _, err) = cluster.nodes[leader].etcdctl(&["member", "remove", &format!("{:x}", cluster.ids[old])]);
+    assert!(ok, "member remove: {err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.nodes[old].exited() {
+        assert!(Instant::now() < deadline, "the removed member kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, out, _) = cluster.nodes[leader].etcdctl(&["member", "list"]);
+    assert_eq!(out.lines().count(), 3, "three members left: {out}");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    *stop.lock().expect("stop flag") = true;
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer"));
+    }
+    assert!(acked.len() > 20, "writes went on through the changes: {}", acked.len());
+
+    // The new voter holds the whole log, and every acknowledged write reads back through it.
+    cluster.wait_converged(learner, leader, Duration::from_secs(20)).await;
+    let mut c = cluster.client_of(learner).await;
+    for (key, rev) in &acked {
+        let r = c.get(key.as_str(), None).await.expect("get");
+        let kv = r.kvs().first().unwrap_or_else(|| panic!("acknowledged put of {key} lost"));
+        assert_eq!(kv.mod_revision(), *rev, "{key}");
+    }
+    c.put("after-membership-changes", "x", None).await.expect("put through the new member");
+
+    // Restarted, the new member takes its membership from its data directory, not the flags.
+    cluster.nodes[learner].kill9();
+    cluster.nodes[learner].restart();
+    cluster.wait_converged(learner, leader, Duration::from_secs(20)).await;
+    let (_, out, _) = cluster.nodes[learner].etcdctl(&["member", "list"]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+}

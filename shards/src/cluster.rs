@@ -22,6 +22,7 @@ use raft::eraftpb::Message;
 use crate::clock::RevisionClock;
 use crate::msg::ShardMsg;
 use crate::pool::ShardHandle;
+use crate::raft_group::Membership;
 
 /// Messages a shard sends: its group (= shard index) and the Raft messages, in order.
 pub type Outgoing = (u16, Vec<Message>);
@@ -29,17 +30,13 @@ pub type Outgoing = (u16, Vec<Message>);
 /// What a shard needs to take part in a multi-node group.
 #[derive(Clone, Debug)]
 pub struct ClusterLink {
-    /// This node's Raft id (its member id).
-    pub me: u64,
-    /// Every voter's id, this node's included.
-    pub voters: Vec<u64>,
+    /// This node's id and the group's members at startup.
+    pub members: Membership,
     pub outbox: flume::Sender<Outgoing>,
     pub inbox: flume::Receiver<Message>,
     pub node: Arc<NodeState>,
     /// One Raft tick (etcd's `--heartbeat-interval`).
     pub tick: Duration,
-    /// Ticks without a heartbeat before a follower campaigns (`--election-timeout` / tick).
-    pub election_ticks: usize,
 }
 
 /// What the shards of one node share about their groups.
@@ -56,12 +53,27 @@ pub struct NodeState {
     /// Revisions of cross-shard writes whose decision some shard of this node has applied.
     decided: Mutex<BTreeSet<i64>>,
     changed: Event,
+    /// Membership changes as group 0 applies them, for the node (transport, member list).
+    member_tx: flume::Sender<MemberChange>,
+    member_rx: flume::Receiver<MemberChange>,
+}
+
+/// A membership change applied by group 0 (every group gets the same ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberChange {
+    pub kind: raft::eraftpb::ConfChangeType,
+    pub id: u64,
+    /// What the proposer attached: the member's peer URLs (comma-separated), for an add.
+    pub context: Vec<u8>,
 }
 
 impl NodeState {
     pub fn new(me: u64, shards: usize) -> NodeState {
         let zeros = || (0..shards).map(|_| AtomicU64::new(0)).collect();
+        let (member_tx, member_rx) = flume::unbounded();
         NodeState {
+            member_tx,
+            member_rx,
             me,
             leaders: zeros(),
             ready: zeros(),
@@ -103,6 +115,15 @@ impl NodeState {
         if old_leader != leader || old_ready != ready_term {
             self.changed.notify(usize::MAX);
         }
+    }
+
+    /// Membership changes in the order group 0 applied them.
+    pub fn member_changes(&self) -> flume::Receiver<MemberChange> {
+        self.member_rx.clone()
+    }
+
+    pub(crate) fn member_changed(&self, change: MemberChange) {
+        let _ = self.member_tx.send(change);
     }
 
     pub fn record_decided(&self, revision: i64) {

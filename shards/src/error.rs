@@ -31,6 +31,9 @@ pub enum ShardError {
     /// Leadership moved while the write was being replicated; it was not applied here.
     #[error("leader changed")]
     LeaderChanged,
+    /// Raft dropped a membership change because another one was not applied yet.
+    #[error("another membership change is in progress")]
+    ConfChangePending,
     /// The shard has stopped (shutdown, or its executor ended).
     #[error("shard stopped")]
     Stopped,

@@ -167,6 +167,8 @@ pub struct Writer {
     /// The keys of the batch being replicated (a member of a group only), for a roll-back if
     /// leadership is lost before it commits. `None` when nothing is in flight.
     uncommitted: Option<Vec<bytes::Bytes>>,
+    /// The index of the last membership change applied to this group.
+    conf_applied: u64,
     /// The ReadIndex round the running batch's requests join, if one was started.
     read_round: Option<u64>,
     /// Rounds started so far (a round's context is its number).
@@ -336,7 +338,10 @@ fn fail(msg: ShardMsg, e: ShardError) {
         ShardMsg::Compact { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Status { reply } => drop(reply.send(Err(e))),
         ShardMsg::Promote { reply, .. } => drop(reply.send(Err(e))),
-        ShardMsg::ReadIndex { reply } | ShardMsg::TransferLeader { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::ReadIndex { reply } | ShardMsg::TransferLeader { reply, .. } | ShardMsg::ConfChange { reply, .. } => {
+            drop(reply.send(Err(e)))
+        }
+        ShardMsg::Progress { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Shutdown { reply } => drop(reply.send(Err(e))),
         ShardMsg::Lease(l) => match l {
             LeaseMsg::Grant { reply, .. } | LeaseMsg::BeginRevoke { reply, .. } | LeaseMsg::EndRevoke { reply, .. } => {
@@ -381,6 +386,7 @@ impl Writer {
             apply_queue: unapplied.into(),
             next_tick: Instant::now(),
             uncommitted: None,
+            conf_applied: 0,
             read_round: None,
             read_rounds: 0,
             read_waiters: Default::default(),
@@ -490,6 +496,12 @@ impl Writer {
                 ShardMsg::Lease(m) => self.lease(m, &mut ops, &mut acks),
                 ShardMsg::Promote { term, reply } => drop(reply.send(self.promote(term))),
                 ShardMsg::ReadIndex { reply } => self.read_index(reply),
+                ShardMsg::ConfChange { change, reply } => {
+                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
+                    let r = self.conf_change(change).await;
+                    drop(reply.send(r));
+                }
+                ShardMsg::Progress { id, reply } => drop(reply.send(Ok(self.raft.progress_of(id)))),
                 ShardMsg::TransferLeader { to, reply } => {
                     self.raft.transfer_leader(to);
                     self.persist_ready().await;
@@ -792,9 +804,14 @@ impl Writer {
         }
     }
 
-    /// Queues the committed entries this shard did not execute itself, for [`Self::apply_queued`].
+    /// Queues the committed entries this shard did not execute itself, for [`Self::apply_queued`];
+    /// applies membership changes at once.
     fn enqueue_committed(&mut self, entries: Vec<raft::eraftpb::Entry>) {
         for e in entries {
+            if e.entry_type == raft::eraftpb::EntryType::EntryConfChange as i32 {
+                self.apply_conf_entry(&e);
+                continue;
+            }
             if e.index <= self.executed_upto {
                 continue;
             }
@@ -807,6 +824,47 @@ impl Writer {
                 // Committed by a majority, so every member holds these bytes: the log is corrupt.
                 Err(err) => self.fatal(format!("committed entry {} holds an invalid batch: {err}", e.index)),
             }
+        }
+    }
+
+    /// Applies a committed membership change to this group; group 0 tells the node.
+    fn apply_conf_entry(&mut self, e: &raft::eraftpb::Entry) {
+        use prost_raft::Message as _;
+        let cc = match raft::eraftpb::ConfChange::decode(e.data.as_slice()) {
+            Ok(cc) => cc,
+            Err(err) => self.fatal(format!("committed entry {} holds an invalid membership change: {err}", e.index)),
+        };
+        if let Err(err) = self.raft.apply_conf_change(&cc) {
+            self.fatal(format!("membership change at {} could not be applied: {err}", e.index));
+        }
+        self.conf_applied = e.index;
+        tracing::info!(shard = self.cfg.id.0, member = format!("{:x}", cc.node_id), change = ?cc.change_type(), "membership change applied");
+        if let (Some(link), 0) = (&self.cfg.cluster, self.cfg.id.0) {
+            link.node.member_changed(crate::cluster::MemberChange {
+                kind: cc.change_type(),
+                id: cc.node_id,
+                context: cc.context.to_vec(),
+            });
+        }
+    }
+
+    /// Proposes a membership change in this group and waits until it is applied here.
+    async fn conf_change(&mut self, cc: raft::eraftpb::ConfChange) -> Result<(), ShardError> {
+        if self.cfg.cluster.is_none() || !self.raft.is_leader() {
+            return Err(ShardError::NotLeader);
+        }
+        self.raft.propose_conf_change(cc).map_err(|_| ShardError::NotLeader)?;
+        let index = self.raft.last_index();
+        self.persist_ready().await;
+        while self.raft.applied_index() < index && self.raft.is_leader() {
+            let wake = self.wait(None).await;
+            self.on_raft(wake).await;
+        }
+        match (self.conf_applied == index, self.raft.applied_index() >= index) {
+            (true, _) => Ok(()),
+            // Raft turned it into an empty entry: a change before it was not applied yet.
+            (false, true) => Err(ShardError::ConfChangePending),
+            (false, false) => Err(ShardError::LeaderChanged),
         }
     }
 
@@ -867,7 +925,7 @@ impl Writer {
     fn after_step(&mut self) {
         let Some(link) = &self.cfg.cluster else { return };
         let node = link.node.clone();
-        let me = link.me;
+        let me = link.members.me;
         let settled = self.raft.leads_settled() && self.apply_queue.len() <= 1 && {
             // A lone undecided prepare at the end of the log may never be decided: settling
             // (Promote) discards it.
@@ -940,6 +998,8 @@ impl Writer {
                 | ShardMsg::Cross(Cross::Hold { .. })
                 | ShardMsg::ReadIndex { .. }
                 | ShardMsg::TransferLeader { .. }
+                | ShardMsg::ConfChange { .. }
+                | ShardMsg::Progress { .. }
                 | ShardMsg::Lease(
                     LeaseMsg::Grant { .. }
                         | LeaseMsg::BeginRevoke { .. }

@@ -94,6 +94,18 @@ pub enum ShardMsg {
     ReadIndex {
         reply: Reply<()>,
     },
+    /// Only with other nodes, on the leader: proposes a membership change in this shard's group
+    /// and answers once it is applied here (every group gets the same changes, one at a time).
+    ConfChange {
+        change: raft::eraftpb::ConfChange,
+        reply: Reply<()>,
+    },
+    /// Only with other nodes, on the leader: how far member `id` has replicated this group's
+    /// log — (its matched index, the leader's last index) — if it is tracked.
+    Progress {
+        id: u64,
+        reply: Reply<Option<(u64, u64)>>,
+    },
     /// Only with other nodes, to shard 0 of the leader: hands group 0's leadership to member
     /// `to` (the other groups follow it). Answers once the transfer has started.
     TransferLeader {

@@ -45,6 +45,7 @@ pub struct PoolConfig {
 pub struct ClusterConfig {
     pub me: u64,
     pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
     /// One Raft tick (`--heartbeat-interval`).
     pub tick: std::time::Duration,
     /// Ticks before a follower without a leader campaigns (`--election-timeout` / tick).
@@ -182,13 +183,16 @@ impl ShardPool {
                         let (in_tx, inbox) = flume::unbounded();
                         incoming.push(in_tx);
                         Some(ClusterLink {
-                            me: c.me,
-                            voters: c.voters.clone(),
+                            members: Membership {
+                                me: c.me,
+                                voters: c.voters.clone(),
+                                learners: c.learners.clone(),
+                                election_ticks: c.election_ticks,
+                            },
                             outbox: outbox.clone(),
                             inbox,
                             node: node.clone(),
                             tick: c.tick,
-                            election_ticks: c.election_ticks,
                         })
                     }
                     _ => None,
@@ -289,10 +293,7 @@ async fn start_shard(
     std::fs::create_dir_all(&dirs.wal).map_err(|e| format!("{}: {e}", dirs.wal.display()))?;
     crate::dma::use_main_ring(&dirs.wal).await;
     let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync).await.map_err(|e| e.to_string())?;
-    let members = match &cfg.cluster {
-        Some(c) => Membership { me: c.me, voters: c.voters.clone(), election_ticks: c.election_ticks },
-        None => Membership::alone(),
-    };
+    let members = cfg.cluster.as_ref().map_or_else(Membership::alone, |c| c.members.clone());
     let group = RaftGroup::start(&raft, &members).map_err(|e| e.to_string())?;
     let mut table = LeaseTable::default();
     let now = std::time::Instant::now();

@@ -50,6 +50,8 @@ impl RecoveredRaft {
 pub struct Membership {
     pub me: u64,
     pub voters: Vec<u64>,
+    /// Members that receive the log but do not vote (a member joining starts as one).
+    pub learners: Vec<u64>,
     /// Ticks without a heartbeat before a follower campaigns.
     pub election_ticks: usize,
 }
@@ -57,11 +59,11 @@ pub struct Membership {
 impl Membership {
     /// A group of one (single node).
     pub fn alone() -> Membership {
-        Membership { me: NODE_ID, voters: vec![NODE_ID], election_ticks: 10 }
+        Membership { me: NODE_ID, voters: vec![NODE_ID], learners: Vec::new(), election_ticks: 10 }
     }
 
     pub fn lone_voter(&self) -> bool {
-        self.voters.len() == 1
+        self.voters.len() == 1 && self.learners.is_empty()
     }
 }
 
@@ -97,7 +99,8 @@ impl RaftGroup {
     /// Rebuilds the group from durable state. A lone voter campaigns and wins at once; in a
     /// group of several, elections start from ticks.
     pub fn start(rec: &RecoveredRaft, members: &Membership) -> Result<RaftGroup, RaftError> {
-        let voters = ConfState { voters: members.voters.clone(), ..Default::default() };
+        let voters =
+            ConfState { voters: members.voters.clone(), learners: members.learners.clone(), ..Default::default() };
         let storage = MemStorage::new_with_conf_state(voters.clone());
         let mut last = rec.snapshot_index;
         {
@@ -195,6 +198,27 @@ impl RaftGroup {
 
     pub fn tick(&mut self) {
         self.node.tick();
+    }
+
+    /// Proposes a membership change (a leader only; Raft drops it while another is pending).
+    pub fn propose_conf_change(&mut self, cc: raft::eraftpb::ConfChange) -> Result<(), RaftError> {
+        Ok(self.node.propose_conf_change(Vec::new(), cc)?)
+    }
+
+    /// Applies a committed membership change; the storage's conf state follows it.
+    pub fn apply_conf_change(&mut self, cc: &raft::eraftpb::ConfChange) -> Result<ConfState, RaftError> {
+        let cs = self.node.apply_conf_change(cc)?;
+        self.node.raft.raft_log.store.wl().set_conf_state(cs.clone());
+        Ok(cs)
+    }
+
+    /// (matched index of member `id`, this leader's last index), if this member leads and
+    /// tracks `id`.
+    pub fn progress_of(&self, id: u64) -> Option<(u64, u64)> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.node.raft.prs().get(id).map(|p| (p.matched, self.last_index()))
     }
 
     /// Asks a quorum to confirm this leader; the answer comes back in a Ready's `read_states`

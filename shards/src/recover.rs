@@ -119,7 +119,9 @@ pub fn read_shard(dirs: ShardDirs, lone_voter: bool) -> Result<ReadShard, Recove
                     return Err(RecoverError::Gap { dir: dirs.wal.clone(), expected, found: e.index });
                 }
                 raft.entries.push(e.clone());
-                if e.data.is_empty() {
+                // Empty entries (a new leader's) and membership changes carry no batch; the
+                // membership a restart starts from is the node's (see `src/members.rs`).
+                if e.data.is_empty() || e.entry_type != raft::eraftpb::EntryType::EntryNormal as u8 {
                     continue;
                 }
                 let b = Batch::from_bytes(&e.data).map_err(|err| RecoverError::BadBatch {

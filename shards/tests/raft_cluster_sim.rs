@@ -27,7 +27,7 @@ struct Sim {
 }
 
 fn membership(me: u64) -> Membership {
-    Membership { me, voters: IDS.to_vec(), election_ticks: 10 }
+    Membership { me, voters: IDS.to_vec(), learners: Vec::new(), election_ticks: 10 }
 }
 
 fn recovered(durable: &[WalRecord]) -> RecoveredRaft {

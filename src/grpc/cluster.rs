@@ -9,11 +9,12 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use wire::pb::etcdserverpb::{self as pb, cluster_server::Cluster};
+use wire::pb::etcdserverpb::{self as pb, cluster_client::ClusterClient, cluster_server::Cluster};
 
 use super::Member;
 use crate::error::ApiError;
-use crate::forward::Forwarder;
+use crate::forward::{onward, route_of, Forwarder, Route};
+use crate::membership::Membership;
 use crate::router::Router;
 
 pub struct ClusterService {
@@ -28,6 +29,8 @@ pub struct ClusterService {
     pub client_urls: Vec<String>,
     /// In a cluster: every member, from the flags and their frames.
     pub fwd: Option<Arc<Forwarder>>,
+    /// In a cluster: makes membership changes (on the leader).
+    pub membership: Option<Arc<Membership>>,
 }
 
 impl ClusterService {
@@ -44,7 +47,7 @@ impl ClusterService {
                     peer_ur_ls: m.peer_urls.clone(),
                     // etcd lists a member that has not published its client URLs without them.
                     client_ur_ls: urls(m.id).unwrap_or_default(),
-                    is_learner: false,
+                    is_learner: m.learner,
                 })
                 .collect();
         }
@@ -61,15 +64,21 @@ impl ClusterService {
         self.member.header(self.router.clock().visible(), self.raft_term)
     }
 
-    /// `MemberNotFound` unless `id` is a member; in a cluster, a change to a member needs
-    /// membership changes, which are not built yet (`MembershipChangeUnsupported`).
+    /// `MemberNotFound` unless `id` is a member.
     fn this_member(&self, id: u64) -> Result<(), ApiError> {
-        if !self.members().iter().any(|m| m.id == id) {
-            Err(ApiError::MemberNotFound)
-        } else if self.fwd.is_some() {
-            Err(ApiError::MembershipChangeUnsupported)
-        } else {
+        if self.members().iter().any(|m| m.id == id) {
             Ok(())
+        } else {
+            Err(ApiError::MemberNotFound)
+        }
+    }
+
+    /// In a cluster, where a membership change is made (here on the leader, or forwarded to
+    /// it); `None` when the server runs alone.
+    async fn changer<T>(&self, req: &Request<T>) -> Result<Option<Route>, Status> {
+        match &self.membership {
+            Some(_) => Ok(Some(route_of(&self.fwd, req).await?)),
+            None => Ok(None),
         }
     }
 }
@@ -77,6 +86,26 @@ impl ClusterService {
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(&self, req: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+        match (self.changer(&req).await?, &self.membership) {
+            (Some(Route::Leader(ch)), _) => return ClusterClient::new(ch).member_add(onward(req)).await,
+            (Some(Route::Local), Some(m)) => {
+                let req = req.into_inner();
+                let added = m.add(req.peer_ur_ls, req.is_learner).await?;
+                let member = pb::Member {
+                    id: added.id,
+                    peer_ur_ls: added.peer_urls,
+                    is_learner: added.learner,
+                    ..Default::default()
+                };
+                let members = self.members();
+                return Ok(Response::new(pb::MemberAddResponse {
+                    header: self.header(),
+                    member: Some(member),
+                    members,
+                }));
+            }
+            _ => {}
+        }
         let req = req.into_inner();
         let members = self.members();
         if req.peer_ur_ls.iter().any(|u| members.iter().any(|m| m.peer_ur_ls.contains(u))) {
@@ -89,6 +118,14 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        match (self.changer(&req).await?, &self.membership) {
+            (Some(Route::Leader(ch)), _) => return ClusterClient::new(ch).member_remove(onward(req)).await,
+            (Some(Route::Local), Some(m)) => {
+                m.remove(req.into_inner().id).await?;
+                return Ok(Response::new(pb::MemberRemoveResponse { header: self.header(), members: self.members() }));
+            }
+            _ => {}
+        }
         self.this_member(req.into_inner().id)?;
         // etcd refuses to remove a voter when the rest could not form a quorum: with one
         // member, there is no rest.
@@ -101,6 +138,9 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         let req = req.into_inner();
         self.this_member(req.id)?;
+        if self.membership.is_some() {
+            return Err(ApiError::MembershipChangeUnsupported.into());
+        }
         let (mut asked, mut current) = (req.peer_ur_ls, self.peer_urls.clone());
         asked.sort();
         current.sort();
@@ -118,6 +158,15 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        match (self.changer(&req).await?, &self.membership) {
+            (Some(Route::Leader(ch)), _) => return ClusterClient::new(ch).member_promote(onward(req)).await,
+            (Some(Route::Local), Some(m)) => {
+                m.promote(req.into_inner().id).await?;
+                let members = self.members();
+                return Ok(Response::new(pb::MemberPromoteResponse { header: self.header(), members }));
+            }
+            _ => {}
+        }
         self.this_member(req.into_inner().id)?;
         Err(ApiError::MemberNotLearner.into())
     }

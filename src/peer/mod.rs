@@ -13,11 +13,12 @@ pub mod faults;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prost_raft::Message as _;
 use raft::eraftpb::Message;
+use shards::cluster::MemberChange;
 use shards::ClusterIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,22 +36,46 @@ const RECONNECT: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct PeerDirectory {
     me: u64,
-    members: Vec<InitialMember>,
+    members: RwLock<Vec<InitialMember>>,
     client_urls: RwLock<HashMap<u64, String>>,
 }
 
 impl PeerDirectory {
     pub fn new(me: u64, members: Vec<InitialMember>, my_client_urls: &str) -> PeerDirectory {
         let urls = HashMap::from([(me, my_client_urls.to_string())]);
-        PeerDirectory { me, members, client_urls: RwLock::new(urls) }
+        PeerDirectory { me, members: RwLock::new(members), client_urls: RwLock::new(urls) }
     }
 
     pub fn me(&self) -> u64 {
         self.me
     }
 
-    pub fn members(&self) -> &[InitialMember] {
-        &self.members
+    /// The members as of the last membership change this node applied.
+    pub fn members(&self) -> Vec<InitialMember> {
+        self.members.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies a membership change group 0 applied; returns the new member list.
+    pub fn apply(&self, change: &MemberChange) -> Vec<InitialMember> {
+        use raft::eraftpb::ConfChangeType as T;
+        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        let known = members.iter().position(|m| m.id == change.id);
+        match (change.kind, known) {
+            (T::AddNode | T::AddLearnerNode, Some(i)) => members[i].learner = change.kind == T::AddLearnerNode,
+            (T::AddNode | T::AddLearnerNode, None) => members.push(InitialMember {
+                id: change.id,
+                name: String::new(),
+                peer_urls: String::from_utf8_lossy(&change.context)
+                    .split(',')
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                learner: change.kind == T::AddLearnerNode,
+            }),
+            (T::RemoveNode, Some(i)) => drop(members.remove(i)),
+            (T::RemoveNode, None) => {}
+        }
+        members.clone()
     }
 
     /// The advertised client URLs of member `id` (comma-separated), once it has sent a frame.
@@ -59,7 +84,8 @@ impl PeerDirectory {
     }
 
     fn learn(&self, id: u64, urls: &str) {
-        if self.members.iter().any(|m| m.id == id) && self.client_urls(id).as_deref() != Some(urls) {
+        let member = self.members.read().unwrap_or_else(|p| p.into_inner()).iter().any(|m| m.id == id);
+        if member && self.client_urls(id).as_deref() != Some(urls) {
             self.client_urls.write().unwrap_or_else(|p| p.into_inner()).insert(id, urls.to_string());
         }
     }
@@ -73,13 +99,51 @@ pub enum PeerError {
     BadPeerUrl { name: String, url: String },
 }
 
+/// The sending side: one queue and sender task per other member, changed as members come
+/// and go.
+pub struct PeerNetwork {
+    directory: Arc<PeerDirectory>,
+    faults: Arc<faults::PeerFaults>,
+    queues: Mutex<HashMap<u64, flume::Sender<(u16, Message)>>>,
+}
+
+impl PeerNetwork {
+    /// Starts sending to `m` (not this node).
+    pub fn add(&self, m: &InitialMember) -> Result<(), PeerError> {
+        if m.id == self.directory.me() {
+            return Ok(());
+        }
+        let url = m.peer_urls.first().cloned().unwrap_or_default();
+        let addr = crate::config::parse_url(&url)
+            .map_err(|_| PeerError::BadPeerUrl { name: m.name.clone(), url: url.clone() })?;
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(slot) = queues.entry(m.id) {
+            let (tx, rx) = flume::unbounded();
+            slot.insert(tx);
+            tokio::spawn(send_to(m.id, addr, rx, self.directory.clone(), self.faults.clone()));
+        }
+        Ok(())
+    }
+
+    /// Stops sending to member `id` (its sender task ends with its queue).
+    pub fn remove(&self, id: u64) {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    fn send(&self, group: u16, m: Message) {
+        if let Some(q) = self.queues.lock().unwrap_or_else(|p| p.into_inner()).get(&m.to) {
+            let _ = q.send((group, m));
+        }
+    }
+}
+
 /// Starts listening on `listen` and sending to every other member; runs until the runtime ends.
 pub async fn start(
     io: ClusterIo,
     directory: Arc<PeerDirectory>,
     listen: &[SocketAddr],
     faults: Arc<faults::PeerFaults>,
-) -> Result<(), PeerError> {
+) -> Result<Arc<PeerNetwork>, PeerError> {
     let ClusterIo { outgoing, incoming, .. } = io;
     let incoming = Arc::new(incoming);
     for &addr in listen {
@@ -87,25 +151,47 @@ pub async fn start(
         tracing::info!(%addr, "listening for peers");
         tokio::spawn(accept(listener, incoming.clone(), directory.clone(), faults.clone()));
     }
-    let mut queues = HashMap::new();
-    for m in directory.members().iter().filter(|m| m.id != directory.me()) {
-        let url = m.peer_urls.first().cloned().unwrap_or_default();
-        let addr = crate::config::parse_url(&url)
-            .map_err(|_| PeerError::BadPeerUrl { name: m.name.clone(), url: url.clone() })?;
-        let (tx, rx) = flume::unbounded();
-        queues.insert(m.id, tx);
-        tokio::spawn(send_to(m.id, addr, rx, directory.clone(), faults.clone()));
+    let network = Arc::new(PeerNetwork { directory: directory.clone(), faults, queues: Mutex::default() });
+    for m in directory.members() {
+        network.add(&m)?;
     }
+    let sender = network.clone();
     tokio::spawn(async move {
         while let Ok((group, messages)) = outgoing.recv_async().await {
             for m in messages {
-                if let Some(q) = queues.get(&m.to) {
-                    let _ = q.send((group, m));
-                }
+                sender.send(group, m);
             }
         }
     });
-    Ok(())
+    Ok(network)
+}
+
+/// Follows the membership changes group 0 applies: the member list (saved in the data
+/// directory), the transport's peers; a member that sees its own removal stops, as etcd's does.
+pub async fn follow_member_changes(
+    changes: flume::Receiver<MemberChange>,
+    directory: Arc<PeerDirectory>,
+    network: Arc<PeerNetwork>,
+    data_dir: std::path::PathBuf,
+) {
+    while let Ok(change) = changes.recv_async().await {
+        let members = directory.apply(&change);
+        if let Err(e) = crate::members::save(&data_dir, &members) {
+            tracing::error!(error = %e, "could not save the member list");
+        }
+        match members.iter().find(|m| m.id == change.id) {
+            Some(m) => {
+                if let Err(e) = network.add(m) {
+                    tracing::error!(error = %e, "cannot reach the new member");
+                }
+            }
+            None => network.remove(change.id),
+        }
+        if change.kind == raft::eraftpb::ConfChangeType::RemoveNode && change.id == directory.me() {
+            tracing::warn!("this member was removed from the cluster; stopping");
+            std::process::exit(0);
+        }
+    }
 }
 
 async fn accept(

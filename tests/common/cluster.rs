@@ -15,6 +15,10 @@ pub struct Cluster {
     pub nodes: Vec<Server>,
     /// Member ids, by node index.
     pub ids: Vec<u64>,
+    /// `--initial-cluster` of the members started so far.
+    initial: String,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
     _tmp: tempfile::TempDir,
 }
 
@@ -32,34 +36,60 @@ impl Cluster {
         let initial = initial.join(",");
         let ids =
             peer_urls.iter().map(|u| corekv::config::member_id(std::slice::from_ref(u), "etcd-cluster")).collect();
-        let mut cluster = Cluster { nodes: Vec::new(), ids, _tmp: tmp };
-        let mut starting = Vec::new();
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            ids,
+            initial,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            _tmp: tmp,
+        };
         for (i, url) in peer_urls.iter().enumerate() {
-            let dir = cluster._tmp.path().join(format!("n{}", i + 1));
-            let name = format!("n{}", i + 1);
-            let mut args = vec![
-                "--name",
-                &name,
-                "--initial-cluster",
-                &initial,
-                "--initial-advertise-peer-urls",
-                url,
-                "--listen-peer-urls",
-                url,
-                "--heartbeat-interval",
-                HEARTBEAT_MS,
-                "--election-timeout",
-                ELECTION_MS,
-            ];
-            args.extend_from_slice(extra);
-            let fault = dir.with_extension("peerfault");
-            let fault = fault.to_string_lossy().into_owned();
-            let mut vars = vec![("COREKV_FAULT_PEER_FILE", fault.as_str())];
-            vars.extend_from_slice(env);
-            starting.push(Server::start_with_env(&dir, &args, &vars));
+            let node = cluster.spawn(&format!("n{}", i + 1), url, &cluster.initial.clone(), "new");
+            cluster.nodes.push(node);
         }
-        cluster.nodes = starting;
         cluster
+    }
+
+    fn spawn(&self, name: &str, peer_url: &str, initial: &str, state: &str) -> Server {
+        let dir = self._tmp.path().join(name);
+        let mut args: Vec<&str> = vec![
+            "--name",
+            name,
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            state,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--heartbeat-interval",
+            HEARTBEAT_MS,
+            "--election-timeout",
+            ELECTION_MS,
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        let fault = dir.with_extension("peerfault").to_string_lossy().into_owned();
+        let mut vars = vec![("COREKV_FAULT_PEER_FILE", fault.as_str())];
+        vars.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        Server::start_with_env(&dir, &args, &vars)
+    }
+
+    /// A peer URL for a member about to be added.
+    pub fn new_peer_url() -> String {
+        format!("http://127.0.0.1:{}", free_port())
+    }
+
+    /// Starts a member that `member add` already added with `peer_url`, joining the running
+    /// cluster (`--initial-cluster-state existing`); returns its node index.
+    pub fn join(&mut self, peer_url: &str) -> usize {
+        let name = format!("n{}", self.nodes.len() + 1);
+        self.initial = format!("{},{name}={peer_url}", self.initial);
+        let node = self.spawn(&name, peer_url, &self.initial.clone(), "existing");
+        self.nodes.push(node);
+        self.ids.push(corekv::config::member_id(&[peer_url.to_string()], "etcd-cluster"));
+        self.nodes.len() - 1
     }
 
     pub fn endpoints(&self) -> Vec<String> {

@@ -119,6 +119,18 @@ impl Server {
         etcd_client::Client::connect([self.endpoint()], None).await.expect("connect")
     }
 
+    /// Whether the process has exited by itself (it is reaped then).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
     /// The server's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

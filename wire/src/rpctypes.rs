@@ -71,15 +71,27 @@ rpc_errors! {
     MEMBER_NOT_FOUND = (NotFound, "etcdserver: member not found");
     PEER_URL_EXIST = (FailedPrecondition, "etcdserver: Peer URLs already exists");
     MEMBER_NOT_LEARNER = (FailedPrecondition, "etcdserver: can only promote a learner member");
+    LEARNER_NOT_READY = (FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader");
+    MEMBER_BAD_URLS = (InvalidArgument, "etcdserver: given member URLs are invalid");
     NOT_ENOUGH_STARTED_MEMBERS = (FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members");
 }
 
 /// corekv's own errors, where etcd has no equivalent.
 pub const SNAPSHOT_FAILED: RpcError = RpcError { code: Code::Internal, message: "corekv: snapshot failed" };
-/// A membership change (add, remove, update, promote), which corekv cannot make yet.
+/// A membership change proposed while the previous one is not applied in every group yet.
+pub const CONF_CHANGE_PENDING: RpcError =
+    RpcError { code: Code::Unavailable, message: "corekv: another membership change is in progress" };
+
+/// A membership change corekv cannot make yet: alone, adding a member or moving this one's peer
+/// URLs; in a cluster, updating a member's peer URLs.
 pub const MEMBERSHIP_CHANGE_UNSUPPORTED: RpcError = RpcError {
     code: Code::Unimplemented,
-    message: "corekv: membership changes (adding, removing, updating or promoting members) are not built yet",
+    message: "corekv: this membership change is not built yet (adding members to a single node, updating peer URLs)",
+};
+/// Removing the member that leads: etcd does it; corekv needs leadership moved first.
+pub const REMOVE_LEADER_UNSUPPORTED: RpcError = RpcError {
+    code: Code::Unimplemented,
+    message: "corekv: removing the leader is not built yet; move leadership first (etcdctl move-leader)",
 };
 
 #[cfg(test)]

@@ -1,0 +1,85 @@
+//! Membership changes of a cluster (MemberAdd, MemberPromote, MemberRemove), made by the
+//! member that serves writes: each is a Raft configuration change applied to every shard's
+//! group in turn, group 0 first, one change at a time. Group 0's application is what the members
+//! follow (`peer::follow_member_changes`: member list, data directory, transport).
+//!
+//! A member being added carries its peer URLs in the change's context, so every member can reach
+//! it before it has said anything.
+
+use std::sync::Arc;
+
+use raft::eraftpb::{ConfChange, ConfChangeType};
+
+use crate::config::{member_id, parse_url, InitialMember};
+use crate::error::ApiError;
+use crate::forward::Forwarder;
+use crate::router::Router;
+
+/// A learner may be promoted once it holds this share of the leader's log in every group (etcd:
+/// 90%).
+const READY_SHARE: f64 = 0.9;
+
+pub struct Membership {
+    router: Arc<Router>,
+    fwd: Arc<Forwarder>,
+    token: String,
+    /// One change at a time: Raft drops a change proposed before the previous one applied.
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl Membership {
+    pub fn new(router: Arc<Router>, fwd: Arc<Forwarder>, token: &str) -> Membership {
+        Membership { router, fwd, token: token.to_string(), one_at_a_time: tokio::sync::Mutex::new(()) }
+    }
+
+    fn member(&self, id: u64) -> Result<InitialMember, ApiError> {
+        self.fwd.directory().members().into_iter().find(|m| m.id == id).ok_or(ApiError::MemberNotFound)
+    }
+
+    /// Adds a member (a learner, or a voter) with `peer_urls`; returns it.
+    pub async fn add(&self, peer_urls: Vec<String>, learner: bool) -> Result<InitialMember, ApiError> {
+        if peer_urls.is_empty() || peer_urls.iter().any(|u| parse_url(u).is_err()) {
+            return Err(ApiError::MemberBadUrls);
+        }
+        let _one = self.one_at_a_time.lock().await;
+        let members = self.fwd.directory().members();
+        if peer_urls.iter().any(|u| members.iter().any(|m| m.peer_urls.contains(u))) {
+            return Err(ApiError::PeerUrlExists);
+        }
+        let id = member_id(&peer_urls, &self.token);
+        let kind = if learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+        self.apply(kind, id, peer_urls.join(",")).await?;
+        Ok(InitialMember { id, name: String::new(), peer_urls, learner })
+    }
+
+    /// Makes learner `id` a voter once it has caught up, as etcd requires.
+    pub async fn promote(&self, id: u64) -> Result<(), ApiError> {
+        let _one = self.one_at_a_time.lock().await;
+        if !self.member(id)?.learner {
+            return Err(ApiError::MemberNotLearner);
+        }
+        for progress in self.router.progress_all(id).await? {
+            let (matched, last) = progress.ok_or(ApiError::LearnerNotReady)?;
+            if (matched as f64) < READY_SHARE * last as f64 {
+                return Err(ApiError::LearnerNotReady);
+            }
+        }
+        self.apply(ConfChangeType::AddNode, id, String::new()).await
+    }
+
+    /// Removes member `id` (not the leader: move leadership first).
+    pub async fn remove(&self, id: u64) -> Result<(), ApiError> {
+        let _one = self.one_at_a_time.lock().await;
+        self.member(id)?;
+        if id == self.fwd.node().me() {
+            return Err(ApiError::RemoveLeaderUnsupported);
+        }
+        self.apply(ConfChangeType::RemoveNode, id, String::new()).await
+    }
+
+    async fn apply(&self, kind: ConfChangeType, id: u64, context: String) -> Result<(), ApiError> {
+        let mut change = ConfChange { node_id: id, context: context.into_bytes(), ..Default::default() };
+        change.set_change_type(kind);
+        self.router.conf_change_all(change).await
+    }
+}
