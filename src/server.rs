@@ -99,7 +99,8 @@ pub async fn serve(
             let directory = Arc::new(PeerDirectory::new(me, members, &cfg.advertise_client_urls));
             let faults = Arc::new(PeerFaults::from_env(me));
             crate::members::save(&cfg.data_dir, &directory.members())?;
-            let network = peer::start(io, directory.clone(), &cfg.peer_listen_addrs()?, faults.clone()).await?;
+            let listen = cfg.peer_listen_addrs()?;
+            let network = peer::start(io, directory.clone(), &listen, faults.clone(), cfg.data_dir.clone()).await?;
             let changes = node.member_changes();
             tokio::spawn(peer::follow_member_changes(changes, directory.clone(), network, cfg.data_dir.clone()));
             let (shards, clock) = (pool.handles().to_vec(), pool.clock().clone());

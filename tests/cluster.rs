@@ -245,3 +245,33 @@ async fn a_learner_joins_catches_up_is_promoted_and_an_old_member_is_removed_und
     let (_, out, _) = cluster.nodes[learner].etcdctl(&["member", "list"]);
     assert_eq!(out.lines().count(), 3, "{out}");
 }
+
+/// A member down while the others wrote (and snapshotted, and dropped that part of their logs)
+/// catches up through the leader's snapshot file, then leads and serves every key itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_far_behind_catches_up_through_a_snapshot() {
+    let mut cluster = Cluster::start(3, &["--shards", "2", "--snapshot-count", "20"]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let behind = (leader + 1) % 3;
+    cluster.nodes[behind].kill9();
+    // Long enough for the leader to stop counting it as live.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut c = cluster.client_of(leader).await;
+    for i in 0..200 {
+        // Keys on both shards: "A…" below the default boundary, "z…" above it.
+        c.put(format!("A{i:04}"), "x", None).await.expect("put");
+        c.put(format!("z{i:04}"), "y", None).await.expect("put");
+    }
+    cluster.nodes[behind].restart();
+    cluster.wait_converged(behind, leader, Duration::from_secs(30)).await;
+    assert!(cluster.nodes[behind].log_text().contains("installed the leader's snapshot"), "caught up by snapshot");
+
+    // Leading, it answers from its own store.
+    let (ok, _, err) = cluster.nodes[leader].etcdctl(&["move-leader", &format!("{:x}", cluster.ids[behind])]);
+    assert!(ok, "{err}");
+    assert_eq!(cluster.wait_leader(&[0, 1, 2], Duration::from_secs(10)).await, behind);
+    let mut c = cluster.client_of(behind).await;
+    let r = c.get("", Some(etcd_client::GetOptions::new().with_from_key().with_count_only())).await.expect("count");
+    assert_eq!(r.count(), 400);
+    c.put("after-snapshot", "1", None).await.expect("put through the caught-up leader");
+}

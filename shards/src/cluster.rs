@@ -27,6 +27,18 @@ use crate::raft_group::Membership;
 /// Messages a shard sends: its group (= shard index) and the Raft messages, in order.
 pub type Outgoing = (u16, Vec<Message>);
 
+/// A follower's request for the leader's snapshot file of its group at `index` (the leader named
+/// it in a Raft snapshot message), to be written durably into `dir` under its usual name.
+#[derive(Debug)]
+pub struct SnapshotFetch {
+    pub group: u16,
+    /// The member to fetch from (the leader that sent the snapshot message).
+    pub from: u64,
+    pub index: u64,
+    pub dir: std::path::PathBuf,
+    pub reply: futures::channel::oneshot::Sender<Result<(), String>>,
+}
+
 /// What a shard needs to take part in a multi-node group.
 #[derive(Clone, Debug)]
 pub struct ClusterLink {
@@ -37,6 +49,8 @@ pub struct ClusterLink {
     pub node: Arc<NodeState>,
     /// One Raft tick (etcd's `--heartbeat-interval`).
     pub tick: Duration,
+    /// Where snapshot files are asked for (the transport fetches them).
+    pub fetch: flume::Sender<SnapshotFetch>,
 }
 
 /// What the shards of one node share about their groups.

@@ -213,6 +213,7 @@ struct RunningSnapshot {
 
 struct SnapshotDone {
     index: u64,
+    term: u64,
     revision: i64,
     path: std::path::PathBuf,
 }
@@ -693,11 +694,8 @@ impl Writer {
             self.step_down_if_deposed();
             let Some(work) = self.raft.take_ready() else { break };
             if RaftGroup::has_snapshot(&work.rd) {
-                self.fatal(
-                    "this member is behind the leader's log and needs a snapshot; sending snapshots to \
-                     followers is not built yet"
-                        .into(),
-                );
+                let meta = work.rd.snapshot().get_metadata().clone();
+                self.install_snapshot(&meta).await;
             }
             self.send(work.messages);
             self.enqueue_committed(work.committed);
@@ -825,6 +823,80 @@ impl Writer {
                 Err(err) => self.fatal(format!("committed entry {} holds an invalid batch: {err}", e.index)),
             }
         }
+    }
+
+    /// This member fell behind what the leader's log still holds: fetches the leader's snapshot
+    /// file named by `meta`, loads it in place of the store, leases and decisions, and restarts
+    /// the log after it. Retries while the leader cannot hand it over; the shard serves nothing
+    /// meanwhile (it is a follower: clients are forwarded anyway).
+    async fn install_snapshot(&mut self, meta: &raft::eraftpb::SnapshotMetadata) {
+        let Some(link) = &self.cfg.cluster else { return };
+        let (group, from, index) = (self.cfg.id.0, self.raft.leader_id(), meta.index);
+        tracing::info!(shard = group, index, leader = format!("{from:x}"), "fetching the leader's snapshot");
+        let mut attempt = 0u32;
+        loop {
+            let (reply, answer) = futures::channel::oneshot::channel();
+            let fetch = crate::cluster::SnapshotFetch { group, from, index, dir: self.dirs.snap.clone(), reply };
+            let fetched = match link.fetch.send(fetch) {
+                Ok(()) => answer.await.unwrap_or_else(|_| Err("the transport stopped".into())),
+                Err(_) => Err("the transport stopped".into()),
+            };
+            let loaded = fetched.and_then(|()| {
+                snapshot::load_latest(&self.dirs.snap, group)
+                    .map_err(|e| e.to_string())?
+                    .filter(|s| s.header.index == index)
+                    .ok_or_else(|| format!("snapshot {index} missing after the fetch"))
+            });
+            match loaded {
+                Ok(s) => {
+                    self.replace_state(s, meta);
+                    return;
+                }
+                Err(e) if attempt < 50 => {
+                    attempt += 1;
+                    tracing::warn!(shard = group, index, error = %e, attempt, "snapshot fetch failed; retrying");
+                    glommio::timer::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => self.fatal(format!("could not fetch the leader's snapshot {index}: {e}")),
+            }
+        }
+    }
+
+    /// Puts a fetched snapshot in place of this shard's state (see [`Self::install_snapshot`]).
+    fn replace_state(&mut self, s: snapshot::LoadedSnapshot, meta: &raft::eraftpb::SnapshotMetadata) {
+        let mut store = s.store;
+        store.set_capture(true);
+        *self.store.borrow_mut() = store;
+        let now = Instant::now();
+        let mut leases = LeaseTable::default();
+        for (id, _) in self.leases.borrow().granted() {
+            self.cfg.leases.remove(id);
+        }
+        for l in &s.leases {
+            leases.insert(l.id, l.ttl, l.remaining, now);
+            self.cfg.leases.insert(l.id);
+        }
+        *self.leases.borrow_mut() = leases;
+        self.decided = s.header.decided.iter().copied().collect();
+        if let Some(link) = &self.cfg.cluster {
+            for r in &self.decided {
+                link.node.record_decided(*r);
+            }
+        }
+        self.apply_queue.clear();
+        self.executed_upto = meta.index;
+        self.committed_revision = self.store.borrow().current_revision();
+        self.entries_since_snapshot = 0;
+        if let Err(e) = self.raft.install_snapshot(meta) {
+            self.fatal(format!("could not install snapshot {}: {e}", meta.index));
+        }
+        self.wal.remove_covered(meta.index);
+        tracing::info!(
+            shard = self.cfg.id.0,
+            index = meta.index,
+            revision = self.committed_revision,
+            "installed the leader's snapshot"
+        );
     }
 
     /// Applies a committed membership change to this group; group 0 tells the node.
@@ -1157,7 +1229,7 @@ impl Writer {
                 decided: self.decided.iter().copied().filter(|r| *r > floor).collect(),
             }
         };
-        let revision = header.revision;
+        let (revision, term) = (header.revision, header.term);
         let leases: Vec<LeaseRecord> = self
             .leases
             .borrow()
@@ -1171,7 +1243,7 @@ impl Writer {
         let task = glommio::spawn_local(async move {
             let r = snapshot::write_from(store, &dir, header, leases).await;
             flag.set(true);
-            r.map(|path| SnapshotDone { index, revision, path })
+            r.map(|path| SnapshotDone { index, term, revision, path })
         });
         self.snapshot = Some(RunningSnapshot { task, done });
     }
@@ -1182,9 +1254,17 @@ impl Writer {
     async fn finish_snapshot(&mut self, wait: bool) -> Option<Result<(), String>> {
         let running = self.snapshot.take_if(|r| wait || r.done.get())?;
         Some(match running.task.await {
-            Ok(SnapshotDone { index, revision, path }) => {
+            Ok(SnapshotDone { index, term, revision, path }) => {
                 tracing::debug!(shard = self.cfg.id.0, index, path = %path.display(), "snapshot written");
                 self.wal.remove_covered(index);
+                // With followers, the previous file stays until the next snapshot: a follower
+                // may be fetching it (the leader named it in a Raft message).
+                let keep_from = match &self.cfg.cluster {
+                    Some(_) => self.raft.latest_snapshot_index(),
+                    None => index,
+                };
+                snapshot::remove_older(&self.dirs.snap, keep_from);
+                self.raft.set_latest_snapshot(index, term);
                 if let Err(e) = self.raft.compact_log(index) {
                     tracing::warn!(shard = self.cfg.id.0, error = %e, "could not compact in-memory raft log");
                 }

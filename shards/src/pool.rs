@@ -11,7 +11,7 @@ use futures::channel::{mpsc, oneshot};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::clock::RevisionClock;
-use crate::cluster::{ClusterLink, NodeState, Outgoing};
+use crate::cluster::{ClusterLink, NodeState, Outgoing, SnapshotFetch};
 use crate::error::ShardError;
 use crate::exec::{lease_timer, pump, Local, RecoveredLog, ShardConfig, Writer};
 use crate::lease::{LeaseRegistry, LeaseTable};
@@ -59,6 +59,8 @@ pub struct ClusterIo {
     /// Per shard (= group): where messages from other nodes go.
     pub incoming: Vec<flume::Sender<raft::eraftpb::Message>>,
     pub node: Arc<NodeState>,
+    /// Followers' requests for a leader's snapshot file.
+    pub fetches: flume::Receiver<SnapshotFetch>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +162,7 @@ impl ShardPool {
             }
         }
         let (outbox, outgoing) = flume::unbounded();
+        let (fetch, fetches) = flume::unbounded();
         let node = cfg.cluster.as_ref().map(|c| Arc::new(NodeState::new(c.me, n)));
         let mut incoming = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
@@ -193,6 +196,7 @@ impl ShardPool {
                             inbox,
                             node: node.clone(),
                             tick: c.tick,
+                            fetch: fetch.clone(),
                         })
                     }
                     _ => None,
@@ -231,7 +235,7 @@ impl ShardPool {
                 }
             }
         }
-        let cluster_io = node.map(|node| ClusterIo { outgoing, incoming, node });
+        let cluster_io = node.map(|node| ClusterIo { outgoing, incoming, node, fetches });
         Ok(ShardPool { handles, clock, map, threads, events, leases, expired, cluster_io, recovery })
     }
 

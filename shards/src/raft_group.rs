@@ -87,8 +87,60 @@ pub struct Persisted {
 }
 
 pub struct RaftGroup {
-    node: RawNode<MemStorage>,
+    node: RawNode<ShardStorage>,
     lone_voter: bool,
+}
+
+/// The log as Raft reads it: raft-rs's `MemStorage` for entries and hard state, except for
+/// snapshots. A leader asked for a snapshot (a follower needs entries it has compacted away)
+/// names its newest snapshot *file*, which the follower then fetches whole from this node
+/// (`ShardMsg`-free: see `cluster::SnapshotFetch`); MemStorage would name its commit index, a
+/// state no file holds.
+#[derive(Clone)]
+pub struct ShardStorage {
+    mem: MemStorage,
+    /// (index, term) of the newest snapshot file; (0, 0) before the first.
+    latest_snapshot: (u64, u64),
+}
+
+impl raft::Storage for ShardStorage {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let (index, term) = self.latest_snapshot;
+        if index == 0 {
+            return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let conf_state = self.mem.initial_state()?.conf_state;
+        Ok(Snapshot {
+            metadata: Some(SnapshotMetadata { conf_state: Some(conf_state), index, term }),
+            ..Default::default()
+        })
+    }
 }
 
 fn to_entry(e: &LogEntry) -> Entry {
@@ -144,6 +196,7 @@ impl RaftGroup {
         };
         cfg.validate()?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let storage = ShardStorage { mem: storage, latest_snapshot: (rec.snapshot_index, rec.snapshot_term) };
         let mut node = RawNode::new(&cfg, storage, &logger)?;
         if members.lone_voter() {
             node.campaign()?;
@@ -154,6 +207,30 @@ impl RaftGroup {
 
     pub fn term(&self) -> u64 {
         self.node.raft.term
+    }
+
+    fn mem(&self) -> MemStorage {
+        self.node.raft.raft_log.store.mem.clone()
+    }
+
+    /// A snapshot file covering the log up to `index` (of `term`) is durable: a follower that
+    /// needs older entries gets it.
+    pub fn set_latest_snapshot(&mut self, index: u64, term: u64) {
+        self.node.mut_store().latest_snapshot = (index, term);
+    }
+
+    /// The index of the newest snapshot file Raft knows of (0: none).
+    pub fn latest_snapshot_index(&self) -> u64 {
+        self.node.store().latest_snapshot.0
+    }
+
+    /// Installs a snapshot the leader sent (its file is fetched and loaded by then): the log
+    /// restarts after it.
+    pub fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), RaftError> {
+        let snap = Snapshot { metadata: Some(meta.clone()), ..Default::default() };
+        self.mem().wl().apply_snapshot(snap)?;
+        self.set_latest_snapshot(meta.index, meta.term);
+        Ok(())
     }
 
     pub fn last_index(&self) -> u64 {
@@ -208,7 +285,7 @@ impl RaftGroup {
     /// Applies a committed membership change; the storage's conf state follows it.
     pub fn apply_conf_change(&mut self, cc: &raft::eraftpb::ConfChange) -> Result<ConfState, RaftError> {
         let cs = self.node.apply_conf_change(cc)?;
-        self.node.raft.raft_log.store.wl().set_conf_state(cs.clone());
+        self.mem().wl().set_conf_state(cs.clone());
         Ok(cs)
     }
 
@@ -284,7 +361,7 @@ impl RaftGroup {
     /// Tells Raft the Ready's entries and hard state are durable; returns what that released.
     /// The caller applies `committed` before its next Raft call.
     pub fn on_persisted(&mut self, mut rd: raft::Ready) -> Result<Persisted, RaftError> {
-        let store = self.node.raft.raft_log.store.clone();
+        let store = self.mem();
         store.wl().append(rd.entries())?;
         if let Some(hs) = rd.hs() {
             store.wl().set_hardstate(hs.clone());
@@ -308,15 +385,18 @@ impl RaftGroup {
         Ok(Persisted { messages, committed })
     }
 
-    /// Drops log entries up to `index` from memory (covered by a snapshot). A leader keeps what
-    /// a follower still needs: corekv cannot send snapshots to followers yet.
+    /// Drops log entries up to `index` from memory (covered by a snapshot).
     pub fn compact_log(&mut self, index: u64) -> Result<(), RaftError> {
         let mut index = index.min(self.node.raft.raft_log.applied);
         if !self.lone_voter && self.is_leader() {
-            let slowest = self.node.raft.prs().iter().map(|(_, p)| p.matched).min().unwrap_or(0);
+            // Keep what live followers still need; one that is down (not heard from for an
+            // election timeout) gets a snapshot when it is back.
+            let me = self.id();
+            let live = self.node.raft.prs().iter().filter(|(id, p)| **id == me || p.recent_active);
+            let slowest = live.map(|(_, p)| p.matched).min().unwrap_or(0);
             index = index.min(slowest);
         }
-        let store = self.node.raft.raft_log.store.clone();
+        let store = self.mem();
         let first = raft::Storage::first_index(&store)?;
         if index >= first {
             store.wl().compact(index)?;
@@ -351,7 +431,7 @@ mod tests {
         }
         assert!(g.is_leader());
         assert_eq!((g.commit_index(), g.applied_index()), (g.last_index(), g.last_index()));
-        let store = g.node.raft.raft_log.store.clone();
+        let store = g.mem();
         let first = raft::Storage::first_index(&store).expect("first index");
         assert_eq!(first, g.last_index(), "only the last entry stays in memory");
         assert!(g.term_of(g.last_index()) > 0, "its term is still known (snapshots record it)");

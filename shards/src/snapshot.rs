@@ -31,7 +31,8 @@ pub enum SnapshotError {
     Damaged { path: PathBuf, offset: u64, reason: String },
 }
 
-fn snap_name(index: u64) -> String {
+/// The file name of the snapshot covering the log up to `index`.
+pub fn snap_name(index: u64) -> String {
     format!("{index:016x}.snap")
 }
 
@@ -192,12 +193,17 @@ pub async fn write_from(
     file.close().await.map_err(|e| ioe(&tmp, e.to_string()))?;
     std::fs::rename(&tmp, &path).map_err(|e| ioe(&path, e.to_string()))?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| ioe(dir, e.to_string()))?;
+    Ok(path)
+}
+
+/// Deletes the snapshot files of `dir` below index `keep_from` (the caller decides which older
+/// ones a follower may still be fetching).
+pub fn remove_older(dir: &Path, keep_from: u64) {
     for (idx, old) in list(dir) {
-        if idx < index {
+        if idx < keep_from {
             let _ = std::fs::remove_file(old);
         }
     }
-    Ok(path)
 }
 
 /// A snapshot loaded at startup.

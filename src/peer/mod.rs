@@ -13,16 +13,18 @@ pub mod faults;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prost_raft::Message as _;
 use raft::eraftpb::Message;
-use shards::cluster::MemberChange;
+use shards::cluster::{MemberChange, SnapshotFetch};
+use shards::recover::ShardDirs;
 use shards::ClusterIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wire::codec::peer::PeerFrame;
+use wire::codec::peer::{self as frame, PeerFrame};
 
 use crate::config::InitialMember;
 
@@ -137,20 +139,32 @@ impl PeerNetwork {
     }
 }
 
-/// Starts listening on `listen` and sending to every other member; runs until the runtime ends.
+/// What a peer connection needs on the receiving side.
+struct Receiving {
+    incoming: Vec<flume::Sender<Message>>,
+    directory: Arc<PeerDirectory>,
+    faults: Arc<faults::PeerFaults>,
+    /// Where the shards' snapshot files are, for members that fetch them.
+    data_dir: PathBuf,
+}
+
+/// Starts listening on `listen` and sending to every other member; serves and fetches
+/// snapshot files; runs until the runtime ends.
 pub async fn start(
     io: ClusterIo,
     directory: Arc<PeerDirectory>,
     listen: &[SocketAddr],
     faults: Arc<faults::PeerFaults>,
+    data_dir: PathBuf,
 ) -> Result<Arc<PeerNetwork>, PeerError> {
-    let ClusterIo { outgoing, incoming, .. } = io;
-    let incoming = Arc::new(incoming);
+    let ClusterIo { outgoing, incoming, fetches, .. } = io;
+    let receiving = Arc::new(Receiving { incoming, directory: directory.clone(), faults: faults.clone(), data_dir });
     for &addr in listen {
         let listener = TcpListener::bind(addr).await.map_err(|source| PeerError::Listen { addr, source })?;
         tracing::info!(%addr, "listening for peers");
-        tokio::spawn(accept(listener, incoming.clone(), directory.clone(), faults.clone()));
+        tokio::spawn(accept(listener, receiving.clone()));
     }
+    tokio::spawn(fetch_snapshots(fetches, directory.clone(), faults.clone()));
     let network = Arc::new(PeerNetwork { directory: directory.clone(), faults, queues: Mutex::default() });
     for m in directory.members() {
         network.add(&m)?;
@@ -194,18 +208,13 @@ pub async fn follow_member_changes(
     }
 }
 
-async fn accept(
-    listener: TcpListener,
-    incoming: Arc<Vec<flume::Sender<Message>>>,
-    directory: Arc<PeerDirectory>,
-    faults: Arc<faults::PeerFaults>,
-) {
+async fn accept(listener: TcpListener, receiving: Arc<Receiving>) {
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
-                let (incoming, directory, faults) = (incoming.clone(), directory.clone(), faults.clone());
+                let receiving = receiving.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = receive(stream, &incoming, &directory, &faults).await {
+                    if let Err(e) = receive(stream, &receiving).await {
                         tracing::debug!(%from, error = %e, "peer connection closed");
                     }
                 });
@@ -218,18 +227,18 @@ async fn accept(
     }
 }
 
-/// Reads frames from one peer's connection and hands each message to its group's shard.
-async fn receive(
-    mut stream: TcpStream,
-    incoming: &[flume::Sender<Message>],
-    directory: &PeerDirectory,
-    faults: &faults::PeerFaults,
-) -> std::io::Result<()> {
+/// Reads frames from one peer's connection and hands each message to its group's shard (or
+/// serves the snapshot file a connection asks for).
+async fn receive(mut stream: TcpStream, r: &Receiving) -> std::io::Result<()> {
+    let (incoming, directory, faults) = (&r.incoming, &r.directory, &r.faults);
     let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
     let mut body = Vec::new();
     loop {
         let mut prefix = [0u8; 4];
         stream.read_exact(&mut prefix).await?;
+        if prefix == frame::SNAPSHOT_REQUEST {
+            return serve_snapshot(stream, &r.data_dir).await;
+        }
         let len = PeerFrame::body_len(prefix).map_err(|e| bad(e.to_string()))?;
         body.resize(len, 0);
         stream.read_exact(&mut body).await?;
@@ -250,6 +259,80 @@ async fn receive(
             }
         }
     }
+}
+
+/// Answers one snapshot request (see `wire::codec::peer::SNAPSHOT_REQUEST`) with the file.
+async fn serve_snapshot(mut stream: TcpStream, data_dir: &Path) -> std::io::Result<()> {
+    let mut rest = [0u8; 10];
+    stream.read_exact(&mut rest).await?;
+    let (group, index) = frame::decode_snapshot_request(rest);
+    let path = ShardDirs::new(data_dir, group as usize).snap.join(shards::snapshot::snap_name(index));
+    // Opened before anything is sent: a newer snapshot may delete the file, not this handle.
+    match tokio::fs::File::open(&path).await {
+        Ok(mut file) => {
+            let len = file.metadata().await?.len();
+            stream.write_all(&len.to_le_bytes()).await?;
+            tokio::io::copy(&mut file, &mut stream).await?;
+            tracing::info!(group, index, bytes = len, "sent a snapshot to a member");
+        }
+        Err(_) => stream.write_all(&frame::NO_SNAPSHOT.to_le_bytes()).await?,
+    }
+    stream.flush().await
+}
+
+/// Serves the shards' snapshot fetches (see `shards::cluster::SnapshotFetch`), each in a task.
+async fn fetch_snapshots(
+    fetches: flume::Receiver<SnapshotFetch>,
+    directory: Arc<PeerDirectory>,
+    faults: Arc<faults::PeerFaults>,
+) {
+    while let Ok(f) = fetches.recv_async().await {
+        let (directory, faults) = (directory.clone(), faults.clone());
+        tokio::spawn(async move {
+            let SnapshotFetch { group, from, index, dir, reply } = f;
+            let r = fetch_snapshot(group, from, index, &dir, &directory, &faults).await;
+            let _ = reply.send(r.map_err(|e| e.to_string()));
+        });
+    }
+}
+
+/// Fetches snapshot `index` of `group` from member `from` into `dir`, durably, under its name.
+async fn fetch_snapshot(
+    group: u16,
+    from: u64,
+    index: u64,
+    dir: &Path,
+    directory: &PeerDirectory,
+    faults: &faults::PeerFaults,
+) -> std::io::Result<()> {
+    let fail = |e: String| std::io::Error::other(e);
+    if faults.drops(directory.me(), from) {
+        return Err(fail("cut off from the leader".into()));
+    }
+    let member = directory.members().into_iter().find(|m| m.id == from);
+    let url = member.and_then(|m| m.peer_urls.first().cloned()).ok_or_else(|| fail(format!("no member {from:x}")))?;
+    let addr = crate::config::parse_url(&url).map_err(|e| fail(e.to_string()))?;
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(&frame::encode_snapshot_request(group, index)).await?;
+    let mut len = [0u8; 8];
+    stream.read_exact(&mut len).await?;
+    let len = u64::from_le_bytes(len);
+    if len == frame::NO_SNAPSHOT {
+        return Err(fail(format!("member {from:x} has no snapshot {index} of group {group}")));
+    }
+    tokio::fs::create_dir_all(dir).await?;
+    let name = shards::snapshot::snap_name(index);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = tokio::fs::File::create(&tmp).await?;
+    let copied = tokio::io::copy(&mut (&mut stream).take(len), &mut file).await?;
+    if copied != len {
+        return Err(fail(format!("snapshot {index} cut short: {copied} of {len} bytes")));
+    }
+    file.sync_all().await?;
+    tokio::fs::rename(&tmp, dir.join(&name)).await?;
+    tokio::fs::File::open(dir).await?.sync_all().await?;
+    tracing::info!(group, index, bytes = len, "fetched a snapshot from the leader");
+    Ok(())
 }
 
 /// Sends everything queued for peer `to`, one frame per batch, reconnecting when needed.

@@ -17,6 +17,30 @@
 /// receiver allocate without bound). Raft entries are capped far below it by the shards.
 pub const MAX_FRAME_BYTES: usize = 256 << 20;
 
+/// A connection that starts with these four bytes asks for a snapshot file instead of sending
+/// frames (as a length they exceed [`MAX_FRAME_BYTES`], so no frame starts this way). The
+/// request goes on with the group (u16le) and the snapshot's index (u64le); the answer is the
+/// file's length (u64le, [`NO_SNAPSHOT`] if the sender has no such file), then the file.
+pub const SNAPSHOT_REQUEST: [u8; 4] = [0xff; 4];
+/// The length answered when the requested snapshot file is not there.
+pub const NO_SNAPSHOT: u64 = u64::MAX;
+
+/// The bytes of a snapshot request, marker included.
+pub fn encode_snapshot_request(group: u16, index: u64) -> Vec<u8> {
+    let mut out = SNAPSHOT_REQUEST.to_vec();
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&index.to_le_bytes());
+    out
+}
+
+/// (group, index) of a snapshot request's bytes after the marker.
+pub fn decode_snapshot_request(rest: [u8; 10]) -> (u16, u64) {
+    let group = u16::from_le_bytes([rest[0], rest[1]]);
+    let mut index = [0; 8];
+    index.copy_from_slice(&rest[2..]);
+    (group, u64::from_le_bytes(index))
+}
+
 /// One decoded frame body.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerFrame {
@@ -129,6 +153,15 @@ mod tests {
         let len = PeerFrame::body_len(buf[..4].try_into().expect("prefix")).expect("len");
         assert_eq!(len, buf.len() - 4);
         assert_eq!(PeerFrame::decode(&buf[4..]).expect("decode"), sample());
+    }
+
+    #[test]
+    fn snapshot_requests_round_trip_and_are_never_frames() {
+        let req = encode_snapshot_request(7, 0x0102_0304_0506);
+        assert_eq!(req[..4], SNAPSHOT_REQUEST);
+        let rest: [u8; 10] = req[4..].try_into().expect("ten bytes");
+        assert_eq!(decode_snapshot_request(rest), (7, 0x0102_0304_0506));
+        assert!(PeerFrame::body_len(SNAPSHOT_REQUEST).is_err());
     }
 
     #[test]
