@@ -70,9 +70,10 @@ impl RevisionClock {
         }
     }
 
-    /// Restarts allocation above `rev` on a node that has just become leader of every group:
-    /// every revision up to `rev` is committed and applied, none above was ever acknowledged.
-    pub fn restart_above(&self, rev: i64) {
+    /// Every revision up to `rev` is committed and applied on this node: reads may see them.
+    /// On a node that has just become leader of every group, allocation restarts above (no
+    /// revision above was ever acknowledged); on a follower, this follows the leader's frontier.
+    pub fn advance_to(&self, rev: i64) {
         self.next.fetch_max(rev + 1, SeqCst);
         if self.visible.fetch_max(rev, SeqCst) < rev {
             self.advanced.notify(usize::MAX);

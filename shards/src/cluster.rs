@@ -63,6 +63,13 @@ pub struct NodeState {
     ready: Box<[AtomicU64]>,
     /// Per shard: its member's current term.
     terms: Box<[AtomicU64]>,
+    /// Per shard: its group's commit index (what a leader's frontier names).
+    commits: Box<[AtomicU64]>,
+    /// Per shard: the last log index applied to its store.
+    applied: Box<[AtomicU64]>,
+    /// Frontiers a leader sent that this follower's shards have not all reached yet.
+    offered: Mutex<std::collections::VecDeque<(i64, Vec<u64>)>>,
+    clock: Arc<RevisionClock>,
     serving: AtomicBool,
     /// Revisions of cross-shard writes whose decision some shard of this node has applied.
     decided: Mutex<BTreeSet<i64>>,
@@ -82,7 +89,7 @@ pub struct MemberChange {
 }
 
 impl NodeState {
-    pub fn new(me: u64, shards: usize) -> NodeState {
+    pub fn new(me: u64, shards: usize, clock: Arc<RevisionClock>) -> NodeState {
         let zeros = || (0..shards).map(|_| AtomicU64::new(0)).collect();
         let (member_tx, member_rx) = flume::unbounded();
         NodeState {
@@ -92,6 +99,10 @@ impl NodeState {
             leaders: zeros(),
             ready: zeros(),
             terms: zeros(),
+            commits: zeros(),
+            applied: zeros(),
+            offered: Mutex::default(),
+            clock,
             serving: AtomicBool::new(false),
             decided: Mutex::new(BTreeSet::new()),
             changed: Event::new(),
@@ -118,8 +129,13 @@ impl NodeState {
     }
 
     /// Records what shard `shard` knows of its group after a Raft step.
-    pub fn publish(&self, shard: usize, leader: u64, term: u64, ready_term: u64) {
+    pub fn publish(&self, shard: usize, p: Published) {
+        let Published { leader, term, ready_term, commit, applied } = p;
         self.terms[shard].store(term, SeqCst);
+        self.commits[shard].store(commit, SeqCst);
+        if self.applied[shard].swap(applied, SeqCst) != applied {
+            self.follow_offered();
+        }
         let old_leader = self.leaders[shard].swap(leader, SeqCst);
         let old_ready = self.ready[shard].swap(ready_term, SeqCst);
         if old_ready != 0 && ready_term != old_ready {
@@ -128,6 +144,58 @@ impl NodeState {
         }
         if old_leader != leader || old_ready != ready_term {
             self.changed.notify(usize::MAX);
+        }
+    }
+
+    /// While serving: the visible revision, then every group's commit index (read after it, so
+    /// a follower that applied those indexes holds every revision up to it). Sent to followers.
+    pub fn frontier(&self) -> Option<(i64, Vec<u64>)> {
+        if !self.serving() {
+            return None;
+        }
+        let visible = self.clock.visible();
+        Some((visible, self.commits.iter().map(|c| c.load(SeqCst)).collect()))
+    }
+
+    /// A leader's frontier (see [`Self::frontier`]): once every shard here has applied the
+    /// indexes it names, reads here may see its revision (serializable reads on followers).
+    pub fn offer_frontier(&self, revision: i64, commits: Vec<u64>) {
+        if self.serving() || commits.len() != self.applied.len() || revision <= self.clock.visible() {
+            return;
+        }
+        {
+            let mut offered = self.lock_offered();
+            if offered.back().is_some_and(|(r, _)| *r >= revision) {
+                return;
+            }
+            // A follower far behind keeps the newest ones; older ones would be passed anyway.
+            if offered.len() >= MAX_OFFERED {
+                offered.pop_front();
+            }
+            offered.push_back((revision, commits));
+        }
+        self.follow_offered();
+    }
+
+    fn lock_offered(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(i64, Vec<u64>)>> {
+        self.offered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Advances the clock to the newest offered frontier every shard has reached.
+    fn follow_offered(&self) {
+        let mut offered = self.lock_offered();
+        let reached = |commits: &Vec<u64>| commits.iter().zip(self.applied.iter()).all(|(c, a)| *c <= a.load(SeqCst));
+        let mut newest = None;
+        while let Some((revision, commits)) = offered.front() {
+            if !reached(commits) {
+                break;
+            }
+            newest = Some(*revision);
+            offered.pop_front();
+        }
+        drop(offered);
+        if let Some(revision) = newest {
+            self.clock.advance_to(revision);
         }
     }
 
@@ -160,6 +228,22 @@ impl NodeState {
     }
 }
 
+/// Frontiers a follower keeps waiting for its shards to reach.
+const MAX_OFFERED: usize = 256;
+
+/// What a shard tells its node after a Raft step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Published {
+    /// The leader its member knows of (0: none).
+    pub leader: u64,
+    pub term: u64,
+    /// Its term if it leads settled (see `Writer::after_step`), else 0.
+    pub ready_term: u64,
+    pub commit: u64,
+    /// The last log index applied to its store.
+    pub applied: u64,
+}
+
 /// Runs for the life of the node: whenever it has become leader of every group, settles the
 /// shards (see [`ShardMsg::Promote`]), restarts the revision counter above every revision any
 /// of them holds and starts serving writes.
@@ -177,7 +261,7 @@ pub async fn promote_when_ready(node: Arc<NodeState>, shards: Vec<ShardHandle>, 
                     }
                 }
                 if let Some(rev) = highest {
-                    clock.restart_above(rev);
+                    clock.advance_to(rev);
                     node.serving.store(true, SeqCst);
                     // A group that lost leadership meanwhile would have cleared `ready`.
                     if node.all_ready().as_ref() != Some(&terms) {

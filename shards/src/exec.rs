@@ -1004,7 +1004,17 @@ impl Writer {
             self.apply_queue.front().is_none_or(|(_, b)| recover::prepares(b).any(|r| !self.is_decided(r)))
         };
         let shard = self.cfg.id.0 as usize;
-        node.publish(shard, self.raft.leader_id(), self.raft.term(), if settled { self.raft.term() } else { 0 });
+        let applied = self.apply_queue.front().map_or(self.executed_upto, |(index, _)| index - 1);
+        node.publish(
+            shard,
+            crate::cluster::Published {
+                leader: self.raft.leader_id(),
+                term: self.raft.term(),
+                ready_term: if settled { self.raft.term() } else { 0 },
+                commit: self.raft.commit_index(),
+                applied,
+            },
+        );
         let target = node.leader();
         if shard != 0 && self.raft.is_leader() && target != 0 && target != me {
             self.raft.transfer_leader(target);

@@ -142,7 +142,12 @@ impl ShardPool {
             jobs.into_iter().map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         });
 
-        let current = recovered.iter().map(|r| r.store.current_revision()).max().unwrap_or(0).max(1);
+        let revisions = recovered.iter().map(|r| r.store.current_revision());
+        // A member of a group reads (serializable) at the lowest: each shard holds every revision
+        // up to its own newest, but a shard may lack one between another's newest and its own.
+        // Becoming leader moves the clock above the highest (`cluster::promote_when_ready`).
+        let current = if cfg.cluster.is_some() { revisions.min() } else { revisions.max() };
+        let current = current.unwrap_or(0).max(1);
         let compacted = recovered.iter().map(|r| r.store.compact_revision()).max().unwrap_or(0);
         let recovery = RecoveryReport {
             replayed_entries: recovered.iter().map(|r| r.replayed_entries).sum(),
@@ -163,7 +168,7 @@ impl ShardPool {
         }
         let (outbox, outgoing) = flume::unbounded();
         let (fetch, fetches) = flume::unbounded();
-        let node = cfg.cluster.as_ref().map(|c| Arc::new(NodeState::new(c.me, n)));
+        let node = cfg.cluster.as_ref().map(|c| Arc::new(NodeState::new(c.me, n, clock.clone())));
         let mut incoming = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);

@@ -65,13 +65,14 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
-        let route = route_of(&self.fwd, &req).await?;
-        if let Route::Leader(ch) = route {
-            if !crate::fault::follower_reads() {
-                return KvClient::new(ch).range(onward(req)).await;
+        // Serializable reads are answered by any member from its own state, as in etcd; the
+        // debug-build follower-read fault answers linearizable ones so too.
+        let local = req.get_ref().serializable || crate::fault::follower_reads();
+        if self.fwd.is_some() && !local {
+            match route_of(&self.fwd, &req).await? {
+                Route::Leader(ch) => return KvClient::new(ch).range(onward(req)).await,
+                Route::Local => self.router.confirm_leadership().await?,
             }
-        } else if self.fwd.is_some() && !req.get_ref().serializable {
-            self.router.confirm_leadership().await?;
         }
         let q = validate::range(req.into_inner())?;
         let (r, revision) = self.router.range(q).await?;

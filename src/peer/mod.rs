@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use prost_raft::Message as _;
 use raft::eraftpb::Message;
-use shards::cluster::{MemberChange, SnapshotFetch};
+use shards::cluster::{MemberChange, NodeState, SnapshotFetch};
 use shards::recover::ShardDirs;
 use shards::ClusterIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,6 +105,8 @@ pub enum PeerError {
 /// and go.
 pub struct PeerNetwork {
     directory: Arc<PeerDirectory>,
+    /// This node's groups: a leader's frontier goes out with every frame.
+    node: Arc<NodeState>,
     faults: Arc<faults::PeerFaults>,
     queues: Mutex<HashMap<u64, flume::Sender<(u16, Message)>>>,
 }
@@ -122,7 +124,14 @@ impl PeerNetwork {
         if let std::collections::hash_map::Entry::Vacant(slot) = queues.entry(m.id) {
             let (tx, rx) = flume::unbounded();
             slot.insert(tx);
-            tokio::spawn(send_to(m.id, addr, rx, self.directory.clone(), self.faults.clone()));
+            let sender = Sender {
+                to: m.id,
+                addr,
+                directory: self.directory.clone(),
+                node: self.node.clone(),
+                faults: self.faults.clone(),
+            };
+            tokio::spawn(sender.run(rx));
         }
         Ok(())
     }
@@ -146,6 +155,8 @@ struct Receiving {
     faults: Arc<faults::PeerFaults>,
     /// Where the shards' snapshot files are, for members that fetch them.
     data_dir: PathBuf,
+    /// Takes the leaders' frontiers.
+    node: Arc<NodeState>,
 }
 
 /// Starts listening on `listen` and sending to every other member; serves and fetches
@@ -157,15 +168,21 @@ pub async fn start(
     faults: Arc<faults::PeerFaults>,
     data_dir: PathBuf,
 ) -> Result<Arc<PeerNetwork>, PeerError> {
-    let ClusterIo { outgoing, incoming, fetches, .. } = io;
-    let receiving = Arc::new(Receiving { incoming, directory: directory.clone(), faults: faults.clone(), data_dir });
+    let ClusterIo { outgoing, incoming, fetches, node } = io;
+    let receiving = Arc::new(Receiving {
+        incoming,
+        directory: directory.clone(),
+        faults: faults.clone(),
+        data_dir,
+        node: node.clone(),
+    });
     for &addr in listen {
         let listener = TcpListener::bind(addr).await.map_err(|source| PeerError::Listen { addr, source })?;
         tracing::info!(%addr, "listening for peers");
         tokio::spawn(accept(listener, receiving.clone()));
     }
     tokio::spawn(fetch_snapshots(fetches, directory.clone(), faults.clone()));
-    let network = Arc::new(PeerNetwork { directory: directory.clone(), faults, queues: Mutex::default() });
+    let network = Arc::new(PeerNetwork { directory: directory.clone(), node, faults, queues: Mutex::default() });
     for m in directory.members() {
         network.add(&m)?;
     }
@@ -247,6 +264,10 @@ async fn receive(mut stream: TcpStream, r: &Receiving) -> std::io::Result<()> {
             continue;
         }
         directory.learn(frame.from, &frame.client_urls);
+        let (revision, commits) = frame.frontier;
+        if !commits.is_empty() {
+            r.node.offer_frontier(revision, commits);
+        }
         for (group, bytes) in frame.messages {
             let msg = Message::decode(bytes.as_slice()).map_err(|e| bad(format!("raft message: {e}")))?;
             if msg.from != frame.from {
@@ -335,53 +356,60 @@ async fn fetch_snapshot(
     Ok(())
 }
 
-/// Sends everything queued for peer `to`, one frame per batch, reconnecting when needed.
-async fn send_to(
+/// The task that sends to one peer.
+struct Sender {
     to: u64,
     addr: SocketAddr,
-    queue: flume::Receiver<(u16, Message)>,
     directory: Arc<PeerDirectory>,
+    node: Arc<NodeState>,
     faults: Arc<faults::PeerFaults>,
-) {
-    let me = directory.me();
-    let my_urls = directory.client_urls(me).unwrap_or_default();
-    let mut buf = Vec::new();
-    loop {
-        // Connect first, and say hello with an empty frame: members that never exchange Raft
-        // messages (two followers) still learn each other's client URLs.
-        let mut conn = match TcpStream::connect(addr).await {
-            Ok(s) if !faults.drops(me, to) => s,
-            outcome => {
-                if let Err(e) = outcome {
-                    tracing::debug!(peer = format!("{to:x}"), %addr, error = %e, "peer unreachable");
-                }
-                tokio::time::sleep(RECONNECT).await;
-                // Whatever queued meanwhile is stale; Raft will send again.
-                if queue.drain().len() == 0 && queue.is_disconnected() {
-                    return;
-                }
-                continue;
-            }
-        };
-        let _ = conn.set_nodelay(true);
-        let mut batch = Vec::new();
+}
+
+impl Sender {
+    /// Sends everything queued for the peer, one frame per batch, reconnecting when needed.
+    async fn run(self, queue: flume::Receiver<(u16, Message)>) {
+        let (to, addr, faults) = (self.to, self.addr, &self.faults);
+        let me = self.directory.me();
+        let my_urls = self.directory.client_urls(me).unwrap_or_default();
+        let mut buf = Vec::new();
         loop {
-            let frame = PeerFrame {
-                from: me,
-                client_urls: my_urls.clone(),
-                messages: batch.iter().map(|(g, m): &(u16, Message)| (*g, m.encode_to_vec())).collect(),
+            // Connect first, and say hello with an empty frame: members that never exchange
+            // Raft messages (two followers) still learn each other's client URLs.
+            let mut conn = match TcpStream::connect(addr).await {
+                Ok(s) if !faults.drops(me, to) => s,
+                outcome => {
+                    if let Err(e) = outcome {
+                        tracing::debug!(peer = format!("{to:x}"), %addr, error = %e, "peer unreachable");
+                    }
+                    tokio::time::sleep(RECONNECT).await;
+                    // Whatever queued meanwhile is stale; Raft will send again.
+                    if queue.drain().len() == 0 && queue.is_disconnected() {
+                        return;
+                    }
+                    continue;
+                }
             };
-            buf.clear();
-            frame.encode_into(&mut buf);
-            if let Err(e) = conn.write_all(&buf).await {
-                tracing::debug!(peer = format!("{to:x}"), error = %e, "peer connection lost");
-                break;
-            }
-            let Ok(first) = queue.recv_async().await else { return };
-            batch = vec![first];
-            batch.extend(queue.try_iter().take(FRAME_MESSAGES - 1));
-            if faults.drops(me, to) {
-                break;
+            let _ = conn.set_nodelay(true);
+            let mut batch = Vec::new();
+            loop {
+                let frame = PeerFrame {
+                    from: me,
+                    client_urls: my_urls.clone(),
+                    frontier: self.node.frontier().unwrap_or_default(),
+                    messages: batch.iter().map(|(g, m): &(u16, Message)| (*g, m.encode_to_vec())).collect(),
+                };
+                buf.clear();
+                frame.encode_into(&mut buf);
+                if let Err(e) = conn.write_all(&buf).await {
+                    tracing::debug!(peer = format!("{to:x}"), error = %e, "peer connection lost");
+                    break;
+                }
+                let Ok(first) = queue.recv_async().await else { return };
+                batch = vec![first];
+                batch.extend(queue.try_iter().take(FRAME_MESSAGES - 1));
+                if faults.drops(me, to) {
+                    break;
+                }
             }
         }
     }

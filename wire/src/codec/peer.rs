@@ -5,12 +5,15 @@
 //!
 //! ```text
 //! frame   := len:u32le body                     (len = body length, at most MAX_FRAME_BYTES)
-//! body    := from:u64le urls_len:u16le urls count:u32le message{count}
+//! body    := from:u64le urls_len:u16le urls revision:i64le groups:u16le commit:u64le{groups}
+//!            count:u32le message{count}
 //! message := group:u16le msg_len:u32le msg      (msg: a protobuf-encoded eraftpb.Message)
 //! ```
 //!
 //! `urls` are the sender's advertised client URLs (comma-separated UTF-8), so every member
-//! learns where to forward client requests. Messages stay opaque bytes here (`wire` does not
+//! learns where to forward client requests. A leader also sends its *frontier*: its visible
+//! revision, read before each group's commit index that follows (`groups` = 0 otherwise), so a
+//! follower that has applied those indexes holds every revision up to it. Messages stay opaque bytes here (`wire` does not
 //! depend on raft); the transport decodes them.
 
 /// A frame larger than this is refused (a corrupt or hostile length prefix must not make the
@@ -46,6 +49,9 @@ pub fn decode_snapshot_request(rest: [u8; 10]) -> (u16, u64) {
 pub struct PeerFrame {
     pub from: u64,
     pub client_urls: String,
+    /// A leader's visible revision and each group's commit index read after it (empty commits:
+    /// no frontier).
+    pub frontier: (i64, Vec<u64>),
     /// (group, encoded eraftpb.Message)
     pub messages: Vec<(u16, Vec<u8>)>,
 }
@@ -72,6 +78,12 @@ impl PeerFrame {
         let urls = &urls[..urls.len().min(u16::MAX as usize)];
         out.extend_from_slice(&(urls.len() as u16).to_le_bytes());
         out.extend_from_slice(urls);
+        let (revision, commits) = &self.frontier;
+        out.extend_from_slice(&revision.to_le_bytes());
+        out.extend_from_slice(&(commits.len().min(u16::MAX as usize) as u16).to_le_bytes());
+        for c in commits.iter().take(u16::MAX as usize) {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
         out.extend_from_slice(&(self.messages.len() as u32).to_le_bytes());
         for (group, msg) in &self.messages {
             out.extend_from_slice(&group.to_le_bytes());
@@ -97,6 +109,12 @@ impl PeerFrame {
         let from = u64::from_le_bytes(r.array()?);
         let urls_len = u16::from_le_bytes(r.array()?) as usize;
         let client_urls = std::str::from_utf8(r.take(urls_len)?).map_err(|_| PeerFrameError::BadUrls)?.to_string();
+        let revision = i64::from_le_bytes(r.array()?);
+        let groups = u16::from_le_bytes(r.array()?) as usize;
+        let mut commits = Vec::with_capacity(groups.min(r.0.len() / 8));
+        for _ in 0..groups {
+            commits.push(u64::from_le_bytes(r.array()?));
+        }
         let count = u32::from_le_bytes(r.array()?) as usize;
         // Every message takes at least 6 bytes: a count beyond that is a lie, not an allocation.
         if count > r.0.len() / 6 {
@@ -111,7 +129,7 @@ impl PeerFrame {
         if !r.0.is_empty() {
             return Err(PeerFrameError::Trailing(r.0.len()));
         }
-        Ok(PeerFrame { from, client_urls, messages })
+        Ok(PeerFrame { from, client_urls, frontier: (revision, commits), messages })
     }
 }
 
@@ -142,6 +160,7 @@ mod tests {
         PeerFrame {
             from: 0xdead_beef,
             client_urls: "http://127.0.0.1:2379".into(),
+            frontier: (42, vec![7, 9]),
             messages: vec![(0, b"abc".to_vec()), (7, Vec::new()), (1, vec![9; 300])],
         }
     }
