@@ -39,9 +39,6 @@ pub enum ApiError {
     /// A membership change: not built yet.
     #[error("membership change not built yet")]
     MembershipChangeUnsupported,
-    /// Removing the leading member (corekv needs leadership moved first).
-    #[error("removing the leader is not built yet")]
-    RemoveLeaderUnsupported,
     #[error("learner not in sync with the leader")]
     LearnerNotReady,
     #[error("invalid member URLs")]

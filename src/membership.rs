@@ -1,4 +1,4 @@
-//! Membership changes of a cluster (MemberAdd, MemberPromote, MemberRemove), made by the
+//! Membership changes of a cluster (MemberAdd, MemberPromote, MemberRemove, MemberUpdate), made by the
 //! member that serves writes: each is a Raft configuration change applied to every shard's
 //! group in turn, group 0 first, one change at a time. Group 0's application is what the members
 //! follow (`peer::follow_member_changes`: member list, data directory, transport).
@@ -9,10 +9,12 @@
 use std::sync::Arc;
 
 use raft::eraftpb::{ConfChange, ConfChangeType};
+use tonic::Status;
+use wire::pb::etcdserverpb::{self as pb, cluster_client::ClusterClient};
 
 use crate::config::{member_id, parse_url, InitialMember};
 use crate::error::ApiError;
-use crate::forward::Forwarder;
+use crate::forward::{onward, Forwarder, Route};
 use crate::router::Router;
 
 /// A learner may be promoted once it holds this share of the leader's log in every group (etcd:
@@ -67,14 +69,49 @@ impl Membership {
         self.apply(ConfChangeType::AddNode, id, String::new()).await
     }
 
-    /// Removes member `id` (not the leader: move leadership first).
-    pub async fn remove(&self, id: u64) -> Result<(), ApiError> {
+    /// Removes member `id`. Removing this member, the leader, first hands leadership to another
+    /// voter, which then makes the change (this member stops once it applies it).
+    pub async fn remove(&self, id: u64) -> Result<(), Status> {
         let _one = self.one_at_a_time.lock().await;
         self.member(id)?;
-        if id == self.fwd.node().me() {
-            return Err(ApiError::RemoveLeaderUnsupported);
+        if id != self.fwd.node().me() {
+            return Ok(self.apply(ConfChangeType::RemoveNode, id, String::new()).await?);
         }
-        self.apply(ConfChangeType::RemoveNode, id, String::new()).await
+        let members = self.fwd.directory().members();
+        let Some(heir) = members.iter().find(|m| m.id != id && !m.learner) else {
+            return Err(ApiError::NotEnoughStartedMembers.into());
+        };
+        self.router.transfer_leader(heir.id).await?;
+        let deadline = tokio::time::Instant::now() + 2 * self.fwd.election_timeout();
+        while self.fwd.node().serving() || self.fwd.node().leader() != heir.id {
+            if tokio::time::Instant::now() >= deadline {
+                let e = wire::rpctypes::TIMEOUT_LEADER_TRANSFER;
+                return Err(Status::new(tonic::Code::from_i32(e.code as i32), e.message));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let Route::Leader(channel) = self.fwd.route(&tonic::metadata::MetadataMap::new()).await? else {
+            return Err(ApiError::NotLeader.into());
+        };
+        let req = onward(tonic::Request::new(pb::MemberRemoveRequest { id }));
+        ClusterClient::new(channel).member_remove(req).await.map(drop)
+    }
+
+    /// Gives member `id` new peer URLs (every member reconnects to it there).
+    pub async fn update(&self, id: u64, peer_urls: Vec<String>) -> Result<(), ApiError> {
+        if peer_urls.is_empty() || peer_urls.iter().any(|u| parse_url(u).is_err()) {
+            return Err(ApiError::MemberBadUrls);
+        }
+        let _one = self.one_at_a_time.lock().await;
+        let member = self.member(id)?;
+        let members = self.fwd.directory().members();
+        if peer_urls.iter().any(|u| members.iter().any(|m| m.id != id && m.peer_urls.contains(u))) {
+            return Err(ApiError::PeerUrlExists);
+        }
+        // Re-adding a member as what it is changes nothing in Raft; the context carries the
+        // new URLs to every member.
+        let kind = if member.learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+        self.apply(kind, id, peer_urls.join(",")).await
     }
 
     async fn apply(&self, kind: ConfChangeType, id: u64, context: String) -> Result<(), ApiError> {

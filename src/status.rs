@@ -28,7 +28,6 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
         ApiError::MemberNotLearner => rpctypes::MEMBER_NOT_LEARNER,
         ApiError::NotEnoughStartedMembers => rpctypes::NOT_ENOUGH_STARTED_MEMBERS,
         ApiError::MembershipChangeUnsupported => rpctypes::MEMBERSHIP_CHANGE_UNSUPPORTED,
-        ApiError::RemoveLeaderUnsupported => rpctypes::REMOVE_LEADER_UNSUPPORTED,
         ApiError::LearnerNotReady => rpctypes::LEARNER_NOT_READY,
         ApiError::MemberBadUrls => rpctypes::MEMBER_BAD_URLS,
         ApiError::NoLeader => rpctypes::NO_LEADER,

@@ -192,6 +192,8 @@ async fn a_learner_joins_catches_up_is_promoted_and_an_old_member_is_removed_und
     let (ok, out, _) = cluster.nodes[1].etcdctl(&["member", "list"]);
     assert!(ok && out.lines().any(|l| l.contains(&url) && l.ends_with(", true")), "listed as a learner: {out}");
     let learner = cluster.join(&url);
+    let (_, out, _) = cluster.nodes[learner].etcdctl(&["endpoint", "status"]);
+    assert!(out.contains(", false, true, "), "Status says it is a learner: {out}");
 
     // It catches up; promotion is refused until it has, then succeeds.
     let id = format!("{:x}", cluster.ids[learner]);
@@ -319,4 +321,50 @@ async fn followers_answer_serializable_reads_from_their_own_state() {
         assert!(Instant::now() < deadline, "the follower never caught up after healing");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// MemberUpdate moves a member's peer URLs on every member (here to a port nothing listens on,
+/// and back), and removing the leader hands leadership over first, then the old leader stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_update_moves_peer_urls_and_removing_the_leader_hands_over_first() {
+    let mut cluster = Cluster::start(3, &["--shards", "2"]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let moved = (leader + 1) % 3;
+    let id = format!("{:x}", cluster.ids[moved]);
+    let original = {
+        let (_, out, _) = cluster.nodes[leader].etcdctl(&["member", "list"]);
+        let line = out.lines().find(|l| l.starts_with(&id)).expect("listed").to_string();
+        line.split(", ").nth(3).expect("peer URLs").to_string()
+    };
+
+    // Elsewhere: every member lists the new URL, and the moved member falls behind (nobody
+    // reaches it there), while the other two go on.
+    let nowhere = Cluster::new_peer_url();
+    let (ok, _, err) = cluster.nodes[moved].etcdctl(&["member", "update", &id, &format!("--peer-urls={nowhere}")]);
+    assert!(ok, "member update (through a follower): {err}");
+    let (_, out, _) = cluster.nodes[leader].etcdctl(&["member", "list"]);
+    assert!(out.lines().any(|l| l.starts_with(&id) && l.contains(&nowhere)), "{out}");
+    let mut c = cluster.client_of(leader).await;
+    for i in 0..10 {
+        c.put(format!("moved-{i}"), "x", None).await.expect("put while one member is unreachable");
+    }
+    // And back: it catches up.
+    let (ok, _, err) = cluster.nodes[leader].etcdctl(&["member", "update", &id, &format!("--peer-urls={original}")]);
+    assert!(ok, "member update back: {err}");
+    cluster.wait_converged(moved, leader, Duration::from_secs(20)).await;
+
+    // Removing the leader itself: leadership moves to another voter, which removes it.
+    let (ok, _, err) = cluster.nodes[leader].etcdctl(&["member", "remove", &format!("{:x}", cluster.ids[leader])]);
+    assert!(ok, "member remove of the leader: {err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.nodes[leader].exited() {
+        assert!(Instant::now() < deadline, "the removed leader kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rest: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let new = cluster.wait_leader(&rest, Duration::from_secs(10)).await;
+    let (_, out, _) = cluster.nodes[new].etcdctl(&["member", "list"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let mut c = cluster.client_of(rest[0]).await;
+    c.put("after-leader-removal", "x", None).await.expect("the two members go on");
 }

@@ -136,11 +136,17 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        match (self.changer(&req).await?, &self.membership) {
+            (Some(Route::Leader(ch)), _) => return ClusterClient::new(ch).member_update(onward(req)).await,
+            (Some(Route::Local), Some(m)) => {
+                let req = req.into_inner();
+                m.update(req.id, req.peer_ur_ls).await?;
+                return Ok(Response::new(pb::MemberUpdateResponse { header: self.header(), members: self.members() }));
+            }
+            _ => {}
+        }
         let req = req.into_inner();
         self.this_member(req.id)?;
-        if self.membership.is_some() {
-            return Err(ApiError::MembershipChangeUnsupported.into());
-        }
         let (mut asked, mut current) = (req.peer_ur_ls, self.peer_urls.clone());
         asked.sort();
         current.sort();

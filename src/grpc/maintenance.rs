@@ -101,7 +101,10 @@ impl Maintenance for MaintenanceService {
                 })
                 .collect(),
             db_size_in_use: db_size,
-            is_learner: false,
+            is_learner: self.fwd.as_ref().is_some_and(|f| {
+                let me = f.node().me();
+                f.directory().members().iter().any(|m| m.id == me && m.learner)
+            }),
         }))
     }
 

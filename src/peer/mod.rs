@@ -30,6 +30,8 @@ use crate::config::InitialMember;
 
 /// Messages per frame at most (the rest go in the next frame).
 const FRAME_MESSAGES: usize = 4096;
+/// How long a removed member keeps running after it applied its removal.
+const REMOVED_GRACE: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach a peer that is down.
 const RECONNECT: Duration = Duration::from_millis(100);
 
@@ -57,27 +59,35 @@ impl PeerDirectory {
         self.members.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Applies a membership change group 0 applied; returns the new member list.
-    pub fn apply(&self, change: &MemberChange) -> Vec<InitialMember> {
+    /// Applies a membership change group 0 applied; returns the new member list, and whether
+    /// the member's peer URLs changed (a MemberUpdate re-adds a member with new ones).
+    pub fn apply(&self, change: &MemberChange) -> (Vec<InitialMember>, bool) {
         use raft::eraftpb::ConfChangeType as T;
+        let urls: Vec<String> =
+            String::from_utf8_lossy(&change.context).split(',').filter(|u| !u.is_empty()).map(str::to_string).collect();
         let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
         let known = members.iter().position(|m| m.id == change.id);
-        match (change.kind, known) {
-            (T::AddNode | T::AddLearnerNode, Some(i)) => members[i].learner = change.kind == T::AddLearnerNode,
-            (T::AddNode | T::AddLearnerNode, None) => members.push(InitialMember {
-                id: change.id,
-                name: String::new(),
-                peer_urls: String::from_utf8_lossy(&change.context)
-                    .split(',')
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-                learner: change.kind == T::AddLearnerNode,
-            }),
-            (T::RemoveNode, Some(i)) => drop(members.remove(i)),
-            (T::RemoveNode, None) => {}
-        }
-        members.clone()
+        let learner = change.kind == T::AddLearnerNode;
+        let moved = match (change.kind, known) {
+            (T::AddNode | T::AddLearnerNode, Some(i)) => {
+                members[i].learner = learner;
+                let moved = !urls.is_empty() && members[i].peer_urls != urls;
+                if moved {
+                    members[i].peer_urls = urls;
+                }
+                moved
+            }
+            (T::AddNode | T::AddLearnerNode, None) => {
+                members.push(InitialMember { id: change.id, name: String::new(), peer_urls: urls, learner });
+                false
+            }
+            (T::RemoveNode, Some(i)) => {
+                members.remove(i);
+                false
+            }
+            (T::RemoveNode, None) => false,
+        };
+        (members.clone(), moved)
     }
 
     /// The advertised client URLs of member `id` (comma-separated), once it has sent a frame.
@@ -206,7 +216,11 @@ pub async fn follow_member_changes(
     data_dir: std::path::PathBuf,
 ) {
     while let Ok(change) = changes.recv_async().await {
-        let members = directory.apply(&change);
+        let (members, moved) = directory.apply(&change);
+        if moved {
+            // Reconnect at the new address.
+            network.remove(change.id);
+        }
         if let Err(e) = crate::members::save(&data_dir, &members) {
             tracing::error!(error = %e, "could not save the member list");
         }
@@ -219,7 +233,10 @@ pub async fn follow_member_changes(
             None => network.remove(change.id),
         }
         if change.kind == raft::eraftpb::ConfChangeType::RemoveNode && change.id == directory.me() {
+            // A moment for answers in flight (the MemberRemove that removed a leader comes back
+            // through it), then stop, as a removed etcd member does.
             tracing::warn!("this member was removed from the cluster; stopping");
+            tokio::time::sleep(REMOVED_GRACE).await;
             std::process::exit(0);
         }
     }

@@ -82,16 +82,11 @@ pub const SNAPSHOT_FAILED: RpcError = RpcError { code: Code::Internal, message: 
 pub const CONF_CHANGE_PENDING: RpcError =
     RpcError { code: Code::Unavailable, message: "corekv: another membership change is in progress" };
 
-/// A membership change corekv cannot make yet: alone, adding a member or moving this one's peer
-/// URLs; in a cluster, updating a member's peer URLs.
+/// A membership change a single node cannot make: adding a member, or moving its peer URLs
+/// (start a cluster of several members instead).
 pub const MEMBERSHIP_CHANGE_UNSUPPORTED: RpcError = RpcError {
     code: Code::Unimplemented,
-    message: "corekv: this membership change is not built yet (adding members to a single node, updating peer URLs)",
-};
-/// Removing the member that leads: etcd does it; corekv needs leadership moved first.
-pub const REMOVE_LEADER_UNSUPPORTED: RpcError = RpcError {
-    code: Code::Unimplemented,
-    message: "corekv: removing the leader is not built yet; move leadership first (etcdctl move-leader)",
+    message: "corekv: a single node cannot add members or move its peer URLs (start a cluster instead)",
 };
 
 #[cfg(test)]
