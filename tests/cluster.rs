@@ -214,11 +214,7 @@ async fn a_learner_joins_catches_up_is_promoted_and_an_old_member_is_removed_und
     let old = (0..3).find(|i| *i != leader).expect("a follower");
     let (ok, _, err) = cluster.nodes[leader].etcdctl(&["member", "remove", &format!("{:x}", cluster.ids[old])]);
     assert!(ok, "member remove: {err}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cluster.nodes[old].exited() {
-        assert!(Instant::now() < deadline, "the removed member kept running");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster.wait_exited(old, Duration::from_secs(10)).await;
     let (_, out, _) = cluster.nodes[leader].etcdctl(&["member", "list"]);
     assert_eq!(out.lines().count(), 3, "three members left: {out}");
 
@@ -356,11 +352,7 @@ async fn member_update_moves_peer_urls_and_removing_the_leader_hands_over_first(
     // Removing the leader itself: leadership moves to another voter, which removes it.
     let (ok, _, err) = cluster.nodes[leader].etcdctl(&["member", "remove", &format!("{:x}", cluster.ids[leader])]);
     assert!(ok, "member remove of the leader: {err}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cluster.nodes[leader].exited() {
-        assert!(Instant::now() < deadline, "the removed leader kept running");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster.wait_exited(leader, Duration::from_secs(10)).await;
     let rest: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let new = cluster.wait_leader(&rest, Duration::from_secs(10)).await;
     let (_, out, _) = cluster.nodes[new].etcdctl(&["member", "list"]);

@@ -165,6 +165,15 @@ impl Cluster {
         (s.raft_index(), s.raft_applied_index())
     }
 
+    /// Waits until member `i` has stopped by itself (after it applied its own removal).
+    pub async fn wait_exited(&mut self, i: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.nodes[i].exited() {
+            assert!(Instant::now() < deadline, "member {i} kept running after its removal");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until members `a` and `b` have applied the same log.
     pub async fn wait_converged(&self, a: usize, b: usize, within: Duration) {
         let deadline = Instant::now() + within;
