@@ -260,6 +260,14 @@ async fn a_member_far_behind_catches_up_through_a_snapshot() {
         c.put(format!("A{i:04}"), "x", None).await.expect("put");
         c.put(format!("z{i:04}"), "y", None).await.expect("put");
     }
+    // The follower that stayed up snapshots as it applies, as the leader does.
+    let other = (leader + 2) % 3;
+    let snaps = |i: usize| {
+        std::fs::read_dir(cluster.nodes[i].dir.join("shard-0/snap"))
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".snap")).count())
+            .unwrap_or(0)
+    };
+    assert!(snaps(other) > 0, "a follower writes snapshots too");
     cluster.nodes[behind].restart();
     cluster.wait_converged(behind, leader, Duration::from_secs(30)).await;
     assert!(cluster.nodes[behind].log_text().contains("installed the leader's snapshot"), "caught up by snapshot");

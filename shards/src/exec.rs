@@ -793,6 +793,10 @@ impl Writer {
             Wake::Msg(_) => {}
         }
         self.persist_ready().await;
+        // Followers snapshot as they apply (a leader does after each batch it commits).
+        if !self.raft.is_leader() {
+            self.maybe_snapshot().await;
+        }
     }
 
     fn send(&self, messages: Vec<raft::eraftpb::Message>) {
@@ -960,8 +964,14 @@ impl Writer {
             if undecided && !discard_undecided {
                 break;
             }
+            // A running snapshot exports history at its own revision: a compaction waits for it
+            // (as on the leader, see `ShardMsg::Compact`); ticks retry.
+            if self.snapshot.is_some() && batch.ops.iter().any(|op| matches!(op, BatchOp::Compact { .. })) {
+                break;
+            }
             let decided: Vec<i64> = recover::prepares(batch).filter(|r| self.is_decided(*r)).collect();
             let Some((_, batch)) = self.apply_queue.pop_front() else { break };
+            self.entries_since_snapshot += 1;
             let now = Instant::now();
             for op in batch.ops {
                 if let BatchOp::Decide { revision } = op {
@@ -1225,7 +1235,9 @@ impl Writer {
     /// writer: the shard keeps serving reads and writes while it runs.
     fn start_snapshot(&mut self) {
         self.entries_since_snapshot = 0;
-        let index = self.raft.applied_index();
+        // A follower's store may lag what Raft has handed it (batches queued behind an undecided
+        // prepare): the snapshot is of what the store holds, up to the last index before them.
+        let index = self.apply_queue.front().map_or(self.raft.applied_index(), |(i, _)| i - 1);
         let floor = self.clock.snapshot_floor();
         let header = {
             let store = self.store.borrow();
