@@ -15,7 +15,9 @@ use crate::authority::AuthorityFix;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
 use crate::forward::Forwarder;
 use crate::grpc::cluster::ClusterService;
-use crate::grpc::{kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService, Member};
+use crate::grpc::{
+    kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService, Member, RaftTerm,
+};
 use crate::leases::Leases;
 use crate::membership::Membership;
 use crate::peer::{self, faults::PeerFaults, PeerDirectory};
@@ -115,7 +117,10 @@ pub async fn serve(
     let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let status = router.status().await.unwrap_or_default();
-    let raft_term = status.iter().map(|s| s.raft_term).max().unwrap_or(1);
+    let raft_term = match &fwd {
+        Some(f) => RaftTerm::Live(f.node().clone()),
+        None => RaftTerm::Fixed(status.iter().map(|s| s.raft_term).max().unwrap_or(1)),
+    };
 
     let alarms = Arc::new(AlarmTable::default());
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -129,7 +134,7 @@ pub async fn serve(
         router: router.clone(),
         hub: watch_hub,
         member,
-        raft_term,
+        raft_term: raft_term.clone(),
         max_request_bytes: cfg.max_request_bytes,
         progress_interval: cfg.experimental_watch_progress_notify_interval,
         stop: watch_stop,
@@ -148,7 +153,7 @@ pub async fn serve(
             router: router.clone(),
             member,
             limits,
-            raft_term,
+            raft_term: raft_term.clone(),
             alarms: alarms.clone(),
             fwd: fwd.clone(),
         })
@@ -160,7 +165,7 @@ pub async fn serve(
             member,
             data_dir: cfg.data_dir.clone(),
             alarms: alarms.clone(),
-            raft_term,
+            raft_term: raft_term.clone(),
             fwd: fwd.clone(),
         })
         .max_decoding_message_size(max_msg);
@@ -171,14 +176,14 @@ pub async fn serve(
             router: router.clone(),
             leases: leases.clone(),
             member,
-            raft_term,
+            raft_term: raft_term.clone(),
             fwd: fwd.clone(),
         })
         .max_decoding_message_size(max_msg);
         let cluster = ClusterServer::new(ClusterService {
             router: router.clone(),
             member,
-            raft_term,
+            raft_term: raft_term.clone(),
             name: cfg.name.clone(),
             peer_urls: peer_urls.clone(),
             client_urls: cfg.advertise_client_urls.split(',').map(|u| u.trim().to_string()).collect(),

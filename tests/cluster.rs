@@ -33,11 +33,13 @@ async fn three_members_replicate_and_survive_the_leader_being_killed() {
 
     // Writes through every member (followers forward them) are read back through every member.
     let mut last = 0;
+    let mut term_before = 0;
     for i in 0..3 {
         let mut c = cluster.client_of(i).await;
         for key in [format!("a{i}"), format!("z{i}"), format!("{i}")] {
             let r = c.put(key.as_str(), format!("from-{i}"), None).await.expect("put through a member");
             let rev = r.header().expect("header").revision();
+            term_before = r.header().expect("header").raft_term();
             assert!(rev > last, "revisions increase: {rev} after {last}");
             last = rev;
         }
@@ -96,6 +98,11 @@ async fn three_members_replicate_and_survive_the_leader_being_killed() {
     let mut c = cluster.client_of(leader).await;
     let r = c.put("after-restart", "x", None).await.expect("put through the restarted member");
     assert!(r.header().expect("header").revision() > *revs.last().expect("revisions"));
+    let term_after = r.header().expect("header").raft_term();
+    assert!(
+        term_before > 0 && term_after > term_before,
+        "headers carry the live term: {term_before} then {term_after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

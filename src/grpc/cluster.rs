@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use wire::pb::etcdserverpb::{self as pb, cluster_client::ClusterClient, cluster_server::Cluster};
 
-use super::Member;
+use super::{Member, RaftTerm};
 use crate::error::ApiError;
 use crate::forward::{onward, route_of, Forwarder, Route};
 use crate::membership::Membership;
@@ -20,7 +20,7 @@ use crate::router::Router;
 pub struct ClusterService {
     pub router: Arc<Router>,
     pub member: Member,
-    pub raft_term: u64,
+    pub raft_term: RaftTerm,
     /// `--name`.
     pub name: String,
     /// `--initial-advertise-peer-urls`.
@@ -61,7 +61,7 @@ impl ClusterService {
     }
 
     fn header(&self) -> Option<pb::ResponseHeader> {
-        self.member.header(self.router.clock().visible(), self.raft_term)
+        self.member.header(self.router.clock().visible(), self.raft_term.get())
     }
 
     /// `MemberNotFound` unless `id` is a member.

@@ -6,7 +6,7 @@ use shards::mvcc::{Op, OpResult, RangeResult, TxnResult, TxnSpec};
 use tonic::{Request, Response, Status};
 use wire::pb::etcdserverpb::{self as pb, kv_client::KvClient, kv_server::Kv};
 
-use super::Member;
+use super::{Member, RaftTerm};
 use crate::alarm::AlarmTable;
 use crate::forward::{onward, route_of, Forwarder, Route};
 use crate::router::Router;
@@ -17,7 +17,7 @@ pub struct KvService {
     pub member: Member,
     pub limits: Limits,
     /// Raft term reported in headers (single node: the term of the shards' groups).
-    pub raft_term: u64,
+    pub raft_term: RaftTerm,
     /// Writes fail while a NOSPACE alarm is active.
     pub alarms: Arc<AlarmTable>,
     /// In a cluster: sends requests on to the member that serves them.
@@ -35,7 +35,7 @@ fn range_response(r: RangeResult, header: Option<pb::ResponseHeader>) -> pb::Ran
 
 impl KvService {
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
-        self.member.header(revision, self.raft_term)
+        self.member.header(revision, self.raft_term.get())
     }
 
     /// Nested responses carry only the revision, as in etcd.

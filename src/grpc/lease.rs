@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use wire::pb::etcdserverpb::{self as pb, lease_client::LeaseClient, lease_server::Lease};
 
-use super::Member;
+use super::{Member, RaftTerm};
 use crate::forward::{onward, onward_stream, route_of, Forwarder, Route};
 use crate::leases::Leases;
 use crate::router::Router;
@@ -20,14 +20,14 @@ pub struct LeaseService {
     pub router: Arc<Router>,
     pub leases: Arc<Leases>,
     pub member: Member,
-    pub raft_term: u64,
+    pub raft_term: RaftTerm,
     /// In a cluster: sends requests on to the member that serves them.
     pub fwd: Option<Arc<Forwarder>>,
 }
 
 impl LeaseService {
     fn header(&self) -> Option<pb::ResponseHeader> {
-        self.member.header(self.router.clock().visible(), self.raft_term)
+        self.member.header(self.router.clock().visible(), self.raft_term.get())
     }
 }
 
@@ -58,7 +58,7 @@ impl Lease for LeaseService {
         let revision = tokio::spawn(async move { leases.revoke(id).await })
             .await
             .map_err(|e| Status::internal(format!("lease revoke task failed: {e}")))??;
-        Ok(Response::new(pb::LeaseRevokeResponse { header: self.member.header(revision, self.raft_term) }))
+        Ok(Response::new(pb::LeaseRevokeResponse { header: self.member.header(revision, self.raft_term.get()) }))
     }
 
     type LeaseKeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
@@ -74,13 +74,13 @@ impl Lease for LeaseService {
         let mut requests = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
         let (leases, router, member, raft_term) =
-            (self.leases.clone(), self.router.clone(), self.member, self.raft_term);
+            (self.leases.clone(), self.router.clone(), self.member, self.raft_term.clone());
         tokio::spawn(async move {
             // Ends when the client closes its side, as etcd's keepalive stream does.
             while let Some(Ok(r)) = requests.next().await {
                 let resp = match leases.renew(r.id).await {
                     Ok(ttl) => Ok(pb::LeaseKeepAliveResponse {
-                        header: member.header(router.clock().visible(), raft_term),
+                        header: member.header(router.clock().visible(), raft_term.get()),
                         id: r.id,
                         ttl,
                     }),

@@ -11,7 +11,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 use wire::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance};
 
-use super::Member;
+use super::{Member, RaftTerm};
 use crate::alarm::AlarmTable;
 use crate::forward::Forwarder;
 use crate::leases::Leases;
@@ -27,7 +27,7 @@ pub struct MaintenanceService {
     pub member: Member,
     pub data_dir: std::path::PathBuf,
     pub alarms: Arc<AlarmTable>,
-    pub raft_term: u64,
+    pub raft_term: RaftTerm,
     /// In a cluster: who leads, for Status.
     pub fwd: Option<Arc<Forwarder>>,
 }
@@ -48,7 +48,7 @@ fn dir_size(p: &std::path::Path) -> u64 {
 impl MaintenanceService {
     /// A response header at the current revision.
     fn header_now(&self) -> Option<pb::ResponseHeader> {
-        self.member.header(self.router.clock().visible(), self.raft_term)
+        self.member.header(self.router.clock().visible(), self.raft_term.get())
     }
 }
 
@@ -118,13 +118,13 @@ impl Maintenance for MaintenanceService {
     /// revision (the same value HashKV gives for revision 0).
     async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
         let (hash, _, revision) = self.router.hash_kv(0).await?;
-        Ok(Response::new(pb::HashResponse { header: self.member.header(revision, self.raft_term), hash }))
+        Ok(Response::new(pb::HashResponse { header: self.member.header(revision, self.raft_term.get()), hash }))
     }
 
     async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
         let (hash, compact_revision, revision) = self.router.hash_kv(req.into_inner().revision).await?;
         Ok(Response::new(pb::HashKvResponse {
-            header: self.member.header(revision, self.raft_term),
+            header: self.member.header(revision, self.raft_term.get()),
             hash,
             compact_revision,
         }))
@@ -138,7 +138,7 @@ impl Maintenance for MaintenanceService {
         let router = self.router.clone();
         let leases = self.leases.clone();
         let revision = router.clock().visible();
-        let header = self.member.header(revision, self.raft_term);
+        let header = self.member.header(revision, self.raft_term.get());
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             if let Err(e) = crate::backup::stream(&router, &leases, revision, header, &tx).await {

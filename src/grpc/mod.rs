@@ -11,6 +11,23 @@ use wire::pb::etcdserverpb::ResponseHeader;
 
 use crate::config::fnv1a;
 
+/// The Raft term response headers carry: the shards' term at startup alone (a lone voter's
+/// term does not change while it runs), the node's current term in a cluster.
+#[derive(Clone, Debug)]
+pub enum RaftTerm {
+    Fixed(u64),
+    Live(std::sync::Arc<shards::cluster::NodeState>),
+}
+
+impl RaftTerm {
+    pub fn get(&self) -> u64 {
+        match self {
+            RaftTerm::Fixed(t) => *t,
+            RaftTerm::Live(node) => node.term(),
+        }
+    }
+}
+
 /// Identity of this member, for response headers.
 #[derive(Clone, Copy, Debug)]
 pub struct Member {

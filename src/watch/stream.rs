@@ -23,7 +23,7 @@ use wire::pb::mvccpb::{event::EventType, Event};
 use super::hub::Hub;
 use super::watchers::{flag, Slot, WatcherSet};
 use crate::error::ApiError;
-use crate::grpc::Member;
+use crate::grpc::{Member, RaftTerm};
 use crate::router::Router;
 
 /// Events asked of each shard per history read.
@@ -47,7 +47,7 @@ pub struct WatchContext {
     pub router: Arc<Router>,
     pub hub: Arc<Hub>,
     pub member: Member,
-    pub raft_term: u64,
+    pub raft_term: RaftTerm,
     /// Responses of fragmenting watchers are split to stay below this.
     pub max_request_bytes: usize,
     /// How often watchers with `progress_notify` and nothing sent get a progress response.
@@ -109,7 +109,7 @@ where
 
 impl Session {
     fn header(&self, revision: i64) -> Option<wire::pb::etcdserverpb::ResponseHeader> {
-        self.ctx.member.header(revision, self.ctx.raft_term)
+        self.ctx.member.header(revision, self.ctx.raft_term.get())
     }
 
     async fn send(&self, resp: WatchResponse) -> Result<(), Closed> {
