@@ -1119,7 +1119,7 @@ impl Writer {
     /// the store has executed writes the log does not hold, so serving on would let readers see
     /// writes a restart loses. The process exits and a restart recovers from the durable log.
     fn fatal(&self, reason: String) -> ! {
-        tracing::error!(shard = self.cfg.id.0, %reason, "shard storage failed; stopping the server");
+        tracing::error!(shard = self.cfg.id.0, %reason, "the shard cannot go on; stopping the server");
         std::process::exit(EXIT_STORAGE_FAILURE);
     }
 

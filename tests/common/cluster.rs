@@ -165,6 +165,21 @@ impl Cluster {
         (s.raft_index(), s.raft_applied_index())
     }
 
+    /// Restarts every member whose process ended by itself; returns each one's index and the
+    /// last error line of its log (why it stopped).
+    pub fn restart_stopped(&mut self) -> Vec<(usize, String)> {
+        let mut restarted = Vec::new();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if node.exited() {
+                let log = node.log_text();
+                let why = log.lines().rev().find(|l| l.contains("ERROR") && !l.contains("probing")).unwrap_or("");
+                restarted.push((i, why.to_string()));
+                node.restart();
+            }
+        }
+        restarted
+    }
+
     /// Waits until member `i` has stopped by itself (after it applied its own removal).
     pub async fn wait_exited(&mut self, i: usize, within: Duration) {
         let deadline = Instant::now() + within;

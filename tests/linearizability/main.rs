@@ -336,6 +336,11 @@ async fn history_of_a_cluster_through_leader_kill_and_partition_is_linearizable(
         };
         tokio::join!(&mut clients, faults);
     }
+    // A leader cut off in the middle of a cross-shard write stops (crash-only, ARCHITECTURE §7c);
+    // it comes back from its log, as an operator's supervisor would restart it.
+    for (i, why) in cluster.restart_stopped() {
+        println!("cluster history: member {i} had stopped and was restarted: {why}");
+    }
     cluster.wait_leader(&all, Duration::from_secs(15)).await;
 
     // A last round reads back what survived.
