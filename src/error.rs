@@ -43,6 +43,12 @@ pub enum ApiError {
     LearnerNotReady,
     #[error("invalid member URLs")]
     MemberBadUrls,
+    /// MoveLeader to a member that does not exist.
+    #[error("bad leader transferee")]
+    BadLeaderTransferee,
+    /// Leadership did not reach the member it was handed to within two election timeouts.
+    #[error("leader transfer took too long")]
+    LeaderTransferTimeout,
     /// No member is known to lead (election in progress, or no quorum).
     #[error("no leader")]
     NoLeader,

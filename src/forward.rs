@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::ApiError;
 use crate::peer::faults::PeerFaults;
 use crate::peer::PeerDirectory;
+use crate::router::Router;
 
 /// The metadata key marking a request another member forwarded.
 pub const FORWARDED: &str = "corekv-forwarded";
@@ -55,9 +56,19 @@ impl Forwarder {
         Forwarder { node, directory, patience, election_timeout, channels: Mutex::default(), faults }
     }
 
-    /// `--election-timeout`.
-    pub fn election_timeout(&self) -> Duration {
-        self.election_timeout
+    /// Hands leadership of every group to member `to` (through group 0, which the others
+    /// follow) and waits until this node no longer serves and `to` leads, for at most two
+    /// election timeouts (etcd's bound on MoveLeader).
+    pub async fn hand_leadership(&self, router: &Router, to: u64) -> Result<(), ApiError> {
+        router.transfer_leader(to).await?;
+        let deadline = tokio::time::Instant::now() + 2 * self.election_timeout;
+        while self.node.serving() || self.node.leader() != to {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::LeaderTransferTimeout);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
     }
 
     pub fn node(&self) -> &Arc<NodeState> {

@@ -81,15 +81,7 @@ impl Membership {
         let Some(heir) = members.iter().find(|m| m.id != id && !m.learner) else {
             return Err(ApiError::NotEnoughStartedMembers.into());
         };
-        self.router.transfer_leader(heir.id).await?;
-        let deadline = tokio::time::Instant::now() + 2 * self.fwd.election_timeout();
-        while self.fwd.node().serving() || self.fwd.node().leader() != heir.id {
-            if tokio::time::Instant::now() >= deadline {
-                let e = wire::rpctypes::TIMEOUT_LEADER_TRANSFER;
-                return Err(Status::new(tonic::Code::from_i32(e.code as i32), e.message));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        self.fwd.hand_leadership(&self.router, heir.id).await?;
         let Route::Leader(channel) = self.fwd.route(&tonic::metadata::MetadataMap::new()).await? else {
             return Err(ApiError::NotLeader.into());
         };

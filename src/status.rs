@@ -31,6 +31,8 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
         ApiError::LearnerNotReady => rpctypes::LEARNER_NOT_READY,
         ApiError::MemberBadUrls => rpctypes::MEMBER_BAD_URLS,
         ApiError::NoLeader => rpctypes::NO_LEADER,
+        ApiError::BadLeaderTransferee => rpctypes::BAD_LEADER_TRANSFEREE,
+        ApiError::LeaderTransferTimeout => rpctypes::TIMEOUT_LEADER_TRANSFER,
         ApiError::NotLeader => rpctypes::NOT_LEADER,
         ApiError::Shard(s) => match s {
             ShardError::Compacted { .. } => rpctypes::COMPACTED,
@@ -98,6 +100,12 @@ mod tests {
             (ApiError::LeaseTtlTooLarge, Code::OutOfRange, "etcdserver: too large lease TTL"),
             (ApiError::Shard(ShardError::Busy), Code::ResourceExhausted, "etcdserver: too many requests"),
             (ApiError::Shard(ShardError::Stopped), Code::Unavailable, "etcdserver: server stopped"),
+            (ApiError::BadLeaderTransferee, Code::FailedPrecondition, "etcdserver: bad leader transferee"),
+            (
+                ApiError::LeaderTransferTimeout,
+                Code::DeadlineExceeded,
+                "etcdserver: request timed out, leader transfer took too long",
+            ),
         ];
         for (e, c, m) in cases {
             let s = Status::from(e);

@@ -13,6 +13,7 @@ use wire::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance};
 
 use super::{Member, RaftTerm};
 use crate::alarm::AlarmTable;
+use crate::error::ApiError;
 use crate::forward::Forwarder;
 use crate::leases::Leases;
 use crate::router::Router;
@@ -158,28 +159,20 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
-        let status = |e: wire::rpctypes::RpcError| Status::new(tonic::Code::from_i32(e.code as i32), e.message);
         let Some(f) = &self.fwd else {
             if target != self.member.member_id {
-                return Err(status(wire::rpctypes::BAD_LEADER_TRANSFEREE));
+                return Err(ApiError::BadLeaderTransferee.into());
             }
             return Ok(Response::new(pb::MoveLeaderResponse { header: self.header_now() }));
         };
         if !f.node().serving() {
-            return Err(status(wire::rpctypes::NOT_LEADER));
+            return Err(ApiError::NotLeader.into());
         }
         if !f.directory().members().iter().any(|m| m.id == target) {
-            return Err(status(wire::rpctypes::BAD_LEADER_TRANSFEREE));
+            return Err(ApiError::BadLeaderTransferee.into());
         }
         if target != self.member.member_id {
-            self.router.transfer_leader(target).await?;
-            let deadline = tokio::time::Instant::now() + 2 * f.election_timeout();
-            while f.node().leader() != target {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(status(wire::rpctypes::TIMEOUT_LEADER_TRANSFER));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
+            f.hand_leadership(&self.router, target).await?;
         }
         Ok(Response::new(pb::MoveLeaderResponse { header: self.header_now() }))
     }
