@@ -5,7 +5,9 @@
 //!   revision the router chose, which only covers durable writes) and hands the rest to
 //! - the *writer*, which drains every queued write, executes them against the store, proposes
 //!   the batch's effects as one Raft entry, makes it durable with one O_DSYNC write (group commit),
-//!   releases its revisions on the clock and answers.
+//!   releases its revisions on the clock and answers. In a cluster it also steps Raft messages
+//!   and ticks, waits for a majority before answering, rolls back what it executed if it loses
+//!   its leadership first, and as a follower applies committed entries (ARCHITECTURE.md §7c).
 //!
 //! Between a cross-shard `Hold` and `Release` the writer runs only that operation's steps and
 //! defers other writes.

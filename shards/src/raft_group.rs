@@ -1,14 +1,15 @@
 //! The shard's Raft group: a raft-rs `RawNode` whose durable log is the shard's WAL.
 //!
-//! raft-rs's `MemStorage` serves as the in-memory view of the log (what `raft::Storage` reads);
-//! every entry and hard state change is appended to the WAL and made durable by the writer's
-//! group commit *before* `advance` tells Raft it is persisted. On a single node the group has
-//! one voter, so an entry is committed as soon as it is durable.
+//! raft-rs's `MemStorage` serves as the in-memory view of the log (what `raft::Storage` reads,
+//! through `ShardStorage`, which names snapshot files); every entry and hard state change is
+//! appended to the WAL and made durable by the writer's group commit *before* `advance` tells
+//! Raft it is persisted. Alone the group has one voter, so an entry is committed as soon as it is
+//! durable; in a cluster (`crate::cluster`) a majority must hold it.
 //!
 //! The Ready loop follows raft-rs's order: messages → snapshot → committed entries → append
-//! entries → hard state → persisted messages → advance. With one voter there are no messages
-//! and no incoming snapshots; committed entries need no apply step because the shard executed
-//! them before proposing (see `mvcc::store`).
+//! entries → hard state → persisted messages → advance ([`ReadyWork`], [`Persisted`]). A leader's
+//! committed entries need no apply step because its shard executed them before proposing;
+//! followers apply theirs (`exec::Writer::enqueue_committed`).
 
 use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot, SnapshotMetadata};
 use raft::storage::MemStorage;
@@ -96,7 +97,6 @@ pub struct RaftGroup {
 /// names its newest snapshot *file*, which the follower then fetches whole from this node
 /// (`ShardMsg`-free: see `cluster::SnapshotFetch`); MemStorage would name its commit index, a
 /// state no file holds.
-#[derive(Clone)]
 pub struct ShardStorage {
     mem: MemStorage,
     /// (index, term) of the newest snapshot file; (0, 0) before the first.
@@ -307,25 +307,6 @@ impl RaftGroup {
     /// Hands leadership to `to` (a leader only; Raft ignores it elsewhere).
     pub fn transfer_leader(&mut self, to: u64) {
         self.node.transfer_leader(to);
-    }
-
-    /// A leader lost the transport to `id`: Raft probes it again instead of streaming.
-    pub fn report_unreachable(&mut self, id: u64) {
-        self.node.report_unreachable(id);
-    }
-
-    /// The entries in `(from, to]` still in memory (uncommitted ones always are).
-    pub fn entries_between(&self, from: u64, to: u64) -> Vec<Entry> {
-        if to <= from {
-            return Vec::new();
-        }
-        self.node.raft.raft_log.entries(from + 1, None, raft::GetEntriesContext::empty(false)).map_or_else(
-            |_| Vec::new(),
-            |mut v| {
-                v.retain(|e| e.index <= to);
-                v
-            },
-        )
     }
 
     /// Takes what Raft wants done, with the records to make durable; call
