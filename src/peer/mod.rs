@@ -95,9 +95,12 @@ impl PeerDirectory {
         self.client_urls.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
+    /// Called for every frame received: compares under the read lock, so the usual case (URLs
+    /// already known) allocates nothing.
     fn learn(&self, id: u64, urls: &str) {
         let member = self.members.read().unwrap_or_else(|p| p.into_inner()).iter().any(|m| m.id == id);
-        if member && self.client_urls(id).as_deref() != Some(urls) {
+        let known = self.client_urls.read().unwrap_or_else(|p| p.into_inner()).get(&id).is_some_and(|u| u == urls);
+        if member && !known {
             self.client_urls.write().unwrap_or_else(|p| p.into_inner()).insert(id, urls.to_string());
         }
     }
