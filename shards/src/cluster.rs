@@ -67,6 +67,8 @@ pub struct NodeState {
     commits: Box<[AtomicU64]>,
     /// Per shard: the last log index applied to its store.
     applied: Box<[AtomicU64]>,
+    /// Per shard: whether this member is its group's only voter.
+    sole: Box<[AtomicBool]>,
     /// Frontiers a leader sent that this follower's shards have not all reached yet.
     offered: Mutex<std::collections::VecDeque<(i64, Vec<u64>)>>,
     clock: Arc<RevisionClock>,
@@ -101,6 +103,7 @@ impl NodeState {
             terms: zeros(),
             commits: zeros(),
             applied: zeros(),
+            sole: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             offered: Mutex::default(),
             clock,
             serving: AtomicBool::new(false),
@@ -111,6 +114,12 @@ impl NodeState {
 
     pub fn me(&self) -> u64 {
         self.me
+    }
+
+    /// Whether this node is the only voter of every group: no other member can lead any, so
+    /// while it serves, its reads need no quorum's confirmation.
+    pub fn sole_voter(&self) -> bool {
+        self.sole.iter().all(|s| s.load(SeqCst))
     }
 
     /// Whether this node leads every group and has settled their logs: it takes writes.
@@ -130,7 +139,8 @@ impl NodeState {
 
     /// Records what shard `shard` knows of its group after a Raft step.
     pub fn publish(&self, shard: usize, p: Published) {
-        let Published { leader, term, ready_term, commit, applied } = p;
+        let Published { leader, term, ready_term, commit, applied, sole_voter } = p;
+        self.sole[shard].store(sole_voter, SeqCst);
         self.terms[shard].store(term, SeqCst);
         self.commits[shard].store(commit, SeqCst);
         if self.applied[shard].swap(applied, SeqCst) != applied {
@@ -242,6 +252,8 @@ pub struct Published {
     pub commit: u64,
     /// The last log index applied to its store.
     pub applied: u64,
+    /// Whether its member is the group's only voter.
+    pub sole_voter: bool,
 }
 
 /// Runs for the life of the node: whenever it has become leader of every group, settles the

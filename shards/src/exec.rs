@@ -166,6 +166,9 @@ pub struct Writer {
     apply_queue: VecDeque<(u64, Batch)>,
     /// When the next Raft tick is due (a member of a group only).
     next_tick: Instant,
+    /// Fires at `next_tick`. One timer kept across waits: a timer made and dropped per wait
+    /// re-armed the kernel's timer for every message (about a third more CPU per read).
+    tick_timer: glommio::timer::Timer,
     /// The keys of the batch being replicated (a member of a group only), for a roll-back if
     /// leadership is lost before it commits. `None` when nothing is in flight.
     uncommitted: Option<Vec<bytes::Bytes>>,
@@ -388,6 +391,7 @@ impl Writer {
             committed_revision,
             apply_queue: unapplied.into(),
             next_tick: Instant::now(),
+            tick_timer: glommio::timer::Timer::new(Duration::ZERO),
             uncommitted: None,
             conf_applied: 0,
             read_round: None,
@@ -662,11 +666,14 @@ impl Writer {
             return true;
         }
         let batch = Batch::new(ops);
-        if self.cfg.cluster.is_some() {
+        // Only a member that can lose its leadership (another member votes) may have to undo
+        // the batch; the only voter commits what it makes durable.
+        let undoable = self.cfg.cluster.is_some() && !self.raft.sole_voter();
+        if undoable {
             self.uncommitted = Some(written_keys(&batch));
         }
         if let Err(e) = self.raft.propose(batch.to_bytes()) {
-            if self.cfg.cluster.is_none() {
+            if !undoable {
                 self.fatal(e.to_string());
             }
             // Not the leader any more, or handing leadership over: the batch never reached the
@@ -684,7 +691,7 @@ impl Writer {
         }
         // A step-down rolled the batch back; if it commits under another leader, it arrives as
         // a committed entry and is applied like any other.
-        if self.cfg.cluster.is_some() && self.uncommitted.take().is_none() {
+        if undoable && self.uncommitted.take().is_none() {
             return false;
         }
         self.committed_revision = self.store.borrow().current_revision();
@@ -744,18 +751,25 @@ impl Writer {
     }
 
     /// Waits for the next message (if `rx` is given), Raft message from another node or tick.
-    async fn wait(&self, rx: Option<&mut mpsc::Receiver<ShardMsg>>) -> Wake {
+    async fn wait(&mut self, rx: Option<&mut mpsc::Receiver<ShardMsg>>) -> Wake {
         use futures::FutureExt;
-        let Some(link) = &self.cfg.cluster else {
-            return match rx {
-                Some(rx) => Wake::Msg(rx.next().await),
-                // Alone, nothing but a message can wake the writer: `log` never waits here.
-                None => futures::future::pending().await,
-            };
+        // The leader of a group of one has nobody to hear from and no use for ticks (no
+        // heartbeats, no elections): between batches it waits for messages only, as cheaply as
+        // it can. (Inside a batch, `rx` is `None` and Raft is waited for as in any group.)
+        let lone_leader = self.raft.lone_voter() && self.raft.is_leader();
+        let link = match &self.cfg.cluster {
+            Some(link) if !(lone_leader && rx.is_some()) => link,
+            _ => {
+                return match rx {
+                    Some(rx) => Wake::Msg(rx.next().await),
+                    // Without a group, nothing but a message can wake the writer: `log` never
+                    // waits here.
+                    None => futures::future::pending().await,
+                };
+            }
         };
         let raft = link.inbox.recv_async().map(|m| m.map_or(Wake::Tick, Wake::Raft)).fuse();
-        let tick =
-            glommio::timer::sleep(self.next_tick.saturating_duration_since(Instant::now())).map(|_| Wake::Tick).fuse();
+        let tick = (&mut self.tick_timer).map(|_| Wake::Tick).fuse();
         futures::pin_mut!(raft, tick);
         match rx {
             Some(rx) => futures::select_biased! {
@@ -787,6 +801,7 @@ impl Writer {
             Wake::Tick => {
                 if Instant::now() >= self.next_tick {
                     self.next_tick = Instant::now() + link.tick;
+                    self.tick_timer.reset(link.tick);
                     self.raft.tick();
                     // Decisions applied by other shards may unblock a waiting prepare.
                     self.apply_queued(false);
@@ -795,16 +810,27 @@ impl Writer {
             Wake::Msg(_) => {}
         }
         self.persist_ready().await;
-        // Followers snapshot as they apply (a leader does after each batch it commits).
-        if !self.raft.is_leader() {
-            self.maybe_snapshot().await;
-        }
+        // Followers snapshot as they apply; a leader after each batch it commits, and here when
+        // a newcomer needs one (see `apply_conf_entry`).
+        self.maybe_snapshot().await;
     }
 
-    fn send(&self, messages: Vec<raft::eraftpb::Message>) {
-        if let (Some(link), false) = (&self.cfg.cluster, messages.is_empty()) {
-            // The transport drops what it cannot deliver; Raft sends it again.
-            let _ = link.outbox.send((self.cfg.id.0, messages));
+    fn send(&mut self, messages: Vec<raft::eraftpb::Message>) {
+        let Some(link) = &self.cfg.cluster else { return };
+        if messages.is_empty() {
+            return;
+        }
+        // A snapshot message only names the file the follower then fetches (see
+        // `install_snapshot`); nobody could report its delivery, and Raft would wait for that
+        // report forever if the message was lost (sent before the follower was up). So it is
+        // reported as not delivered at once: Raft names the snapshot again on the follower's next
+        // heartbeat response, until the follower has it (it ignores copies of one it installed).
+        let snapshots_to: Vec<u64> =
+            messages.iter().filter(|m| m.msg_type() == raft::eraftpb::MessageType::MsgSnapshot).map(|m| m.to).collect();
+        // The transport drops what it cannot deliver; Raft sends it again.
+        let _ = link.outbox.send((self.cfg.id.0, messages));
+        for to in snapshots_to {
+            self.raft.report_snapshot_undelivered(to);
         }
     }
 
@@ -912,8 +938,14 @@ impl Writer {
             Ok(cc) => cc,
             Err(err) => self.fatal(format!("committed entry {} holds an invalid membership change: {err}", e.index)),
         };
+        let was_alone = self.raft.lone_voter();
         if let Err(err) = self.raft.apply_conf_change(&cc) {
             self.fatal(format!("membership change at {} could not be applied: {err}", e.index));
+        }
+        if was_alone && !self.raft.lone_voter() {
+            // Alone, the group kept only its last entry in memory: the first member to join
+            // needs a snapshot covering everything before the entries kept from now on.
+            self.entries_since_snapshot = self.cfg.snapshot_entries;
         }
         self.conf_applied = e.index;
         tracing::info!(shard = self.cfg.id.0, member = format!("{:x}", cc.node_id), change = ?cc.change_type(), "membership change applied");
@@ -1025,6 +1057,7 @@ impl Writer {
                 ready_term: if settled { self.raft.term() } else { 0 },
                 commit: self.raft.commit_index(),
                 applied,
+                sole_voter: self.raft.sole_voter(),
             },
         );
         let target = node.leader();
@@ -1051,7 +1084,8 @@ impl Writer {
 
     /// Joins (or starts) this batch's ReadIndex round (see `ShardMsg::ReadIndex`).
     fn read_index(&mut self, reply: Reply<()>) {
-        if self.cfg.cluster.is_none() {
+        // Nobody else votes, so nobody else can lead: no quorum to ask.
+        if self.cfg.cluster.is_none() || (self.raft.sole_voter() && self.raft.is_leader()) {
             drop(reply.send(Ok(())));
             return;
         }
@@ -1105,15 +1139,19 @@ impl Writer {
     }
 
     /// Settles this shard for a node that now leads every group (see `ShardMsg::Promote`):
-    /// applies what is queued, discarding prepares whose decision never committed, and restarts
-    /// its leases' deadlines, as etcd does when a new leader takes over.
+    /// applies what is queued, discarding prepares whose decision never committed, and (when
+    /// another member may have led) restarts its leases' deadlines, as etcd does when a new
+    /// leader takes over.
     fn promote(&mut self, term: u64) -> Result<i64, ShardError> {
         if !(self.raft.leads_settled() && self.raft.term() == term) {
             return Err(ShardError::NotLeader);
         }
         self.apply_queued(true);
-        // Keepalives went to the old leader: every lease gets at least its TTL again.
-        self.leases.borrow_mut().refresh_after_stall(Instant::now());
+        // Keepalives went to the old leader: every lease gets at least its TTL again. The only
+        // voter was that leader itself (before a restart): its leases keep what they had left.
+        if !self.raft.sole_voter() {
+            self.leases.borrow_mut().refresh_after_stall(Instant::now());
+        }
         Ok(self.store.borrow().current_revision())
     }
 
@@ -1284,8 +1322,8 @@ impl Writer {
                 // With followers, the previous file stays until the next snapshot: a follower
                 // may be fetching it (the leader named it in a Raft message).
                 let keep_from = match &self.cfg.cluster {
-                    Some(_) => self.raft.latest_snapshot_index(),
-                    None => index,
+                    Some(_) if !self.raft.lone_voter() => self.raft.latest_snapshot_index(),
+                    _ => index,
                 };
                 snapshot::remove_older(&self.dirs.snap, keep_from);
                 self.raft.set_latest_snapshot(index, term);

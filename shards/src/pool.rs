@@ -119,14 +119,16 @@ impl ShardPool {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let map = ShardMap::load_or_create(&cfg.data_dir, cfg.shards, cpus, cfg.initial_boundaries.as_deref())?;
         let n = map.shard_count();
-        let lone_voter = cfg.cluster.is_none();
+        // The only voter of its groups commits alone: what is durable is committed, and nobody
+        // else can decide a cross-shard write it left undecided.
+        let sole_voter = cfg.cluster.as_ref().is_none_or(|c| c.voters == [c.me]);
 
         // Phase 1: read every shard's files in parallel; phase 2: replay with all decisions.
         let read: Vec<_> = std::thread::scope(|s| {
             let jobs: Vec<_> = (0..n)
                 .map(|i| {
                     let dirs = ShardDirs::new(&cfg.data_dir, i);
-                    s.spawn(move || recover::read_shard(dirs, lone_voter))
+                    s.spawn(move || recover::read_shard(dirs, sole_voter))
                 })
                 .collect();
             jobs.into_iter().map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
@@ -138,7 +140,7 @@ impl ShardPool {
         let decided: BTreeSet<i64> = shards.iter().flat_map(|s| s.decided.iter().copied()).collect();
         let recovered: Vec<RecoveredShard> = std::thread::scope(|s| {
             let jobs: Vec<_> =
-                shards.into_iter().map(|r| s.spawn(|| recover::replay(r, &decided, !lone_voter))).collect();
+                shards.into_iter().map(|r| s.spawn(|| recover::replay(r, &decided, !sole_voter))).collect();
             jobs.into_iter().map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         });
 
@@ -146,7 +148,7 @@ impl ShardPool {
         // A member of a group reads (serializable) at the lowest: each shard holds every revision
         // up to its own newest, but a shard may lack one between another's newest and its own.
         // Becoming leader moves the clock above the highest (`cluster::promote_when_ready`).
-        let current = if cfg.cluster.is_some() { revisions.min() } else { revisions.max() };
+        let current = if sole_voter { revisions.max() } else { revisions.min() };
         let current = current.unwrap_or(0).max(1);
         let compacted = recovered.iter().map(|r| r.store.compact_revision()).max().unwrap_or(0);
         let recovery = RecoveryReport {

@@ -35,10 +35,10 @@ pub struct RecoveredRaft {
 impl RecoveredRaft {
     /// The highest index whose entry recovery may replay into the store: with other voters,
     /// only what the durable hard state says is committed (a later tail may be overwritten by
-    /// another leader); alone, every durable entry.
-    pub fn replay_limit(&self, lone_voter: bool) -> u64 {
+    /// another leader); as the only voter, every durable entry.
+    pub fn replay_limit(&self, sole_voter: bool) -> u64 {
         let last = self.entries.last().map_or(self.snapshot_index, |e| e.index);
-        if lone_voter {
+        if sole_voter {
             last
         } else {
             self.hard_state.map_or(0, |h| h.commit).clamp(self.snapshot_index, last)
@@ -66,6 +66,11 @@ impl Membership {
     pub fn lone_voter(&self) -> bool {
         self.voters.len() == 1 && self.learners.is_empty()
     }
+
+    /// Whether `me` is the group's only voter (learners may follow): no other member can lead.
+    pub fn sole_voter(&self) -> bool {
+        self.voters == [self.me]
+    }
 }
 
 /// What one Ready asks of the shard.
@@ -89,7 +94,10 @@ pub struct Persisted {
 
 pub struct RaftGroup {
     node: RawNode<ShardStorage>,
+    /// The group has no member but this one (see [`Membership::lone_voter`]).
     lone_voter: bool,
+    /// No member but this one votes.
+    sole_voter: bool,
 }
 
 /// The log as Raft reads it: raft-rs's `MemStorage` for entries and hard state, except for
@@ -148,8 +156,8 @@ fn to_entry(e: &LogEntry) -> Entry {
 }
 
 impl RaftGroup {
-    /// Rebuilds the group from durable state. A lone voter campaigns and wins at once; in a
-    /// group of several, elections start from ticks.
+    /// Rebuilds the group from durable state. The only voter campaigns and wins at once; in a
+    /// group of several voters, elections start from ticks.
     pub fn start(rec: &RecoveredRaft, members: &Membership) -> Result<RaftGroup, RaftError> {
         let voters =
             ConfState { voters: members.voters.clone(), learners: members.learners.clone(), ..Default::default() };
@@ -179,10 +187,10 @@ impl RaftGroup {
                 hs = HardState { term: h.term, vote: h.vote, commit: h.commit };
             }
             hs.term = hs.term.max(rec.snapshot_term).max(rec.entries.last().map_or(0, |e| e.term));
-            hs.commit = rec.replay_limit(members.lone_voter());
+            hs.commit = rec.replay_limit(members.sole_voter());
             w.set_hardstate(hs);
         }
-        let applied = rec.replay_limit(members.lone_voter());
+        let applied = rec.replay_limit(members.sole_voter());
         let cfg = Config {
             id: members.me,
             applied,
@@ -198,11 +206,11 @@ impl RaftGroup {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let storage = ShardStorage { mem: storage, latest_snapshot: (rec.snapshot_index, rec.snapshot_term) };
         let mut node = RawNode::new(&cfg, storage, &logger)?;
-        if members.lone_voter() {
+        if members.sole_voter() {
             node.campaign()?;
         }
         debug_assert!(last >= applied);
-        Ok(RaftGroup { node, lone_voter: members.lone_voter() })
+        Ok(RaftGroup { node, lone_voter: members.lone_voter(), sole_voter: members.sole_voter() })
     }
 
     pub fn term(&self) -> u64 {
@@ -282,11 +290,27 @@ impl RaftGroup {
         Ok(self.node.propose_conf_change(Vec::new(), cc)?)
     }
 
-    /// Applies a committed membership change; the storage's conf state follows it.
+    /// Applies a committed membership change; the storage's conf state follows it. A group that
+    /// gains its first other member starts checking its quorum (and pre-voting), and keeps its
+    /// log for the newcomer from then on.
     pub fn apply_conf_change(&mut self, cc: &raft::eraftpb::ConfChange) -> Result<ConfState, RaftError> {
         let cs = self.node.apply_conf_change(cc)?;
         self.mem().wl().set_conf_state(cs.clone());
+        self.sole_voter = cs.voters == [self.id()] && cs.voters_outgoing.is_empty();
+        self.lone_voter = self.sole_voter && cs.learners.is_empty();
+        self.node.raft.set_check_quorum(!self.lone_voter);
+        self.node.raft.pre_vote = !self.lone_voter;
         Ok(cs)
+    }
+
+    /// Whether this member is its group's only member (see [`Membership::lone_voter`]).
+    pub fn lone_voter(&self) -> bool {
+        self.lone_voter
+    }
+
+    /// Whether this member is the group's only voter (learners may follow it).
+    pub fn sole_voter(&self) -> bool {
+        self.sole_voter
     }
 
     /// (matched index of member `id`, this leader's last index), if this member leads and
@@ -302,6 +326,11 @@ impl RaftGroup {
     /// with `ctx` (a leader that has not committed in its term yet answers once it has).
     pub fn read_index(&mut self, ctx: Vec<u8>) {
         self.node.read_index(ctx);
+    }
+
+    /// Tells Raft that the snapshot message it sent to `to` may not have arrived.
+    pub fn report_snapshot_undelivered(&mut self, to: u64) {
+        self.node.report_snapshot(to, raft::SnapshotStatus::Failure);
     }
 
     /// Hands leadership to `to` (a leader only; Raft ignores it elsewhere).

@@ -79,10 +79,10 @@ pub struct RecoveredLease {
     pub remaining: i64,
 }
 
-/// Reads a shard's snapshot and WAL (phase 1). With other voters (`lone_voter` false) only the
+/// Reads a shard's snapshot and WAL (phase 1). With other voters (`sole_voter` false) only the
 /// entries the durable hard state marks committed are replayed; the rest stay in the Raft log,
 /// for the group to commit or overwrite.
-pub fn read_shard(dirs: ShardDirs, lone_voter: bool) -> Result<ReadShard, RecoverError> {
+pub fn read_shard(dirs: ShardDirs, sole_voter: bool) -> Result<ReadShard, RecoverError> {
     let snap = snapshot::load_latest(&dirs.snap, dirs.shard)?;
     let wal = wal::recover(&dirs.wal)?;
     if let Some((path, offset, reason)) = &wal.torn_tail {
@@ -133,7 +133,7 @@ pub fn read_shard(dirs: ShardDirs, lone_voter: bool) -> Result<ReadShard, Recove
             }
         }
     }
-    let limit = raft.replay_limit(lone_voter);
+    let limit = raft.replay_limit(sole_voter);
     batches.retain(|(index, _)| *index <= limit);
     for (_, b) in &batches {
         for op in &b.ops {
@@ -185,9 +185,9 @@ pub fn prepares(batch: &Batch) -> impl Iterator<Item = i64> + '_ {
     })
 }
 
-/// Replays a shard's batches (phase 2), given the decisions of every shard. Alone, undecided
-/// prepares are discarded (a crash between prepare and decide). As one member of a group
-/// (`stop_at_undecided`), replay stops before the first batch with an undecided prepare: its
+/// Replays a shard's batches (phase 2), given the decisions of every shard. As the only voter,
+/// undecided prepares are discarded (a crash between prepare and decide). As one of several
+/// voters (`stop_at_undecided`), replay stops before the first batch with an undecided prepare: its
 /// decision may still arrive through another group, and what follows must apply after it.
 pub fn replay(read: ReadShard, all_decided: &BTreeSet<i64>, stop_at_undecided: bool) -> RecoveredShard {
     let ReadShard { dirs, mut store, mut leases, batches, decided, raft, wal } = read;
