@@ -33,12 +33,13 @@ pub enum ApiError {
     PeerUrlExists,
     #[error("can only promote a learner member")]
     MemberNotLearner,
-    /// Removing the only voting member would leave no quorum.
+    /// The change would leave fewer started voters than a quorum (etcd's strict reconfiguration
+    /// check).
     #[error("not enough started members")]
     NotEnoughStartedMembers,
-    /// A membership change: not built yet.
-    #[error("membership change not built yet")]
-    MembershipChangeUnsupported,
+    /// etcd 3.4 allows one learner at a time.
+    #[error("too many learner members")]
+    TooManyLearners,
     #[error("learner not in sync with the leader")]
     LearnerNotReady,
     #[error("invalid member URLs")]

@@ -26,7 +26,7 @@ const POLL: Duration = Duration::from_millis(10);
 
 /// Where a request is served.
 pub enum Route {
-    /// Here: this node serves (or the server runs alone).
+    /// Here: this node serves.
     Local,
     /// On the leader, through this connection.
     Leader(Channel),
@@ -128,12 +128,9 @@ pub fn onward<T>(req: tonic::Request<T>) -> tonic::Request<T> {
     tonic::Request::from_parts(metadata, extensions, message)
 }
 
-/// Where `req` is served, for a service that may run in a cluster (`None`: it runs alone).
-pub async fn route_of<T>(fwd: &Option<Arc<Forwarder>>, req: &tonic::Request<T>) -> Result<Route, tonic::Status> {
-    match fwd {
-        Some(f) => Ok(f.route(req.metadata()).await?),
-        None => Ok(Route::Local),
-    }
+/// Where `req` is served (see [`Forwarder::route`]).
+pub async fn route_of<T>(fwd: &Forwarder, req: &tonic::Request<T>) -> Result<Route, tonic::Status> {
+    Ok(fwd.route(req.metadata()).await?)
 }
 
 /// A client stream of the caller turned into the leader-bound request of a forwarded stream

@@ -20,6 +20,25 @@ use crate::router::Router;
 /// A learner may be promoted once it holds this share of the leader's log in every group (etcd:
 /// 90%).
 const READY_SHARE: f64 = 0.9;
+/// etcd 3.4 allows this many learners at a time.
+const MAX_LEARNERS: usize = 1;
+
+/// etcd's strict reconfiguration check (`--strict-reconfig-check`, on by default): after the
+/// change, the voters that have started (a member has once it has published its name) must
+/// still be a quorum of all voters. `joining` counts a voter being added or promoted (as
+/// started, as etcd does); `leaving` excludes a voter being removed.
+fn enough_started(members: &[InitialMember], joining: bool, leaving: Option<u64>) -> Result<(), ApiError> {
+    let voters = members.iter().filter(|m| !m.learner && Some(m.id) != leaving);
+    let (mut total, mut started) = (usize::from(joining), usize::from(joining));
+    for m in voters {
+        total += 1;
+        started += usize::from(!m.name.is_empty());
+    }
+    if started < total / 2 + 1 {
+        return Err(ApiError::NotEnoughStartedMembers);
+    }
+    Ok(())
+}
 
 pub struct Membership {
     router: Arc<Router>,
@@ -48,6 +67,12 @@ impl Membership {
         if peer_urls.iter().any(|u| members.iter().any(|m| m.peer_urls.contains(u))) {
             return Err(ApiError::PeerUrlExists);
         }
+        if learner && members.iter().filter(|m| m.learner).count() >= MAX_LEARNERS {
+            return Err(ApiError::TooManyLearners);
+        }
+        if !learner {
+            enough_started(&members, true, None)?;
+        }
         let id = member_id(&peer_urls, &self.token);
         let kind = if learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
         self.apply(kind, id, peer_urls.join(",")).await?;
@@ -60,6 +85,7 @@ impl Membership {
         if !self.member(id)?.learner {
             return Err(ApiError::MemberNotLearner);
         }
+        enough_started(&self.fwd.directory().members(), true, None)?;
         for progress in self.router.progress_all(id).await? {
             let (matched, last) = progress.ok_or(ApiError::LearnerNotReady)?;
             if (matched as f64) < READY_SHARE * last as f64 {
@@ -73,7 +99,9 @@ impl Membership {
     /// voter, which then makes the change (this member stops once it applies it).
     pub async fn remove(&self, id: u64) -> Result<(), Status> {
         let _one = self.one_at_a_time.lock().await;
-        self.member(id)?;
+        if !self.member(id)?.learner {
+            enough_started(&self.fwd.directory().members(), false, Some(id))?;
+        }
         if id != self.fwd.node().me() {
             return Ok(self.apply(ConfChangeType::RemoveNode, id, String::new()).await?);
         }
@@ -110,5 +138,31 @@ impl Membership {
         let mut change = ConfChange { node_id: id, context: context.into_bytes(), ..Default::default() };
         change.set_change_type(kind);
         self.router.conf_change_all(change).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, name: &str, learner: bool) -> InitialMember {
+        InitialMember { id, name: name.into(), peer_urls: vec![format!("http://127.0.0.1:{id}")], learner }
+    }
+
+    #[test]
+    fn changes_must_leave_a_quorum_of_started_voters_as_in_etcd() {
+        let alone = [member(1, "a", false)];
+        // One voter may take a second (counted as started), never lose its only one.
+        assert!(enough_started(&alone, true, None).is_ok());
+        assert!(matches!(enough_started(&alone, false, Some(1)), Err(ApiError::NotEnoughStartedMembers)));
+        // Two voters, one never started: a third voter leaves 2 of 3 started (a quorum);
+        // removing the started one leaves none, removing the other leaves 1 of 1.
+        let two = [member(1, "a", false), member(2, "", false)];
+        assert!(enough_started(&two, true, None).is_ok());
+        assert!(matches!(enough_started(&two, false, Some(1)), Err(ApiError::NotEnoughStartedMembers)));
+        assert!(enough_started(&two, false, Some(2)).is_ok());
+        // Learners count for nothing.
+        let with_learner = [member(1, "a", false), member(2, "", false), member(3, "", false), member(4, "d", true)];
+        assert!(matches!(enough_started(&with_learner, true, None), Err(ApiError::NotEnoughStartedMembers)));
     }
 }

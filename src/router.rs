@@ -237,8 +237,8 @@ impl Router {
         Ok(())
     }
 
-    /// In a cluster: confirms with a quorum that this node still leads (ReadIndex on group 0,
-    /// where every group's leadership follows), so a read served next is linearizable.
+    /// Confirms with a quorum that this node still leads (ReadIndex on group 0, where every
+    /// group's leadership follows), so a read served next is linearizable.
     pub async fn confirm_leadership(&self) -> Result<(), ApiError> {
         Ok(self.shards[0].request(|reply| ShardMsg::ReadIndex { reply }).await?)
     }

@@ -53,20 +53,16 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     cfg.validate()?;
     let addrs = cfg.client_addrs()?;
-    let peer_urls = cfg.peer_urls()?;
     let flags_members = cfg.initial_members()?;
-    let me = flags_members.iter().find(|m| m.name == cfg.name).map_or(1, |m| m.id);
-    // After membership changes, the data directory's list wins over --initial-cluster.
+    let flags_me = flags_members.iter().find(|m| m.name == cfg.name).map_or(1, |m| m.id);
+    // After membership changes, the data directory's list wins over --initial-cluster (and
+    // names this member's id, which its peer URLs may no longer give).
     let members = crate::members::load(&cfg.data_dir)?.unwrap_or(flags_members);
+    let me = members.iter().find(|m| m.name == cfg.name).map_or(flags_me, |m| m.id);
     let (tick, election_ticks) = cfg.raft_timing()?;
     let ids = |learner: bool| members.iter().filter(|m| m.learner == learner).map(|m| m.id).collect();
-    let cluster = (members.len() > 1).then(|| ClusterConfig {
-        me,
-        voters: ids(false),
-        learners: ids(true),
-        tick,
-        election_ticks,
-    });
+    // A server started alone is a cluster of one: it can take members in (MemberAdd) like any.
+    let cluster = Some(ClusterConfig { me, voters: ids(false), learners: ids(true), tick, election_ticks });
     let started = std::time::Instant::now();
     let pool_cfg = PoolConfig {
         data_dir: cfg.data_dir.clone(),
@@ -95,32 +91,23 @@ pub async fn serve(
     if cfg.unsafe_no_fsync {
         tracing::warn!("--unsafe-no-fsync: acknowledged writes may be lost on a crash");
     }
-    let fwd = match pool.take_cluster_io() {
-        Some(io) => {
-            let node = io.node.clone();
-            let directory = Arc::new(PeerDirectory::new(me, members, &cfg.advertise_client_urls));
-            let faults = Arc::new(PeerFaults::from_env(me));
-            crate::members::save(&cfg.data_dir, &directory.members())?;
-            let listen = cfg.peer_listen_addrs()?;
-            let network = peer::start(io, directory.clone(), &listen, faults.clone(), cfg.data_dir.clone()).await?;
-            let changes = node.member_changes();
-            tokio::spawn(peer::follow_member_changes(changes, directory.clone(), network, cfg.data_dir.clone()));
-            let (shards, clock) = (pool.handles().to_vec(), pool.clock().clone());
-            tokio::spawn(shards::cluster::promote_when_ready(node.clone(), shards, clock));
-            let election_timeout = std::time::Duration::from_millis(cfg.election_timeout);
-            Some(Arc::new(Forwarder::new(node, directory, election_timeout, faults)))
-        }
-        None => None,
-    };
+    let io = pool.take_cluster_io().expect("the pool was started with a cluster configuration");
+    let node = io.node.clone();
+    let directory = Arc::new(PeerDirectory::new(me, members, &cfg.name, &cfg.advertise_client_urls));
+    let faults = Arc::new(PeerFaults::from_env(me));
+    crate::members::save(&cfg.data_dir, &directory.members())?;
+    let listen = cfg.peer_listen_addrs()?;
+    let network = peer::start(io, directory.clone(), &listen, faults.clone(), cfg.data_dir.clone()).await?;
+    let changes = node.member_changes();
+    tokio::spawn(peer::follow_member_changes(changes, directory.clone(), network, cfg.data_dir.clone()));
+    tokio::spawn(shards::cluster::promote_when_ready(node.clone(), pool.handles().to_vec(), pool.clock().clone()));
+    let election_timeout = std::time::Duration::from_millis(cfg.election_timeout);
+    let fwd = Arc::new(Forwarder::new(node.clone(), directory, election_timeout, faults));
     let router = Arc::new(Router::new(&pool));
     let member = Member::new(me, &cfg.initial_cluster_token);
     let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let status = router.status().await.unwrap_or_default();
-    let raft_term = match &fwd {
-        Some(f) => RaftTerm::Live(f.node().clone()),
-        None => RaftTerm::Fixed(status.iter().map(|s| s.raft_term).max().unwrap_or(1)),
-    };
+    let raft_term = RaftTerm(node);
 
     let alarms = Arc::new(AlarmTable::default());
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -139,8 +126,7 @@ pub async fn serve(
         progress_interval: cfg.experimental_watch_progress_notify_interval,
         stop: watch_stop,
     });
-    let membership =
-        fwd.as_ref().map(|f| Arc::new(Membership::new(router.clone(), f.clone(), &cfg.initial_cluster_token)));
+    let membership = Arc::new(Membership::new(router.clone(), fwd.clone(), &cfg.initial_cluster_token));
     let mut servers = Vec::new();
     for addr in addrs {
         let listener =
@@ -184,9 +170,6 @@ pub async fn serve(
             router: router.clone(),
             member,
             raft_term: raft_term.clone(),
-            name: cfg.name.clone(),
-            peer_urls: peer_urls.clone(),
-            client_urls: cfg.advertise_client_urls.split(',').map(|u| u.trim().to_string()).collect(),
             fwd: fwd.clone(),
             membership: membership.clone(),
         });

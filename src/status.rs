@@ -27,7 +27,7 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
         ApiError::PeerUrlExists => rpctypes::PEER_URL_EXIST,
         ApiError::MemberNotLearner => rpctypes::MEMBER_NOT_LEARNER,
         ApiError::NotEnoughStartedMembers => rpctypes::NOT_ENOUGH_STARTED_MEMBERS,
-        ApiError::MembershipChangeUnsupported => rpctypes::MEMBERSHIP_CHANGE_UNSUPPORTED,
+        ApiError::TooManyLearners => rpctypes::TOO_MANY_LEARNERS,
         ApiError::LearnerNotReady => rpctypes::LEARNER_NOT_READY,
         ApiError::MemberBadUrls => rpctypes::MEMBER_BAD_URLS,
         ApiError::NoLeader => rpctypes::NO_LEADER,

@@ -375,3 +375,56 @@ async fn member_update_moves_peer_urls_and_removing_the_leader_hands_over_first(
     let mut c = cluster.client_of(rest[0]).await;
     c.put("after-leader-removal", "x", None).await.expect("the two members go on");
 }
+
+/// etcd's way to build a cluster: start one server, then `member add` the others. The server
+/// started alone takes a learner (which catches up from a snapshot: alone it kept no log), promotes
+/// it, takes a voter directly, and the three survive losing the first, every write kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_alone_grows_into_a_cluster_under_writes() {
+    let mut cluster = Cluster::start(1, &["--shards", "2"]);
+    let stop = Arc::new(Mutex::new(false));
+    let writer = tokio::spawn(write_until(cluster.client_of(0).await, "grow".into(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let url = Cluster::new_peer_url();
+    let (ok, out, err) = cluster.nodes[0].etcdctl(&["member", "add", "n2", "--learner", &format!("--peer-urls={url}")]);
+    assert!(ok, "member add --learner on a lone server: {err}");
+    assert!(out.contains("ETCD_INITIAL_CLUSTER=\"n1="), "{out}");
+    let second = cluster.join(&url);
+    let id = format!("{:x}", cluster.ids[second]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, _, err) = cluster.nodes[0].etcdctl(&["member", "promote", &id]);
+        if ok {
+            break;
+        }
+        assert!(err.contains("in sync with leader"), "promote: {err}");
+        assert!(Instant::now() < deadline, "the learner never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Started, the new member is listed with its name (etcdctl builds the next member's
+    // ETCD_INITIAL_CLUSTER from these names).
+    let url3 = Cluster::new_peer_url();
+    let (ok, out, err) = cluster.nodes[second].etcdctl(&["member", "add", "n3", &format!("--peer-urls={url3}")]);
+    assert!(ok, "member add (a voter, through the new member): {err}");
+    assert!(out.contains(&format!("n2={url}")), "the started member is named: {out}");
+    let third = cluster.join(&url3);
+    let leader = cluster.wait_leader(&[0, second, third], Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *stop.lock().expect("stop flag") = true;
+    let acked = writer.await.expect("writer");
+    assert!(acked.len() > 20, "writes went on while the server grew: {}", acked.len());
+
+    // The first server goes away; the two it took in elect a leader and hold every write.
+    cluster.wait_converged(third, leader, Duration::from_secs(20)).await;
+    cluster.nodes[0].kill9();
+    let leader = cluster.wait_leader(&[second, third], Duration::from_secs(15)).await;
+    let reader = if leader == second { third } else { second };
+    let mut c = cluster.client_of(reader).await;
+    c.put("after-the-first-is-gone", "x", None).await.expect("put");
+    for (key, rev) in &acked {
+        let r = c.get(key.as_str(), None).await.expect("get");
+        let kv = r.kvs().first().unwrap_or_else(|| panic!("acknowledged put of {key} lost"));
+        assert_eq!(kv.mod_revision(), *rev, "{key}");
+    }
+}

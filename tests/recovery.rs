@@ -97,6 +97,7 @@ fn recovery_damage_inside_log_refuses_to_start_and_names_file_and_offset() {
     std::fs::write(&seg, data).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_corekv"))
         .args(["--data-dir", dir.to_str().expect("utf8"), "--listen-client-urls", "http://127.0.0.1:0"])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0"])
         .output()
         .expect("run corekv");
     assert!(!out.status.success(), "startup must fail");

@@ -82,7 +82,7 @@ impl ServerKind {
             flag("--listen-peer-urls", &peer_url);
             flag("--initial-advertise-peer-urls", &peer_url);
             flag("--initial-cluster", &m.initial_cluster);
-        } else if self == Self::Etcd {
+        } else {
             flag("--listen-peer-urls", &peer_url);
             flag("--initial-advertise-peer-urls", &peer_url);
             flag("--initial-cluster", &format!("default={peer_url}"));
@@ -324,31 +324,26 @@ mod tests {
     }
 
     #[test]
-    fn etcd_args_single_member_on_loopback() {
-        assert_eq!(
-            args(ServerKind::Etcd),
-            [
-                "--data-dir",
-                "/tmp/d",
-                "--listen-client-urls",
-                "http://127.0.0.1:2379",
-                "--advertise-client-urls",
-                "http://127.0.0.1:2379",
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "default=http://127.0.0.1:2380",
-            ]
-        );
-    }
-
-    #[test]
-    fn corekv_args_have_no_peer_flags() {
-        let a = args(ServerKind::Corekv);
-        assert_eq!(a[..4], ["--data-dir", "/tmp/d", "--listen-client-urls", "http://127.0.0.1:2379"]);
-        assert!(!a.iter().any(|f| f.contains("peer") || f.contains("fsync")));
+    fn single_members_of_both_kinds_get_the_same_etcd_flags_on_loopback() {
+        for kind in [ServerKind::Etcd, ServerKind::Corekv] {
+            assert_eq!(
+                args(kind),
+                [
+                    "--data-dir",
+                    "/tmp/d",
+                    "--listen-client-urls",
+                    "http://127.0.0.1:2379",
+                    "--advertise-client-urls",
+                    "http://127.0.0.1:2379",
+                    "--listen-peer-urls",
+                    "http://127.0.0.1:2380",
+                    "--initial-advertise-peer-urls",
+                    "http://127.0.0.1:2380",
+                    "--initial-cluster",
+                    "default=http://127.0.0.1:2380",
+                ]
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use wire::pb::etcdserverpb::{self as pb, kv_client::KvClient, kv_server::Kv};
 
 use super::{Member, RaftTerm};
 use crate::alarm::AlarmTable;
+use crate::error::ApiError;
 use crate::forward::{onward, route_of, Forwarder, Route};
 use crate::router::Router;
 use crate::validate::{self, Limits};
@@ -20,8 +21,8 @@ pub struct KvService {
     pub raft_term: RaftTerm,
     /// Writes fail while a NOSPACE alarm is active.
     pub alarms: Arc<AlarmTable>,
-    /// In a cluster: sends requests on to the member that serves them.
-    pub fwd: Option<Arc<Forwarder>>,
+    /// Sends requests on to the member that serves them (when this one does not).
+    pub fwd: Arc<Forwarder>,
 }
 
 /// Whether a txn puts at its top level: etcd's quota cost (`costTxn`) counts only those.
@@ -53,6 +54,15 @@ impl KvService {
         pb::ResponseOp { response: Some(response) }
     }
 
+    /// Before a linearizable read on the serving member: a quorum confirms it still leads,
+    /// unless nobody else votes (then nobody else can lead).
+    async fn confirm_leadership(&self) -> Result<(), ApiError> {
+        if self.fwd.node().sole_voter() {
+            return Ok(());
+        }
+        self.router.confirm_leadership().await
+    }
+
     fn txn_response(&self, t: TxnResult, revision: i64, header: Option<pb::ResponseHeader>) -> pb::TxnResponse {
         pb::TxnResponse {
             header,
@@ -68,10 +78,10 @@ impl Kv for KvService {
         // Serializable reads are answered by any member from its own state, as in etcd; the
         // debug-build follower-read fault answers linearizable ones so too.
         let local = req.get_ref().serializable || crate::fault::follower_reads();
-        if self.fwd.is_some() && !local {
+        if !local {
             match route_of(&self.fwd, &req).await? {
                 Route::Leader(ch) => return KvClient::new(ch).range(onward(req)).await,
-                Route::Local => self.router.confirm_leadership().await?,
+                Route::Local => self.confirm_leadership().await?,
             }
         }
         let q = validate::range(req.into_inner())?;
@@ -119,10 +129,8 @@ impl Kv for KvService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return KvClient::new(ch).txn(onward(req)).await;
         }
-        if self.fwd.is_some() {
-            // A txn that writes commits through a quorum anyway; one that only reads needs this.
-            self.router.confirm_leadership().await?;
-        }
+        // A txn that writes commits through a quorum anyway; one that only reads needs this.
+        self.confirm_leadership().await?;
         let spec = validate::txn(req.into_inner(), self.limits)?;
         // As etcd's capped applier: under NOSPACE a txn may delete, but not put.
         if has_put(&spec) {

@@ -21,8 +21,8 @@ pub struct LeaseService {
     pub leases: Arc<Leases>,
     pub member: Member,
     pub raft_term: RaftTerm,
-    /// In a cluster: sends requests on to the member that serves them.
-    pub fwd: Option<Arc<Forwarder>>,
+    /// Sends requests on to the member that serves them (when this one does not).
+    pub fwd: Arc<Forwarder>,
 }
 
 impl LeaseService {

@@ -29,8 +29,8 @@ pub struct MaintenanceService {
     pub data_dir: std::path::PathBuf,
     pub alarms: Arc<AlarmTable>,
     pub raft_term: RaftTerm,
-    /// In a cluster: who leads, for Status.
-    pub fwd: Option<Arc<Forwarder>>,
+    /// Who leads, for Status and MoveLeader.
+    pub fwd: Arc<Forwarder>,
 }
 
 fn dir_size(p: &std::path::Path) -> u64 {
@@ -72,12 +72,8 @@ impl Maintenance for MaintenanceService {
         let st = self.router.status().await?;
         let term = st.iter().map(|s| s.raft_term).max().unwrap_or(0);
         let revision = self.router.clock().visible();
-        let leader = match &self.fwd {
-            // The member leading group 0, where every group's leadership converges.
-            Some(f) => f.node().leader(),
-            None if st.iter().all(|s| s.is_leader) => self.member.member_id,
-            None => 0,
-        };
+        // The member leading group 0, where every group's leadership converges.
+        let leader = self.fwd.node().leader();
         // WAL bytes (sealed segments count whole, the current one up to its end; not the
         // preallocated space after it) plus snapshots.
         let snapshots: u64 = (0..st.len()).map(|i| dir_size(&self.data_dir.join(format!("shard-{i}/snap")))).sum();
@@ -102,10 +98,10 @@ impl Maintenance for MaintenanceService {
                 })
                 .collect(),
             db_size_in_use: db_size,
-            is_learner: self.fwd.as_ref().is_some_and(|f| {
-                let me = f.node().me();
-                f.directory().members().iter().any(|m| m.id == me && m.learner)
-            }),
+            is_learner: {
+                let me = self.fwd.node().me();
+                self.fwd.directory().members().iter().any(|m| m.id == me && m.learner)
+            },
         }))
     }
 
@@ -159,12 +155,7 @@ impl Maintenance for MaintenanceService {
         req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
-        let Some(f) = &self.fwd else {
-            if target != self.member.member_id {
-                return Err(ApiError::BadLeaderTransferee.into());
-            }
-            return Ok(Response::new(pb::MoveLeaderResponse { header: self.header_now() }));
-        };
+        let f = &self.fwd;
         if !f.node().serving() {
             return Err(ApiError::NotLeader.into());
         }

@@ -11,20 +11,13 @@ use wire::pb::etcdserverpb::ResponseHeader;
 
 use crate::config::fnv1a;
 
-/// The Raft term response headers carry: the shards' term at startup alone (a lone voter's
-/// term does not change while it runs), the node's current term in a cluster.
+/// The Raft term response headers carry: the node's current term.
 #[derive(Clone, Debug)]
-pub enum RaftTerm {
-    Fixed(u64),
-    Live(std::sync::Arc<shards::cluster::NodeState>),
-}
+pub struct RaftTerm(pub std::sync::Arc<shards::cluster::NodeState>);
 
 impl RaftTerm {
     pub fn get(&self) -> u64 {
-        match self {
-            RaftTerm::Fixed(t) => *t,
-            RaftTerm::Live(node) => node.term(),
-        }
+        self.0.term()
     }
 }
 

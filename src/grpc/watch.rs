@@ -15,9 +15,9 @@ const STREAM_QUEUE: usize = 64;
 
 pub struct WatchService {
     pub ctx: Arc<WatchContext>,
-    /// In a cluster: watches are served by the member that serves writes (followers have no
+    /// Watches are served by the member that serves writes (followers have no
     /// visibility frontier of their own yet).
-    pub fwd: Option<Arc<Forwarder>>,
+    pub fwd: Arc<Forwarder>,
 }
 
 #[tonic::async_trait]

@@ -45,7 +45,10 @@ pub struct PeerDirectory {
 }
 
 impl PeerDirectory {
-    pub fn new(me: u64, members: Vec<InitialMember>, my_client_urls: &str) -> PeerDirectory {
+    pub fn new(me: u64, mut members: Vec<InitialMember>, my_name: &str, my_client_urls: &str) -> PeerDirectory {
+        for m in members.iter_mut().filter(|m| m.id == me && m.name.is_empty()) {
+            m.name = my_name.to_string();
+        }
         let urls = HashMap::from([(me, my_client_urls.to_string())]);
         PeerDirectory { me, members: RwLock::new(members), client_urls: RwLock::new(urls) }
     }
@@ -90,15 +93,32 @@ impl PeerDirectory {
         (members.clone(), moved)
     }
 
+    /// Member `id`'s name (empty if unknown).
+    pub fn name_of(&self, id: u64) -> String {
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        members.iter().find(|m| m.id == id).map(|m| m.name.clone()).unwrap_or_default()
+    }
+
     /// The advertised client URLs of member `id` (comma-separated), once it has sent a frame.
     pub fn client_urls(&self, id: u64) -> Option<String> {
         self.client_urls.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
-    /// Called for every frame received: compares under the read lock, so the usual case (URLs
-    /// already known) allocates nothing.
-    fn learn(&self, id: u64, urls: &str) {
-        let member = self.members.read().unwrap_or_else(|p| p.into_inner()).iter().any(|m| m.id == id);
+    /// Called for every frame received: learns a member's client URLs, and the name of one
+    /// added without it (MemberAdd names none). Compares under the read locks, so the usual case
+    /// (both already known) allocates nothing.
+    fn learn(&self, id: u64, name: &str, urls: &str) {
+        let (member, unnamed) = {
+            let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+            let m = members.iter().find(|m| m.id == id);
+            (m.is_some(), m.is_some_and(|m| m.name.is_empty()))
+        };
+        if unnamed && !name.is_empty() {
+            let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = members.iter_mut().find(|m| m.id == id && m.name.is_empty()) {
+                m.name = name.to_string();
+            }
+        }
         let known = self.client_urls.read().unwrap_or_else(|p| p.into_inner()).get(&id).is_some_and(|u| u == urls);
         if member && !known {
             self.client_urls.write().unwrap_or_else(|p| p.into_inner()).insert(id, urls.to_string());
@@ -283,7 +303,7 @@ async fn receive(mut stream: TcpStream, r: &Receiving) -> std::io::Result<()> {
         if faults.drops(frame.from, directory.me()) {
             continue;
         }
-        directory.learn(frame.from, &frame.client_urls);
+        directory.learn(frame.from, &frame.name, &frame.client_urls);
         let (revision, commits) = frame.frontier;
         if !commits.is_empty() {
             r.node.offer_frontier(revision, commits);
@@ -391,6 +411,7 @@ impl Sender {
         let (to, addr, faults) = (self.to, self.addr, &self.faults);
         let me = self.directory.me();
         let my_urls = self.directory.client_urls(me).unwrap_or_default();
+        let my_name = self.directory.name_of(me);
         let mut buf = Vec::new();
         loop {
             // Connect first, and say hello with an empty frame: members that never exchange
@@ -415,6 +436,7 @@ impl Sender {
                 let frame = PeerFrame {
                     from: me,
                     client_urls: my_urls.clone(),
+                    name: my_name.clone(),
                     frontier: self.node.frontier().unwrap_or_default(),
                     messages: batch.iter().map(|(g, m): &(u16, Message)| (*g, m.encode_to_vec())).collect(),
                 };

@@ -74,6 +74,12 @@ impl Server {
             self.port = free_port();
             let offset = self.log_text().len();
             let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+            // Every server listens for peers (it may be asked to grow); not on etcd's 2380, which
+            // the next test's server would want too.
+            let peer_listen = match self.args.iter().any(|a| a == "--listen-peer-urls") {
+                true => Vec::new(),
+                false => vec!["--listen-peer-urls".to_string(), "http://127.0.0.1:0".to_string()],
+            };
             let child = Command::new(env!("CARGO_BIN_EXE_corekv"))
                 .arg("--data-dir")
                 .arg(&self.dir)
@@ -81,6 +87,7 @@ impl Server {
                 .arg(format!("http://127.0.0.1:{}", self.port))
                 .arg("--advertise-client-urls")
                 .arg(format!("http://127.0.0.1:{}", self.port))
+                .args(peer_listen)
                 .args(&self.args)
                 // Absent unless a test writes it (see `fault_file`).
                 .env("COREKV_FAULT_WAL_DELAY_FILE", self.fault_file())

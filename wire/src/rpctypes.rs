@@ -74,6 +74,7 @@ rpc_errors! {
     LEARNER_NOT_READY = (FailedPrecondition, "etcdserver: can only promote a learner member which is in sync with leader");
     MEMBER_BAD_URLS = (InvalidArgument, "etcdserver: given member URLs are invalid");
     NOT_ENOUGH_STARTED_MEMBERS = (FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members");
+    TOO_MANY_LEARNERS = (FailedPrecondition, "etcdserver: too many learner members in cluster");
 }
 
 /// corekv's own errors, where etcd has no equivalent.
@@ -81,13 +82,6 @@ pub const SNAPSHOT_FAILED: RpcError = RpcError { code: Code::Internal, message: 
 /// A membership change proposed while the previous one is not applied in every group yet.
 pub const CONF_CHANGE_PENDING: RpcError =
     RpcError { code: Code::Unavailable, message: "corekv: another membership change is in progress" };
-
-/// A membership change a single node cannot make: adding a member, or moving its peer URLs
-/// (start a cluster of several members instead).
-pub const MEMBERSHIP_CHANGE_UNSUPPORTED: RpcError = RpcError {
-    code: Code::Unimplemented,
-    message: "corekv: a single node cannot add members or move its peer URLs (start a cluster instead)",
-};
 
 #[cfg(test)]
 mod tests {

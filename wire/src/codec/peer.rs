@@ -5,13 +5,15 @@
 //!
 //! ```text
 //! frame   := len:u32le body                     (len = body length, at most MAX_FRAME_BYTES)
-//! body    := from:u64le urls_len:u16le urls revision:i64le groups:u16le commit:u64le{groups}
+//! body    := from:u64le urls_len:u16le urls name_len:u16le name revision:i64le groups:u16le
+//!            commit:u64le{groups}
 //!            count:u32le message{count}
 //! message := group:u16le msg_len:u32le msg      (msg: a protobuf-encoded eraftpb.Message)
 //! ```
 //!
 //! `urls` are the sender's advertised client URLs (comma-separated UTF-8), so every member
-//! learns where to forward client requests. A leader also sends its *frontier*: its visible
+//! learns where to forward client requests; `name` is its `--name` (UTF-8), which members added
+//! by MemberAdd are listed with once they have started. A leader also sends its *frontier*: its visible
 //! revision, read before each group's commit index that follows (`groups` = 0 otherwise), so a
 //! follower that has applied those indexes holds every revision up to it. Messages stay opaque bytes here (`wire` does not
 //! depend on raft); the transport decodes them.
@@ -49,6 +51,8 @@ pub fn decode_snapshot_request(rest: [u8; 10]) -> (u16, u64) {
 pub struct PeerFrame {
     pub from: u64,
     pub client_urls: String,
+    /// The sender's `--name`.
+    pub name: String,
     /// A leader's visible revision and each group's commit index read after it (empty commits:
     /// no frontier).
     pub frontier: (i64, Vec<u64>),
@@ -66,6 +70,8 @@ pub enum PeerFrameError {
     Trailing(usize),
     #[error("peer frame client URLs are not UTF-8")]
     BadUrls,
+    #[error("peer frame member name is not UTF-8")]
+    BadName,
 }
 
 impl PeerFrame {
@@ -74,10 +80,12 @@ impl PeerFrame {
         let start = out.len();
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&self.from.to_le_bytes());
-        let urls = self.client_urls.as_bytes();
-        let urls = &urls[..urls.len().min(u16::MAX as usize)];
-        out.extend_from_slice(&(urls.len() as u16).to_le_bytes());
-        out.extend_from_slice(urls);
+        for text in [&self.client_urls, &self.name] {
+            let bytes = text.as_bytes();
+            let bytes = &bytes[..bytes.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
         let (revision, commits) = &self.frontier;
         out.extend_from_slice(&revision.to_le_bytes());
         out.extend_from_slice(&(commits.len().min(u16::MAX as usize) as u16).to_le_bytes());
@@ -109,6 +117,8 @@ impl PeerFrame {
         let from = u64::from_le_bytes(r.array()?);
         let urls_len = u16::from_le_bytes(r.array()?) as usize;
         let client_urls = std::str::from_utf8(r.take(urls_len)?).map_err(|_| PeerFrameError::BadUrls)?.to_string();
+        let name_len = u16::from_le_bytes(r.array()?) as usize;
+        let name = std::str::from_utf8(r.take(name_len)?).map_err(|_| PeerFrameError::BadName)?.to_string();
         let revision = i64::from_le_bytes(r.array()?);
         let groups = u16::from_le_bytes(r.array()?) as usize;
         let mut commits = Vec::with_capacity(groups.min(r.0.len() / 8));
@@ -129,7 +139,7 @@ impl PeerFrame {
         if !r.0.is_empty() {
             return Err(PeerFrameError::Trailing(r.0.len()));
         }
-        Ok(PeerFrame { from, client_urls, frontier: (revision, commits), messages })
+        Ok(PeerFrame { from, client_urls, name, frontier: (revision, commits), messages })
     }
 }
 
@@ -160,6 +170,7 @@ mod tests {
         PeerFrame {
             from: 0xdead_beef,
             client_urls: "http://127.0.0.1:2379".into(),
+            name: "node-1".into(),
             frontier: (42, vec![7, 9]),
             messages: vec![(0, b"abc".to_vec()), (7, Vec::new()), (1, vec![9; 300])],
         }
