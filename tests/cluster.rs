@@ -154,6 +154,8 @@ async fn etcdctl_lists_members_and_moves_leadership() {
 
     // Every member lists all three, with the client URLs they advertised.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // One TCP connection per pair of members carries their Raft messages both ways.
+    assert_eq!(cluster.peer_connections(), 3, "connections accepted on the members' peer ports");
     let (ok, out, err) = via(target, &["member", "list"]);
     assert!(ok, "{err}");
     for (i, node) in cluster.nodes.iter().enumerate() {

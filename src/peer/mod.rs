@@ -1,10 +1,13 @@
 //! The peer transport: carries every shard's Raft messages between the members of a cluster.
 //!
-//! One TCP connection per ordered node pair: each node dials every other node and writes only
-//! to its own outbound connection, so a connection has one writer and one reader. A frame
-//! (`wire::codec::peer`) batches whatever was queued for that peer across all groups. Nothing is
-//! buffered for an unreachable peer: messages to it are dropped and Raft sends again (probes,
-//! heartbeats, retransmitted appends), which keeps a dead member from growing anyone's memory.
+//! One TCP connection per pair of members, carrying frames both ways: the member with the lower
+//! id dials, the other takes the connection its peer opened (the first frame names the dialer)
+//! and writes back on it. Each side has one writer (its [`Sender`] task for that peer) and one
+//! reader per connection. A frame (`wire::codec::peer`) batches whatever was queued for that
+//! peer across all groups. Nothing is buffered for an unreachable peer: messages to it are
+//! dropped and Raft sends again (probes, heartbeats, retransmitted appends), which keeps a dead
+//! member from growing anyone's memory. Snapshot files travel on short-lived connections of
+//! their own.
 //!
 //! Frames also carry the sender's advertised client URLs, which is how members learn where to
 //! forward client requests ([`PeerDirectory`]).
@@ -23,6 +26,7 @@ use shards::cluster::{MemberChange, NodeState, SnapshotFetch};
 use shards::recover::ShardDirs;
 use shards::ClusterIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use wire::codec::peer::{self as frame, PeerFrame};
 
@@ -141,7 +145,18 @@ pub struct PeerNetwork {
     /// This node's groups: a leader's frontier goes out with every frame.
     node: Arc<NodeState>,
     faults: Arc<faults::PeerFaults>,
-    queues: Mutex<HashMap<u64, flume::Sender<(u16, Message)>>>,
+    receiving: Arc<Receiving>,
+    links: Mutex<HashMap<u64, Link>>,
+    /// Connections dialed by members this node does not know yet (it has not applied their
+    /// addition): taken when they are added.
+    unclaimed: Mutex<HashMap<u64, OwnedWriteHalf>>,
+}
+
+/// What reaches one peer's [`Sender`].
+struct Link {
+    queue: flume::Sender<(u16, Message)>,
+    /// Connections the peer dialed (when it has the lower id), to write back on.
+    conns: flume::Sender<OwnedWriteHalf>,
 }
 
 impl PeerNetwork {
@@ -153,30 +168,44 @@ impl PeerNetwork {
         let url = m.peer_urls.first().cloned().unwrap_or_default();
         let addr = crate::config::parse_url(&url)
             .map_err(|_| PeerError::BadPeerUrl { name: m.name.clone(), url: url.clone() })?;
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        if let std::collections::hash_map::Entry::Vacant(slot) = queues.entry(m.id) {
-            let (tx, rx) = flume::unbounded();
-            slot.insert(tx);
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(slot) = links.entry(m.id) {
+            let (queue, queued) = flume::unbounded();
+            let (conns, dialed) = flume::unbounded();
+            if let Some(conn) = self.unclaimed.lock().unwrap_or_else(|p| p.into_inner()).remove(&m.id) {
+                let _ = conns.send(conn);
+            }
+            slot.insert(Link { queue, conns });
             let sender = Sender {
                 to: m.id,
                 addr,
                 directory: self.directory.clone(),
                 node: self.node.clone(),
                 faults: self.faults.clone(),
+                receiving: self.receiving.clone(),
             };
-            tokio::spawn(sender.run(rx));
+            tokio::spawn(sender.run(queued, dialed));
         }
         Ok(())
     }
 
     /// Stops sending to member `id` (its sender task ends with its queue).
     pub fn remove(&self, id: u64) {
-        self.queues.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 
     fn send(&self, group: u16, m: Message) {
-        if let Some(q) = self.queues.lock().unwrap_or_else(|p| p.into_inner()).get(&m.to) {
-            let _ = q.send((group, m));
+        if let Some(link) = self.links.lock().unwrap_or_else(|p| p.into_inner()).get(&m.to) {
+            let _ = link.queue.send((group, m));
+        }
+    }
+
+    /// Gives the sender to member `from` the connection `from` dialed, to write back on.
+    fn claim(&self, from: u64, conn: OwnedWriteHalf) {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        match links.get(&from) {
+            Some(link) => drop(link.conns.send(conn)),
+            None => drop(self.unclaimed.lock().unwrap_or_else(|p| p.into_inner()).insert(from, conn)),
         }
     }
 }
@@ -209,13 +238,20 @@ pub async fn start(
         data_dir,
         node: node.clone(),
     });
+    let network = Arc::new(PeerNetwork {
+        directory: directory.clone(),
+        node,
+        faults: faults.clone(),
+        receiving,
+        links: Mutex::default(),
+        unclaimed: Mutex::default(),
+    });
     for &addr in listen {
         let listener = TcpListener::bind(addr).await.map_err(|source| PeerError::Listen { addr, source })?;
         tracing::info!(%addr, "listening for peers");
-        tokio::spawn(accept(listener, receiving.clone()));
+        tokio::spawn(accept(listener, network.clone()));
     }
-    tokio::spawn(fetch_snapshots(fetches, directory.clone(), faults.clone()));
-    let network = Arc::new(PeerNetwork { directory: directory.clone(), node, faults, queues: Mutex::default() });
+    tokio::spawn(fetch_snapshots(fetches, directory.clone(), faults));
     for m in directory.members() {
         network.add(&m)?;
     }
@@ -265,13 +301,13 @@ pub async fn follow_member_changes(
     }
 }
 
-async fn accept(listener: TcpListener, receiving: Arc<Receiving>) {
+async fn accept(listener: TcpListener, network: Arc<PeerNetwork>) {
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
-                let receiving = receiving.clone();
+                let network = network.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = receive(stream, &receiving).await {
+                    if let Err(e) = serve_connection(stream, &network).await {
                         tracing::debug!(%from, error = %e, "peer connection closed");
                     }
                 });
@@ -284,42 +320,72 @@ async fn accept(listener: TcpListener, receiving: Arc<Receiving>) {
     }
 }
 
-/// Reads frames from one peer's connection and hands each message to its group's shard (or
-/// serves the snapshot file a connection asks for).
-async fn receive(mut stream: TcpStream, r: &Receiving) -> std::io::Result<()> {
-    let (incoming, directory, faults) = (&r.incoming, &r.directory, &r.faults);
-    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+fn invalid(e: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+/// A connection another member opened: a snapshot request, or the peer connection of a member
+/// with a lower id, whose first frame names it; this node then writes to it there too.
+async fn serve_connection(mut stream: TcpStream, network: &PeerNetwork) -> std::io::Result<()> {
+    let r = &network.receiving;
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await?;
+    if prefix == frame::SNAPSHOT_REQUEST {
+        return serve_snapshot(stream, &r.data_dir).await;
+    }
+    let _ = stream.set_nodelay(true);
+    let (mut read, write) = stream.into_split();
     let mut body = Vec::new();
+    let first = read_frame(&mut read, prefix, &mut body).await?;
+    let from = first.from;
+    deliver(first, r)?;
+    if from < r.directory.me() {
+        network.claim(from, write);
+    }
+    receive(read, r, body).await
+}
+
+/// Reads the body of a frame whose length prefix was read.
+async fn read_frame(read: &mut OwnedReadHalf, prefix: [u8; 4], body: &mut Vec<u8>) -> std::io::Result<PeerFrame> {
+    let len = PeerFrame::body_len(prefix).map_err(|e| invalid(e.to_string()))?;
+    body.resize(len, 0);
+    read.read_exact(body).await?;
+    PeerFrame::decode(body).map_err(|e| invalid(e.to_string()))
+}
+
+/// Reads frames from one peer connection until it ends.
+async fn receive(mut read: OwnedReadHalf, r: &Receiving, mut body: Vec<u8>) -> std::io::Result<()> {
     loop {
         let mut prefix = [0u8; 4];
-        stream.read_exact(&mut prefix).await?;
-        if prefix == frame::SNAPSHOT_REQUEST {
-            return serve_snapshot(stream, &r.data_dir).await;
+        read.read_exact(&mut prefix).await?;
+        let frame = read_frame(&mut read, prefix, &mut body).await?;
+        deliver(frame, r)?;
+    }
+}
+
+/// Takes in one frame: what it says of its sender, and each message for its group's shard.
+fn deliver(frame: PeerFrame, r: &Receiving) -> std::io::Result<()> {
+    let (incoming, directory) = (&r.incoming, &r.directory);
+    if r.faults.drops(frame.from, directory.me()) {
+        return Ok(());
+    }
+    directory.learn(frame.from, &frame.name, &frame.client_urls);
+    let (revision, commits) = frame.frontier;
+    if !commits.is_empty() {
+        r.node.offer_frontier(revision, commits);
+    }
+    for (group, bytes) in frame.messages {
+        let msg = Message::decode(bytes.as_slice()).map_err(|e| invalid(format!("raft message: {e}")))?;
+        if msg.from != frame.from {
+            return Err(invalid(format!("frame from {:x} carries a message from {:x}", frame.from, msg.from)));
         }
-        let len = PeerFrame::body_len(prefix).map_err(|e| bad(e.to_string()))?;
-        body.resize(len, 0);
-        stream.read_exact(&mut body).await?;
-        let frame = PeerFrame::decode(&body).map_err(|e| bad(e.to_string()))?;
-        if faults.drops(frame.from, directory.me()) {
-            continue;
-        }
-        directory.learn(frame.from, &frame.name, &frame.client_urls);
-        let (revision, commits) = frame.frontier;
-        if !commits.is_empty() {
-            r.node.offer_frontier(revision, commits);
-        }
-        for (group, bytes) in frame.messages {
-            let msg = Message::decode(bytes.as_slice()).map_err(|e| bad(format!("raft message: {e}")))?;
-            if msg.from != frame.from {
-                return Err(bad(format!("frame from {:x} carries a message from {:x}", frame.from, msg.from)));
-            }
-            match incoming.get(group as usize) {
-                Some(shard) => drop(shard.send(msg)),
-                // Members run the same shard count; a group beyond ours is a misconfigured peer.
-                None => return Err(bad(format!("message for group {group}, this node has {}", incoming.len()))),
-            }
+        match incoming.get(group as usize) {
+            Some(shard) => drop(shard.send(msg)),
+            // Members run the same shard count; a group beyond ours is a misconfigured peer.
+            None => return Err(invalid(format!("message for group {group}, this node has {}", incoming.len()))),
         }
     }
+    Ok(())
 }
 
 /// Answers one snapshot request (see `wire::codec::peer::SNAPSHOT_REQUEST`) with the file.
@@ -403,21 +469,74 @@ struct Sender {
     directory: Arc<PeerDirectory>,
     node: Arc<NodeState>,
     faults: Arc<faults::PeerFaults>,
+    /// For the connections this member dials: their frames are read here too.
+    receiving: Arc<Receiving>,
+}
+
+/// A connection a sender writes on, and (when this member dialed it) the task reading it.
+struct Conn {
+    write: OwnedWriteHalf,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(r) = &self.reader {
+            r.abort();
+        }
+    }
+}
+
+/// Why a sender stopped writing on a connection.
+enum Ended {
+    /// It broke: dial again, or wait for the peer to.
+    Lost,
+    /// The peer dialed again: write on the new one.
+    Replaced(Conn),
+    /// The peer is no longer a member.
+    Removed,
 }
 
 impl Sender {
-    /// Sends everything queued for the peer, one frame per batch, reconnecting when needed.
-    async fn run(self, queue: flume::Receiver<(u16, Message)>) {
-        let (to, addr, faults) = (self.to, self.addr, &self.faults);
-        let me = self.directory.me();
-        let my_urls = self.directory.client_urls(me).unwrap_or_default();
-        let my_name = self.directory.name_of(me);
-        let mut buf = Vec::new();
+    /// Sends everything queued for the peer, one frame per batch, on the one connection between
+    /// the two: dialed by this member if its id is the lower, else taken from `dialed`.
+    async fn run(self, queue: flume::Receiver<(u16, Message)>, dialed: flume::Receiver<OwnedWriteHalf>) {
+        let dials = self.directory.me() < self.to;
+        let mut next = None;
         loop {
-            // Connect first, and say hello with an empty frame: members that never exchange
-            // Raft messages (two followers) still learn each other's client URLs.
-            let mut conn = match TcpStream::connect(addr).await {
-                Ok(s) if !faults.drops(me, to) => s,
+            let conn = match next.take() {
+                Some(conn) => conn,
+                None => {
+                    let conn = if dials { self.dial(&queue).await } else { self.wait_for_peer(&queue, &dialed).await };
+                    let Some(conn) = conn else { return };
+                    conn
+                }
+            };
+            match self.write(conn, &queue, &dialed).await {
+                Ended::Lost => {}
+                Ended::Replaced(conn) => next = Some(conn),
+                Ended::Removed => return,
+            }
+        }
+    }
+
+    /// Connects to the peer (retrying while it is down) and starts reading what it sends back.
+    /// `None` once the peer is no longer a member.
+    async fn dial(&self, queue: &flume::Receiver<(u16, Message)>) -> Option<Conn> {
+        let (me, to, addr) = (self.directory.me(), self.to, self.addr);
+        loop {
+            match TcpStream::connect(addr).await {
+                Ok(stream) if !self.faults.drops(me, to) => {
+                    let _ = stream.set_nodelay(true);
+                    let (read, write) = stream.into_split();
+                    let receiving = self.receiving.clone();
+                    let reader = tokio::spawn(async move {
+                        if let Err(e) = receive(read, &receiving, Vec::new()).await {
+                            tracing::debug!(peer = format!("{to:x}"), error = %e, "peer connection closed");
+                        }
+                    });
+                    return Some(Conn { write, reader: Some(reader) });
+                }
                 outcome => {
                     if let Err(e) = outcome {
                         tracing::debug!(peer = format!("{to:x}"), %addr, error = %e, "peer unreachable");
@@ -425,33 +544,81 @@ impl Sender {
                     tokio::time::sleep(RECONNECT).await;
                     // Whatever queued meanwhile is stale; Raft will send again.
                     if queue.drain().len() == 0 && queue.is_disconnected() {
-                        return;
+                        return None;
                     }
-                    continue;
                 }
+            }
+        }
+    }
+
+    /// Waits for the peer to dial, dropping what is queued meanwhile (Raft will send it again).
+    /// `None` once the peer is no longer a member.
+    async fn wait_for_peer(
+        &self,
+        queue: &flume::Receiver<(u16, Message)>,
+        dialed: &flume::Receiver<OwnedWriteHalf>,
+    ) -> Option<Conn> {
+        loop {
+            tokio::select! {
+                m = queue.recv_async() => m.ok()?,
+                write = dialed.recv_async() => return Some(Conn { write: write.ok()?, reader: None }),
             };
-            let _ = conn.set_nodelay(true);
-            let mut batch = Vec::new();
-            loop {
+        }
+    }
+
+    /// Writes frames on `conn` until it breaks, the peer dials again or leaves.
+    async fn write(
+        &self,
+        mut conn: Conn,
+        queue: &flume::Receiver<(u16, Message)>,
+        dialed: &flume::Receiver<OwnedWriteHalf>,
+    ) -> Ended {
+        let (me, to) = (self.directory.me(), self.to);
+        let my_urls = self.directory.client_urls(me).unwrap_or_default();
+        let my_name = self.directory.name_of(me);
+        let mut buf = Vec::new();
+        // The first frame is empty: it names this member to a peer that took the connection,
+        // and members that never exchange Raft messages (two followers) still learn each
+        // other's client URLs.
+        let mut batch: Vec<(u16, Message)> = Vec::new();
+        loop {
+            if !self.faults.drops(me, to) {
                 let frame = PeerFrame {
                     from: me,
                     client_urls: my_urls.clone(),
                     name: my_name.clone(),
                     frontier: self.node.frontier().unwrap_or_default(),
-                    messages: batch.iter().map(|(g, m): &(u16, Message)| (*g, m.encode_to_vec())).collect(),
+                    messages: batch.iter().map(|(g, m)| (*g, m.encode_to_vec())).collect(),
                 };
                 buf.clear();
                 frame.encode_into(&mut buf);
-                if let Err(e) = conn.write_all(&buf).await {
+                if let Err(e) = conn.write.write_all(&buf).await {
                     tracing::debug!(peer = format!("{to:x}"), error = %e, "peer connection lost");
-                    break;
+                    return Ended::Lost;
                 }
-                let Ok(first) = queue.recv_async().await else { return };
-                batch = vec![first];
-                batch.extend(queue.try_iter().take(FRAME_MESSAGES - 1));
-                if faults.drops(me, to) {
-                    break;
+            }
+            // A connection this member dialed also ends when the peer closes it (the peer
+            // restarted): dial again at once rather than at the next write.
+            let reader = &mut conn.reader;
+            let reader_ended = async {
+                match reader {
+                    Some(r) => drop(r.await),
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                m = queue.recv_async() => match m {
+                    Ok(first) => {
+                        batch = vec![first];
+                        batch.extend(queue.try_iter().take(FRAME_MESSAGES - 1));
+                    }
+                    Err(_) => return Ended::Removed,
+                },
+                write = dialed.recv_async() => match write {
+                    Ok(write) => return Ended::Replaced(Conn { write, reader: None }),
+                    Err(_) => return Ended::Removed,
+                },
+                () = reader_ended => return Ended::Lost,
             }
         }
     }

@@ -92,6 +92,27 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
+    /// The established TCP connections accepted on the members' peer ports (from
+    /// `/proc/net/tcp`: local port one of them, remote port none of them), snapshot fetches
+    /// included while they run.
+    pub fn peer_connections(&self) -> usize {
+        let ports: Vec<u16> = self.initial.split(',').filter_map(|m| m.rsplit(':').next()?.parse().ok()).collect();
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        let port = |addr: &str| addr.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // State 01: ESTABLISHED.
+                f.len() > 3 && f[3] == "01" && {
+                    let (local, remote) = (port(f[1]), port(f[2]));
+                    local.is_some_and(|p| ports.contains(&p)) && !remote.is_some_and(|p| ports.contains(&p))
+                }
+            })
+            .count()
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.iter().filter(|n| n.pid().is_some()).map(|n| n.endpoint()).collect()
     }
