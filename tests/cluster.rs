@@ -430,3 +430,32 @@ async fn a_server_started_alone_grows_into_a_cluster_under_writes() {
         assert_eq!(kv.mod_revision(), *rev, "{key}");
     }
 }
+
+/// Shard i of every member is group i, so every member must run the same shard count: a member
+/// started with another one stops with an error saying so once it hears from the leader, and
+/// the cluster goes on without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_another_shard_count_stops_with_a_clear_error() {
+    let mut cluster = Cluster::start(1, &["--shards", "2"]);
+    let url = Cluster::new_peer_url();
+    let (ok, _, err) = cluster.nodes[0].etcdctl(&["member", "add", "n2", "--learner", &format!("--peer-urls={url}")]);
+    assert!(ok, "member add: {err}");
+    const WHY: &str = "every member must run the same number of shards (--shards): the leader runs 2, this member 3";
+    // It may stop before it has logged that it serves (the harness then panics with its log).
+    let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cluster.join_with(&url, &["--shards".to_string(), "3".to_string()])
+    }));
+    match joined {
+        Ok(i) => {
+            cluster.wait_exited(i, Duration::from_secs(10)).await;
+            let log = cluster.nodes[i].log_text();
+            assert!(log.contains(WHY), "{log}");
+        }
+        Err(panic) => {
+            let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(text.contains(WHY), "{text}");
+        }
+    }
+    let mut c = cluster.client_of(0).await;
+    c.put("still-served", "1", None).await.expect("the cluster goes on");
+}

@@ -38,6 +38,8 @@ const FRAME_MESSAGES: usize = 4096;
 const REMOVED_GRACE: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach a peer that is down.
 const RECONNECT: Duration = Duration::from_millis(100);
+/// The exit status of a member whose shard count differs from the leader's (sysexits' EX_CONFIG).
+const EXIT_SHARD_COUNT_MISMATCH: i32 = 78;
 
 /// What this node knows of the other members: their peer addresses (from the flags) and client
 /// URLs (learned from their frames).
@@ -371,6 +373,19 @@ fn deliver(frame: PeerFrame, r: &Receiving) -> std::io::Result<()> {
     }
     directory.learn(frame.from, &frame.name, &frame.client_urls);
     let (revision, commits) = frame.frontier;
+    if !commits.is_empty() && commits.len() != incoming.len() {
+        // Only the serving leader sends a frontier, one commit index per group: this member is
+        // the odd one out and can never take part (shard i of every member is group i).
+        tracing::error!(
+            leader = format!("{:x}", frame.from),
+            leader_shards = commits.len(),
+            shards = incoming.len(),
+            "every member must run the same number of shards (--shards): the leader runs {}, this member {}; stopping",
+            commits.len(),
+            incoming.len()
+        );
+        std::process::exit(EXIT_SHARD_COUNT_MISMATCH);
+    }
     if !commits.is_empty() {
         r.node.offer_frontier(revision, commits);
     }
@@ -381,8 +396,16 @@ fn deliver(frame: PeerFrame, r: &Receiving) -> std::io::Result<()> {
         }
         match incoming.get(group as usize) {
             Some(shard) => drop(shard.send(msg)),
-            // Members run the same shard count; a group beyond ours is a misconfigured peer.
-            None => return Err(invalid(format!("message for group {group}, this node has {}", incoming.len()))),
+            // Members run the same shard count; a group beyond ours is a misconfigured peer (it
+            // stops once it hears from the leader, see above).
+            None => {
+                tracing::warn!(
+                    member = format!("{:x}", frame.from),
+                    shards = incoming.len(),
+                    "a member runs more shards than this one (message for group {group}); refusing its connection"
+                );
+                return Err(invalid(format!("message for group {group}, this node has {}", incoming.len())));
+            }
         }
     }
     Ok(())

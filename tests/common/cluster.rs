@@ -84,9 +84,17 @@ impl Cluster {
     /// Starts a member that `member add` already added with `peer_url`, joining the running
     /// cluster (`--initial-cluster-state existing`); returns its node index.
     pub fn join(&mut self, peer_url: &str) -> usize {
+        let extra = self.extra.clone();
+        self.join_with(peer_url, &extra)
+    }
+
+    /// [`Self::join`] with `extra` flags instead of the cluster's.
+    pub fn join_with(&mut self, peer_url: &str, extra: &[String]) -> usize {
+        let flags = std::mem::replace(&mut self.extra, extra.to_vec());
         let name = format!("n{}", self.nodes.len() + 1);
         self.initial = format!("{},{name}={peer_url}", self.initial);
         let node = self.spawn(&name, peer_url, &self.initial.clone(), "existing");
+        self.extra = flags;
         self.nodes.push(node);
         self.ids.push(corekv::config::member_id(&[peer_url.to_string()], "etcd-cluster"));
         self.nodes.len() - 1
