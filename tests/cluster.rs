@@ -111,9 +111,22 @@ async fn an_isolated_leader_stops_taking_writes_and_the_majority_moves_on() {
     let old = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
     let mut c = cluster.client_of(old).await;
     c.put("before", "1", None).await.expect("put before the partition");
+    // Writers keep the leader's pipeline full when it is cut off: what it executed and proposed
+    // but could not commit is rolled back.
+    let stop = Arc::new(Mutex::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        writers.push(tokio::spawn(write_until(cluster.client_of(old).await, format!("w{w}"), stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.isolate(old);
+    *stop.lock().expect("stop flag") = true;
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer"));
+    }
     let before = cluster.raft_index(old).await;
 
-    cluster.isolate(old);
     // The cut-off leader must not acknowledge a write: it cannot reach a majority.
     let mut cut = cluster.client_of(old).await;
     let put = tokio::time::timeout(Duration::from_secs(4), cut.put("isolated", "never", None)).await;
@@ -143,6 +156,20 @@ async fn an_isolated_leader_stops_taking_writes_and_the_majority_moves_on() {
     assert_eq!(r.kvs().len(), 20, "the old leader sees the majority's writes");
     let r = c.get("isolated", None).await.expect("get");
     assert!(r.kvs().is_empty(), "the write the isolated leader could not commit is gone");
+    for (key, rev) in &acked {
+        let r = c.get(key.as_str(), None).await.expect("get");
+        let kv = r.kvs().first().unwrap_or_else(|| panic!("acknowledged put of {key} lost"));
+        assert_eq!(kv.mod_revision(), *rev, "{key}");
+    }
+    // Every member holds the same store, history included (the rolled-back writes left none).
+    let revision = c.get("before", None).await.expect("get").header().expect("header").revision();
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        cluster.wait_converged(i, new, Duration::from_secs(20)).await;
+        let h = cluster.client_of(i).await.hash_kv(revision).await.expect("hash_kv");
+        hashes.push(h.hash());
+    }
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "members differ: {hashes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

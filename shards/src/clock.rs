@@ -55,7 +55,14 @@ impl RevisionClock {
 
     /// Everything `shard` allocated or held is durable; advances the frontier.
     pub fn release(&self, shard: ShardId) {
-        self.pending[shard.0 as usize].store(i64::MAX, SeqCst);
+        self.release_to(shard, None);
+    }
+
+    /// Everything `shard` allocated below `still_pending` is committed (a leader pipelining
+    /// batches: revisions from `still_pending` on belong to writes not committed yet);
+    /// advances the frontier.
+    pub fn release_to(&self, shard: ShardId, still_pending: Option<i64>) {
+        self.pending[shard.0 as usize].store(still_pending.unwrap_or(i64::MAX), SeqCst);
         self.advance();
     }
 

@@ -6,8 +6,10 @@
 //! - the *writer*, which drains every queued write, executes them against the store, proposes
 //!   the batch's effects as one Raft entry, makes it durable with one O_DSYNC write (group commit),
 //!   releases its revisions on the clock and answers. In a cluster it also steps Raft messages
-//!   and ticks, waits for a majority before answering, rolls back what it executed if it loses
-//!   its leadership first, and as a follower applies committed entries (ARCHITECTURE.md §7c).
+//!   and ticks; as a leader it pipelines batches (the next one executes and is proposed while
+//!   earlier ones replicate) and answers each once a majority has committed it, rolls back what
+//!   it executed if it loses its leadership first; as a follower it applies committed entries
+//!   (ARCHITECTURE.md §7c).
 //!
 //! Between a cross-shard `Hold` and `Release` the writer runs only that operation's steps and
 //! defers other writes.
@@ -172,6 +174,9 @@ pub struct Writer {
     /// The keys of the batch being replicated (a member of a group only), for a roll-back if
     /// leadership is lost before it commits. `None` when nothing is in flight.
     uncommitted: Option<Vec<bytes::Bytes>>,
+    /// Batches proposed and not committed yet, oldest first, on a leader with other voters
+    /// (see [`Writer::commit_pipelined`]).
+    in_flight: VecDeque<InFlight>,
     /// The index of the last membership change applied to this group.
     conf_applied: u64,
     /// The ReadIndex round the running batch's requests join, if one was started.
@@ -201,6 +206,39 @@ pub struct RecoveredLog {
     pub decided: BTreeSet<i64>,
     /// Committed batches not applied yet (see `recover::replay`).
     pub unapplied: Vec<(u64, Batch)>,
+}
+
+/// How many batches a leader keeps in flight (proposed, not committed) before it stops taking
+/// new requests until the oldest commits.
+const MAX_IN_FLIGHT: usize = 16;
+
+/// A batch a leader proposed and executed whose entry a majority has not committed yet.
+struct InFlight {
+    /// Its entry's index; an entry-less batch (no writes: failed compares, read-only txns)
+    /// carries the index of the batch before it, and completes with it.
+    index: u64,
+    /// Every key it wrote, for a roll-back.
+    keys: Vec<bytes::Bytes>,
+    acks: Vec<Ack>,
+    /// Its watch events, sent when it completes.
+    events: Vec<wire::pb::mvccpb::Event>,
+    /// The lowest revision it allocated, if it wrote.
+    first_revision: Option<i64>,
+    /// The store's revision once it had executed.
+    revision_after: i64,
+}
+
+/// Answers every request of a batch that did not commit here (it may still commit under
+/// another leader: an unknown outcome, as etcd's `leader changed`).
+fn fail_acks(acks: Vec<Ack>) {
+    for ack in acks {
+        match ack {
+            Ack::Write(reply, _) => drop(reply.send(Err(ShardError::LeaderChanged))),
+            Ack::Unit(reply) | Ack::Granted(reply, ..) | Ack::Revoked(reply, _) => {
+                drop(reply.send(Err(ShardError::LeaderChanged)))
+            }
+        }
+    }
 }
 
 /// What woke the writer.
@@ -393,6 +431,7 @@ impl Writer {
             next_tick: Instant::now(),
             tick_timer: glommio::timer::Timer::new(Duration::ZERO),
             uncommitted: None,
+            in_flight: VecDeque::new(),
             conf_applied: 0,
             read_round: None,
             read_rounds: 0,
@@ -422,7 +461,7 @@ impl Writer {
         loop {
             let first = match self.deferred.pop_front() {
                 Some(m) => m,
-                None => match self.wait(Some(&mut rx)).await {
+                None => match self.wait((self.in_flight.len() < MAX_IN_FLIGHT).then_some(&mut rx)).await {
                     Wake::Msg(Some(m)) => m,
                     Wake::Msg(None) => break,
                     wake => {
@@ -469,7 +508,7 @@ impl Writer {
                         ops.extend(logged);
                         acks.push(Ack::Write(reply, outcome));
                         if batch_bytes > MAX_BATCH_BYTES {
-                            self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
+                            self.commit_pipelined(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
                             batch_bytes = 0;
                         }
                     }
@@ -526,7 +565,7 @@ impl Writer {
                 }
             }
         }
-        self.commit(ops, acks).await;
+        self.commit_pipelined(ops, acks).await;
         if self.read_round.take().is_some() {
             // Send the round's heartbeats now rather than at the next tick.
             self.persist_ready().await;
@@ -607,7 +646,8 @@ impl Writer {
         })
     }
 
-    /// Proposes `ops` as one Raft entry, makes it durable, releases revisions and answers.
+    /// Proposes `ops` as one Raft entry, makes it durable, releases revisions and answers; with
+    /// other voters, once a majority has committed it (and every batch before it).
     async fn commit(&mut self, ops: Vec<BatchOp>, acks: Vec<Ack>) {
         if ops.is_empty() && acks.is_empty() {
             return;
@@ -615,17 +655,93 @@ impl Writer {
         let committed = self.log(ops).await;
         self.pending_grants.clear();
         if !committed {
-            for ack in acks {
-                match ack {
-                    Ack::Write(reply, _) => drop(reply.send(Err(ShardError::LeaderChanged))),
-                    Ack::Unit(reply) | Ack::Granted(reply, ..) | Ack::Revoked(reply, _) => {
-                        drop(reply.send(Err(ShardError::LeaderChanged)))
-                    }
-                }
-            }
+            fail_acks(acks);
             return;
         }
         self.release();
+        self.answer(acks);
+        self.maybe_snapshot().await;
+    }
+
+    /// A leader with other voters proposes `ops` as one Raft entry and goes on with the next
+    /// batch while this one replicates: appends are pipelined, up to [`MAX_IN_FLIGHT`] batches.
+    /// Batches complete in log order as a majority commits them ([`Self::complete_committed`]):
+    /// only then are their events sent, their revisions released and their requests answered.
+    /// Anywhere else this is [`Self::commit`].
+    async fn commit_pipelined(&mut self, ops: Vec<BatchOp>, acks: Vec<Ack>) {
+        let pipelined = self.cfg.cluster.is_some() && !self.raft.sole_voter() && self.raft.is_leader();
+        if !pipelined || (self.in_flight.is_empty() && ops.is_empty()) {
+            return self.commit(ops, acks).await;
+        }
+        let revision_before = self.in_flight.back().map_or(self.committed_revision, |f| f.revision_after);
+        let first_revision = ops
+            .iter()
+            .filter_map(|op| match op {
+                BatchOp::Write { revision, .. } => Some(*revision),
+                _ => None,
+            })
+            .min();
+        let mut index = self.in_flight.back().map_or(0, |f| f.index);
+        let mut keys = Vec::new();
+        if !ops.is_empty() {
+            let batch = Batch::new(ops);
+            keys = written_keys(&batch);
+            if self.raft.propose(batch.to_bytes()).is_err() {
+                // Handing leadership over: this batch never reached the log (those before it
+                // still may commit).
+                self.store.borrow_mut().roll_back(keys.iter().map(|k| k.as_ref()), revision_before);
+                drop(self.store.borrow_mut().take_events());
+                let still_pending = self.in_flight.iter().find_map(|f| f.first_revision);
+                self.clock.release_to(self.cfg.id, still_pending);
+                fail_acks(acks);
+                return;
+            }
+            self.entries_since_snapshot += 1;
+            index = self.raft.last_index();
+            self.executed_upto = index;
+        }
+        let events = self.store.borrow_mut().take_events();
+        let revision_after = self.store.borrow().current_revision();
+        self.in_flight.push_back(InFlight { index, keys, acks, events, first_revision, revision_after });
+        self.persist_ready().await;
+    }
+
+    /// Completes, in log order, the pipelined batches a majority has committed.
+    fn complete_committed(&mut self) {
+        let commit = self.raft.commit_index();
+        while let Some(f) = self.in_flight.pop_front_if(|f| f.index <= commit) {
+            if !f.events.is_empty() {
+                // The receiver lives as long as the server; without it nobody is watching.
+                let _ = self.cfg.events.send(f.events);
+            }
+            self.committed_revision = f.revision_after;
+            // Revisions of later batches stay pending: those in flight, and those of the batch
+            // executing now (anything the store holds above this batch).
+            let last_proposed = self.in_flight.back().map_or(f.revision_after, |g| g.revision_after);
+            let still_pending = self
+                .in_flight
+                .iter()
+                .find_map(|g| g.first_revision)
+                .or_else(|| (self.store.borrow().current_revision() > last_proposed).then_some(last_proposed + 1));
+            self.clock.release_to(self.cfg.id, still_pending);
+            self.answer(f.acks);
+        }
+        if self.in_flight.is_empty() {
+            self.pending_grants.clear();
+        }
+    }
+
+    /// Waits until every pipelined batch completed, or this member lost its leadership (they
+    /// were rolled back then).
+    async fn drain_in_flight(&mut self) {
+        while !self.in_flight.is_empty() {
+            let wake = self.wait(None).await;
+            self.on_raft(wake).await;
+        }
+    }
+
+    /// Answers the requests of a committed batch; grants go live, revokes forget their lease.
+    fn answer(&mut self, acks: Vec<Ack>) {
         let now = Instant::now();
         for ack in acks {
             match ack {
@@ -642,7 +758,6 @@ impl Writer {
                 }
             }
         }
-        self.maybe_snapshot().await;
     }
 
     /// Hands the durable writes' events to the watch hub, then releases their revisions: in
@@ -661,6 +776,8 @@ impl Writer {
     /// process (see [`Self::fatal`]). Returns false if this member lost its leadership first:
     /// the ops were rolled back from the store and may or may not commit later.
     async fn log(&mut self, ops: Vec<BatchOp>) -> bool {
+        // Whatever is pipelined completes first: this batch waits for its own commit.
+        self.drain_in_flight().await;
         if ops.is_empty() {
             self.persist_ready().await;
             return true;
@@ -745,6 +862,7 @@ impl Writer {
             }
         }
         if self.cfg.cluster.is_some() {
+            self.complete_committed();
             self.apply_queued(false);
             self.after_step();
         }
@@ -1072,6 +1190,7 @@ impl Writer {
     /// are released. Whatever of them commits later arrives as committed entries and is applied.
     fn step_down_if_deposed(&mut self) {
         if !self.raft.is_leader() {
+            self.roll_back_in_flight();
             self.roll_back_uncommitted();
             // Raft forgets the pending rounds of a leader that steps down.
             for (_, waiters) in self.read_waiters.drain() {
@@ -1099,6 +1218,31 @@ impl Writer {
             }
         };
         self.read_waiters.entry(round).or_default().push(reply);
+    }
+
+    /// Undoes the pipelined batches (see [`Self::step_down_if_deposed`]). None of them was
+    /// handed out as committed yet (complete ones left the queue), so whichever of them does
+    /// commit under the next leader arrives again as a committed entry and is applied then.
+    fn roll_back_in_flight(&mut self) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let keys: Vec<bytes::Bytes> = in_flight.iter().flat_map(|f| f.keys.iter().cloned()).collect();
+        tracing::warn!(
+            shard = self.cfg.id.0,
+            batches = in_flight.len(),
+            keys = keys.len(),
+            revision = self.committed_revision,
+            "leadership lost with pipelined writes in flight; rolled them back"
+        );
+        self.store.borrow_mut().roll_back(keys.iter().map(|k| k.as_ref()), self.committed_revision);
+        self.executed_upto = self.raft.applied_index();
+        self.clock.release(self.cfg.id);
+        self.pending_grants.clear();
+        for f in in_flight {
+            fail_acks(f.acks);
+        }
     }
 
     /// Undoes the writes of the batch in flight (see [`Self::step_down_if_deposed`]).
@@ -1256,7 +1400,10 @@ impl Writer {
     /// result of one that finished.
     async fn maybe_snapshot(&mut self) {
         self.finish_snapshot(false).await;
-        if self.snapshot.is_none() && self.entries_since_snapshot >= self.cfg.snapshot_entries {
+        // Not while pipelined batches are in flight: the store holds writes no log has
+        // committed yet, and a snapshot names the index its content is the state of.
+        let due = self.entries_since_snapshot >= self.cfg.snapshot_entries && self.in_flight.is_empty();
+        if self.snapshot.is_none() && due {
             self.start_snapshot();
         }
     }
