@@ -146,6 +146,21 @@ mod tests {
     }
 
     #[test]
+    fn clock_release_to_keeps_later_pipelined_revisions_pending() {
+        let c = RevisionClock::new(1, 1, 0);
+        let first = c.allocate(ShardId(0));
+        let second = c.allocate(ShardId(0));
+        let third = c.allocate(ShardId(0));
+        // The batch holding `first` committed; the one from `second` on has not.
+        c.release_to(ShardId(0), Some(second));
+        assert_eq!(c.visible(), first);
+        c.release_to(ShardId(0), Some(third));
+        assert_eq!(c.visible(), second);
+        c.release(ShardId(0));
+        assert_eq!(c.visible(), third);
+    }
+
+    #[test]
     fn clock_hold_blocks_frontier_until_release() {
         let c = RevisionClock::new(2, 1, 0);
         let r = c.allocate(ShardId(0));
