@@ -1229,27 +1229,26 @@ impl Writer {
         }
         let in_flight = std::mem::take(&mut self.in_flight);
         let keys: Vec<bytes::Bytes> = in_flight.iter().flat_map(|f| f.keys.iter().cloned()).collect();
-        tracing::warn!(
-            shard = self.cfg.id.0,
-            batches = in_flight.len(),
-            keys = keys.len(),
-            revision = self.committed_revision,
-            "leadership lost with pipelined writes in flight; rolled them back"
-        );
-        self.store.borrow_mut().roll_back(keys.iter().map(|k| k.as_ref()), self.committed_revision);
-        self.executed_upto = self.raft.applied_index();
-        self.clock.release(self.cfg.id);
+        self.undo(&keys, in_flight.len());
         self.pending_grants.clear();
         for f in in_flight {
             fail_acks(f.acks);
         }
     }
 
-    /// Undoes the writes of the batch in flight (see [`Self::step_down_if_deposed`]).
+    /// Undoes the writes of the batch a settled-log step logs (see [`Self::step_down_if_deposed`]).
     fn roll_back_uncommitted(&mut self) {
         let Some(keys) = self.uncommitted.take() else { return };
+        self.undo(&keys, 1);
+    }
+
+    /// Puts `keys` back as of the last committed revision, forgets that the undone entries
+    /// were executed here (whichever commits arrives again as a committed entry) and releases
+    /// their revisions.
+    fn undo(&mut self, keys: &[bytes::Bytes], batches: usize) {
         tracing::warn!(
             shard = self.cfg.id.0,
+            batches,
             keys = keys.len(),
             revision = self.committed_revision,
             "leadership lost before writes committed; rolled them back"
