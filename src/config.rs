@@ -252,12 +252,6 @@ impl Config {
             .collect())
     }
 
-    /// This member's `--initial-advertise-peer-urls`.
-    pub fn peer_urls(&self) -> Result<Vec<String>, ConfigError> {
-        let me = self.initial_members()?.into_iter().find(|m| m.name == self.name);
-        Ok(me.map(|m| m.peer_urls).unwrap_or_default())
-    }
-
     /// Where this member listens for its peers (`--listen-peer-urls`).
     pub fn peer_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
         self.listen_peer_urls
@@ -336,7 +330,12 @@ mod tests {
 
     #[test]
     fn initial_cluster_is_checked_like_etcd() {
-        let peers = |args: &[&str]| Config::parse_from([&["corekv"], args].concat()).peer_urls();
+        // This member's peer URLs, as `--initial-cluster` names them once checked.
+        let peers = |args: &[&str]| {
+            let cfg = Config::parse_from([&["corekv"], args].concat());
+            let me = cfg.initial_members()?.into_iter().find(|m| m.name == cfg.name);
+            Ok::<_, ConfigError>(me.map(|m| m.peer_urls).unwrap_or_default())
+        };
         assert_eq!(peers(&[]).expect("defaults"), vec!["http://localhost:2380".to_string()]);
         // A name other than "default" with the default --initial-cluster stands for itself.
         assert!(peers(&["--name", "n1"]).is_ok());

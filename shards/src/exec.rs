@@ -1312,7 +1312,6 @@ impl Writer {
             raft_term: self.raft.term(),
             raft_index: self.raft.last_index(),
             raft_applied_index: self.raft.applied_index(),
-            is_leader: self.raft.is_leader(),
             wal_bytes: self.wal.size_bytes(),
             keys: store.key_count() as u64,
             versions: store.version_count() as u64,

@@ -30,7 +30,6 @@ pub struct ShardStatus {
     pub raft_term: u64,
     pub raft_index: u64,
     pub raft_applied_index: u64,
-    pub is_leader: bool,
     pub wal_bytes: u64,
     pub keys: u64,
     pub versions: u64,
