@@ -37,6 +37,9 @@ pub enum ApiError {
     /// check).
     #[error("not enough started members")]
     NotEnoughStartedMembers,
+    /// The leader did not answer a forwarded request within etcd's request timeout.
+    #[error("request timed out")]
+    Timeout,
     /// etcd 3.4 allows one learner at a time.
     #[error("too many learner members")]
     TooManyLearners,

@@ -37,6 +37,8 @@ pub struct Forwarder {
     directory: Arc<PeerDirectory>,
     /// How long a request waits for a leader before `no leader`.
     patience: Duration,
+    /// How long a forwarded request waits for the leader's answer (etcd's request timeout).
+    request_timeout: Duration,
     election_timeout: Duration,
     /// Connections by client URL (a restarted leader may come back on another one).
     channels: Mutex<HashMap<String, Channel>>,
@@ -45,7 +47,8 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Requests wait up to three election timeouts for a leader.
+    /// Requests wait up to three election timeouts for a leader, and up to etcd's request
+    /// timeout (5 s and two election timeouts) for its answer.
     pub fn new(
         node: Arc<NodeState>,
         directory: Arc<PeerDirectory>,
@@ -53,7 +56,8 @@ impl Forwarder {
         faults: Arc<PeerFaults>,
     ) -> Forwarder {
         let patience = 3 * election_timeout;
-        Forwarder { node, directory, patience, election_timeout, channels: Mutex::default(), faults }
+        let request_timeout = Duration::from_secs(5) + 2 * election_timeout;
+        Forwarder { node, directory, patience, request_timeout, election_timeout, channels: Mutex::default(), faults }
     }
 
     /// Hands leadership of every group to member `to` (through group 0, which the others
@@ -69,6 +73,16 @@ impl Forwarder {
             tokio::time::sleep(POLL).await;
         }
         Ok(())
+    }
+
+    /// The leader's answer to a forwarded call, or `etcdserver: request timed out` once etcd's
+    /// request timeout has passed without one (a leader that stopped answering: paused, or cut
+    /// off after the request left), as etcd answers a proposal that does not apply in time.
+    pub async fn answer<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        tokio::time::timeout(self.request_timeout, call).await.unwrap_or_else(|_| Err(ApiError::Timeout.into()))
     }
 
     pub fn node(&self) -> &Arc<NodeState> {

@@ -114,7 +114,7 @@ impl Membership {
             return Err(ApiError::NotLeader.into());
         };
         let req = onward(tonic::Request::new(pb::MemberRemoveRequest { id }));
-        ClusterClient::new(channel).member_remove(req).await.map(drop)
+        self.fwd.answer(ClusterClient::new(channel).member_remove(req)).await.map(drop)
     }
 
     /// Gives member `id` new peer URLs (every member reconnects to it there).

@@ -28,6 +28,7 @@ pub fn rpc_error(e: &ApiError) -> RpcError {
         ApiError::MemberNotLearner => rpctypes::MEMBER_NOT_LEARNER,
         ApiError::NotEnoughStartedMembers => rpctypes::NOT_ENOUGH_STARTED_MEMBERS,
         ApiError::TooManyLearners => rpctypes::TOO_MANY_LEARNERS,
+        ApiError::Timeout => rpctypes::TIMEOUT,
         ApiError::LearnerNotReady => rpctypes::LEARNER_NOT_READY,
         ApiError::MemberBadUrls => rpctypes::MEMBER_BAD_URLS,
         ApiError::NoLeader => rpctypes::NO_LEADER,
@@ -101,6 +102,8 @@ mod tests {
             (ApiError::Shard(ShardError::Busy), Code::ResourceExhausted, "etcdserver: too many requests"),
             (ApiError::Shard(ShardError::Stopped), Code::Unavailable, "etcdserver: server stopped"),
             (ApiError::BadLeaderTransferee, Code::FailedPrecondition, "etcdserver: bad leader transferee"),
+            (ApiError::Timeout, Code::Unavailable, "etcdserver: request timed out"),
+            (ApiError::TooManyLearners, Code::FailedPrecondition, "etcdserver: too many learner members in cluster"),
             (
                 ApiError::LeaderTransferTimeout,
                 Code::DeadlineExceeded,

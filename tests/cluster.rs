@@ -486,3 +486,32 @@ async fn a_member_with_another_shard_count_stops_with_a_clear_error() {
     let mut c = cluster.client_of(0).await;
     c.put("still-served", "1", None).await.expect("the cluster goes on");
 }
+
+/// A request a follower forwarded to a leader that then stops answering (here: paused with
+/// SIGSTOP) fails after etcd's request timeout — 5 s and two election timeouts — with etcd's
+/// `request timed out`, instead of waiting as long as the client does; the paused leader,
+/// resumed, rejoins as a follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_forwarded_to_a_paused_leader_times_out_as_in_etcd() {
+    let cluster = Cluster::start(3, &["--shards", "2"]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let follower = (leader + 1) % 3;
+    let mut c = cluster.client_of(follower).await;
+    c.put("warm", "1", None).await.expect("a forwarded put");
+    let pid = cluster.nodes[leader].pid().expect("running").to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &pid]).status().expect("kill").success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let put = tokio::time::timeout(Duration::from_secs(20), c.put("paused", "1", None)).await;
+    let waited = started.elapsed();
+    signal("-CONT");
+    let err = put.expect("answered before the client gave up").expect_err("the leader was paused");
+    assert!(err.to_string().contains("etcdserver: request timed out"), "{err}");
+    // --election-timeout 500: 5 s + 2 × 0.5 s.
+    assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(10), "{waited:?}");
+    let now = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    cluster.wait_converged(leader, now, Duration::from_secs(20)).await;
+}

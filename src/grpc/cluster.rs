@@ -49,7 +49,7 @@ impl ClusterService {
 impl Cluster for ClusterService {
     async fn member_add(&self, req: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return ClusterClient::new(ch).member_add(onward(req)).await;
+            return self.fwd.answer(ClusterClient::new(ch).member_add(onward(req))).await;
         }
         let req = req.into_inner();
         let added = self.membership.add(req.peer_ur_ls, req.is_learner).await?;
@@ -67,7 +67,7 @@ impl Cluster for ClusterService {
         req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return ClusterClient::new(ch).member_remove(onward(req)).await;
+            return self.fwd.answer(ClusterClient::new(ch).member_remove(onward(req))).await;
         }
         self.membership.remove(req.into_inner().id).await?;
         Ok(Response::new(pb::MemberRemoveResponse { header: self.header(), members: self.members() }))
@@ -78,7 +78,7 @@ impl Cluster for ClusterService {
         req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return ClusterClient::new(ch).member_update(onward(req)).await;
+            return self.fwd.answer(ClusterClient::new(ch).member_update(onward(req))).await;
         }
         let req = req.into_inner();
         self.membership.update(req.id, req.peer_ur_ls).await?;
@@ -94,7 +94,7 @@ impl Cluster for ClusterService {
         req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return ClusterClient::new(ch).member_promote(onward(req)).await;
+            return self.fwd.answer(ClusterClient::new(ch).member_promote(onward(req))).await;
         }
         self.membership.promote(req.into_inner().id).await?;
         Ok(Response::new(pb::MemberPromoteResponse { header: self.header(), members: self.members() }))

@@ -80,7 +80,7 @@ impl Kv for KvService {
         let local = req.get_ref().serializable || crate::fault::follower_reads();
         if !local {
             match route_of(&self.fwd, &req).await? {
-                Route::Leader(ch) => return KvClient::new(ch).range(onward(req)).await,
+                Route::Leader(ch) => return self.fwd.answer(KvClient::new(ch).range(onward(req))).await,
                 Route::Local => self.confirm_leadership().await?,
             }
         }
@@ -91,7 +91,7 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return KvClient::new(ch).put(onward(req)).await;
+            return self.fwd.answer(KvClient::new(ch).put(onward(req))).await;
         }
         let req = req.into_inner();
         let len = validate::encoded_len(&req);
@@ -111,7 +111,7 @@ impl Kv for KvService {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return KvClient::new(ch).delete_range(onward(req)).await;
+            return self.fwd.answer(KvClient::new(ch).delete_range(onward(req))).await;
         }
         let req = req.into_inner();
         let len = validate::encoded_len(&req);
@@ -127,7 +127,7 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return KvClient::new(ch).txn(onward(req)).await;
+            return self.fwd.answer(KvClient::new(ch).txn(onward(req))).await;
         }
         // A txn that writes commits through a quorum anyway; one that only reads needs this.
         self.confirm_leadership().await?;
@@ -142,7 +142,7 @@ impl Kv for KvService {
 
     async fn compact(&self, req: Request<pb::CompactionRequest>) -> Result<Response<pb::CompactionResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return KvClient::new(ch).compact(onward(req)).await;
+            return self.fwd.answer(KvClient::new(ch).compact(onward(req))).await;
         }
         let revision = self.router.compact(req.into_inner().revision).await?;
         Ok(Response::new(pb::CompactionResponse { header: self.header(revision) }))

@@ -38,7 +38,7 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return LeaseClient::new(ch).lease_grant(onward(req)).await;
+            return self.fwd.answer(LeaseClient::new(ch).lease_grant(onward(req))).await;
         }
         let r = req.into_inner();
         let (id, ttl) = self.leases.grant(r.id, r.ttl).await?;
@@ -50,7 +50,7 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return LeaseClient::new(ch).lease_revoke(onward(req)).await;
+            return self.fwd.answer(LeaseClient::new(ch).lease_revoke(onward(req))).await;
         }
         // Detached: a client that gives up must not leave the lease half revoked (out of the
         // registry, its keys not yet deleted).
@@ -68,7 +68,7 @@ impl Lease for LeaseService {
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            let answers = LeaseClient::new(ch).lease_keep_alive(onward_stream(req)).await?;
+            let answers = self.fwd.answer(LeaseClient::new(ch).lease_keep_alive(onward_stream(req))).await?;
             return Ok(answers.map(|s| Box::pin(s) as Self::LeaseKeepAliveStream));
         }
         let mut requests = req.into_inner();
@@ -100,7 +100,7 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return LeaseClient::new(ch).lease_time_to_live(onward(req)).await;
+            return self.fwd.answer(LeaseClient::new(ch).lease_time_to_live(onward(req))).await;
         }
         let r = req.into_inner();
         let resp = match self.leases.time_to_live(r.id, r.keys).await? {
@@ -122,7 +122,7 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return LeaseClient::new(ch).lease_leases(onward(req)).await;
+            return self.fwd.answer(LeaseClient::new(ch).lease_leases(onward(req))).await;
         }
         let leases = self.leases.list().await?.into_iter().map(|(id, _)| pb::LeaseStatus { id }).collect();
         Ok(Response::new(pb::LeaseLeasesResponse { header: self.header(), leases }))

@@ -26,7 +26,7 @@ impl Watch for WatchService {
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            let answers = WatchClient::new(ch).watch(onward_stream(req)).await?;
+            let answers = self.fwd.answer(WatchClient::new(ch).watch(onward_stream(req))).await?;
             return Ok(answers.map(|s| Box::pin(s) as Self::WatchStream));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
