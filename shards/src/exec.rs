@@ -171,6 +171,9 @@ pub struct Writer {
     /// Fires at `next_tick`. One timer kept across waits: a timer made and dropped per wait
     /// re-armed the kernel's timer for every message (about a third more CPU per read).
     tick_timer: glommio::timer::Timer,
+    /// A member to hand this group's leadership to, once the writer is idle (a leader of a
+    /// group other than 0 whose node does not lead group 0; 0: none).
+    transfer_to: u64,
     /// The keys of the batch being replicated (a member of a group only), for a roll-back if
     /// leadership is lost before it commits. `None` when nothing is in flight.
     uncommitted: Option<Vec<bytes::Bytes>>,
@@ -431,6 +434,7 @@ impl Writer {
             next_tick: Instant::now(),
             tick_timer: glommio::timer::Timer::new(Duration::ZERO),
             uncommitted: None,
+            transfer_to: 0,
             in_flight: VecDeque::new(),
             conf_applied: 0,
             read_round: None,
@@ -459,6 +463,7 @@ impl Writer {
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) {
         loop {
+            self.start_wanted_transfer().await;
             let first = match self.deferred.pop_front() {
                 Some(m) => m,
                 None => match self.wait((self.in_flight.len() < MAX_IN_FLIGHT).then_some(&mut rx)).await {
@@ -549,6 +554,8 @@ impl Writer {
                 }
                 ShardMsg::Progress { id, reply } => drop(reply.send(Ok(self.raft.progress_of(id)))),
                 ShardMsg::TransferLeader { to, reply } => {
+                    // What this batch executed is logged first (see `start_wanted_transfer`).
+                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
                     self.raft.transfer_leader(to);
                     self.persist_ready().await;
                     drop(reply.send(Ok(())));
@@ -1179,9 +1186,20 @@ impl Writer {
             },
         );
         let target = node.leader();
-        if shard != 0 && self.raft.is_leader() && target != 0 && target != me {
-            self.raft.transfer_leader(target);
+        let hand_over = shard != 0 && self.raft.is_leader() && target != 0 && target != me;
+        self.transfer_to = if hand_over { target } else { 0 };
+    }
+
+    /// Starts the hand-over `after_step` asked for, between batches (the writer's loop calls
+    /// it before it takes the next one) and with none in flight: Raft drops proposals while it
+    /// transfers, and a batch dropped after it allocated its revisions would leave them unused
+    /// while other shards' later revisions commit.
+    async fn start_wanted_transfer(&mut self) {
+        if self.transfer_to == 0 || !self.in_flight.is_empty() || self.raft.transferring() {
+            return;
         }
+        self.raft.transfer_leader(std::mem::take(&mut self.transfer_to));
+        self.persist_ready().await;
     }
 
     /// A member that lost its leadership while writes it executed were not committed undoes
@@ -1259,7 +1277,8 @@ impl Writer {
     }
 
     /// Whether this member must refuse `msg` because it is one of several and its node does not
-    /// serve writes (the router forwards those to the leader).
+    /// serve writes (the router forwards those to the leader), or it is handing this group over
+    /// (Raft would drop what it proposes).
     fn refuses(&self, msg: &ShardMsg) -> bool {
         let Some(link) = &self.cfg.cluster else { return false };
         let writes = matches!(
@@ -1278,7 +1297,7 @@ impl Writer {
                         | LeaseMsg::Checkpoint
                 )
         );
-        writes && !link.node.serving()
+        writes && (!link.node.serving() || self.raft.transferring())
     }
 
     /// Settles this shard for a node that now leads every group (see `ShardMsg::Promote`):

@@ -333,6 +333,11 @@ impl RaftGroup {
         self.node.report_snapshot(to, raft::SnapshotStatus::Failure);
     }
 
+    /// Whether this leader is handing its leadership over (Raft drops proposals meanwhile).
+    pub fn transferring(&self) -> bool {
+        self.node.raft.lead_transferee.is_some()
+    }
+
     /// Hands leadership to `to` (a leader only; Raft ignores it elsewhere).
     pub fn transfer_leader(&mut self, to: u64) {
         self.node.transfer_leader(to);
