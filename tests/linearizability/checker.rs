@@ -8,7 +8,11 @@
 //! revision, so a read of a stale state is caught even when its values happen to match.
 //!
 //! An operation whose outcome is unknown (the client saw an error or the server was killed) may
-//! take effect at any point after its invocation, or never.
+//! take effect at any point after its invocation, or never — or, for a write, use up its
+//! revision without taking effect: corekv allocates a write's revision before the write is
+//! durable (and, in a cluster, before a majority holds it), and a write that never lands leaves
+//! its revision unused rather than handing it out again (COMPATIBILITY.md §3 and §5b). So a
+//! revision may be skipped only where some write failed.
 
 use std::collections::HashSet;
 
@@ -169,27 +173,42 @@ pub enum Verdict {
     },
 }
 
+/// What an operation is taken to have done, in one order the search tries.
+#[derive(Clone, Copy, Debug)]
+enum Effect {
+    Applied,
+    /// An unknown outcome: it never happened.
+    Dropped,
+    /// An unknown outcome: its revision was used up and nothing changed.
+    Skipped,
+}
+
 /// Checks `history` from `initial` (the state before any of its operations).
 ///
 /// Depth-first search over orders: the next operation may be any not yet placed that was
 /// invoked before the earliest answer still unplaced (Wing & Gong); a (placed set, state) pair
 /// already explored is never explored again (Lowe). An operation with an unknown outcome is
-/// either applied or dropped, and must be decided by its `ret` bound. Reads with an unknown
-/// outcome have no effect and are dropped up front.
+/// either applied, dropped, or (a write) skipped — its revision used up, nothing changed — and
+/// must be decided by its `ret` bound. Reads with an unknown outcome have no effect and are
+/// dropped up front.
 pub fn check(initial: State, history: &[Operation], max_steps: u64) -> Verdict {
     let kept: Vec<usize> = (0..history.len())
         .filter(|&i| !(history[i].unknown() && matches!(history[i].input, Input::Get { .. } | Input::ReadAll)))
         .collect();
     let ops: Vec<&Operation> = kept.iter().map(|&i| &history[i]).collect();
-    // Candidate moves in invocation order: (operation, apply it?). Known operations are always
-    // applied; unknown ones are tried applied, then dropped.
+    // Candidate moves in invocation order: (operation, what it did). Known operations are always
+    // applied; unknown ones are tried applied, then dropped, then skipped.
     let mut order: Vec<usize> = (0..ops.len()).collect();
     order.sort_by_key(|&i| ops[i].call);
-    let moves: Vec<(usize, bool)> = order
+    let moves: Vec<(usize, Effect)> = order
         .iter()
         .flat_map(|&i| {
-            let alternatives: &[bool] = if ops[i].unknown() { &[true, false] } else { &[true] };
-            alternatives.iter().map(move |&apply| (i, apply))
+            let alternatives: &[Effect] = if ops[i].unknown() {
+                &[Effect::Applied, Effect::Dropped, Effect::Skipped]
+            } else {
+                &[Effect::Applied]
+            };
+            alternatives.iter().map(move |&effect| (i, effect))
         })
         .collect();
     let mut done = vec![0u64; ops.len().div_ceil(64)];
@@ -211,7 +230,7 @@ pub fn check(initial: State, history: &[Operation], max_steps: u64) -> Verdict {
         let mut placed = false;
         let mut m = resume;
         while m < moves.len() {
-            let (i, apply) = moves[m];
+            let (i, effect) = moves[m];
             m += 1;
             if ops[i].call > min_ret {
                 break;
@@ -223,7 +242,11 @@ pub fn check(initial: State, history: &[Operation], max_steps: u64) -> Verdict {
             if steps > max_steps {
                 return Verdict::Inconclusive { steps };
             }
-            let next = if apply { step(&state, &ops[i].input, &ops[i].output) } else { Some(state) };
+            let next = match effect {
+                Effect::Applied => step(&state, &ops[i].input, &ops[i].output),
+                Effect::Dropped => Some(state),
+                Effect::Skipped => Some(State { revision: state.revision + 1, ..state }),
+            };
             let Some(next) = next else { continue };
             flip(&mut done, i);
             if !seen.insert((done.clone(), next)) {
@@ -349,6 +372,24 @@ mod tests {
             at(1, 5, 6, get(0, 1, None)),
             at(1, 7, 8, get(0, 2, Some((7, 2)))),
         ];
+        assert!(matches!(check(State::new(1), &h, 1_000), Verdict::Violation { .. }));
+    }
+
+    #[test]
+    fn a_revision_may_be_skipped_only_where_a_write_failed() {
+        let failed = Operation {
+            client: 0,
+            call: 0,
+            ret: u64::MAX,
+            input: Input::Put { key: 0, value: 7 },
+            output: Output::Unknown,
+        };
+        // A later write lands at revision 3: the failed write used up 2 without taking effect.
+        let later = at(1, 5, 6, put(1, 9, 3));
+        let h = vec![failed.clone(), later.clone(), at(2, 7, 8, get(0, 3, None))];
+        assert!(matches!(check(State::new(1), &h, 1_000), Verdict::Linearizable));
+        // Without a failed write, a skipped revision is a violation.
+        let h = vec![later, at(2, 7, 8, get(0, 3, None))];
         assert!(matches!(check(State::new(1), &h, 1_000), Verdict::Violation { .. }));
     }
 }
