@@ -292,6 +292,11 @@ mod tests {
         (Input::Get { key }, Output::Get { revision, cell })
     }
 
+    /// A put by client 0, invoked first, whose outcome nobody learned.
+    fn failed_put(key: usize, value: u32) -> Operation {
+        Operation { client: 0, call: 0, ret: u64::MAX, input: Input::Put { key, value }, output: Output::Unknown }
+    }
+
     fn at(client: usize, call: u64, ret: u64, (input, output): (Input, Output)) -> Operation {
         op(client, call, ret, input, output)
     }
@@ -352,13 +357,7 @@ mod tests {
 
     #[test]
     fn an_unknown_write_may_have_happened_or_not() {
-        let lost = Operation {
-            client: 0,
-            call: 0,
-            ret: u64::MAX,
-            input: Input::Put { key: 0, value: 7 },
-            output: Output::Unknown,
-        };
+        let lost = failed_put(0, 7);
         for (rev, cell) in [(1, None), (2, Some((7, 2)))] {
             let h = vec![lost.clone(), at(1, 5, 6, get(0, rev, cell))];
             assert!(matches!(check(State::new(1), &h, 1_000), Verdict::Linearizable), "{cell:?}");
@@ -377,13 +376,7 @@ mod tests {
 
     #[test]
     fn a_revision_may_be_skipped_only_where_a_write_failed() {
-        let failed = Operation {
-            client: 0,
-            call: 0,
-            ret: u64::MAX,
-            input: Input::Put { key: 0, value: 7 },
-            output: Output::Unknown,
-        };
+        let failed = failed_put(0, 7);
         // A later write lands at revision 3: the failed write used up 2 without taking effect.
         let later = at(1, 5, 6, put(1, 9, 3));
         let h = vec![failed.clone(), later.clone(), at(2, 7, 8, get(0, 3, None))];
