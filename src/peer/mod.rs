@@ -597,8 +597,13 @@ impl Sender {
         dialed: &flume::Receiver<OwnedWriteHalf>,
     ) -> Ended {
         let (me, to) = (self.directory.me(), self.to);
-        let my_urls = self.directory.client_urls(me).unwrap_or_default();
-        let my_name = self.directory.name_of(me);
+        // One frame reused: its sender fields stay, frontier and messages change per batch.
+        let mut frame = PeerFrame {
+            from: me,
+            client_urls: self.directory.client_urls(me).unwrap_or_default(),
+            name: self.directory.name_of(me),
+            ..PeerFrame::default()
+        };
         let mut buf = Vec::new();
         // The first frame is empty: it names this member to a peer that took the connection,
         // and members that never exchange Raft messages (two followers) still learn each
@@ -606,13 +611,8 @@ impl Sender {
         let mut batch: Vec<(u16, Message)> = Vec::new();
         loop {
             if !self.faults.drops(me, to) {
-                let frame = PeerFrame {
-                    from: me,
-                    client_urls: my_urls.clone(),
-                    name: my_name.clone(),
-                    frontier: self.node.frontier().unwrap_or_default(),
-                    messages: batch.iter().map(|(g, m)| (*g, m.encode_to_vec())).collect(),
-                };
+                frame.frontier = self.node.frontier().unwrap_or_default();
+                frame.messages = batch.iter().map(|(g, m)| (*g, m.encode_to_vec())).collect();
                 buf.clear();
                 frame.encode_into(&mut buf);
                 if let Err(e) = conn.write.write_all(&buf).await {
