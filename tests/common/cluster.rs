@@ -45,19 +45,20 @@ impl Cluster {
             _tmp: tmp,
         };
         for (i, url) in peer_urls.iter().enumerate() {
-            let node = cluster.spawn(&format!("n{}", i + 1), url, &cluster.initial.clone(), "new");
+            let node = cluster.spawn(&format!("n{}", i + 1), url, "new", &cluster.extra);
             cluster.nodes.push(node);
         }
         cluster
     }
 
-    fn spawn(&self, name: &str, peer_url: &str, initial: &str, state: &str) -> Server {
+    /// Starts member `name` with the `--initial-cluster` of the members so far and `extra` flags.
+    fn spawn(&self, name: &str, peer_url: &str, state: &str, extra: &[String]) -> Server {
         let dir = self._tmp.path().join(name);
         let mut args: Vec<&str> = vec![
             "--name",
             name,
             "--initial-cluster",
-            initial,
+            &self.initial,
             "--initial-cluster-state",
             state,
             "--initial-advertise-peer-urls",
@@ -69,7 +70,7 @@ impl Cluster {
             "--election-timeout",
             ELECTION_MS,
         ];
-        args.extend(self.extra.iter().map(String::as_str));
+        args.extend(extra.iter().map(String::as_str));
         let fault = dir.with_extension("peerfault").to_string_lossy().into_owned();
         let mut vars = vec![("COREKV_FAULT_PEER_FILE", fault.as_str())];
         vars.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -90,11 +91,9 @@ impl Cluster {
 
     /// [`Self::join`] with `extra` flags instead of the cluster's.
     pub fn join_with(&mut self, peer_url: &str, extra: &[String]) -> usize {
-        let flags = std::mem::replace(&mut self.extra, extra.to_vec());
         let name = format!("n{}", self.nodes.len() + 1);
         self.initial = format!("{},{name}={peer_url}", self.initial);
-        let node = self.spawn(&name, peer_url, &self.initial.clone(), "existing");
-        self.extra = flags;
+        let node = self.spawn(&name, peer_url, "existing", extra);
         self.nodes.push(node);
         self.ids.push(corekv::config::member_id(&[peer_url.to_string()], "etcd-cluster"));
         self.nodes.len() - 1
