@@ -62,7 +62,7 @@ pub async fn serve(
     let (tick, election_ticks) = cfg.raft_timing()?;
     let ids = |learner: bool| members.iter().filter(|m| m.learner == learner).map(|m| m.id).collect();
     // A server started alone is a cluster of one: it can take members in (MemberAdd) like any.
-    let cluster = Some(ClusterConfig { me, voters: ids(false), learners: ids(true), tick, election_ticks });
+    let cluster = ClusterConfig { me, voters: ids(false), learners: ids(true), tick, election_ticks };
     let started = std::time::Instant::now();
     let pool_cfg = PoolConfig {
         data_dir: cfg.data_dir.clone(),

@@ -5,8 +5,8 @@
 //!   revision the router chose, which only covers durable writes) and hands the rest to
 //! - the *writer*, which drains every queued write, executes them against the store, proposes
 //!   the batch's effects as one Raft entry, makes it durable with one O_DSYNC write (group commit),
-//!   releases its revisions on the clock and answers. In a cluster it also steps Raft messages
-//!   and ticks; as a leader it pipelines batches (the next one executes and is proposed while
+//!   releases its revisions on the clock and answers. It also steps Raft messages and ticks
+//!   (except as the leader of a group of one, which has nobody to hear from); as a leader it pipelines batches (the next one executes and is proposed while
 //!   earlier ones replicate) and answers each once a majority has committed it, rolls back what
 //!   it executed if it loses its leadership first; as a follower it applies committed entries
 //!   (ARCHITECTURE.md §7c).
@@ -64,8 +64,8 @@ pub struct ShardConfig {
     pub expired: flume::Sender<i64>,
     /// How often the remaining TTLs of the leases homed here are logged.
     pub lease_checkpoint_interval: Duration,
-    /// With other nodes: the shard's link to the rest of its Raft group.
-    pub cluster: Option<ClusterLink>,
+    /// The shard's link to the rest of its Raft group (a server alone is a group of one).
+    pub cluster: ClusterLink,
 }
 
 /// What the shard's tasks share on its thread (never borrowed across an `.await`).
@@ -163,10 +163,10 @@ pub struct Writer {
     /// The store's revision as of the last committed entry: what a leader that loses its
     /// leadership rolls back to.
     committed_revision: i64,
-    /// Committed batches waiting to be applied, in log order (a member of a group only): the
+    /// Committed batches waiting to be applied, in log order: the
     /// head waits while it holds a cross-shard prepare whose decision has not arrived.
     apply_queue: VecDeque<(u64, Batch)>,
-    /// When the next Raft tick is due (a member of a group only).
+    /// When the next Raft tick is due.
     next_tick: Instant,
     /// Fires at `next_tick`. One timer kept across waits: a timer made and dropped per wait
     /// re-armed the kernel's timer for every message (about a third more CPU per read).
@@ -174,7 +174,7 @@ pub struct Writer {
     /// A member to hand this group's leadership to, once the writer is idle (a leader of a
     /// group other than 0 whose node does not lead group 0; 0: none).
     transfer_to: u64,
-    /// The keys of the batch being replicated (a member of a group only), for a roll-back if
+    /// The keys of the batch being replicated, for a roll-back if
     /// leadership is lost before it commits. `None` when nothing is in flight.
     uncommitted: Option<Vec<bytes::Bytes>>,
     /// Batches proposed and not committed yet, oldest first, on a leader with other voters
@@ -345,7 +345,7 @@ pub async fn lease_timer(
     expired: flume::Sender<i64>,
     mut to_writer: mpsc::Sender<ShardMsg>,
     checkpoint_interval: Duration,
-    node: Option<Arc<crate::cluster::NodeState>>,
+    node: Arc<crate::cluster::NodeState>,
 ) {
     let Local { leases, writing_since, .. } = local;
     let mut next_checkpoint = Instant::now() + checkpoint_interval;
@@ -357,14 +357,14 @@ pub async fn lease_timer(
         let now = Instant::now();
         let stalled = writing_since.get().is_some_and(|t| now.saturating_duration_since(t) > STALL);
         // Only the node serving writes expires leases (it alone can revoke them).
-        if !stalled && node.as_ref().is_none_or(|n| n.serving()) {
+        if !stalled && node.serving() {
             for id in leases.borrow_mut().take_expired(now) {
                 if expired.send(id).is_err() {
                     return;
                 }
             }
         }
-        if now >= next_checkpoint && node.as_ref().is_none_or(|n| n.serving()) {
+        if now >= next_checkpoint && node.serving() {
             next_checkpoint = now + checkpoint_interval;
             if !leases.borrow().is_empty() && to_writer.send(ShardMsg::Lease(LeaseMsg::Checkpoint)).await.is_err() {
                 return;
@@ -676,7 +676,7 @@ impl Writer {
     /// only then are their events sent, their revisions released and their requests answered.
     /// Anywhere else this is [`Self::commit`].
     async fn commit_pipelined(&mut self, ops: Vec<BatchOp>, acks: Vec<Ack>) {
-        let pipelined = self.cfg.cluster.is_some() && !self.raft.sole_voter() && self.raft.is_leader();
+        let pipelined = !self.raft.sole_voter() && self.raft.is_leader();
         if !pipelined || (self.in_flight.is_empty() && ops.is_empty()) {
             return self.commit(ops, acks).await;
         }
@@ -792,7 +792,7 @@ impl Writer {
         let batch = Batch::new(ops);
         // Only a member that can lose its leadership (another member votes) may have to undo
         // the batch; the only voter commits what it makes durable.
-        let undoable = self.cfg.cluster.is_some() && !self.raft.sole_voter();
+        let undoable = !self.raft.sole_voter();
         if undoable {
             self.uncommitted = Some(written_keys(&batch));
         }
@@ -868,11 +868,9 @@ impl Writer {
                 Err(e) => self.fatal(e.to_string()),
             }
         }
-        if self.cfg.cluster.is_some() {
-            self.complete_committed();
-            self.apply_queued(false);
-            self.after_step();
-        }
+        self.complete_committed();
+        self.apply_queued(false);
+        self.after_step();
     }
 
     /// Waits for the next message (if `rx` is given), Raft message from another node or tick.
@@ -882,17 +880,11 @@ impl Writer {
         // heartbeats, no elections): between batches it waits for messages only, as cheaply as
         // it can. (Inside a batch, `rx` is `None` and Raft is waited for as in any group.)
         let lone_leader = self.raft.lone_voter() && self.raft.is_leader();
-        let link = match &self.cfg.cluster {
-            Some(link) if !(lone_leader && rx.is_some()) => link,
-            _ => {
-                return match rx {
-                    Some(rx) => Wake::Msg(rx.next().await),
-                    // Without a group, nothing but a message can wake the writer: `log` never
-                    // waits here.
-                    None => futures::future::pending().await,
-                };
-            }
+        let rx = match rx {
+            Some(rx) if lone_leader => return Wake::Msg(rx.next().await),
+            rx => rx,
         };
+        let link = &self.cfg.cluster;
         let raft = link.inbox.recv_async().map(|m| m.map_or(Wake::Tick, Wake::Raft)).fuse();
         let tick = (&mut self.tick_timer).map(|_| Wake::Tick).fuse();
         futures::pin_mut!(raft, tick);
@@ -912,7 +904,7 @@ impl Writer {
     /// Steps a Raft message (and every other one already queued) or ticks, then does what Raft
     /// asks.
     async fn on_raft(&mut self, wake: Wake) {
-        let Some(link) = &self.cfg.cluster else { return };
+        let link = &self.cfg.cluster;
         match wake {
             Wake::Raft(m) => {
                 let more: Vec<_> = link.inbox.try_iter().collect();
@@ -941,7 +933,7 @@ impl Writer {
     }
 
     fn send(&mut self, messages: Vec<raft::eraftpb::Message>) {
-        let Some(link) = &self.cfg.cluster else { return };
+        let link = &self.cfg.cluster;
         if messages.is_empty() {
             return;
         }
@@ -987,7 +979,7 @@ impl Writer {
     /// the log after it. Retries while the leader cannot hand it over; the shard serves nothing
     /// meanwhile (it is a follower: clients are forwarded anyway).
     async fn install_snapshot(&mut self, meta: &raft::eraftpb::SnapshotMetadata) {
-        let Some(link) = &self.cfg.cluster else { return };
+        let link = &self.cfg.cluster;
         let (group, from, index) = (self.cfg.id.0, self.raft.leader_id(), meta.index);
         tracing::info!(shard = group, index, leader = format!("{from:x}"), "fetching the leader's snapshot");
         let mut attempt = 0u32;
@@ -1035,10 +1027,8 @@ impl Writer {
         }
         *self.leases.borrow_mut() = leases;
         self.decided = s.header.decided.iter().copied().collect();
-        if let Some(link) = &self.cfg.cluster {
-            for r in &self.decided {
-                link.node.record_decided(*r);
-            }
+        for r in &self.decided {
+            self.cfg.cluster.node.record_decided(*r);
         }
         self.apply_queue.clear();
         self.executed_upto = meta.index;
@@ -1074,8 +1064,8 @@ impl Writer {
         }
         self.conf_applied = e.index;
         tracing::info!(shard = self.cfg.id.0, member = format!("{:x}", cc.node_id), change = ?cc.change_type(), "membership change applied");
-        if let (Some(link), 0) = (&self.cfg.cluster, self.cfg.id.0) {
-            link.node.member_changed(crate::cluster::MemberChange {
+        if self.cfg.id.0 == 0 {
+            self.cfg.cluster.node.member_changed(crate::cluster::MemberChange {
                 kind: cc.change_type(),
                 id: cc.node_id,
                 context: cc.context.to_vec(),
@@ -1085,7 +1075,7 @@ impl Writer {
 
     /// Proposes a membership change in this group and waits until it is applied here.
     async fn conf_change(&mut self, cc: raft::eraftpb::ConfChange) -> Result<(), ShardError> {
-        if self.cfg.cluster.is_none() || !self.raft.is_leader() {
+        if !self.raft.is_leader() {
             return Err(ShardError::NotLeader);
         }
         self.raft.propose_conf_change(cc).map_err(|_| ShardError::NotLeader)?;
@@ -1111,7 +1101,7 @@ impl Writer {
                 .iter()
                 .any(|(_, b)| b.ops.iter().any(|op| matches!(op, BatchOp::Decide { revision: r } if *r == revision)))
         };
-        self.cfg.cluster.as_ref().is_some_and(|l| l.node.is_decided(revision)) || decided_later()
+        self.cfg.cluster.node.is_decided(revision) || decided_later()
     }
 
     /// Applies queued committed batches in order. The head waits while one of its prepares is
@@ -1135,9 +1125,7 @@ impl Writer {
             for op in batch.ops {
                 if let BatchOp::Decide { revision } = op {
                     self.decided.insert(revision);
-                    if let Some(l) = &self.cfg.cluster {
-                        l.node.record_decided(revision);
-                    }
+                    self.cfg.cluster.node.record_decided(revision);
                 }
                 let change = recover::apply_op(&mut self.store.borrow_mut(), op, |r| decided.contains(&r));
                 match change {
@@ -1164,7 +1152,7 @@ impl Writer {
     /// After Raft moved: tells the node what this
     /// group's member knows, and hands this group's leadership to the member leading group 0.
     fn after_step(&mut self) {
-        let Some(link) = &self.cfg.cluster else { return };
+        let link = &self.cfg.cluster;
         let node = link.node.clone();
         let me = link.members.me;
         let settled = self.raft.leads_settled() && self.apply_queue.len() <= 1 && {
@@ -1222,7 +1210,7 @@ impl Writer {
     /// Joins (or starts) this batch's ReadIndex round (see `ShardMsg::ReadIndex`).
     fn read_index(&mut self, reply: Reply<()>) {
         // Nobody else votes, so nobody else can lead: no quorum to ask.
-        if self.cfg.cluster.is_none() || (self.raft.sole_voter() && self.raft.is_leader()) {
+        if self.raft.sole_voter() && self.raft.is_leader() {
             drop(reply.send(Ok(())));
             return;
         }
@@ -1280,7 +1268,7 @@ impl Writer {
     /// serve writes (the router forwards those to the leader), or it is handing this group over
     /// (Raft would drop what it proposes).
     fn refuses(&self, msg: &ShardMsg) -> bool {
-        let Some(link) = &self.cfg.cluster else { return false };
+        let link = &self.cfg.cluster;
         let writes = matches!(
             msg,
             ShardMsg::Write { .. }
@@ -1485,10 +1473,7 @@ impl Writer {
                 self.wal.remove_covered(index);
                 // With followers, the previous file stays until the next snapshot: a follower
                 // may be fetching it (the leader named it in a Raft message).
-                let keep_from = match &self.cfg.cluster {
-                    Some(_) if !self.raft.lone_voter() => self.raft.latest_snapshot_index(),
-                    _ => index,
-                };
+                let keep_from = if self.raft.lone_voter() { index } else { self.raft.latest_snapshot_index() };
                 snapshot::remove_older(&self.dirs.snap, keep_from);
                 self.raft.set_latest_snapshot(index, term);
                 if let Err(e) = self.raft.compact_log(index) {

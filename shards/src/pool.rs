@@ -36,11 +36,11 @@ pub struct PoolConfig {
     pub initial_boundaries: Option<Vec<bytes::Bytes>>,
     /// How often each shard logs the remaining TTLs of its leases.
     pub lease_checkpoint_interval: std::time::Duration,
-    /// With other nodes: this node's place in every shard's Raft group.
-    pub cluster: Option<ClusterConfig>,
+    /// This node's place in every shard's Raft group (alone: the only voter).
+    pub cluster: ClusterConfig,
 }
 
-/// This node as one member of a multi-node cluster.
+/// This node as one member of its cluster (of one, when it was started alone).
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub me: u64,
@@ -121,7 +121,7 @@ impl ShardPool {
         let n = map.shard_count();
         // The only voter of its groups commits alone: what is durable is committed, and nobody
         // else can decide a cross-shard write it left undecided.
-        let sole_voter = cfg.cluster.as_ref().is_none_or(|c| c.voters == [c.me]);
+        let sole_voter = cfg.cluster.voters == [cfg.cluster.me];
 
         // Phase 1: read every shard's files in parallel; phase 2: replay with all decisions.
         let read: Vec<_> = std::thread::scope(|s| {
@@ -170,7 +170,7 @@ impl ShardPool {
         }
         let (outbox, outgoing) = flume::unbounded();
         let (fetch, fetches) = flume::unbounded();
-        let node = cfg.cluster.as_ref().map(|c| Arc::new(NodeState::new(c.me, n, clock.clone())));
+        let node = Arc::new(NodeState::new(cfg.cluster.me, n, clock.clone()));
         let mut incoming = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -188,25 +188,23 @@ impl ShardPool {
                 leases: leases.clone(),
                 expired: expired_tx.clone(),
                 lease_checkpoint_interval: cfg.lease_checkpoint_interval,
-                cluster: match (&cfg.cluster, &node) {
-                    (Some(c), Some(node)) => {
-                        let (in_tx, inbox) = flume::unbounded();
-                        incoming.push(in_tx);
-                        Some(ClusterLink {
-                            members: Membership {
-                                me: c.me,
-                                voters: c.voters.clone(),
-                                learners: c.learners.clone(),
-                                election_ticks: c.election_ticks,
-                            },
-                            outbox: outbox.clone(),
-                            inbox,
-                            node: node.clone(),
-                            tick: c.tick,
-                            fetch: fetch.clone(),
-                        })
+                cluster: {
+                    let (in_tx, inbox) = flume::unbounded();
+                    incoming.push(in_tx);
+                    let c = &cfg.cluster;
+                    ClusterLink {
+                        members: Membership {
+                            me: c.me,
+                            voters: c.voters.clone(),
+                            learners: c.learners.clone(),
+                            election_ticks: c.election_ticks,
+                        },
+                        outbox: outbox.clone(),
+                        inbox,
+                        node: node.clone(),
+                        tick: c.tick,
+                        fetch: fetch.clone(),
                     }
-                    _ => None,
                 },
             };
             let clock = clock.clone();
@@ -216,7 +214,7 @@ impl ShardPool {
             let t = builder
                 .spawn(move || async move {
                     let (expired, checkpoint_every) = (shard_cfg.expired.clone(), shard_cfg.lease_checkpoint_interval);
-                    let node = shard_cfg.cluster.as_ref().map(|c| c.node.clone());
+                    let node = shard_cfg.cluster.node.clone();
                     match start_shard(shard_cfg, rec, clock, fsync).await {
                         Ok((writer, local, clock)) => {
                             let (wtx, wrx) = mpsc::channel(WRITER_QUEUE);
@@ -242,11 +240,11 @@ impl ShardPool {
                 }
             }
         }
-        let cluster_io = node.map(|node| ClusterIo { outgoing, incoming, node, fetches });
+        let cluster_io = Some(ClusterIo { outgoing, incoming, node, fetches });
         Ok(ShardPool { handles, clock, map, threads, events, leases, expired, cluster_io, recovery })
     }
 
-    /// With other nodes: the shards' Raft traffic, for the peer transport to carry (once).
+    /// The shards' Raft traffic, for the peer transport to carry (taken once).
     pub fn take_cluster_io(&mut self) -> Option<ClusterIo> {
         self.cluster_io.take()
     }
@@ -304,7 +302,7 @@ async fn start_shard(
     std::fs::create_dir_all(&dirs.wal).map_err(|e| format!("{}: {e}", dirs.wal.display()))?;
     crate::dma::use_main_ring(&dirs.wal).await;
     let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync).await.map_err(|e| e.to_string())?;
-    let members = cfg.cluster.as_ref().map_or_else(Membership::alone, |c| c.members.clone());
+    let members = cfg.cluster.members.clone();
     let group = RaftGroup::start(&raft, &members).map_err(|e| e.to_string())?;
     let mut table = LeaseTable::default();
     let now = std::time::Instant::now();

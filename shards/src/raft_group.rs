@@ -16,7 +16,7 @@ use raft::storage::MemStorage;
 use raft::{Config, RawNode};
 use wire::record::wal::{HardStateRecord, LogEntry, WalRecord};
 
-/// This node's id in every group when it runs alone.
+/// The member id of [`Membership::alone`].
 pub const NODE_ID: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,8 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// A group of one (single node).
+    /// A group of one member, [`NODE_ID`] (the simulation and recovery tests' groups; a server
+    /// started alone uses its own member id).
     pub fn alone() -> Membership {
         Membership { me: NODE_ID, voters: vec![NODE_ID], learners: Vec::new(), election_ticks: 10 }
     }
