@@ -122,6 +122,8 @@ impl ShardPool {
         // The only voter of its groups commits alone: what is durable is committed, and nobody
         // else can decide a cross-shard write it left undecided.
         let sole_voter = cfg.cluster.voters == [cfg.cluster.me];
+        // With nobody to send its log to, a member keeps only the entries' index and term.
+        let keep_log_data = !(sole_voter && cfg.cluster.learners.is_empty());
 
         // Phase 1: read every shard's files in parallel; phase 2: replay with all decisions.
         let read: Vec<_> = std::thread::scope(|s| {
@@ -138,11 +140,17 @@ impl ShardPool {
             shards.push(r.map_err(|source| StartError::Recover { shard: i, source })?);
         }
         let decided: BTreeSet<i64> = shards.iter().flat_map(|s| s.decided.iter().copied()).collect();
-        let recovered: Vec<RecoveredShard> = std::thread::scope(|s| {
-            let jobs: Vec<_> =
-                shards.into_iter().map(|r| s.spawn(|| recover::replay(r, &decided, !sole_voter))).collect();
+        let replayed: Vec<_> = std::thread::scope(|s| {
+            let jobs: Vec<_> = shards
+                .into_iter()
+                .map(|r| s.spawn(|| recover::replay(r, &decided, !sole_voter, keep_log_data)))
+                .collect();
             jobs.into_iter().map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         });
+        let mut recovered: Vec<RecoveredShard> = Vec::with_capacity(n);
+        for (i, r) in replayed.into_iter().enumerate() {
+            recovered.push(r.map_err(|source| StartError::Recover { shard: i, source })?);
+        }
 
         let revisions = recovered.iter().map(|r| r.store.current_revision());
         // A member of a group reads (serializable) at the lowest: each shard holds every revision
@@ -303,7 +311,7 @@ async fn start_shard(
     crate::dma::use_main_ring(&dirs.wal).await;
     let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync).await.map_err(|e| e.to_string())?;
     let members = cfg.cluster.members.clone();
-    let group = RaftGroup::start(&raft, &members).map_err(|e| e.to_string())?;
+    let group = RaftGroup::start(raft, &members).map_err(|e| e.to_string())?;
     let mut table = LeaseTable::default();
     let now = std::time::Instant::now();
     for (id, l) in leases {

@@ -152,18 +152,23 @@ impl raft::Storage for ShardStorage {
     }
 }
 
-fn to_entry(e: &LogEntry) -> Entry {
-    Entry { entry_type: e.entry_type as i32, term: e.term, index: e.index, data: e.data.clone(), ..Default::default() }
+/// Entries handed to the in-memory log at once when a group starts.
+const APPEND_CHUNK: usize = 64;
+
+fn into_entry(e: LogEntry) -> Entry {
+    Entry { entry_type: e.entry_type as i32, term: e.term, index: e.index, data: e.data, ..Default::default() }
 }
 
 impl RaftGroup {
     /// Rebuilds the group from durable state. The only voter campaigns and wins at once; in a
     /// group of several voters, elections start from ticks.
-    pub fn start(rec: &RecoveredRaft, members: &Membership) -> Result<RaftGroup, RaftError> {
+    pub fn start(rec: RecoveredRaft, members: &Membership) -> Result<RaftGroup, RaftError> {
         let voters =
             ConfState { voters: members.voters.clone(), learners: members.learners.clone(), ..Default::default() };
         let storage = MemStorage::new_with_conf_state(voters.clone());
         let mut last = rec.snapshot_index;
+        let applied = rec.replay_limit(members.sole_voter());
+        let latest_snapshot = (rec.snapshot_index, rec.snapshot_term);
         {
             let mut w = storage.wl();
             if rec.snapshot_index > 0 {
@@ -177,21 +182,33 @@ impl RaftGroup {
                 };
                 w.apply_snapshot(snap)?;
             }
-            let entries: Vec<Entry> =
-                rec.entries.iter().filter(|e| e.index > rec.snapshot_index).map(to_entry).collect();
-            if let Some(e) = entries.last() {
-                last = e.index;
-            }
-            w.append(&entries)?;
             let mut hs = HardState::default();
             if let Some(h) = rec.hard_state {
                 hs = HardState { term: h.term, vote: h.vote, commit: h.commit };
             }
             hs.term = hs.term.max(rec.snapshot_term).max(rec.entries.last().map_or(0, |e| e.term));
-            hs.commit = rec.replay_limit(members.sole_voter());
+            hs.commit = applied;
+            let snapshot_index = rec.snapshot_index;
+            // MemStorage copies what it is given: hand it the log a few entries at a time, so
+            // the copy is never made of the whole log at once.
+            let mut chunk = Vec::with_capacity(APPEND_CHUNK);
+            for e in rec.entries.into_iter().filter(|e| e.index > snapshot_index) {
+                last = e.index;
+                chunk.push(into_entry(e));
+                if chunk.len() == APPEND_CHUNK {
+                    w.append(&chunk)?;
+                    chunk.clear();
+                }
+            }
+            w.append(&chunk)?;
             w.set_hardstate(hs);
+            if members.lone_voter() && applied > snapshot_index {
+                // The group's only member keeps no more than its last applied entry in memory
+                // (see `on_persisted`): recovery handed it the older ones without their data.
+                w.compact(applied)?;
+            }
         }
-        let applied = rec.replay_limit(members.sole_voter());
+
         let cfg = Config {
             id: members.me,
             applied,
@@ -205,7 +222,7 @@ impl RaftGroup {
         };
         cfg.validate()?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let storage = ShardStorage { mem: storage, latest_snapshot: (rec.snapshot_index, rec.snapshot_term) };
+        let storage = ShardStorage { mem: storage, latest_snapshot };
         let mut node = RawNode::new(&cfg, storage, &logger)?;
         if members.sole_voter() {
             node.campaign()?;
@@ -439,7 +456,7 @@ mod tests {
 
     #[test]
     fn a_lone_voter_keeps_only_the_last_applied_entry_in_memory() {
-        let mut g = RaftGroup::start(&RecoveredRaft::default(), &Membership::alone()).expect("start");
+        let mut g = RaftGroup::start(RecoveredRaft::default(), &Membership::alone()).expect("start");
         settle(&mut g);
         for i in 0..100u8 {
             g.propose(vec![i; 1024]).expect("propose");

@@ -8,13 +8,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use wire::record::batch::{Batch, BatchOp};
-use wire::record::wal::WalRecord;
+use rkyv::util::AlignedVec;
+use wire::record::batch::{ArchivedBatchOp, Batch, BatchOp, BATCH_FORMAT};
+use wire::record::wal::{ArchivedWalRecord, HardStateRecord, LogEntry, WalRecord};
 
 use crate::mvcc::Store;
 use crate::raft_group::RecoveredRaft;
 use crate::snapshot::{self, SnapshotError};
-use crate::wal::{self, RecoveredWal, WalError};
+use crate::wal::{self, RecordPos, RecoveredWal, WalError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -27,6 +28,8 @@ pub enum RecoverError {
     Gap { dir: PathBuf, expected: u64, found: u64 },
     #[error("WAL entry {index} of {dir} holds an invalid batch: {reason}")]
     BadBatch { dir: PathBuf, index: u64, reason: String },
+    #[error("WAL record at {pos:?} of {dir} is invalid: {reason}")]
+    BadRecord { dir: PathBuf, pos: RecordPos, reason: String },
 }
 
 /// Paths of one shard's files.
@@ -45,13 +48,18 @@ impl ShardDirs {
     }
 }
 
-/// A shard after reading its files, before replay.
+/// A shard after the first read of its files (phase 1): the snapshot loaded, the WAL checked
+/// and its log entries known by index, term and place, but no entry's payload held in memory.
 pub struct ReadShard {
     pub dirs: ShardDirs,
     store: Store,
     leases: BTreeMap<i64, RecoveredLease>,
-    batches: Vec<(u64, Batch)>,
+    /// Where each entry of `raft.entries` is in the WAL.
+    positions: Vec<RecordPos>,
+    /// The highest index to replay (see [`RecoveredRaft::replay_limit`]).
+    limit: u64,
     pub decided: BTreeSet<i64>,
+    /// The log after the snapshot; entries carry no data until [`replay`].
     pub raft: RecoveredRaft,
     pub wal: RecoveredWal,
 }
@@ -79,15 +87,24 @@ pub struct RecoveredLease {
     pub remaining: i64,
 }
 
-/// Reads a shard's snapshot and WAL (phase 1). With other voters (`sole_voter` false) only the
-/// entries the durable hard state marks committed are replayed; the rest stay in the Raft log,
+/// `bytes` at a 16-byte aligned address: in place if they are, else copied into `scratch`
+/// (reused, so a pass over the log allocates once, for its largest batch).
+fn aligned<'a>(bytes: &'a [u8], scratch: &'a mut AlignedVec<16>) -> &'a [u8] {
+    if (bytes.as_ptr() as usize).is_multiple_of(16) {
+        return bytes;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(bytes);
+    scratch
+}
+
+/// Reads a shard's snapshot and checks its WAL (phase 1), holding no entry's payload: the
+/// snapshot is loaded a frame at a time, the WAL a segment at a time, and each batch is read in
+/// place only for its commit decisions. With other voters (`sole_voter` false) only the entries
+/// the durable hard state marks committed are replayed later; the rest stay in the Raft log,
 /// for the group to commit or overwrite.
 pub fn read_shard(dirs: ShardDirs, sole_voter: bool) -> Result<ReadShard, RecoverError> {
     let snap = snapshot::load_latest(&dirs.snap, dirs.shard)?;
-    let wal = wal::recover(&dirs.wal)?;
-    if let Some((path, offset, reason)) = &wal.torn_tail {
-        tracing::warn!(file = %path.display(), offset, reason, "WAL ended in a torn record (crash during a write); cut it off");
-    }
     let (store, mut raft, mut decided, leases) = match snap {
         Some(s) => {
             tracing::info!(path = %s.path.display(), index = s.header.index, keys = s.store.key_count(), "loaded snapshot");
@@ -99,50 +116,63 @@ pub fn read_shard(dirs: ShardDirs, sole_voter: bool) -> Result<ReadShard, Recove
         }
         None => (Store::new(), RecoveredRaft::default(), BTreeSet::new(), BTreeMap::new()),
     };
-    let mut batches = Vec::new();
-    for rec in &wal.records {
-        match rec {
-            WalRecord::HardState(h) => raft.hard_state = Some(*h),
-            WalRecord::Entry(e) => {
-                if e.index <= raft.snapshot_index {
-                    continue;
-                }
-                // A rewritten index (a new leader overwrote an uncommitted tail) replaces the old.
-                while raft.entries.last().is_some_and(|l| l.index >= e.index) {
-                    raft.entries.pop();
-                    if batches.last().is_some_and(|(i, _): &(u64, Batch)| *i >= e.index) {
-                        batches.pop();
-                    }
-                }
-                let expected = raft.entries.last().map_or(raft.snapshot_index, |l| l.index) + 1;
-                if e.index != expected {
-                    return Err(RecoverError::Gap { dir: dirs.wal.clone(), expected, found: e.index });
-                }
-                raft.entries.push(e.clone());
-                // Empty entries (a new leader's) and membership changes carry no batch; the
-                // membership a restart starts from is the node's (see `src/members.rs`).
-                if e.data.is_empty() || e.entry_type != raft::eraftpb::EntryType::EntryNormal as u8 {
-                    continue;
-                }
-                let b = Batch::from_bytes(&e.data).map_err(|err| RecoverError::BadBatch {
-                    dir: dirs.wal.clone(),
-                    index: e.index,
-                    reason: err.to_string(),
-                })?;
-                batches.push((e.index, b));
+    let mut positions = Vec::new();
+    // (entry index, revision) of every Decide op in the surviving entries.
+    let mut decides: Vec<(u64, i64)> = Vec::new();
+    let mut scratch = AlignedVec::<16>::new();
+    let dir = dirs.wal.clone();
+    let wal = wal::recover(&dirs.wal, |pos, bytes| -> Result<(), RecoverError> {
+        let bad = |reason: String| RecoverError::BadRecord { dir: dir.clone(), pos, reason };
+        let e = match WalRecord::access(bytes).map_err(|e| bad(e.to_string()))? {
+            ArchivedWalRecord::HardState(h) => {
+                let (term, vote, commit) = (h.term.to_native(), h.vote.to_native(), h.commit.to_native());
+                raft.hard_state = Some(HardStateRecord { term, vote, commit });
+                return Ok(());
+            }
+            ArchivedWalRecord::Entry(e) => e,
+        };
+        let index = e.index.to_native();
+        if index <= raft.snapshot_index {
+            return Ok(());
+        }
+        // A rewritten index (a new leader overwrote an uncommitted tail) replaces the old.
+        while raft.entries.last().is_some_and(|l| l.index >= index) {
+            raft.entries.pop();
+            positions.pop();
+        }
+        while decides.last().is_some_and(|(i, _)| *i >= index) {
+            decides.pop();
+        }
+        let expected = raft.entries.last().map_or(raft.snapshot_index, |l| l.index) + 1;
+        if index != expected {
+            return Err(RecoverError::Gap { dir: dir.clone(), expected, found: index });
+        }
+        let entry_type = e.entry_type;
+        raft.entries.push(LogEntry { index, term: e.term.to_native(), entry_type, data: Vec::new() });
+        positions.push(pos);
+        // Empty entries (a new leader's) and membership changes carry no batch; the
+        // membership a restart starts from is the node's (see `src/members.rs`).
+        if e.data.is_empty() || entry_type != raft::eraftpb::EntryType::EntryNormal as u8 {
+            return Ok(());
+        }
+        let bad_batch = |reason: String| RecoverError::BadBatch { dir: dir.clone(), index, reason };
+        let batch = Batch::access(aligned(e.data.as_slice(), &mut scratch)).map_err(|e| bad_batch(e.to_string()))?;
+        if batch.format.to_native() != BATCH_FORMAT {
+            return Err(bad_batch(format!("unsupported batch format {}", batch.format.to_native())));
+        }
+        for op in batch.ops.iter() {
+            if let ArchivedBatchOp::Decide { revision } = op {
+                decides.push((index, revision.to_native()));
             }
         }
+        Ok(())
+    })?;
+    if let Some((path, offset, reason)) = &wal.torn_tail {
+        tracing::warn!(file = %path.display(), offset, reason, "WAL ended in a torn record (crash during a write); cut it off");
     }
     let limit = raft.replay_limit(sole_voter);
-    batches.retain(|(index, _)| *index <= limit);
-    for (_, b) in &batches {
-        for op in &b.ops {
-            if let BatchOp::Decide { revision } = op {
-                decided.insert(*revision);
-            }
-        }
-    }
-    Ok(ReadShard { dirs, store, leases, batches, decided, raft, wal })
+    decided.extend(decides.into_iter().filter(|(index, _)| *index <= limit).map(|(_, revision)| revision));
+    Ok(ReadShard { dirs, store, leases, positions, limit, decided, raft, wal })
 }
 
 /// What a committed op needs beyond the store, from whoever keeps the leases.
@@ -159,10 +189,10 @@ pub enum LeaseChange {
 /// the stale prepare would then apply with it). Lease ops are returned for the caller's table.
 pub fn apply_op(store: &mut Store, op: BatchOp, is_decided: impl Fn(i64) -> bool) -> Option<LeaseChange> {
     match op {
-        BatchOp::Write { revision, mutations } => store.apply(&mutations, revision),
+        BatchOp::Write { revision, mutations } => store.apply(mutations, revision),
         BatchOp::Prepare { revision, mutations, .. } => {
             if is_decided(revision) {
-                store.apply(&mutations, revision);
+                store.apply(mutations, revision);
             } else {
                 tracing::warn!(revision, "discarding cross-shard write that was never decided");
                 store.observe_revision(revision);
@@ -185,18 +215,57 @@ pub fn prepares(batch: &Batch) -> impl Iterator<Item = i64> + '_ {
     })
 }
 
-/// Replays a shard's batches (phase 2), given the decisions of every shard. As the only voter,
-/// undecided prepares are discarded (a crash between prepare and decide). As one of several
-/// voters (`stop_at_undecided`), replay stops before the first batch with an undecided prepare: its
-/// decision may still arrive through another group, and what follows must apply after it.
-pub fn replay(read: ReadShard, all_decided: &BTreeSet<i64>, stop_at_undecided: bool) -> RecoveredShard {
-    let ReadShard { dirs, mut store, mut leases, batches, decided, raft, wal } = read;
+/// Replays a shard's batches (phase 2), given the decisions of every shard, reading the WAL a
+/// second time, one segment at a time: each batch is decoded once and its values moved into
+/// the store, so recovery holds one copy of the data. With `keep_log_data` (a member with
+/// others to send its log to) the entries keep their payloads for the in-memory Raft log;
+/// otherwise only their index and term, which is all a group's only member needs.
+///
+/// As the only voter, undecided prepares are discarded (a crash between prepare and decide). As
+/// one of several voters (`stop_at_undecided`), replay stops before the first batch with an
+/// undecided prepare: its decision may still arrive through another group, and what follows
+/// must apply after it.
+pub fn replay(
+    read: ReadShard,
+    all_decided: &BTreeSet<i64>,
+    stop_at_undecided: bool,
+    keep_log_data: bool,
+) -> Result<RecoveredShard, RecoverError> {
+    let ReadShard { dirs, mut store, mut leases, positions, limit, decided, mut raft, wal } = read;
     let mut unapplied = Vec::new();
     let mut replayed_entries = 0;
-    for (index, b) in batches {
+    let Some(first) = positions.first() else {
+        return Ok(RecoveredShard { dirs, store, leases, decided, raft, wal, replayed_entries, unapplied });
+    };
+    let mut next = 0;
+    let mut scratch = AlignedVec::<16>::new();
+    let dir = dirs.wal.clone();
+    wal::reread(&wal, first.seq, |pos, bytes| -> Result<(), RecoverError> {
+        if positions.get(next) != Some(&pos) {
+            return Ok(());
+        }
+        let k = next;
+        next += 1;
+        let bad = |reason: String| RecoverError::BadRecord { dir: dir.clone(), pos, reason };
+        let ArchivedWalRecord::Entry(e) = WalRecord::access(bytes).map_err(|e| bad(e.to_string()))? else {
+            return Err(bad("expected a log entry".into()));
+        };
+        let entry = &mut raft.entries[k];
+        if keep_log_data {
+            entry.data = e.data.as_slice().to_vec();
+        }
+        let index = entry.index;
+        if index > limit || e.data.is_empty() || entry.entry_type != raft::eraftpb::EntryType::EntryNormal as u8 {
+            return Ok(());
+        }
+        let b = Batch::from_bytes(aligned(e.data.as_slice(), &mut scratch)).map_err(|err| RecoverError::BadBatch {
+            dir: dir.clone(),
+            index,
+            reason: err.to_string(),
+        })?;
         if !unapplied.is_empty() || (stop_at_undecided && prepares(&b).any(|r| !all_decided.contains(&r))) {
             unapplied.push((index, b));
-            continue;
+            return Ok(());
         }
         replayed_entries += 1;
         for op in b.ops {
@@ -217,6 +286,7 @@ pub fn replay(read: ReadShard, all_decided: &BTreeSet<i64>, stop_at_undecided: b
                 None => {}
             }
         }
-    }
-    RecoveredShard { dirs, store, leases, decided, raft, wal, replayed_entries, unapplied }
+        Ok(())
+    })?;
+    Ok(RecoveredShard { dirs, store, leases, decided, raft, wal, replayed_entries, unapplied })
 }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
-use wire::codec::frame::{self, RecordKind, ScanEnd};
+use wire::codec::frame::{self, FrameFile, FrameFileError, RecordKind};
 use wire::record::snapshot::{LeaseRecord, SnapshotHeader, SnapshotRecord};
 
 use crate::mvcc::Store;
@@ -220,8 +220,7 @@ pub struct LoadedSnapshot {
 /// frame, missing footer, another shard's header) is damage: an error naming file and offset.
 pub fn load_latest(dir: &Path, shard: u16) -> Result<Option<LoadedSnapshot>, SnapshotError> {
     let Some((_, path)) = list(dir).pop() else { return Ok(None) };
-    let data = std::fs::read(&path).map_err(|e| SnapshotError::Io { path: path.clone(), reason: e.to_string() })?;
-    let loaded = decode(&path, &data)?;
+    let loaded = load(&path)?;
     if loaded.header.shard != shard {
         return Err(SnapshotError::Damaged {
             path,
@@ -232,23 +231,33 @@ pub fn load_latest(dir: &Path, shard: u16) -> Result<Option<LoadedSnapshot>, Sna
     Ok(Some(loaded))
 }
 
-fn decode(path: &Path, data: &[u8]) -> Result<LoadedSnapshot, SnapshotError> {
-    let damaged = |offset: usize, reason: String| SnapshotError::Damaged {
-        path: path.to_path_buf(),
-        offset: offset as u64,
-        reason,
-    };
-    let scan = frame::scan(data);
+/// Loads a snapshot file a frame at a time: memory holds the store being built and one frame,
+/// never the file.
+fn load(path: &Path) -> Result<LoadedSnapshot, SnapshotError> {
+    let io = |e: std::io::Error| SnapshotError::Io { path: path.to_path_buf(), reason: e.to_string() };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    decode(path, std::io::BufReader::with_capacity(1 << 20, file), len)
+}
+
+fn decode(path: &Path, reader: impl std::io::Read, len: u64) -> Result<LoadedSnapshot, SnapshotError> {
+    let damaged = |offset: u64, reason: String| SnapshotError::Damaged { path: path.to_path_buf(), offset, reason };
+    let mut frames = FrameFile::new(reader, len);
     let mut header = None;
     let mut store = Store::new();
     let mut leases = Vec::new();
     let mut count = 0u64;
-    for f in &scan.frames {
-        let at = f.payload.start - frame::HEADER_LEN;
-        if f.kind != RecordKind::Snapshot {
-            return Err(damaged(at, format!("unexpected record kind {:?}", f.kind)));
+    loop {
+        let (at, kind, payload) = match frames.next_frame() {
+            Ok(Some(f)) => (f.offset, f.kind, f.payload),
+            Ok(None) => return Err(damaged(len, "no footer".to_string())),
+            Err(FrameFileError::Frame { offset, error }) => return Err(damaged(offset, error.to_string())),
+            Err(FrameFileError::Io { offset, source }) => return Err(damaged(offset, source.to_string())),
+        };
+        if kind != RecordKind::Snapshot {
+            return Err(damaged(at, format!("unexpected record kind {kind:?}")));
         }
-        match SnapshotRecord::from_bytes(&data[f.payload.clone()]).map_err(|e| damaged(at, e.to_string()))? {
+        match SnapshotRecord::from_bytes(payload).map_err(|e| damaged(at, e.to_string()))? {
             SnapshotRecord::Header(h) => header = Some(h),
             SnapshotRecord::Leases(l) => leases.extend(l),
             SnapshotRecord::Keys(keys) => {
@@ -267,11 +276,6 @@ fn decode(path: &Path, data: &[u8]) -> Result<LoadedSnapshot, SnapshotError> {
             }
         }
     }
-    let reason = match scan.end {
-        ScanEnd::Clean => "no footer".to_string(),
-        ScanEnd::TornTail { error, .. } | ScanEnd::Damaged { error, .. } => error.to_string(),
-    };
-    Err(damaged(scan.valid_len, reason))
 }
 
 #[cfg(test)]
@@ -296,11 +300,12 @@ mod tests {
             decided: vec![5],
         };
         let bytes = encode(&s, h.clone(), Vec::new());
-        let loaded = decode(Path::new("x"), &bytes).expect("valid");
+        let loaded = decode(Path::new("x"), &bytes[..], bytes.len() as u64).expect("valid");
         assert_eq!(loaded.header, h);
         assert_eq!(loaded.store.key_count(), 10_000);
         assert_eq!(loaded.store.current_revision(), 10_001);
         assert_eq!(loaded.store.compact_revision(), 3);
-        assert!(matches!(decode(Path::new("x"), &bytes[..bytes.len() / 2]), Err(SnapshotError::Damaged { .. })));
+        let half = &bytes[..bytes.len() / 2];
+        assert!(matches!(decode(Path::new("x"), half, half.len() as u64), Err(SnapshotError::Damaged { .. })));
     }
 }

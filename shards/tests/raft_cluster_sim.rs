@@ -52,7 +52,7 @@ impl Sim {
             .iter()
             .map(|&id| Member {
                 id,
-                group: RaftGroup::start(&RecoveredRaft::default(), &membership(id)).expect("start"),
+                group: RaftGroup::start(RecoveredRaft::default(), &membership(id)).expect("start"),
                 durable: Vec::new(),
             })
             .collect();
@@ -176,7 +176,7 @@ fn a_restarted_member_rebuilds_its_log_and_catches_up() {
     assert!(rec.replay_limit(false) <= rec.entries.last().map_or(0, |e| e.index));
     assert!(rec.replay_limit(false) < target);
     let m = sim.member(follower);
-    m.group = RaftGroup::start(&rec, &membership(follower)).expect("restart");
+    m.group = RaftGroup::start(rec, &membership(follower)).expect("restart");
     sim.cut.clear();
     sim.tick(10);
     assert_eq!(sim.member(follower).group.commit_index(), target, "the restarted member caught up");

@@ -1,7 +1,7 @@
 //! Deterministic recovery tests with simulated crashes: a seeded generator writes batches of
-//! writes as WAL frames, a "crash" keeps only a random prefix of the bytes (optionally with the
-//! torn tail scribbled over), and recovery must rebuild exactly the state of the last complete
-//! entry. No executor and no fsync: the durable bytes are the simulated disk. Every failure
+//! writes as WAL frames, a "crash" keeps only a random prefix of the bytes (a short file, or a
+//! preallocated one whose torn record stops at a sector boundary), and recovery must rebuild
+//! exactly the state of the last complete entry. No executor and no fsync: the durable bytes are the simulated disk. Every failure
 //! prints its seed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,7 +11,7 @@ use shards::mvcc::store::LATEST;
 use shards::mvcc::{KeyRange, Store};
 use shards::raft_group::{Membership, RaftGroup, RecoveredRaft};
 use shards::recover::{read_shard, replay, ShardDirs};
-use wire::codec::frame::{encode_into, RecordKind};
+use wire::codec::frame::{encode_into, RecordKind, SECTOR};
 use wire::record::batch::{Batch, BatchOp, Mutation};
 use wire::record::wal::{LogEntry, WalRecord};
 
@@ -89,7 +89,7 @@ fn recover_from(bytes: &[u8]) -> Store {
     std::fs::create_dir_all(&dirs.wal).expect("mkdir");
     std::fs::write(dirs.wal.join("0000000000000001.wal"), bytes).expect("write");
     let read = read_shard(dirs, true).expect("recovery of a crashed log must succeed");
-    replay(read, &BTreeSet::new(), false).store
+    replay(read, &BTreeSet::new(), false, false).expect("replay").store
 }
 
 #[test]
@@ -98,14 +98,17 @@ fn recovery_model_any_crash_point_recovers_last_complete_entry() {
         let (log, ends) = generate(seed);
         let mut rng = Rng(seed.wrapping_mul(7919) | 1);
         let cut = rng.below(log.len() as u64 + 1) as usize;
-        let mut disk = log[..cut].to_vec();
-        // Half the crashes also leave garbage where the torn record was being written.
+        // Half the crashes leave a short file (the write never extended it); the other half a
+        // preallocated one whose torn record stops at a sector boundary, the rest still zeros.
+        let (cut, disk) = if seed % 2 == 0 {
+            let cut = cut / SECTOR * SECTOR;
+            let mut disk = log[..cut].to_vec();
+            disk.resize(log.len() + 4096, 0);
+            (cut, disk)
+        } else {
+            (cut, log[..cut].to_vec())
+        };
         let complete = ends.iter().rposition(|(end, _)| *end <= cut);
-        let torn_from = complete.map_or(0, |i| ends[i].0);
-        if seed % 2 == 0 && disk.len() > torn_from {
-            let at = torn_from + rng.below((disk.len() - torn_from) as u64) as usize;
-            disk[at] ^= 0xa5;
-        }
         let expected = complete.map(|i| ends[i].1.clone()).unwrap_or_default();
         let got = live(&recover_from(&disk));
         assert_eq!(got, expected, "seed {seed}: cut at {cut} of {} bytes", log.len());
@@ -142,7 +145,8 @@ fn recovery_model_cross_shard_prepare_commits_only_with_decision() {
             read.push(read_shard(dirs, true).expect("read"));
         }
         let all: BTreeSet<i64> = read.iter().flat_map(|r| r.decided.iter().copied()).collect();
-        let stores: Vec<Store> = read.into_iter().map(|r| replay(r, &all, false).store).collect();
+        let stores: Vec<Store> =
+            read.into_iter().map(|r| replay(r, &all, false, false).expect("replay").store).collect();
         let counts: Vec<usize> = stores.iter().map(Store::key_count).collect();
         assert_eq!(counts, if decided { vec![1, 1] } else { vec![0, 0] }, "decided={decided}");
         // A discarded prepare's revision is still taken: it is never handed out again.
@@ -153,7 +157,7 @@ fn recovery_model_cross_shard_prepare_commits_only_with_decision() {
 #[test]
 fn raft_group_restart_keeps_log_and_raises_term() {
     // First life: campaign, then three proposals, persisted as the writer would.
-    let mut g = RaftGroup::start(&RecoveredRaft::default(), &Membership::alone()).expect("start");
+    let mut g = RaftGroup::start(RecoveredRaft::default(), &Membership::alone()).expect("start");
     let mut durable: Vec<WalRecord> = Vec::new();
     let persist = |g: &mut RaftGroup, durable: &mut Vec<WalRecord>| {
         while let Some(work) = g.take_ready() {
@@ -178,7 +182,7 @@ fn raft_group_restart_keeps_log_and_raises_term() {
             WalRecord::HardState(h) => rec.hard_state = Some(*h),
         }
     }
-    let mut g = RaftGroup::start(&rec, &Membership::alone()).expect("restart");
+    let mut g = RaftGroup::start(rec, &Membership::alone()).expect("restart");
     persist(&mut g, &mut durable);
     assert!(g.is_leader());
     assert!(g.term() > term, "a restart campaigns in a new term");

@@ -64,7 +64,10 @@ pub fn read(path: &Path) -> Result<Backup, BackupError> {
         reason,
     };
     let s = scan(body);
-    if let ScanEnd::TornTail { offset, error } | ScanEnd::Damaged { offset, error } = s.end {
+    if let ScanEnd::TornTail { offset, error }
+    | ScanEnd::CorruptTail { offset, error }
+    | ScanEnd::Damaged { offset, error } = s.end
+    {
         return Err(damaged(offset, error.to_string()));
     }
     let mut backup = Backup::default();

@@ -1,6 +1,9 @@
-//! `corekv-wal-dump`: prints the records of corekv WAL segment files, offline.
+//! `corekv-wal-dump`: prints the records of corekv WAL segment files, offline, and repairs a
+//! corrupt last record knowingly.
 //!
-//! Usage: `corekv-wal-dump <segment.wal>...` (e.g. `corekv-data/shard-0/wal/*.wal`).
+//! Usage: `corekv-wal-dump <segment.wal>...` (e.g. `corekv-data/shard-0/wal/*.wal`);
+//! `corekv-wal-dump --cut-corrupt-tail <last segment.wal>` when `corekv` refused to start on a
+//! corrupt last record (the record is lost; everything before it is kept).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +21,11 @@ struct Args {
     /// Also print every mutation's key.
     #[arg(long)]
     keys: bool,
+    /// Drop the corrupt last record of this segment (the last of its WAL directory), which
+    /// `corekv` refuses to start on: the record is lost, every record before it is kept. Stop
+    /// the server first.
+    #[arg(long, value_name = "SEGMENT", conflicts_with_all = ["files", "keys"])]
+    cut_corrupt_tail: Option<PathBuf>,
 }
 
 fn show(m: &Mutation) -> String {
@@ -54,8 +62,29 @@ fn dump_batch(b: &Batch, keys: bool) {
     }
 }
 
+/// `--cut-corrupt-tail`: says what it cut, or why it cut nothing.
+fn cut(path: &std::path::Path) -> ExitCode {
+    match shards::wal::cut_corrupt_tail(path) {
+        Ok(shards::wal::TailCut::Cut { offset, bytes }) => {
+            println!("{}: cut the corrupt last record at offset {offset} ({bytes} bytes zeroed)", path.display());
+            ExitCode::SUCCESS
+        }
+        Ok(shards::wal::TailCut::NothingCorrupt) => {
+            println!("{}: its last record is not corrupt; nothing cut", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(path) = &args.cut_corrupt_tail {
+        return cut(path);
+    }
     let mut ok = true;
     for path in &args.files {
         let data = match std::fs::read(path) {
@@ -92,6 +121,10 @@ fn main() -> ExitCode {
         match scan.end {
             ScanEnd::Clean => println!("end at {} (clean)", scan.valid_len),
             ScanEnd::TornTail { offset, error } => println!("torn tail at {offset}: {error}"),
+            ScanEnd::CorruptTail { offset, error } => {
+                println!("CORRUPT last record at {offset}: {error} (see --cut-corrupt-tail)");
+                ok = false;
+            }
             ScanEnd::Damaged { offset, error } => {
                 println!("DAMAGED at {offset}: {error}");
                 ok = false;

@@ -207,13 +207,26 @@ impl Store {
         visible_at(h, rev).map(|v| (k, v))
     }
 
-    /// Puts `key` at revision `rev` (after every revision already executed here).
+    /// Puts `key` at revision `rev` (after every revision already executed here). The key (if
+    /// new) and the value are copied: the caller's `Bytes` may pin a whole receive buffer.
     pub fn put(&mut self, key: &Bytes, value: Bytes, lease: i64, rev: i64) -> Option<KeyValue> {
+        self.put_compact(key, Bytes::copy_from_slice(&value), lease, rev, || Bytes::copy_from_slice(key))
+    }
+
+    /// [`put`](Self::put) of a value (and, for a new key, the key `new_key` makes) that own
+    /// exactly their bytes, so they are kept as they are.
+    fn put_compact(
+        &mut self,
+        key: &Bytes,
+        value: Bytes,
+        lease: i64,
+        rev: i64,
+        new_key: impl FnOnce() -> Bytes,
+    ) -> Option<KeyValue> {
         debug_assert!(rev >= self.current_revision, "revisions executed out of order");
         self.current_revision = rev;
         self.version_count += 1;
-        // Copy the value: the caller's Bytes may pin a whole receive buffer.
-        let value = Some(Bytes::copy_from_slice(&value));
+        let value = Some(value);
         match self.keys.get_mut(key.as_ref()) {
             Some(h) => {
                 let prev = visible_at(h, LATEST).cloned();
@@ -241,7 +254,7 @@ impl Store {
                 prev.map(|p| p.to_kv(key, false))
             }
             None => {
-                let k = Bytes::copy_from_slice(key);
+                let k = new_key();
                 let v = Version { mod_revision: rev, create_revision: rev, version: 1, lease, value };
                 if self.capture {
                     self.events.push(event_of(&k, &v, None));
@@ -347,13 +360,15 @@ impl Store {
     }
 
     /// Applies logged mutations at `rev` (WAL replay and cross-shard commit on recovery).
-    pub fn apply(&mut self, mutations: &[Mutation], rev: i64) {
+    pub fn apply(&mut self, mutations: Vec<Mutation>, rev: i64) {
         for m in mutations {
             match m {
+                // Decoded records own exactly their bytes: moved in, not copied.
                 Mutation::Put { key, value, lease } => {
-                    self.put(&Bytes::copy_from_slice(key), Bytes::copy_from_slice(value), *lease, rev);
+                    let key = Bytes::from(key);
+                    self.put_compact(&key, Bytes::from(value), lease, rev, || key.clone());
                 }
-                Mutation::Delete { key } => self.tombstone(key, rev),
+                Mutation::Delete { key } => self.tombstone(&key, rev),
             }
         }
         self.current_revision = self.current_revision.max(rev);
@@ -504,15 +519,16 @@ impl Store {
                 value: v.value.map(Bytes::from),
             })
             .collect();
+        let key = Bytes::from(rec.key);
         if let Some(last) = h.last() {
             self.current_revision = self.current_revision.max(last.mod_revision);
             if last.value.is_some() {
-                attach(&mut self.lease_keys, last.lease, &Bytes::from(rec.key.clone()));
+                attach(&mut self.lease_keys, last.lease, &key);
             }
         }
         self.version_count += h.len();
         if !h.is_empty() {
-            self.keys.insert(Bytes::from(rec.key), h);
+            self.keys.insert(key, h);
         }
     }
 
@@ -644,8 +660,8 @@ mod tests {
         let mut s = Store::new();
         s.put(&b("b"), b("1"), 0, 2);
         s.put(&b("a"), b("1"), 0, 3);
-        s.apply(&[Mutation::Put { key: b"a".to_vec(), value: b"2".to_vec(), lease: 0 }], 4);
-        s.apply(&[Mutation::Put { key: b"c".to_vec(), value: b"x".to_vec(), lease: 0 }], 4);
+        s.apply(vec![Mutation::Put { key: b"a".to_vec(), value: b"2".to_vec(), lease: 0 }], 4);
+        s.apply(vec![Mutation::Put { key: b"c".to_vec(), value: b"x".to_vec(), lease: 0 }], 4);
         s.delete(&KeyRange::single(b("b")), 5);
         let all = s.history(&range("a", "\0"), 2, 10, 100).expect("history");
         assert_eq!(

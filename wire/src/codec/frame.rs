@@ -124,13 +124,9 @@ pub fn is_end(buf: &[u8], at: usize) -> bool {
     at >= buf.len() || buf[at..end].iter().all(|&b| b == 0)
 }
 
-/// Decodes the frame starting at `at`. Never panics, whatever `buf` holds.
-pub fn decode_at(buf: &[u8], at: usize) -> Result<Frame, FrameError> {
-    let available = buf.len().saturating_sub(at);
-    if available < HEADER_LEN {
-        return Err(FrameError::Truncated { needed: HEADER_LEN, available });
-    }
-    let h = &buf[at..at + HEADER_LEN];
+/// Checks a frame header on its own: magic, version, kind, length bound, reserved bytes.
+/// Returns the kind and the payload length it announces.
+fn check_header(h: &[u8]) -> Result<(RecordKind, usize), FrameError> {
     let magic = u16::from_le_bytes([h[0], h[1]]);
     if magic != MAGIC {
         return Err(FrameError::BadMagic(magic));
@@ -146,6 +142,17 @@ pub fn decode_at(buf: &[u8], at: usize) -> Result<Frame, FrameError> {
     if le_u32(&h[12..16]) != 0 {
         return Err(FrameError::BadReserved);
     }
+    Ok((kind, len))
+}
+
+/// Decodes the frame starting at `at`. Never panics, whatever `buf` holds.
+pub fn decode_at(buf: &[u8], at: usize) -> Result<Frame, FrameError> {
+    let available = buf.len().saturating_sub(at);
+    if available < HEADER_LEN {
+        return Err(FrameError::Truncated { needed: HEADER_LEN, available });
+    }
+    let h = &buf[at..at + HEADER_LEN];
+    let (kind, len) = check_header(h)?;
     let needed = HEADER_LEN + len;
     if available < needed {
         return Err(FrameError::Truncated { needed, available });
@@ -164,11 +171,49 @@ pub fn decode_at(buf: &[u8], at: usize) -> Result<Frame, FrameError> {
 pub enum ScanEnd {
     /// Every frame was valid up to zeros or the end of the data.
     Clean,
-    /// The last frame is torn or fails its crc, and nothing valid follows it: a crash while it
-    /// was written. Recovery truncates at `offset` with a warning.
+    /// The last frame was never written in full, and nothing valid follows it: the data ends
+    /// inside it, or one of its 512-byte sectors still holds only the zeros the file was
+    /// preallocated with. A crash during its write (it was never acknowledged); recovery cuts it
+    /// at `offset` with a warning.
     TornTail { offset: usize, error: FrameError },
+    /// The last frame is all there but fails its checks (crc, header), and nothing valid
+    /// follows it: its bytes were written and then changed. It may hold an acknowledged write,
+    /// so recovery refuses to start rather than cut it (as etcd does on a crc mismatch).
+    CorruptTail { offset: usize, error: FrameError },
     /// A bad frame with valid frames after it: damage inside the log. Recovery must stop.
     Damaged { offset: usize, error: FrameError },
+}
+
+/// The sector size torn writes are judged by: a write reaches the disk in whole sectors, so a
+/// sector of only zeros inside a frame is one the crash left unwritten (etcd's `minSectorSize`).
+pub const SECTOR: usize = 512;
+
+/// Whether the frame at `at`, announcing `len` payload bytes, has a sector (clipped to the
+/// frame) that holds only zeros: a write torn before it reached that sector.
+fn has_unwritten_sector(buf: &[u8], at: usize, len: usize) -> bool {
+    let end = (at + HEADER_LEN + len).min(buf.len());
+    let mut start = at;
+    while start < end {
+        let stop = ((start / SECTOR + 1) * SECTOR).min(end);
+        if buf[start..stop].iter().all(|&b| b == 0) {
+            return true;
+        }
+        start = stop;
+    }
+    false
+}
+
+/// How a bad frame with nothing valid after it ended the log (see [`ScanEnd`]).
+fn classify_tail(buf: &[u8], at: usize, error: FrameError) -> ScanEnd {
+    match error {
+        FrameError::Truncated { .. } => ScanEnd::TornTail { offset: at, error },
+        FrameError::BadCrc { .. } if has_unwritten_sector(buf, at, le_u32(&buf[at + 4..at + 8]) as usize) => {
+            ScanEnd::TornTail { offset: at, error }
+        }
+        // A crc that fails over bytes written in full, or a header that is neither zeros nor
+        // valid (a header never spans two sectors: frames are 16-byte aligned).
+        _ => ScanEnd::CorruptTail { offset: at, error },
+    }
 }
 
 /// The result of scanning a buffer of frames.
@@ -193,15 +238,19 @@ pub fn scan(buf: &[u8]) -> Scan {
                 at = f.next;
                 frames.push(f);
             }
-            Err(error) => {
-                let end = if valid_frame_after(buf, at + ALIGN) {
-                    ScanEnd::Damaged { offset: at, error }
-                } else {
-                    ScanEnd::TornTail { offset: at, error }
-                };
-                return Scan { frames, valid_len: at, end };
-            }
+            Err(error) => return Scan { frames, valid_len: at, end: bad_end(buf, at, error) },
         }
+    }
+}
+
+/// How a log whose frame at `at` does not decode (with `error`) ends: damage if a valid frame
+/// follows, else a torn or corrupt tail. `buf` must start at a sector boundary of the file (the
+/// tail's sectors are judged by their offsets in it).
+pub fn bad_end(buf: &[u8], at: usize, error: FrameError) -> ScanEnd {
+    if valid_frame_after(buf, at + ALIGN) {
+        ScanEnd::Damaged { offset: at, error }
+    } else {
+        classify_tail(buf, at, error)
     }
 }
 
@@ -215,6 +264,85 @@ fn valid_frame_after(buf: &[u8], from: usize) -> bool {
         at += ALIGN;
     }
     false
+}
+
+/// Why [`FrameFile::next`] could not return a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameFileError {
+    #[error("at offset {offset}: {error}")]
+    Frame { offset: u64, error: FrameError },
+    #[error("at offset {offset}: {source}")]
+    Io { offset: u64, source: std::io::Error },
+}
+
+/// Reads the frames of a file one at a time, for files too large to hold at once (snapshots).
+/// One 16-byte aligned buffer is reused for every payload, and a payload length is checked
+/// against [`MAX_PAYLOAD`] and the bytes left in the file before the buffer grows for it.
+pub struct FrameFile<R> {
+    reader: R,
+    /// Offset of the next frame.
+    at: u64,
+    /// The file's length.
+    len: u64,
+    buf: rkyv::util::AlignedVec<16>,
+}
+
+impl<R: std::io::Read> FrameFile<R> {
+    /// Frames of the `len` bytes `reader` yields.
+    pub fn new(reader: R, len: u64) -> FrameFile<R> {
+        FrameFile { reader, at: 0, len, buf: rkyv::util::AlignedVec::new() }
+    }
+
+    fn read(&mut self, n: usize) -> Result<(), FrameFileError> {
+        self.buf.clear();
+        self.buf.resize(n, 0);
+        let at = self.at;
+        self.reader.read_exact(&mut self.buf).map_err(|source| FrameFileError::Io { offset: at, source })
+    }
+
+    /// The next frame, or `None` at the end: the end of the file, or a header of zeros. The
+    /// payload's crc is checked; it is 16-byte aligned.
+    pub fn next_frame(&mut self) -> Result<Option<FileFrame<'_>>, FrameFileError> {
+        let offset = self.at;
+        let left = self.len.saturating_sub(offset);
+        if left == 0 {
+            return Ok(None);
+        }
+        let fail = |error| FrameFileError::Frame { offset, error };
+        if left < HEADER_LEN as u64 {
+            return Err(fail(FrameError::Truncated { needed: HEADER_LEN, available: left as usize }));
+        }
+        self.read(HEADER_LEN)?;
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&self.buf);
+        if header.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        // The header alone first: its length must fit what is left before anything is read.
+        let (kind, len) = check_header(&header).map_err(fail)?;
+        let needed = (HEADER_LEN + len) as u64;
+        if needed > left {
+            return Err(fail(FrameError::Truncated { needed: needed as usize, available: left as usize }));
+        }
+        // The padding after the payload, as far as the data goes (the last frame may lack it).
+        let framed = (framed_len(len) as u64).min(left);
+        self.read(framed as usize - HEADER_LEN)?;
+        self.at += framed;
+        let stored = le_u32(&header[8..12]);
+        let computed = crc_of(&header[0..8], &self.buf[..len]);
+        if stored != computed {
+            return Err(fail(FrameError::BadCrc { stored, computed }));
+        }
+        Ok(Some(FileFrame { offset, kind, payload: &self.buf[..len] }))
+    }
+}
+
+/// A frame [`FrameFile`] read.
+#[derive(Debug)]
+pub struct FileFrame<'a> {
+    pub offset: u64,
+    pub kind: RecordKind,
+    pub payload: &'a [u8],
 }
 
 #[cfg(test)]
@@ -260,11 +388,30 @@ mod tests {
     }
 
     #[test]
-    fn scan_crc_damage_in_last_frame_is_torn_tail() {
+    fn scan_overwritten_bytes_in_last_frame_are_a_corrupt_tail() {
         let mut buf = log_of(&[b"first", b"second"]);
         let n = buf.len();
         buf[n - 12] ^= 0xff;
-        assert!(matches!(scan(&buf).end, ScanEnd::TornTail { .. }));
+        assert!(matches!(scan(&buf).end, ScanEnd::CorruptTail { offset: 32, error: FrameError::BadCrc { .. } }));
+    }
+
+    #[test]
+    fn scan_last_frame_with_an_unwritten_sector_is_torn_tail() {
+        let big = vec![7u8; 3 * SECTOR];
+        let mut buf = log_of(&[b"first", &big]);
+        // The frame's third sector never reached the disk: still the preallocated zeros.
+        let second = framed_len(5);
+        let sector = (second / SECTOR + 2) * SECTOR;
+        buf[sector..sector + SECTOR].fill(0);
+        assert!(matches!(scan(&buf).end, ScanEnd::TornTail { offset, .. } if offset == second));
+    }
+
+    #[test]
+    fn scan_garbage_header_at_the_end_is_a_corrupt_tail() {
+        let mut buf = log_of(&[b"first"]);
+        let at = buf.len();
+        buf.extend_from_slice(&[0xab; HEADER_LEN]);
+        assert!(matches!(scan(&buf).end, ScanEnd::CorruptTail { offset, .. } if offset == at));
     }
 
     #[test]
@@ -274,6 +421,27 @@ mod tests {
         let s = scan(&buf);
         assert_eq!(s.frames.len(), 0);
         assert!(matches!(s.end, ScanEnd::Damaged { offset: 0, error: FrameError::BadCrc { .. } }));
+    }
+
+    #[test]
+    fn frame_file_reads_what_scan_reads_and_refuses_lengths_past_the_end() {
+        let buf = log_of(&[b"a", b"", b"hello world, a longer payload"]);
+        let mut f = FrameFile::new(&buf[..], buf.len() as u64);
+        let mut got = Vec::new();
+        while let Some(frame) = f.next_frame().expect("valid frames") {
+            assert_eq!(frame.kind, RecordKind::Wal);
+            got.push(frame.payload.to_vec());
+        }
+        assert_eq!(got, [b"a".to_vec(), Vec::new(), b"hello world, a longer payload".to_vec()]);
+        // A header announcing more than the file holds is refused before its payload is read.
+        let mut lie = log_of(&[b"x"]);
+        lie[4..8].copy_from_slice(&(1u32 << 29).to_le_bytes());
+        let mut f = FrameFile::new(&lie[..], lie.len() as u64);
+        assert!(matches!(
+            f.next_frame(),
+            Err(FrameFileError::Frame { offset: 0, error: FrameError::Truncated { .. } })
+        ));
+        assert!(f.buf.capacity() <= HEADER_LEN, "nothing was allocated for the announced length");
     }
 
     proptest! {

@@ -45,6 +45,13 @@ macro_rules! record_codec {
                 }
             }
 
+            /// Validates a frame payload and reads it in place, without copying (the archive
+            /// must start at a 16-byte aligned address, as frame payloads read into an aligned
+            /// buffer do; an unaligned one is refused).
+            pub fn access(bytes: &[u8]) -> Result<&$archived, $crate::record::RecordError> {
+                Ok(rkyv::access::<$archived, rkyv::rancor::Error>(bytes)?)
+            }
+
             /// Validates a frame payload and deserializes it.
             pub fn from_bytes(bytes: &[u8]) -> Result<$ty, $crate::record::RecordError> {
                 let aligned = $crate::record::Aligned::new(bytes);
