@@ -17,6 +17,8 @@ fi
 cargo build -p corekv -p corekv-bench
 ./target/debug/corekv-bench compare --only corekv --corekv-bin target/debug/corekv --duration-secs 2 --watch-scale 0.01 --fail-on-errors >/dev/null
 echo "benchmark smoke: every scenario completed without errors"
+# Every decoder of bytes from disk or the network, fuzzed for a few seconds each.
+./scripts/fuzz.sh 5
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Every history the linearizability tests check is appended here; start it afresh.

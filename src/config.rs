@@ -110,6 +110,13 @@ pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     id.max(1)
 }
 
+/// The cluster's id, derived from its token: the same on every member started with it, stable
+/// across restarts. Response headers carry it, and peer frames name it (a member acts only on
+/// frames of its own cluster).
+pub fn cluster_id(token: &str) -> u64 {
+    fnv1a(token.as_bytes()) ^ fnv1a(b"corekv-cluster")
+}
+
 pub fn fnv1a(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod leases;
 pub mod members;
 pub mod membership;
+pub mod oversize;
 pub mod peer;
 pub mod router;
 pub mod server;

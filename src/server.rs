@@ -93,7 +93,10 @@ pub async fn serve(
     }
     let io = pool.take_cluster_io().expect("the pool was started with a cluster configuration");
     let node = io.node.clone();
-    let directory = Arc::new(PeerDirectory::new(me, members, &cfg.name, &cfg.advertise_client_urls));
+    let cluster_id = crate::config::cluster_id(&cfg.initial_cluster_token);
+    let my_peer_url = cfg.initial_advertise_peer_urls.split(',').next().unwrap_or_default().trim().to_string();
+    let identity = (cfg.name.as_str(), my_peer_url.as_str(), cfg.advertise_client_urls.as_str());
+    let directory = Arc::new(PeerDirectory::new(me, cluster_id, members, identity));
     let faults = Arc::new(PeerFaults::from_env(me));
     crate::members::save(&cfg.data_dir, &directory.members())?;
     let listen = cfg.peer_listen_addrs()?;
@@ -177,6 +180,7 @@ pub async fn serve(
         tracing::info!(%addr, "serving client requests");
         servers.push(tokio::spawn(
             Server::builder()
+                .layer(crate::oversize::OversizeLayer)
                 .add_service(kv)
                 .add_service(maint)
                 .add_service(watch)

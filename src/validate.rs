@@ -81,10 +81,11 @@ pub fn delete(r: pb::DeleteRangeRequest) -> Result<DeleteOp, ApiError> {
 fn compare(c: pb::Compare) -> Result<Compare, ApiError> {
     use pb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
     let result = match R::try_from(c.result) {
+        Ok(R::Equal) => CompareResult::Equal,
         Ok(R::Greater) => CompareResult::Greater,
         Ok(R::Less) => CompareResult::Less,
         Ok(R::NotEqual) => CompareResult::NotEqual,
-        _ => CompareResult::Equal,
+        Err(_) => CompareResult::Unrecognized,
     };
     // As etcd's getters: the operand of the declared target, zero when another variant is set.
     let u = c.target_union;
@@ -93,7 +94,8 @@ fn compare(c: pb::Compare) -> Result<Compare, ApiError> {
         Ok(T::Mod) => CompareTarget::Mod(if let Some(U::ModRevision(v)) = u { v } else { 0 }),
         Ok(T::Value) => CompareTarget::Value(if let Some(U::Value(v)) = u { v } else { Bytes::new() }),
         Ok(T::Lease) => CompareTarget::Lease(if let Some(U::Lease(v)) = u { v } else { 0 }),
-        _ => CompareTarget::Version(if let Some(U::Version(v)) = u { v } else { 0 }),
+        Ok(T::Version) => CompareTarget::Version(if let Some(U::Version(v)) = u { v } else { 0 }),
+        Err(_) => CompareTarget::Unrecognized,
     };
     Ok(Compare { range: range_of(c.key, c.range_end)?, result, target })
 }
@@ -298,6 +300,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(compare(c).expect("valid").target, CompareTarget::Create(0));
+    }
+
+    #[test]
+    fn validate_compare_with_unknown_enums_decides_as_etcd() {
+        use shards::mvcc::txn::compare_kv;
+        let c = |result: i32, target: i32| {
+            compare(pb::Compare { key: Bytes::from("k"), result, target, ..Default::default() }).expect("valid")
+        };
+        // etcd: an unknown result always holds; an unknown target compares equal.
+        assert!(compare_kv(&c(99, pb::compare::CompareTarget::Version as i32), None));
+        assert!(compare_kv(&c(pb::compare::CompareResult::Equal as i32, 99), None));
+        assert!(!compare_kv(&c(pb::compare::CompareResult::NotEqual as i32, 99), None));
     }
 
     #[test]

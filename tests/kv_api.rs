@@ -469,3 +469,54 @@ async fn kv_maintenance_downgrade_is_refused_with_etcd_errors() {
     let e = m.downgrade(cancel).await.expect_err("cancel");
     assert_eq!((e.code(), e.message()), (Code::FailedPrecondition, "etcdserver: no inflight downgrade job"));
 }
+
+/// Edges of the protocol where etcd's answer comes from grpc-go or from its txn checks: an
+/// oversized message, deeply nested txns, compares with enum values etcd does not define.
+#[tokio::test]
+async fn kv_protocol_edges_answer_as_etcd() {
+    use wire::pb::etcdserverpb::{self as pb, kv_client::KvClient, request_op::Request};
+    let s = Server::start(&["--shards", "2", "--max-request-bytes", "4096"]);
+    let mut kv = KvClient::connect(format!("http://{}", s.endpoint())).await.expect("connect");
+    // Above the gRPC limit (--max-request-bytes + 512 KiB): grpc-go's code and words.
+    let big =
+        pb::PutRequest { key: "big".into(), value: vec![b'x'; 4096 + 512 * 1024 + 1].into(), ..Default::default() };
+    let e = kv.put(big).await.expect_err("above the gRPC limit");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().starts_with("grpc: received message larger than max ("), "{}", e.message());
+    // Txns nested as deep as --max-txn-ops allows decode and run; deeper ones are refused.
+    let nested = |levels: usize| {
+        let mut t = pb::TxnRequest {
+            success: vec![pb::RequestOp {
+                request: Some(Request::RequestPut(pb::PutRequest { key: "deep".into(), ..Default::default() })),
+            }],
+            ..Default::default()
+        };
+        for _ in 1..levels {
+            t = pb::TxnRequest {
+                success: vec![pb::RequestOp { request: Some(Request::RequestTxn(t)) }],
+                ..Default::default()
+            };
+        }
+        t
+    };
+    // (etcd 3.5.1 answers the same: checked side by side.)
+    for levels in [60, 128] {
+        assert!(kv.txn(nested(levels)).await.expect("a deeply nested txn").into_inner().succeeded);
+    }
+    for levels in [129, 1000] {
+        let e = kv.txn(nested(levels)).await.expect_err("too deep");
+        assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "etcdserver: too many operations in txn request"));
+    }
+    // Unknown compare enums decide as etcd's compareKV: an unknown result holds; an unknown
+    // target compares equal.
+    let with_compare = |result: i32, target: i32| pb::TxnRequest {
+        compare: vec![pb::Compare { key: "deep".into(), result, target, ..Default::default() }],
+        ..Default::default()
+    };
+    let equal = pb::compare::CompareResult::Equal as i32;
+    let not_equal = pb::compare::CompareResult::NotEqual as i32;
+    let version = pb::compare::CompareTarget::Version as i32;
+    assert!(kv.txn(with_compare(99, version)).await.expect("txn").into_inner().succeeded);
+    assert!(kv.txn(with_compare(equal, 99)).await.expect("txn").into_inner().succeeded);
+    assert!(!kv.txn(with_compare(not_equal, 99)).await.expect("txn").into_inner().succeeded);
+}

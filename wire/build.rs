@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(grpc)
         .build_client(grpc)
         .bytes(".")
+        // prost's codec plus a bound on txn nesting (src/grpc_codec.rs).
+        .codec_path("crate::grpc_codec::EtcdCodec")
         .compile_protos(&protos, &["proto"])?;
     Ok(())
 }

@@ -21,6 +21,7 @@ mod fresh;
 mod lease;
 mod noop;
 mod proc_stats;
+mod recovery;
 mod report;
 mod server;
 mod watch;
@@ -71,6 +72,8 @@ enum Command {
     NoopServer(NoopArgs),
     /// Draw the throughput and p99 charts (PNG) from a saved `compare` log's JSON lines.
     Charts(ChartsArgs),
+    /// Load keys, kill -9 the server, restart it: time to serve again, peak and steady RSS.
+    Recovery(recovery::RecoveryArgs),
 }
 
 #[derive(Args, Debug)]
@@ -235,6 +238,12 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
             for path in charts::write(&args.out_dir, &charts::points_from_log(&log))? {
                 println!("wrote {}", path.display());
             }
+            return Ok(());
+        }
+        Command::Recovery(args) => {
+            let report = recovery::run(&args).await?;
+            print!("{}", report.human());
+            println!("{}", report.json_line());
             return Ok(());
         }
         Command::Lease(args) => {

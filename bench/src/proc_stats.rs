@@ -67,9 +67,21 @@ fn parse_stat_cpu_ticks(stat: &str) -> Result<u64, &'static str> {
 
 /// The `VmRSS:` value in KiB, if present.
 fn parse_vm_rss_kib(status: &str) -> Option<u64> {
-    let rest = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
-    // The line reads `VmRSS:     12345 kB`; the unit is always kB.
+    status_kib(status, "VmRSS:")
+}
+
+/// A `Vm…` line of /proc/PID/status, in KiB: it reads `VmRSS:     12345 kB` (always kB).
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    let rest = status.lines().find_map(|line| line.strip_prefix(field))?;
     rest.split_ascii_whitespace().next()?.parse().ok()
+}
+
+/// The peak resident set size of the process's life so far in KiB (`VmHWM`).
+pub fn peak_resident_kib(process: Process) -> Result<u64, BenchError> {
+    let path = process.path("status");
+    let text = read(&path)?;
+    status_kib(&text, "VmHWM:")
+        .ok_or(BenchError::ProcFormat { path, reason: "no VmHWM line (kernel thread or zombie?)" })
 }
 
 fn ticks_to_duration(ticks: u64, ticks_per_second: u64) -> Duration {

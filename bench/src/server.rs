@@ -126,6 +126,8 @@ where
 /// A server process started by `compare`.
 pub struct RunningServer {
     kind: ServerKind,
+    bin: PathBuf,
+    args: Vec<OsString>,
     child: Child,
     pid: u32,
     endpoint: String,
@@ -174,24 +176,20 @@ impl RunningServer {
         let dir = tempfile::Builder::new().prefix(&format!("corekv-bench-{kind}-")).tempdir().map_err(scratch)?;
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("server.log");
-        let log = File::create(&log_path).map_err(scratch)?;
-        let log_err = log.try_clone().map_err(scratch)?;
-
-        let child = Command::new(bin)
-            .args(kind.member_args(&data_dir, client_port, peer_port, member))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| BenchError::Spawn { server: kind, path: bin.to_owned(), source })?;
-        let pid = child.id().ok_or_else(|| BenchError::Spawn {
-            server: kind,
-            path: bin.to_owned(),
-            source: io::Error::other("process exited before its pid could be read"),
-        })?;
+        let args = kind.member_args(&data_dir, client_port, peer_port, member);
+        let (child, pid) = launch(kind, bin, &args, &log_path)?;
         let endpoint = format!("127.0.0.1:{client_port}");
-        Ok(Self { kind, child, pid, endpoint, log_path, data_dir, _dir: dir })
+        Ok(Self { kind, bin: bin.to_owned(), args, child, pid, endpoint, log_path, data_dir, _dir: dir })
+    }
+
+    /// SIGKILLs the server and starts it again on the same data directory and ports; returns
+    /// once it answers a KV request, with how long that took from the start.
+    pub async fn kill_and_restart(&mut self) -> Result<Duration, BenchError> {
+        self.child.kill().await.map_err(|e| self.stop_error(e))?;
+        let began = Instant::now();
+        (self.child, self.pid) = launch(self.kind, &self.bin, &self.args, &self.log_path)?;
+        self.wait_ready().await?;
+        Ok(began.elapsed())
     }
 
     pub fn kind(&self) -> ServerKind {
@@ -257,6 +255,27 @@ impl RunningServer {
     fn stop_error(&self, source: io::Error) -> BenchError {
         BenchError::Stop { server: self.kind, pid: self.pid, source }
     }
+}
+
+/// Starts `bin` with `args`, its output appended to `log_path`.
+fn launch(kind: ServerKind, bin: &Path, args: &[OsString], log_path: &Path) -> Result<(Child, u32), BenchError> {
+    let scratch = |source| BenchError::Scratch { server: kind, source };
+    let log = File::options().create(true).append(true).open(log_path).map_err(scratch)?;
+    let log_err = log.try_clone().map_err(scratch)?;
+    let child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| BenchError::Spawn { server: kind, path: bin.to_owned(), source })?;
+    let pid = child.id().ok_or_else(|| BenchError::Spawn {
+        server: kind,
+        path: bin.to_owned(),
+        source: io::Error::other("process exited before its pid could be read"),
+    })?;
+    Ok((child, pid))
 }
 
 /// The first line of `bin --version`, or `unknown`.

@@ -9,8 +9,6 @@ pub mod watch;
 
 use wire::pb::etcdserverpb::ResponseHeader;
 
-use crate::config::fnv1a;
-
 /// The Raft term response headers carry: the node's current term.
 #[derive(Clone, Debug)]
 pub struct RaftTerm(pub std::sync::Arc<shards::cluster::NodeState>);
@@ -32,8 +30,7 @@ impl Member {
     /// The cluster's id is derived from its token, the member's from its peer URLs (see
     /// `config::member_id`), so both are stable across restarts and the same on every member.
     pub fn new(member_id: u64, token: &str) -> Member {
-        let cluster_id = fnv1a(token.as_bytes()) ^ fnv1a(b"corekv-cluster");
-        Member { cluster_id, member_id }
+        Member { cluster_id: crate::config::cluster_id(token), member_id }
     }
 
     pub fn header(&self, revision: i64, raft_term: u64) -> Option<ResponseHeader> {

@@ -11,26 +11,37 @@
 //!
 //! Frames also carry the sender's advertised client URLs, which is how members learn where to
 //! forward client requests ([`PeerDirectory`]).
+//!
+//! Nothing that arrives on the peer port is trusted: a connection's first frame must name a
+//! current member of this cluster (cluster id, member id and peer URL agree with the member
+//! list) before anything it says is acted on, lengths are checked against caps before any
+//! allocation (`wire::codec::peer::FrameReader`), a mismatch with a real member is refused and
+//! reported, never a reason to exit, and snapshot files go only to the member that was told to
+//! fetch them (`snapshot.rs`). Frames from elsewhere are dropped with a rate-limited warning
+//! (`receive.rs`).
 
 pub mod faults;
+mod receive;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prost_raft::Message as _;
 use raft::eraftpb::Message;
-use shards::cluster::{MemberChange, NodeState, SnapshotFetch};
-use shards::recover::ShardDirs;
+use shards::cluster::{MemberChange, NodeState};
 use shards::ClusterIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use wire::codec::peer::{self as frame, PeerFrame};
+use wire::codec::peer::PeerFrame;
 
 use crate::config::InitialMember;
+use receive::{Receiving, Warnings};
+use snapshot::SnapshotPermits;
 
 /// Messages per frame at most (the rest go in the next frame).
 const FRAME_MESSAGES: usize = 4096;
@@ -38,29 +49,91 @@ const FRAME_MESSAGES: usize = 4096;
 const REMOVED_GRACE: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach a peer that is down.
 const RECONNECT: Duration = Duration::from_millis(100);
-/// The exit status of a member whose shard count differs from the leader's (sysexits' EX_CONFIG).
-const EXIT_SHARD_COUNT_MISMATCH: i32 = 78;
 
 /// What this node knows of the other members: their peer addresses (from the flags) and client
 /// URLs (learned from their frames).
 #[derive(Debug)]
 pub struct PeerDirectory {
     me: u64,
+    /// The cluster's id (`config::cluster_id`): frames of another cluster are refused.
+    cluster: u64,
+    /// The peer URL this member advertises (`--initial-advertise-peer-urls`): where it listens,
+    /// named in its frames. After a MemberUpdate the others know it by the new URL only once
+    /// it is restarted there, so the URL its own member list holds is not used.
+    my_peer_url: String,
     members: RwLock<Vec<InitialMember>>,
     client_urls: RwLock<HashMap<u64, String>>,
 }
 
+/// Why a frame was not acted on: its sender is not a member of this node's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Stranger {
+    #[error("a frame of cluster {0:x}, not this one")]
+    OtherCluster(u64),
+    #[error("a frame from {0:x}, which is not a member of this cluster")]
+    NotAMember(u64),
+    #[error("a frame naming this member as its sender")]
+    Myself,
+    #[error("a frame from member {id:x} naming peer URL {url:?}, where the member list has {known:?}")]
+    WrongPeerUrl { id: u64, url: String, known: Vec<String> },
+}
+
 impl PeerDirectory {
-    pub fn new(me: u64, mut members: Vec<InitialMember>, my_name: &str, my_client_urls: &str) -> PeerDirectory {
+    pub fn new(
+        me: u64,
+        cluster: u64,
+        mut members: Vec<InitialMember>,
+        (my_name, my_peer_url, my_client_urls): (&str, &str, &str),
+    ) -> PeerDirectory {
         for m in members.iter_mut().filter(|m| m.id == me && m.name.is_empty()) {
             m.name = my_name.to_string();
         }
         let urls = HashMap::from([(me, my_client_urls.to_string())]);
-        PeerDirectory { me, members: RwLock::new(members), client_urls: RwLock::new(urls) }
+        PeerDirectory {
+            me,
+            cluster,
+            my_peer_url: my_peer_url.to_string(),
+            members: RwLock::new(members),
+            client_urls: RwLock::new(urls),
+        }
     }
 
     pub fn me(&self) -> u64 {
         self.me
+    }
+
+    pub fn cluster(&self) -> u64 {
+        self.cluster
+    }
+
+    /// The peer URL this member advertises.
+    pub fn my_peer_url(&self) -> &str {
+        &self.my_peer_url
+    }
+
+    /// Member `id`'s first peer URL (empty if unknown).
+    pub fn peer_url_of(&self, id: u64) -> String {
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        members.iter().find(|m| m.id == id).and_then(|m| m.peer_urls.first().cloned()).unwrap_or_default()
+    }
+
+    /// Whether a frame naming (`cluster`, `from`, `peer_url`) comes from a current member of
+    /// this cluster other than this node.
+    pub fn check_sender(&self, cluster: u64, from: u64, peer_url: &str) -> Result<(), Stranger> {
+        if cluster != self.cluster {
+            return Err(Stranger::OtherCluster(cluster));
+        }
+        if from == self.me {
+            return Err(Stranger::Myself);
+        }
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        let m = members.iter().find(|m| m.id == from).ok_or(Stranger::NotAMember(from))?;
+        // A member added without peer URLs (none here) or one that moved (MemberUpdate not yet
+        // applied here) would fail this until the change arrives; Raft sends again.
+        if !m.peer_urls.iter().any(|u| u == peer_url) {
+            return Err(Stranger::WrongPeerUrl { id: from, url: peer_url.to_string(), known: m.peer_urls.clone() });
+        }
+        Ok(())
     }
 
     /// The members as of the last membership change this node applied.
@@ -148,6 +221,10 @@ pub struct PeerNetwork {
     node: Arc<NodeState>,
     faults: Arc<faults::PeerFaults>,
     receiving: Arc<Receiving>,
+    /// Which snapshot each member was told to fetch: the only files served to it.
+    permits: SnapshotPermits,
+    /// Where the shards' snapshot files are.
+    data_dir: PathBuf,
     links: Mutex<HashMap<u64, Link>>,
     /// Connections dialed by members this node does not know yet (it has not applied their
     /// addition): taken when they are added.
@@ -194,9 +271,15 @@ impl PeerNetwork {
     /// Stops sending to member `id` (its sender task ends with its queue).
     pub fn remove(&self, id: u64) {
         self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.permits.forget(id);
     }
 
     fn send(&self, group: u16, m: Message) {
+        if m.msg_type == raft::eraftpb::MessageType::MsgSnapshot as i32 {
+            if let Some(meta) = m.snapshot.as_ref().and_then(|s| s.metadata.as_ref()) {
+                self.permits.grant(m.to, group, meta.index);
+            }
+        }
         if let Some(link) = self.links.lock().unwrap_or_else(|p| p.into_inner()).get(&m.to) {
             let _ = link.queue.send((group, m));
         }
@@ -210,17 +293,6 @@ impl PeerNetwork {
             None => drop(self.unclaimed.lock().unwrap_or_else(|p| p.into_inner()).insert(from, conn)),
         }
     }
-}
-
-/// What a peer connection needs on the receiving side.
-struct Receiving {
-    incoming: Vec<flume::Sender<Message>>,
-    directory: Arc<PeerDirectory>,
-    faults: Arc<faults::PeerFaults>,
-    /// Where the shards' snapshot files are, for members that fetch them.
-    data_dir: PathBuf,
-    /// Takes the leaders' frontiers.
-    node: Arc<NodeState>,
 }
 
 /// Starts listening on `listen` and sending to every other member; serves and fetches
@@ -237,23 +309,25 @@ pub async fn start(
         incoming,
         directory: directory.clone(),
         faults: faults.clone(),
-        data_dir,
         node: node.clone(),
+        warnings: Warnings::default(),
     });
     let network = Arc::new(PeerNetwork {
         directory: directory.clone(),
         node,
         faults: faults.clone(),
         receiving,
+        permits: SnapshotPermits::default(),
+        data_dir,
         links: Mutex::default(),
         unclaimed: Mutex::default(),
     });
     for &addr in listen {
         let listener = TcpListener::bind(addr).await.map_err(|source| PeerError::Listen { addr, source })?;
         tracing::info!(%addr, "listening for peers");
-        tokio::spawn(accept(listener, network.clone()));
+        tokio::spawn(receive::accept(listener, network.clone()));
     }
-    tokio::spawn(fetch_snapshots(fetches, directory.clone(), faults));
+    tokio::spawn(snapshot::fetch_all(fetches, directory.clone(), faults));
     for m in directory.members() {
         network.add(&m)?;
     }
@@ -301,188 +375,6 @@ pub async fn follow_member_changes(
             std::process::exit(0);
         }
     }
-}
-
-async fn accept(listener: TcpListener, network: Arc<PeerNetwork>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, from)) => {
-                let network = network.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, &network).await {
-                        tracing::debug!(%from, error = %e, "peer connection closed");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a peer connection failed");
-                tokio::time::sleep(RECONNECT).await;
-            }
-        }
-    }
-}
-
-fn invalid(e: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
-}
-
-/// A connection another member opened: a snapshot request, or the peer connection of a member
-/// with a lower id, whose first frame names it; this node then writes to it there too.
-async fn serve_connection(mut stream: TcpStream, network: &PeerNetwork) -> std::io::Result<()> {
-    let r = &network.receiving;
-    let mut prefix = [0u8; 4];
-    stream.read_exact(&mut prefix).await?;
-    if prefix == frame::SNAPSHOT_REQUEST {
-        return serve_snapshot(stream, &r.data_dir).await;
-    }
-    let _ = stream.set_nodelay(true);
-    let (mut read, write) = stream.into_split();
-    let mut body = Vec::new();
-    let first = read_frame(&mut read, prefix, &mut body).await?;
-    let from = first.from;
-    deliver(first, r)?;
-    if from < r.directory.me() {
-        network.claim(from, write);
-    }
-    receive(read, r, body).await
-}
-
-/// Reads the body of a frame whose length prefix was read.
-async fn read_frame(read: &mut OwnedReadHalf, prefix: [u8; 4], body: &mut Vec<u8>) -> std::io::Result<PeerFrame> {
-    let len = PeerFrame::body_len(prefix).map_err(|e| invalid(e.to_string()))?;
-    body.resize(len, 0);
-    read.read_exact(body).await?;
-    PeerFrame::decode(body).map_err(|e| invalid(e.to_string()))
-}
-
-/// Reads frames from one peer connection until it ends.
-async fn receive(mut read: OwnedReadHalf, r: &Receiving, mut body: Vec<u8>) -> std::io::Result<()> {
-    loop {
-        let mut prefix = [0u8; 4];
-        read.read_exact(&mut prefix).await?;
-        let frame = read_frame(&mut read, prefix, &mut body).await?;
-        deliver(frame, r)?;
-    }
-}
-
-/// Takes in one frame: what it says of its sender, and each message for its group's shard.
-fn deliver(frame: PeerFrame, r: &Receiving) -> std::io::Result<()> {
-    let (incoming, directory) = (&r.incoming, &r.directory);
-    if r.faults.drops(frame.from, directory.me()) {
-        return Ok(());
-    }
-    directory.learn(frame.from, &frame.name, &frame.client_urls);
-    let (revision, commits) = frame.frontier;
-    if !commits.is_empty() && commits.len() != incoming.len() {
-        // Only the serving leader sends a frontier, one commit index per group: this member is
-        // the odd one out and can never take part (shard i of every member is group i).
-        tracing::error!(
-            leader = format!("{:x}", frame.from),
-            leader_shards = commits.len(),
-            shards = incoming.len(),
-            "every member must run the same number of shards (--shards): the leader runs {}, this member {}; stopping",
-            commits.len(),
-            incoming.len()
-        );
-        std::process::exit(EXIT_SHARD_COUNT_MISMATCH);
-    }
-    if !commits.is_empty() {
-        r.node.offer_frontier(revision, commits);
-    }
-    for (group, bytes) in frame.messages {
-        let msg = Message::decode(bytes.as_slice()).map_err(|e| invalid(format!("raft message: {e}")))?;
-        if msg.from != frame.from {
-            return Err(invalid(format!("frame from {:x} carries a message from {:x}", frame.from, msg.from)));
-        }
-        match incoming.get(group as usize) {
-            Some(shard) => drop(shard.send(msg)),
-            // Members run the same shard count; a group beyond ours is a misconfigured peer (it
-            // stops once it hears from the leader, see above).
-            None => {
-                tracing::warn!(
-                    member = format!("{:x}", frame.from),
-                    shards = incoming.len(),
-                    "a member runs more shards than this one (message for group {group}); refusing its connection"
-                );
-                return Err(invalid(format!("message for group {group}, this node has {}", incoming.len())));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Answers one snapshot request (see `wire::codec::peer::SNAPSHOT_REQUEST`) with the file.
-async fn serve_snapshot(mut stream: TcpStream, data_dir: &Path) -> std::io::Result<()> {
-    let mut rest = [0u8; 10];
-    stream.read_exact(&mut rest).await?;
-    let (group, index) = frame::decode_snapshot_request(rest);
-    let path = ShardDirs::new(data_dir, group as usize).snap.join(shards::snapshot::snap_name(index));
-    // Opened before anything is sent: a newer snapshot may delete the file, not this handle.
-    match tokio::fs::File::open(&path).await {
-        Ok(mut file) => {
-            let len = file.metadata().await?.len();
-            stream.write_all(&len.to_le_bytes()).await?;
-            tokio::io::copy(&mut file, &mut stream).await?;
-            tracing::info!(group, index, bytes = len, "sent a snapshot to a member");
-        }
-        Err(_) => stream.write_all(&frame::NO_SNAPSHOT.to_le_bytes()).await?,
-    }
-    stream.flush().await
-}
-
-/// Serves the shards' snapshot fetches (see `shards::cluster::SnapshotFetch`), each in a task.
-async fn fetch_snapshots(
-    fetches: flume::Receiver<SnapshotFetch>,
-    directory: Arc<PeerDirectory>,
-    faults: Arc<faults::PeerFaults>,
-) {
-    while let Ok(f) = fetches.recv_async().await {
-        let (directory, faults) = (directory.clone(), faults.clone());
-        tokio::spawn(async move {
-            let SnapshotFetch { group, from, index, dir, reply } = f;
-            let r = fetch_snapshot(group, from, index, &dir, &directory, &faults).await;
-            let _ = reply.send(r.map_err(|e| e.to_string()));
-        });
-    }
-}
-
-/// Fetches snapshot `index` of `group` from member `from` into `dir`, durably, under its name.
-async fn fetch_snapshot(
-    group: u16,
-    from: u64,
-    index: u64,
-    dir: &Path,
-    directory: &PeerDirectory,
-    faults: &faults::PeerFaults,
-) -> std::io::Result<()> {
-    let fail = |e: String| std::io::Error::other(e);
-    if faults.drops(directory.me(), from) {
-        return Err(fail("cut off from the leader".into()));
-    }
-    let member = directory.members().into_iter().find(|m| m.id == from);
-    let url = member.and_then(|m| m.peer_urls.first().cloned()).ok_or_else(|| fail(format!("no member {from:x}")))?;
-    let addr = crate::config::parse_url(&url).map_err(|e| fail(e.to_string()))?;
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(&frame::encode_snapshot_request(group, index)).await?;
-    let mut len = [0u8; 8];
-    stream.read_exact(&mut len).await?;
-    let len = u64::from_le_bytes(len);
-    if len == frame::NO_SNAPSHOT {
-        return Err(fail(format!("member {from:x} has no snapshot {index} of group {group}")));
-    }
-    tokio::fs::create_dir_all(dir).await?;
-    let name = shards::snapshot::snap_name(index);
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = tokio::fs::File::create(&tmp).await?;
-    let copied = tokio::io::copy(&mut (&mut stream).take(len), &mut file).await?;
-    if copied != len {
-        return Err(fail(format!("snapshot {index} cut short: {copied} of {len} bytes")));
-    }
-    file.sync_all().await?;
-    tokio::fs::rename(&tmp, dir.join(&name)).await?;
-    tokio::fs::File::open(dir).await?.sync_all().await?;
-    tracing::info!(group, index, bytes = len, "fetched a snapshot from the leader");
-    Ok(())
 }
 
 /// The task that sends to one peer.
@@ -535,7 +427,14 @@ impl Sender {
                     conn
                 }
             };
+            let began = std::time::Instant::now();
             match self.write(conn, &queue, &dialed).await {
+                // A peer that closes at once (it refuses this member, or does not know it yet)
+                // is dialed again after a pause, not in a tight loop.
+                Ended::Lost if began.elapsed() < RECONNECT => {
+                    tokio::time::sleep(RECONNECT).await;
+                    let _ = queue.drain();
+                }
                 Ended::Lost => {}
                 Ended::Replaced(conn) => next = Some(conn),
                 Ended::Removed => return,
@@ -552,12 +451,7 @@ impl Sender {
                 Ok(stream) if !self.faults.drops(me, to) => {
                     let _ = stream.set_nodelay(true);
                     let (read, write) = stream.into_split();
-                    let receiving = self.receiving.clone();
-                    let reader = tokio::spawn(async move {
-                        if let Err(e) = receive(read, &receiving, Vec::new()).await {
-                            tracing::debug!(peer = format!("{to:x}"), error = %e, "peer connection closed");
-                        }
-                    });
+                    let reader = tokio::spawn(receive::receive_dialed(read, self.receiving.clone(), to, addr));
                     return Some(Conn { write, reader: Some(reader) });
                 }
                 outcome => {
@@ -599,7 +493,9 @@ impl Sender {
         let (me, to) = (self.directory.me(), self.to);
         // One frame reused: its sender fields stay, frontier and messages change per batch.
         let mut frame = PeerFrame {
+            cluster: self.directory.cluster(),
             from: me,
+            peer_url: self.directory.my_peer_url().to_string(),
             client_urls: self.directory.client_urls(me).unwrap_or_default(),
             name: self.directory.name_of(me),
             ..PeerFrame::default()

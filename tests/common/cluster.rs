@@ -120,6 +120,12 @@ impl Cluster {
             .count()
     }
 
+    /// Member `i`'s peer URL.
+    pub fn peer_url(&self, i: usize) -> String {
+        let member = self.initial.split(',').nth(i).expect("a member started");
+        member.split_once('=').map(|(_, url)| url.to_string()).expect("name=url")
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.iter().filter(|n| n.pid().is_some()).map(|n| n.endpoint()).collect()
     }

@@ -6,8 +6,11 @@
 //! - [`codec`]: the frame format used by WAL segments and snapshot files.
 //! - [`record`]: the rkyv records carried inside frames (WAL records, Raft entry payloads,
 //!   snapshot records).
+//! - `grpc_codec` (feature `grpc`): the gRPC codec of the generated services.
 
 pub mod codec;
+#[cfg(feature = "grpc")]
+pub mod grpc_codec;
 pub mod pb;
 pub mod record;
 pub mod rpctypes;

@@ -39,6 +39,7 @@ pub fn compare_kv(c: &Compare, v: Option<&Version>) -> bool {
         (CompareTarget::Value(x), Some(v)) => v.value.as_deref().unwrap_or_default().cmp(x.as_ref()),
         // etcd: comparing the value of a missing key always fails.
         (CompareTarget::Value(_), None) => return false,
+        (CompareTarget::Unrecognized, _) => std::cmp::Ordering::Equal,
     };
     use std::cmp::Ordering::*;
     match c.result {
@@ -46,6 +47,7 @@ pub fn compare_kv(c: &Compare, v: Option<&Version>) -> bool {
         CompareResult::Greater => ord == Greater,
         CompareResult::Less => ord == Less,
         CompareResult::NotEqual => ord != Equal,
+        CompareResult::Unrecognized => true,
     }
 }
 

@@ -106,6 +106,8 @@ pub enum CompareResult {
     Greater,
     Less,
     NotEqual,
+    /// A result value etcd does not define: such a compare always succeeds, as in etcd.
+    Unrecognized,
 }
 
 /// What a compare looks at, with the operand.
@@ -116,6 +118,8 @@ pub enum CompareTarget {
     Mod(i64),
     Value(Bytes),
     Lease(i64),
+    /// A target value etcd does not define: etcd compares nothing and finds the two equal.
+    Unrecognized,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,139 @@
+//! Snapshot files between members: a member that falls behind the leader's log is sent a
+//! snapshot message by Raft and fetches the file on a short-lived connection of its own.
+//!
+//! A snapshot holds every key and value of a shard, so it is served only to a current member
+//! of this cluster, and only the snapshot this node told that member to fetch: sending a Raft
+//! snapshot message to member M for group G at index I grants M the file (G, I)
+//! ([`SnapshotPermits`]); a request for anything else is answered as if the file did not exist.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use shards::cluster::SnapshotFetch;
+use shards::recover::ShardDirs;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wire::codec::peer::{self as frame, SnapshotRequest};
+
+use super::receive::{Refused, HELLO_TIMEOUT};
+use super::{faults, PeerDirectory, PeerNetwork};
+
+/// The snapshot each member was last told to fetch, per group.
+#[derive(Debug, Default)]
+pub(super) struct SnapshotPermits(Mutex<HashMap<(u64, u16), u64>>);
+
+impl SnapshotPermits {
+    /// Member `to` was sent a snapshot message for `group` at `index`.
+    pub(super) fn grant(&self, to: u64, group: u16, index: u64) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert((to, group), index);
+    }
+
+    fn allows(&self, req: &SnapshotRequest) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&(req.from, req.group)) == Some(&req.index)
+    }
+
+    /// Member `id` left the cluster.
+    pub(super) fn forget(&self, id: u64) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|(to, _), _| *to != id);
+    }
+}
+
+/// Answers one snapshot request (the marker is read) with the file, or with `NO_SNAPSHOT` when
+/// the requester may not have it.
+pub(super) async fn serve(
+    mut stream: TcpStream,
+    network: &PeerNetwork,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), Refused> {
+    let mut rest = [0u8; SnapshotRequest::LEN];
+    tokio::time::timeout(HELLO_TIMEOUT, stream.read_exact(&mut rest)).await.map_err(|_| Refused::Silent)??;
+    drop(handshake);
+    let req = SnapshotRequest::decode(rest);
+    let directory = &network.directory;
+    let peer_url = directory.peer_url_of(req.from);
+    let checked = directory.check_sender(req.cluster, req.from, &peer_url);
+    let path = ShardDirs::new(&network.data_dir, req.group as usize).snap.join(shards::snapshot::snap_name(req.index));
+    let file = match checked {
+        Ok(()) if network.permits.allows(&req) => tokio::fs::File::open(&path).await.ok(),
+        _ => None,
+    };
+    // Opened before anything is sent: a newer snapshot may delete the file, not this handle.
+    let Some(mut file) = file else {
+        stream.write_all(&frame::NO_SNAPSHOT.to_le_bytes()).await?;
+        stream.flush().await?;
+        checked?;
+        return Err(Refused::SnapshotNotGranted { member: req.from, group: req.group, index: req.index });
+    };
+    let len = file.metadata().await?.len();
+    stream.write_all(&len.to_le_bytes()).await?;
+    tokio::io::copy(&mut file, &mut stream).await?;
+    stream.flush().await?;
+    tracing::info!(
+        member = format!("{:x}", req.from),
+        group = req.group,
+        index = req.index,
+        bytes = len,
+        "sent a snapshot to a member"
+    );
+    Ok(())
+}
+
+/// Serves the shards' snapshot fetches (see `shards::cluster::SnapshotFetch`), each in a task.
+pub(super) async fn fetch_all(
+    fetches: flume::Receiver<SnapshotFetch>,
+    directory: Arc<PeerDirectory>,
+    faults: Arc<faults::PeerFaults>,
+) {
+    while let Ok(f) = fetches.recv_async().await {
+        let (directory, faults) = (directory.clone(), faults.clone());
+        tokio::spawn(async move {
+            let SnapshotFetch { group, from, index, dir, reply } = f;
+            let r = fetch(group, from, index, &dir, &directory, &faults).await;
+            let _ = reply.send(r.map_err(|e| e.to_string()));
+        });
+    }
+}
+
+/// Fetches snapshot `index` of `group` from member `from` into `dir`, durably, under its name.
+/// The file streams to disk as it arrives; nothing of its announced length is allocated.
+async fn fetch(
+    group: u16,
+    from: u64,
+    index: u64,
+    dir: &Path,
+    directory: &PeerDirectory,
+    faults: &faults::PeerFaults,
+) -> std::io::Result<()> {
+    let fail = |e: String| std::io::Error::other(e);
+    if faults.drops(directory.me(), from) {
+        return Err(fail("cut off from the leader".into()));
+    }
+    let url = directory.peer_url_of(from);
+    if url.is_empty() {
+        return Err(fail(format!("no member {from:x}")));
+    }
+    let addr = crate::config::parse_url(&url).map_err(|e| fail(e.to_string()))?;
+    let mut stream = TcpStream::connect(addr).await?;
+    let req = SnapshotRequest { cluster: directory.cluster(), from: directory.me(), group, index };
+    stream.write_all(&req.encode()).await?;
+    let mut len = [0u8; 8];
+    stream.read_exact(&mut len).await?;
+    let len = u64::from_le_bytes(len);
+    if len == frame::NO_SNAPSHOT {
+        return Err(fail(format!("member {from:x} does not serve snapshot {index} of group {group} to this member")));
+    }
+    tokio::fs::create_dir_all(dir).await?;
+    let name = shards::snapshot::snap_name(index);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = tokio::fs::File::create(&tmp).await?;
+    let copied = tokio::io::copy(&mut (&mut stream).take(len), &mut file).await?;
+    if copied != len {
+        return Err(fail(format!("snapshot {index} cut short: {copied} of {len} bytes")));
+    }
+    file.sync_all().await?;
+    tokio::fs::rename(&tmp, dir.join(&name)).await?;
+    tokio::fs::File::open(dir).await?.sync_all().await?;
+    tracing::info!(group, index, bytes = len, "fetched a snapshot from the leader");
+    Ok(())
+}
