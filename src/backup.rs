@@ -47,6 +47,7 @@ impl Out<'_> {
 pub async fn stream(
     router: &Router,
     leases: &Leases,
+    auth: wire::record::auth::AuthStateRecord,
     revision: i64,
     header: Option<ResponseHeader>,
     tx: &Sender<Result<SnapshotResponse, Status>>,
@@ -75,6 +76,7 @@ pub async fn stream(
     }
     let leases = leases.list().await?.into_iter().map(|(id, ttl)| LeaseRecord { id, ttl, remaining: ttl }).collect();
     encode_into(&mut out.buf, RecordKind::Backup, &BackupRecord::Leases { leases }.to_bytes());
+    encode_into(&mut out.buf, RecordKind::Backup, &BackupRecord::Auth { auth: Box::new(auth) }.to_bytes());
     encode_into(&mut out.buf, RecordKind::Backup, &BackupRecord::Footer { key_count }.to_bytes());
     // Zero padding (read as the end of the frames) to a multiple of 512, then the checksum.
     let total = out.sent + out.buf.len();

@@ -88,6 +88,21 @@ pub struct Config {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
+    /// Auth token kind: `simple`, or
+    /// `jwt,pub-key=<path>,priv-key=<path>,sign-method=<RS256|ES256|HS256|…>[,ttl=5m]`.
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds a simple token lives after its last use.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of password hashes (4 to 31; etcd's default 10, also used, as in etcd, for a
+    /// value out of that range).
+    #[arg(long, default_value_t = 10)]
+    pub bcrypt_cost: u32,
+    /// With auth on, a request with no token comes from the user its TLS client certificate's
+    /// Common Name names.
+    #[arg(long, default_value_t = false)]
+    pub client_cert_auth: bool,
 }
 
 /// One member named by `--initial-cluster`.
@@ -185,6 +200,17 @@ pub enum ConfigError {
 
 impl Config {
     /// Checks limits that flags alone cannot express.
+    /// The bcrypt cost in force: `--bcrypt-cost`, or etcd's default 10 for a value bcrypt does
+    /// not take.
+    pub fn effective_bcrypt_cost(&self) -> u32 {
+        if (4..=31).contains(&self.bcrypt_cost) {
+            self.bcrypt_cost
+        } else {
+            tracing::warn!(given = self.bcrypt_cost, "--bcrypt-cost out of range (4 to 31); using 10");
+            10
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_request_bytes > MAX_MAX_REQUEST_BYTES {
             return Err(ConfigError::MaxRequestBytesTooLarge(self.max_request_bytes));
@@ -202,6 +228,7 @@ impl Config {
         }
         self.client_addrs()?;
         self.raft_timing()?;
+
         if self.initial_members()?.len() > 1 {
             self.peer_listen_addrs()?;
         }

@@ -61,4 +61,7 @@ pub enum ApiError {
     NotLeader,
     #[error(transparent)]
     Shard(#[from] ShardError),
+    /// Refused by the auth store: an identity, a permission, or a change to the store.
+    #[error(transparent)]
+    Auth(#[from] shards::auth::AuthError),
 }

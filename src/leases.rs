@@ -110,12 +110,12 @@ impl Leases {
                 })
             })
             .collect();
-        let (_, revision) = self.router.txn(TxnSpec { compares: Vec::new(), success, failure: Vec::new() }).await?;
+        let (_, revision) = self.router.txn(TxnSpec { compares: Vec::new(), success, failure: Vec::new() }, 0).await?;
         Ok(revision)
     }
 
     /// The keys attached to lease `id` on every shard, after every write executed so far.
-    async fn keys(&self, id: i64) -> Result<Vec<bytes::Bytes>, ApiError> {
+    pub async fn keys(&self, id: i64) -> Result<Vec<bytes::Bytes>, ApiError> {
         let parts = futures::future::try_join_all(
             self.router.handles().iter().map(|h| h.request(|reply| ShardMsg::Lease(LeaseMsg::Keys { id, reply }))),
         )

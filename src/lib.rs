@@ -1,6 +1,7 @@
 //! The corekv server: configuration, the gRPC services, the router in front of the shards.
 
 pub mod alarm;
+pub mod auth;
 pub mod authority;
 pub mod backup;
 pub mod config;

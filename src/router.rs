@@ -30,6 +30,8 @@ pub struct Router {
     cross: tokio::sync::Mutex<()>,
     /// Test-only fault: reads at the current revision see one revision earlier (`fault`).
     stale_reads: bool,
+    /// The auth store, for cross-shard writes to recheck the auth revision they were checked at.
+    auth_view: Arc<shards::auth::AuthView>,
 }
 
 /// A write's answer: the result and the revision for the response header.
@@ -53,6 +55,7 @@ impl Router {
             map: pool.map().clone(),
             cross: tokio::sync::Mutex::new(()),
             stale_reads,
+            auth_view: pool.auth_view().clone(),
         }
     }
 
@@ -147,42 +150,45 @@ impl Router {
         Ok((rev, current))
     }
 
-    async fn single(&self, shard: u16, op: Op) -> Result<Written, ApiError> {
-        let out: WriteOutcome = self.shard(shard).request(|reply| ShardMsg::Write { op, reply }).await?;
+    /// A write whose keys all live on `shard`. `auth_revision` is the auth revision its
+    /// permissions were checked at (0: auth off); every write path takes one (see
+    /// `ShardMsg::Write`).
+    async fn single(&self, shard: u16, op: Op, auth_revision: u64) -> Result<Written, ApiError> {
+        let out: WriteOutcome = self.shard(shard).request(|reply| ShardMsg::Write { op, auth_revision, reply }).await?;
         self.clock.wait_visible(out.revision).await;
         // Not the frontier now: writes on this shard may have become visible since the op ran,
         // and the header must name a revision whose state the op saw (etcd's header revision).
         Ok(Written { result: out.result, revision: out.revision })
     }
 
-    pub async fn put(&self, p: PutOp) -> Result<Written, ApiError> {
+    pub async fn put(&self, p: PutOp, auth_revision: u64) -> Result<Written, ApiError> {
         let shard = self.map.shard_of(&p.key).0;
-        self.single(shard, Op::Put(p)).await
+        self.single(shard, Op::Put(p), auth_revision).await
     }
 
-    pub async fn delete(self: &Arc<Self>, d: DeleteOp) -> Result<Written, ApiError> {
+    pub async fn delete(self: &Arc<Self>, d: DeleteOp, auth_revision: u64) -> Result<Written, ApiError> {
         let shards = self.map.shards_of(&d.range);
         if shards.start() == shards.end() {
-            return self.single(*shards.start(), Op::Delete(d)).await;
+            return self.single(*shards.start(), Op::Delete(d), auth_revision).await;
         }
         let t = TxnSpec { compares: vec![], success: vec![Op::Delete(d)], failure: vec![] };
-        let (mut r, revision) = self.cross_detached(t, shards.collect()).await?;
+        let (mut r, revision) = self.cross_detached(t, shards.collect(), auth_revision).await?;
         let result = r.results.pop().ok_or(ApiError::Shard(ShardError::Stopped))?;
         Ok(Written { result, revision })
     }
 
-    pub async fn txn(self: &Arc<Self>, t: TxnSpec) -> Result<(TxnResult, i64), ApiError> {
+    pub async fn txn(self: &Arc<Self>, t: TxnSpec, auth_revision: u64) -> Result<(TxnResult, i64), ApiError> {
         let mut touched = BTreeSet::new();
         self.touched(&t, &mut touched);
         if touched.len() <= 1 {
             let shard = touched.into_iter().next().unwrap_or(0);
-            let w = self.single(shard, Op::Txn(t)).await?;
+            let w = self.single(shard, Op::Txn(t), auth_revision).await?;
             return match w.result {
                 OpResult::Txn(r) => Ok((r, w.revision)),
                 _ => Err(ShardError::Stopped.into()),
             };
         }
-        self.cross_detached(t, touched.into_iter().collect()).await
+        self.cross_detached(t, touched.into_iter().collect(), auth_revision).await
     }
 
     fn touched(&self, t: &TxnSpec, out: &mut BTreeSet<u16>) {
@@ -258,6 +264,12 @@ impl Router {
         Ok(try_join_all(self.shards.iter().map(|s| s.request(|reply| ShardMsg::Progress { id, reply }))).await?)
     }
 
+    /// On the leader: logs a change to the auth store through group 0 (which checks it and
+    /// answers once it is committed) — with the number of a token it issued (0 otherwise).
+    pub async fn auth(&self, op: wire::record::auth::AuthOp) -> Result<u64, ApiError> {
+        Ok(self.shards[0].request(|reply| ShardMsg::Auth { op, reply }).await?)
+    }
+
     /// In a cluster: starts handing leadership of group 0 (and so of every group) to `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ApiError> {
         Ok(self.shards[0].request(|reply| ShardMsg::TransferLeader { to, reply }).await?)
@@ -271,7 +283,12 @@ impl Router {
     /// before the txn, check puts, run the chosen ops, then log atomically — a single changed
     /// shard logs an ordinary write; several log a prepare each, then the lowest logs the
     /// decision — and release.
-    async fn cross_txn(&self, t: &TxnSpec, participants: Vec<u16>) -> Result<(TxnResult, i64), ApiError> {
+    async fn cross_txn(
+        &self,
+        t: &TxnSpec,
+        participants: Vec<u16>,
+        auth_revision: u64,
+    ) -> Result<(TxnResult, i64), ApiError> {
         let _one_at_a_time = self.cross.lock().await;
         let mut held = Vec::new();
         let mut outcome = Ok(());
@@ -290,6 +307,11 @@ impl Router {
                     break;
                 }
             }
+        }
+        // Checked once every participant is held: an auth change after this point orders after
+        // the txn, as one applied before it in etcd's log would be refused there.
+        if outcome.is_ok() && auth_revision != 0 && auth_revision < self.auth_view.load().revision() {
+            outcome = Err(ApiError::Auth(shards::auth::AuthError::AuthOldRevision));
         }
         let current = self.clock.visible().max(observed);
         // While every participant is held nothing else writes them, so a txn that writes
@@ -334,9 +356,10 @@ impl Router {
         self: &Arc<Self>,
         t: TxnSpec,
         participants: Vec<u16>,
+        auth_revision: u64,
     ) -> Result<(TxnResult, i64), ApiError> {
         let me = self.clone();
-        tokio::spawn(async move { me.cross_txn(&t, participants).await })
+        tokio::spawn(async move { me.cross_txn(&t, participants, auth_revision).await })
             .await
             .map_err(|_| ApiError::Shard(ShardError::Stopped))?
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use shards::{ClusterConfig, PoolConfig, ShardPool};
 use tonic::transport::Server;
 use wire::pb::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 
@@ -40,6 +40,8 @@ pub enum ServeError {
     Peer(#[from] crate::peer::PeerError),
     #[error(transparent)]
     Members(#[from] crate::members::MembersError),
+    #[error(transparent)]
+    AuthToken(#[from] crate::auth::jwt::JwtError),
 }
 
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -120,6 +122,19 @@ pub async fn serve(
     let queue_limits = QueueLimits { revisions: cfg.watch_queue_revisions.max(1), bytes: WATCH_QUEUE_BYTES };
     let watch_hub = Arc::new(Hub::new(pool.clock().visible(), queue_limits));
     let hub = tokio::spawn(hub::run(pool.events().clone(), pool.clock().clone(), watch_hub.clone()));
+    let guard = Arc::new(crate::auth::Guard::new(
+        pool.auth_view().clone(),
+        pool.auth_tokens().clone(),
+        crate::auth::TokenMode::from_flag(&cfg.auth_token)?,
+        cfg.client_cert_auth,
+        cfg.effective_bcrypt_cost(),
+    ));
+    pool.auth_tokens().set_ttl(std::time::Duration::from_secs(if cfg.auth_token_ttl == 0 {
+        300
+    } else {
+        cfg.auth_token_ttl
+    }));
+    tokio::spawn(guard.clone().sweep_tokens());
     let watch_ctx = Arc::new(WatchContext {
         router: router.clone(),
         hub: watch_hub,
@@ -128,6 +143,7 @@ pub async fn serve(
         max_request_bytes: cfg.max_request_bytes,
         progress_interval: cfg.experimental_watch_progress_notify_interval,
         stop: watch_stop,
+        guard: guard.clone(),
     });
     let membership = Arc::new(Membership::new(router.clone(), fwd.clone(), &cfg.initial_cluster_token));
     let mut servers = Vec::new();
@@ -145,9 +161,19 @@ pub async fn serve(
             raft_term: raft_term.clone(),
             alarms: alarms.clone(),
             fwd: fwd.clone(),
+            guard: guard.clone(),
+            leases: leases.clone(),
         })
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(usize::MAX);
+        let auth = AuthServer::new(crate::grpc::auth::AuthService {
+            router: router.clone(),
+            guard: guard.clone(),
+            member,
+            raft_term: raft_term.clone(),
+            fwd: fwd.clone(),
+        })
+        .max_decoding_message_size(max_msg);
         let maint = MaintenanceServer::new(MaintenanceService {
             router: router.clone(),
             leases: leases.clone(),
@@ -156,6 +182,7 @@ pub async fn serve(
             alarms: alarms.clone(),
             raft_term: raft_term.clone(),
             fwd: fwd.clone(),
+            guard: guard.clone(),
         })
         .max_decoding_message_size(max_msg);
         let watch = WatchServer::new(WatchService { ctx: watch_ctx.clone(), fwd: fwd.clone() })
@@ -167,6 +194,7 @@ pub async fn serve(
             member,
             raft_term: raft_term.clone(),
             fwd: fwd.clone(),
+            guard: guard.clone(),
         })
         .max_decoding_message_size(max_msg);
         let cluster = ClusterServer::new(ClusterService {
@@ -175,6 +203,7 @@ pub async fn serve(
             raft_term: raft_term.clone(),
             fwd: fwd.clone(),
             membership: membership.clone(),
+            guard: guard.clone(),
         });
         let mut stop = stop_tx.subscribe();
         tracing::info!(%addr, "serving client requests");
@@ -186,6 +215,7 @@ pub async fn serve(
                 .add_service(watch)
                 .add_service(lease)
                 .add_service(cluster)
+                .add_service(auth)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.recv().await;
                 }),

@@ -37,4 +37,8 @@ pub enum ShardError {
     /// The shard has stopped (shutdown, or its executor ended).
     #[error("shard stopped")]
     Stopped,
+    /// An auth change the store refused, or a write checked against an auth store that has
+    /// changed since.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }

@@ -39,6 +39,9 @@ use crate::route::ShardId;
 use crate::snapshot;
 use crate::wal::writer::WalWriter;
 
+#[path = "exec_auth.rs"]
+mod auth_ops;
+
 const MAX_BATCH: usize = 4096;
 /// A batch stops growing past this many bytes of keys and values, keeping Raft entries and WAL
 /// frames far below the frame size limit.
@@ -66,6 +69,11 @@ pub struct ShardConfig {
     pub lease_checkpoint_interval: Duration,
     /// The shard's link to the rest of its Raft group (a server alone is a group of one).
     pub cluster: ClusterLink,
+    /// The node's published auth store: group 0's shard publishes it, writes check their auth
+    /// revision against it.
+    pub auth_view: Arc<crate::auth::AuthView>,
+    /// The node's simple tokens (group 0's shard adds and drops them as changes apply).
+    pub auth_tokens: Arc<crate::auth::Tokens>,
 }
 
 /// What the shard's tasks share on its thread (never borrowed across an `.await`).
@@ -141,6 +149,8 @@ enum Ack {
 
 pub struct Writer {
     cfg: ShardConfig,
+    /// The auth store of this member (group 0's shard only; see `exec_auth.rs`).
+    auth: crate::auth::AuthState,
     dirs: ShardDirs,
     store: Rc<RefCell<Store>>,
     raft: RaftGroup,
@@ -205,6 +215,8 @@ fn written_keys(batch: &Batch) -> Vec<bytes::Bytes> {
 
 /// What recovery left for the writer besides the store.
 pub struct RecoveredLog {
+    /// The auth store as recovery rebuilt it (default on every shard but 0).
+    pub auth: crate::auth::AuthState,
     /// Decided cross-shard revisions above the snapshot floor.
     pub decided: BTreeSet<i64>,
     /// Committed batches not applied yet (see `recover::replay`).
@@ -382,6 +394,7 @@ fn fail(msg: ShardMsg, e: ShardError) {
         ShardMsg::History { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Snapshot { reply } => drop(reply.send(Err(e))),
         ShardMsg::Write { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::Auth { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Compact { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Status { reply } => drop(reply.send(Err(e))),
         ShardMsg::Promote { reply, .. } => drop(reply.send(Err(e))),
@@ -423,11 +436,12 @@ impl Writer {
         clock: Arc<RevisionClock>,
         log: RecoveredLog,
     ) -> Writer {
-        let RecoveredLog { decided, unapplied } = log;
+        let RecoveredLog { auth, decided, unapplied } = log;
         let Local { store, leases, writing_since } = local;
         store.borrow_mut().set_capture(true);
         let committed_revision = store.borrow().current_revision();
         Writer {
+            auth,
             executed_upto: raft.applied_index(),
             committed_revision,
             apply_queue: unapplied.into(),
@@ -505,7 +519,10 @@ impl Writer {
                 continue;
             }
             match msg {
-                ShardMsg::Write { op, reply } => match self.execute(op) {
+                ShardMsg::Write { auth_revision, reply, .. } if self.auth_is_newer(auth_revision) => {
+                    drop(reply.send(Err(ShardError::Auth(crate::auth::AuthError::AuthOldRevision))))
+                }
+                ShardMsg::Write { op, reply, .. } => match self.execute(op) {
                     Ok((outcome, logged)) => {
                         if let Some(BatchOp::Write { mutations, .. }) = &logged {
                             batch_bytes += mutations.iter().map(mutation_bytes).sum::<usize>();
@@ -551,6 +568,10 @@ impl Writer {
                     self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
                     let r = self.conf_change(change).await;
                     drop(reply.send(r));
+                }
+                ShardMsg::Auth { op, reply } => {
+                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
+                    self.on_auth(op, reply).await;
                 }
                 ShardMsg::Progress { id, reply } => drop(reply.send(Ok(self.raft.progress_of(id)))),
                 ShardMsg::TransferLeader { to, reply } => {
@@ -1026,6 +1047,7 @@ impl Writer {
             self.cfg.leases.insert(l.id);
         }
         *self.leases.borrow_mut() = leases;
+        self.restore_auth(s.auth);
         self.decided = s.header.decided.iter().copied().collect();
         for r in &self.decided {
             self.cfg.cluster.node.record_decided(*r);
@@ -1138,6 +1160,7 @@ impl Writer {
                         self.cfg.leases.remove(id);
                     }
                     Some(LeaseChange::Checkpoint { remaining }) => self.leases.borrow_mut().checkpoint(&remaining, now),
+                    Some(LeaseChange::Auth(op)) => self.apply_auth(op),
                     None => {}
                 }
             }
@@ -1272,6 +1295,7 @@ impl Writer {
         let writes = matches!(
             msg,
             ShardMsg::Write { .. }
+                | ShardMsg::Auth { .. }
                 | ShardMsg::Compact { .. }
                 | ShardMsg::Cross(Cross::Hold { .. })
                 | ShardMsg::ReadIndex { .. }
@@ -1451,11 +1475,12 @@ impl Writer {
             .into_iter()
             .map(|(id, ttl, remaining)| LeaseRecord { id, ttl, remaining })
             .collect();
+        let extras = snapshot::SnapshotExtras { leases, auth: self.auth_record() };
         let (store, dir) = (self.store.clone(), self.dirs.snap.clone());
         let done = Rc::new(Cell::new(false));
         let flag = done.clone();
         let task = glommio::spawn_local(async move {
-            let r = snapshot::write_from(store, &dir, header, leases).await;
+            let r = snapshot::write_from(store, &dir, header, extras).await;
             flag.set(true);
             r.map(|path| SnapshotDone { index, term, revision, path })
         });

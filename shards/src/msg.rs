@@ -69,10 +69,19 @@ pub enum ShardMsg {
     Snapshot {
         reply: Reply<()>,
     },
-    /// A Put, DeleteRange or Txn whose keys all live on this shard.
+    /// A Put, DeleteRange or Txn whose keys all live on this shard. `auth_revision` is the
+    /// auth revision its permissions were checked at (0: auth off): if the auth store has moved
+    /// past it by the time the write runs, it fails with `revision of auth store is old`.
     Write {
         op: Op,
+        auth_revision: u64,
         reply: Reply<WriteOutcome>,
+    },
+    /// Group 0 only, on the leader: a change to the auth store, logged through the group and
+    /// answered once committed (with the number of a token it issued; 0 otherwise).
+    Auth {
+        op: wire::record::auth::AuthOp,
+        reply: Reply<u64>,
     },
     /// Compaction of history below `revision` (logged, then applied).
     Compact {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use futures::channel::{mpsc, oneshot};
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::auth::{AuthView, Tokens};
 use crate::clock::RevisionClock;
 use crate::cluster::{ClusterLink, NodeState, Outgoing, SnapshotFetch};
 use crate::error::ShardError;
@@ -101,6 +102,9 @@ pub struct ShardPool {
     leases: Arc<LeaseRegistry>,
     expired: flume::Receiver<i64>,
     cluster_io: Option<ClusterIo>,
+    /// The auth store group 0's shard publishes.
+    auth_view: Arc<AuthView>,
+    auth_tokens: Arc<Tokens>,
     pub recovery: RecoveryReport,
 }
 
@@ -176,6 +180,9 @@ impl ShardPool {
                 leases.insert(*id);
             }
         }
+        // Group 0's shard holds the auth store; what recovery rebuilt is in force at once.
+        let auth_view = Arc::new(AuthView::new(recovered.first().map(|r| r.auth.clone()).unwrap_or_default()));
+        let auth_tokens = Arc::new(Tokens::default());
         let (outbox, outgoing) = flume::unbounded();
         let (fetch, fetches) = flume::unbounded();
         let node = Arc::new(NodeState::new(cfg.cluster.me, n, clock.clone()));
@@ -214,6 +221,8 @@ impl ShardPool {
                         fetch: fetch.clone(),
                     }
                 },
+                auth_view: auth_view.clone(),
+                auth_tokens: auth_tokens.clone(),
             };
             let clock = clock.clone();
             let fsync = cfg.fsync;
@@ -249,7 +258,19 @@ impl ShardPool {
             }
         }
         let cluster_io = Some(ClusterIo { outgoing, incoming, node, fetches });
-        Ok(ShardPool { handles, clock, map, threads, events, leases, expired, cluster_io, recovery })
+        Ok(ShardPool {
+            handles,
+            clock,
+            map,
+            threads,
+            events,
+            leases,
+            expired,
+            cluster_io,
+            auth_view,
+            auth_tokens,
+            recovery,
+        })
     }
 
     /// The shards' Raft traffic, for the peer transport to carry (taken once).
@@ -272,6 +293,16 @@ impl ShardPool {
     /// Every live lease of the node.
     pub fn leases(&self) -> &Arc<LeaseRegistry> {
         &self.leases
+    }
+
+    /// The node's auth store, as group 0's shard publishes it.
+    pub fn auth_view(&self) -> &Arc<AuthView> {
+        &self.auth_view
+    }
+
+    /// The node's simple tokens.
+    pub fn auth_tokens(&self) -> &Arc<Tokens> {
+        &self.auth_tokens
     }
 
     /// Ids of leases whose deadline passed, from their home shards (the router revokes them).
@@ -306,7 +337,7 @@ async fn start_shard(
     clock: Arc<RevisionClock>,
     fsync: bool,
 ) -> Result<Started, String> {
-    let RecoveredShard { dirs, store, leases, decided, raft, wal, unapplied, .. } = rec;
+    let RecoveredShard { dirs, store, auth, leases, decided, raft, wal, unapplied, .. } = rec;
     std::fs::create_dir_all(&dirs.wal).map_err(|e| format!("{}: {e}", dirs.wal.display()))?;
     crate::dma::use_main_ring(&dirs.wal).await;
     let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync).await.map_err(|e| e.to_string())?;
@@ -318,7 +349,7 @@ async fn start_shard(
         table.insert(id, l.ttl, l.remaining, now);
     }
     let local = Local { store: Rc::new(RefCell::new(store)), leases: Rc::new(RefCell::new(table)), ..Local::default() };
-    let log = RecoveredLog { decided, unapplied };
+    let log = RecoveredLog { auth, decided, unapplied };
     let mut writer = Writer::new(cfg, dirs, local.clone(), group, writer_wal, clock.clone(), log);
     writer.start().await;
     Ok((writer, local, clock))

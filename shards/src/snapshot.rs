@@ -11,6 +11,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
 use wire::codec::frame::{self, FrameFile, FrameFileError, RecordKind};
+use wire::record::auth::AuthStateRecord;
 use wire::record::snapshot::{LeaseRecord, SnapshotHeader, SnapshotRecord};
 
 use crate::mvcc::Store;
@@ -67,20 +68,32 @@ fn footer(out: &mut Vec<u8>, key_count: u64) {
     frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Footer { key_count }.to_bytes());
 }
 
-/// Appends the header frame and, if any, the leases frame.
-fn head(out: &mut Vec<u8>, header: SnapshotHeader, leases: Vec<LeaseRecord>) {
+/// What a shard's snapshot holds besides its keys.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotExtras {
+    /// The leases homed on the shard.
+    pub leases: Vec<LeaseRecord>,
+    /// The auth store (group 0 only).
+    pub auth: Option<AuthStateRecord>,
+}
+
+/// Appends the header frame and, if any, the leases and auth frames.
+fn head(out: &mut Vec<u8>, header: SnapshotHeader, extras: SnapshotExtras) {
     frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Header(header).to_bytes());
-    if !leases.is_empty() {
-        frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Leases(leases).to_bytes());
+    if !extras.leases.is_empty() {
+        frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Leases(extras.leases).to_bytes());
+    }
+    if let Some(auth) = extras.auth {
+        frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Auth(Box::new(auth)).to_bytes());
     }
 }
 
-/// Serializes `store` as of `header.revision`, and the shard's leases, into snapshot file
-/// bytes, in one go (tests and restores).
-pub fn encode(store: &Store, header: SnapshotHeader, leases: Vec<LeaseRecord>) -> Vec<u8> {
+/// Serializes `store` as of `header.revision`, and the shard's leases and auth store, into
+/// snapshot file bytes, in one go (tests and restores).
+pub fn encode(store: &Store, header: SnapshotHeader, extras: SnapshotExtras) -> Vec<u8> {
     let rev = header.revision;
     let mut out = Vec::new();
-    head(&mut out, header, leases);
+    head(&mut out, header, extras);
     let (mut after, mut count) = (None, 0);
     while let Some((last, n)) = encode_chunk(store, after.as_ref(), rev, &mut out) {
         after = Some(last);
@@ -156,7 +169,7 @@ pub async fn write_from(
     store: Rc<RefCell<Store>>,
     dir: &Path,
     header: SnapshotHeader,
-    leases: Vec<LeaseRecord>,
+    extras: SnapshotExtras,
 ) -> Result<PathBuf, SnapshotError> {
     let ioe = |path: &Path, e: String| SnapshotError::Io { path: path.to_path_buf(), reason: e };
     std::fs::create_dir_all(dir).map_err(|e| ioe(dir, e.to_string()))?;
@@ -173,7 +186,7 @@ pub async fn write_from(
         .await
         .map_err(|e| ioe(&tmp, e.to_string()))?;
     let mut w = BlockWriter { file, path: tmp.clone(), pos: 0, pending: Vec::new() };
-    head(&mut w.pending, header, leases);
+    head(&mut w.pending, header, extras);
     let (mut after, mut count) = (None, 0);
     loop {
         let next = encode_chunk(&store.borrow(), after.as_ref(), rev, &mut w.pending);
@@ -212,6 +225,8 @@ pub struct LoadedSnapshot {
     pub store: Store,
     /// The leases homed on the shard when the snapshot was taken.
     pub leases: Vec<LeaseRecord>,
+    /// The auth store (group 0's snapshots).
+    pub auth: Option<AuthStateRecord>,
     pub path: PathBuf,
 }
 
@@ -246,6 +261,7 @@ fn decode(path: &Path, reader: impl std::io::Read, len: u64) -> Result<LoadedSna
     let mut header = None;
     let mut store = Store::new();
     let mut leases = Vec::new();
+    let mut auth = None;
     let mut count = 0u64;
     loop {
         let (at, kind, payload) = match frames.next_frame() {
@@ -260,6 +276,7 @@ fn decode(path: &Path, reader: impl std::io::Read, len: u64) -> Result<LoadedSna
         match SnapshotRecord::from_bytes(payload).map_err(|e| damaged(at, e.to_string()))? {
             SnapshotRecord::Header(h) => header = Some(h),
             SnapshotRecord::Leases(l) => leases.extend(l),
+            SnapshotRecord::Auth(a) => auth = Some(*a),
             SnapshotRecord::Keys(keys) => {
                 count += keys.len() as u64;
                 for k in keys {
@@ -272,7 +289,7 @@ fn decode(path: &Path, reader: impl std::io::Read, len: u64) -> Result<LoadedSna
                     return Err(damaged(at, format!("footer counts {key_count} keys, file has {count}")));
                 }
                 store.restore_marks(h.compact_revision, h.revision);
-                return Ok(LoadedSnapshot { header: h, store, leases, path: path.to_path_buf() });
+                return Ok(LoadedSnapshot { header: h, store, leases, auth, path: path.to_path_buf() });
             }
         }
     }
@@ -299,7 +316,7 @@ mod tests {
             compact_revision: 3,
             decided: vec![5],
         };
-        let bytes = encode(&s, h.clone(), Vec::new());
+        let bytes = encode(&s, h.clone(), SnapshotExtras::default());
         let loaded = decode(Path::new("x"), &bytes[..], bytes.len() as u64).expect("valid");
         assert_eq!(loaded.header, h);
         assert_eq!(loaded.store.key_count(), 10_000);

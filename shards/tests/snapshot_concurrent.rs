@@ -56,7 +56,7 @@ fn snapshot_written_during_writes_shows_its_revision_only() {
         let flag = finished.clone();
         let (st, dir) = (store.clone(), snap_dir.clone());
         let writer = glommio::spawn_local(async move {
-            let r = write_from(st, &dir, header, Vec::new()).await;
+            let r = write_from(st, &dir, header, Default::default()).await;
             flag.set(true);
             r
         });

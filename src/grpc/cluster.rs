@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use wire::pb::etcdserverpb::{self as pb, cluster_client::ClusterClient, cluster_server::Cluster};
 
 use super::{Member, RaftTerm};
+use crate::auth::Guard;
 use crate::forward::{onward, route_of, Forwarder, Route};
 use crate::membership::Membership;
 use crate::router::Router;
@@ -21,6 +22,7 @@ pub struct ClusterService {
     pub fwd: Arc<Forwarder>,
     /// Makes membership changes (on the leader).
     pub membership: Arc<Membership>,
+    pub guard: Arc<Guard>,
 }
 
 impl ClusterService {
@@ -51,6 +53,7 @@ impl Cluster for ClusterService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return self.fwd.answer(ClusterClient::new(ch).member_add(onward(req))).await;
         }
+        self.guard.caller_of(&req).await?.check_admin()?;
         let req = req.into_inner();
         let added = self.membership.add(req.peer_ur_ls, req.is_learner).await?;
         let member =
@@ -69,6 +72,7 @@ impl Cluster for ClusterService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return self.fwd.answer(ClusterClient::new(ch).member_remove(onward(req))).await;
         }
+        self.guard.caller_of(&req).await?.check_admin()?;
         self.membership.remove(req.into_inner().id).await?;
         Ok(Response::new(pb::MemberRemoveResponse { header: self.header(), members: self.members() }))
     }
@@ -80,12 +84,17 @@ impl Cluster for ClusterService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return self.fwd.answer(ClusterClient::new(ch).member_update(onward(req))).await;
         }
+        self.guard.caller_of(&req).await?.check_admin()?;
         let req = req.into_inner();
         self.membership.update(req.id, req.peer_ur_ls).await?;
         Ok(Response::new(pb::MemberUpdateResponse { header: self.header(), members: self.members() }))
     }
 
-    async fn member_list(&self, _: Request<pb::MemberListRequest>) -> Result<Response<pb::MemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        req: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.guard.caller_of(&req).await?.check_identified()?;
         Ok(Response::new(pb::MemberListResponse { header: self.header(), members: self.members() }))
     }
 
@@ -96,6 +105,7 @@ impl Cluster for ClusterService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return self.fwd.answer(ClusterClient::new(ch).member_promote(onward(req))).await;
         }
+        self.guard.caller_of(&req).await?.check_admin()?;
         self.membership.promote(req.into_inner().id).await?;
         Ok(Response::new(pb::MemberPromoteResponse { header: self.header(), members: self.members() }))
     }

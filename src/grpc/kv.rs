@@ -8,10 +8,13 @@ use wire::pb::etcdserverpb::{self as pb, kv_client::KvClient, kv_server::Kv};
 
 use super::{Member, RaftTerm};
 use crate::alarm::AlarmTable;
+use crate::auth::{Caller, Guard};
 use crate::error::ApiError;
 use crate::forward::{onward, route_of, Forwarder, Route};
+use crate::leases::Leases;
 use crate::router::Router;
 use crate::validate::{self, Limits};
+use shards::auth::Access;
 
 pub struct KvService {
     pub router: Arc<Router>,
@@ -23,6 +26,10 @@ pub struct KvService {
     pub alarms: Arc<AlarmTable>,
     /// Sends requests on to the member that serves them (when this one does not).
     pub fwd: Arc<Forwarder>,
+    /// Who each request comes from, and what it may do.
+    pub guard: Arc<Guard>,
+    /// The keys attached to a lease a put names, for the caller's write permission on them.
+    pub leases: Arc<Leases>,
 }
 
 /// Whether a txn puts at its top level: etcd's quota cost (`costTxn`) counts only those.
@@ -35,6 +42,15 @@ fn range_response(r: RangeResult, header: Option<pb::ResponseHeader>) -> pb::Ran
 }
 
 impl KvService {
+    /// etcd's lease check of a put: without admin rights the caller must be allowed to write
+    /// every key already attached to each lease its puts name.
+    async fn check_lease_keys(&self, caller: &Caller, leases: Vec<i64>) -> Result<(), ApiError> {
+        for lease in leases {
+            caller.check_keys(&self.leases.keys(lease).await?, Access::Write)?;
+        }
+        Ok(())
+    }
+
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
         self.member.header(revision, self.raft_term.get())
     }
@@ -84,7 +100,9 @@ impl Kv for KvService {
                 Route::Local => self.confirm_leadership().await?,
             }
         }
+        let caller = self.guard.caller_of(&req).await?;
         let q = validate::range(req.into_inner())?;
+        caller.check_range(&q.range, Access::Read)?;
         let (r, revision) = self.router.range(q).await?;
         Ok(Response::new(range_response(r, self.header(revision))))
     }
@@ -93,12 +111,16 @@ impl Kv for KvService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return self.fwd.answer(KvClient::new(ch).put(onward(req))).await;
         }
+        let caller = self.guard.caller_of(&req).await?;
         let req = req.into_inner();
         let len = validate::encoded_len(&req);
         let put = validate::put(req)?;
         validate::size(len, self.limits)?;
+        // As etcd, whose auth applier wraps the quota applier: a refusal wins over NOSPACE.
+        caller.check_put(&put)?;
+        self.check_lease_keys(&caller, caller.leases_of_put(&put)).await?;
         self.alarms.check_writable()?;
-        let w = self.router.put(put).await?;
+        let w = self.router.put(put, caller.revision()).await?;
         let prev_kv = match w.result {
             OpResult::Put { prev_kv } => prev_kv,
             _ => None,
@@ -113,11 +135,13 @@ impl Kv for KvService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return self.fwd.answer(KvClient::new(ch).delete_range(onward(req))).await;
         }
+        let caller = self.guard.caller_of(&req).await?;
         let req = req.into_inner();
         let len = validate::encoded_len(&req);
         let delete = validate::delete(req)?;
         validate::size(len, self.limits)?;
-        let w = self.router.delete(delete).await?;
+        caller.check_delete(&delete)?;
+        let w = self.router.delete(delete, caller.revision()).await?;
         let (deleted, prev_kvs) = match w.result {
             OpResult::Delete { deleted, prev_kvs } => (deleted, prev_kvs),
             _ => (0, Vec::new()),
@@ -131,12 +155,15 @@ impl Kv for KvService {
         }
         // A txn that writes commits through a quorum anyway; one that only reads needs this.
         self.confirm_leadership().await?;
+        let caller = self.guard.caller_of(&req).await?;
         let spec = validate::txn(req.into_inner(), self.limits)?;
+        caller.check_txn(&spec)?;
+        self.check_lease_keys(&caller, caller.leases_of_txn(&spec)).await?;
         // As etcd's capped applier: under NOSPACE a txn may delete, but not put.
         if has_put(&spec) {
             self.alarms.check_writable()?;
         }
-        let (t, revision) = self.router.txn(spec).await?;
+        let (t, revision) = self.router.txn(spec, caller.revision()).await?;
         Ok(Response::new(self.txn_response(t, revision, self.header(revision))))
     }
 
@@ -144,6 +171,8 @@ impl Kv for KvService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return self.fwd.answer(KvClient::new(ch).compact(onward(req))).await;
         }
+        // Compaction needs admin rights (etcd 3.5.28 and later).
+        self.guard.caller_of(&req).await?.check_admin()?;
         let revision = self.router.compact(req.into_inner().revision).await?;
         Ok(Response::new(pb::CompactionResponse { header: self.header(revision) }))
     }

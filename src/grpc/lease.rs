@@ -9,9 +9,12 @@ use tonic::{Request, Response, Status, Streaming};
 use wire::pb::etcdserverpb::{self as pb, lease_client::LeaseClient, lease_server::Lease};
 
 use super::{Member, RaftTerm};
+use crate::auth::{Caller, Guard};
+use crate::error::ApiError;
 use crate::forward::{onward, onward_stream, route_of, Forwarder, Route};
 use crate::leases::Leases;
 use crate::router::Router;
+use shards::auth::Access;
 
 /// Keepalive responses queued per stream before its task waits for the client to read.
 const STREAM_QUEUE: usize = 64;
@@ -23,9 +26,18 @@ pub struct LeaseService {
     pub raft_term: RaftTerm,
     /// Sends requests on to the member that serves them (when this one does not).
     pub fwd: Arc<Forwarder>,
+    pub guard: Arc<Guard>,
 }
 
 impl LeaseService {
+    /// Without admin rights, `access` to every key attached to lease `id` (etcd's lease checks).
+    async fn check_keys(&self, caller: &Caller, id: i64, access: Access) -> Result<(), ApiError> {
+        if caller.snap.enabled() && !caller.is_admin() {
+            caller.check_keys(&self.leases.keys(id).await?, access)?;
+        }
+        Ok(())
+    }
+
     fn header(&self) -> Option<pb::ResponseHeader> {
         self.member.header(self.router.clock().visible(), self.raft_term.get())
     }
@@ -40,6 +52,7 @@ impl Lease for LeaseService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return self.fwd.answer(LeaseClient::new(ch).lease_grant(onward(req))).await;
         }
+        self.guard.caller_of(&req).await?.check_identified()?;
         let r = req.into_inner();
         let (id, ttl) = self.leases.grant(r.id, r.ttl).await?;
         Ok(Response::new(pb::LeaseGrantResponse { header: self.header(), id, ttl, error: String::new() }))
@@ -52,9 +65,13 @@ impl Lease for LeaseService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return self.fwd.answer(LeaseClient::new(ch).lease_revoke(onward(req))).await;
         }
+        let caller = self.guard.caller_of(&req).await?;
+        caller.check_identified()?;
+        let id = req.get_ref().id;
+        self.check_keys(&caller, id, Access::Write).await?;
         // Detached: a client that gives up must not leave the lease half revoked (out of the
         // registry, its keys not yet deleted).
-        let (leases, id) = (self.leases.clone(), req.into_inner().id);
+        let leases = self.leases.clone();
         let revision = tokio::spawn(async move { leases.revoke(id).await })
             .await
             .map_err(|e| Status::internal(format!("lease revoke task failed: {e}")))??;
@@ -71,14 +88,31 @@ impl Lease for LeaseService {
             let answers = self.fwd.answer(LeaseClient::new(ch).lease_keep_alive(onward_stream(req))).await?;
             return Ok(answers.map(|s| Box::pin(s) as Self::LeaseKeepAliveStream));
         }
+        // The stream's identity is the one it was opened with: it keeps working after its token
+        // expires, as in etcd.
+        let caller = self.guard.caller_of(&req).await?;
+        caller.check_identified()?;
         let mut requests = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
         let (leases, router, member, raft_term) =
             (self.leases.clone(), self.router.clone(), self.member, self.raft_term.clone());
+        let check_keys = caller.snap.enabled() && !caller.is_admin();
         tokio::spawn(async move {
             // Ends when the client closes its side, as etcd's keepalive stream does.
             while let Some(Ok(r)) = requests.next().await {
-                let resp = match leases.renew(r.id).await {
+                // Without admin rights each renewal needs write access to the lease's keys.
+                let allowed = match check_keys {
+                    true => match leases.keys(r.id).await {
+                        Ok(keys) => caller.check_keys(&keys, Access::Write),
+                        Err(e) => Err(e),
+                    },
+                    false => Ok(()),
+                };
+                let renewed = match allowed {
+                    Ok(()) => leases.renew(r.id).await,
+                    Err(e) => Err(e),
+                };
+                let resp = match renewed {
                     Ok(ttl) => Ok(pb::LeaseKeepAliveResponse {
                         header: member.header(router.clock().visible(), raft_term.get()),
                         id: r.id,
@@ -102,7 +136,12 @@ impl Lease for LeaseService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return self.fwd.answer(LeaseClient::new(ch).lease_time_to_live(onward(req))).await;
         }
+        let caller = self.guard.caller_of(&req).await?;
+        caller.check_identified()?;
         let r = req.into_inner();
+        if r.keys {
+            self.check_keys(&caller, r.id, Access::Read).await?;
+        }
         let resp = match self.leases.time_to_live(r.id, r.keys).await? {
             Some(t) => pb::LeaseTimeToLiveResponse {
                 header: self.header(),
@@ -124,7 +163,13 @@ impl Lease for LeaseService {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
             return self.fwd.answer(LeaseClient::new(ch).lease_leases(onward(req))).await;
         }
-        let leases = self.leases.list().await?.into_iter().map(|(id, _)| pb::LeaseStatus { id }).collect();
+        let caller = self.guard.caller_of(&req).await?;
+        caller.check_identified()?;
+        let listed = self.leases.list().await?;
+        for (id, _) in &listed {
+            self.check_keys(&caller, *id, Access::Read).await?;
+        }
+        let leases = listed.into_iter().map(|(id, _)| pb::LeaseStatus { id }).collect();
         Ok(Response::new(pb::LeaseLeasesResponse { header: self.header(), leases }))
     }
 }

@@ -13,10 +13,12 @@ use wire::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance};
 
 use super::{Member, RaftTerm};
 use crate::alarm::AlarmTable;
+use crate::auth::Guard;
 use crate::error::ApiError;
 use crate::forward::Forwarder;
 use crate::leases::Leases;
 use crate::router::Router;
+use crate::status::raw_auth_status;
 
 /// The etcd API version corekv serves.
 pub const ETCD_VERSION: &str = "3.5.0";
@@ -31,6 +33,7 @@ pub struct MaintenanceService {
     pub raft_term: RaftTerm,
     /// Who leads, for Status and MoveLeader.
     pub fwd: Arc<Forwarder>,
+    pub guard: Arc<Guard>,
 }
 
 fn dir_size(p: &std::path::Path) -> u64 {
@@ -47,6 +50,13 @@ fn dir_size(p: &std::path::Path) -> u64 {
 }
 
 impl MaintenanceService {
+    /// Admin rights, as etcd checks them for Defragment, Snapshot, Hash and HashKV: a refusal
+    /// comes back outside etcd's error table (code Unknown, the auth store's own text).
+    async fn check_admin_raw<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let caller = self.guard.caller_of(req).await.map_err(raw_auth_status)?;
+        caller.check_admin().map_err(raw_auth_status)
+    }
+
     /// A response header at the current revision.
     fn header_now(&self) -> Option<pb::ResponseHeader> {
         self.member.header(self.router.clock().visible(), self.raft_term.get())
@@ -57,6 +67,12 @@ impl MaintenanceService {
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
         use pb::alarm_request::AlarmAction;
+        // Listing alarms needs a user; raising or clearing one, admin rights.
+        let caller = self.guard.caller_of(&req).await?;
+        match AlarmAction::try_from(req.get_ref().action) {
+            Ok(AlarmAction::Get) => caller.check_identified()?,
+            _ => caller.check_admin()?,
+        }
         let r = req.into_inner();
         let alarms = match AlarmAction::try_from(r.action) {
             Ok(AlarmAction::Get) => self.alarms.get(r.alarm),
@@ -68,7 +84,8 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::AlarmResponse { header, alarms }))
     }
 
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        self.guard.caller_of(&req).await?.check_identified()?;
         let st = self.router.status().await?;
         let term = st.iter().map(|s| s.raft_term).max().unwrap_or(0);
         let revision = self.router.clock().visible();
@@ -105,7 +122,11 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _: Request<pb::DefragmentRequest>) -> Result<Response<pb::DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        req: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        self.check_admin_raw(&req).await?;
         self.router.snapshot_all().await?;
         let header = self.header_now();
         Ok(Response::new(pb::DefragmentResponse { header }))
@@ -113,12 +134,14 @@ impl Maintenance for MaintenanceService {
 
     /// etcd hashes its whole backend file; corekv hashes the whole MVCC state at the current
     /// revision (the same value HashKV gives for revision 0).
-    async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(&self, req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        self.check_admin_raw(&req).await?;
         let (hash, _, revision) = self.router.hash_kv(0).await?;
         Ok(Response::new(pb::HashResponse { header: self.member.header(revision, self.raft_term.get()), hash }))
     }
 
     async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        self.check_admin_raw(&req).await?;
         let (hash, compact_revision, revision) = self.router.hash_kv(req.into_inner().revision).await?;
         Ok(Response::new(pb::HashKvResponse {
             header: self.member.header(revision, self.raft_term.get()),
@@ -131,14 +154,16 @@ impl Maintenance for MaintenanceService {
 
     /// Streams a backup of every live key at the current revision (`crate::backup`); etcdctl
     /// `snapshot save` stores it, `corekv-snapshot restore` turns it into a data directory.
-    async fn snapshot(&self, _: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, req: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.check_admin_raw(&req).await?;
+        let auth = self.guard.snapshot().state().record().clone();
         let router = self.router.clone();
         let leases = self.leases.clone();
         let revision = router.clock().visible();
         let header = self.member.header(revision, self.raft_term.get());
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            if let Err(e) = crate::backup::stream(&router, &leases, revision, header, &tx).await {
+            if let Err(e) = crate::backup::stream(&router, &leases, auth, revision, header, &tx).await {
                 let _ = tx.send(Err(Status::from(e))).await;
             }
         });
@@ -154,6 +179,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        self.guard.caller_of(&req).await?.check_admin()?;
         let target = req.into_inner().target_id;
         let f = &self.fwd;
         if !f.node().serving() {
@@ -173,6 +199,7 @@ impl Maintenance for MaintenanceService {
     /// and CANCEL finds no job, with etcd's errors for those cases.
     async fn downgrade(&self, req: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {
         use pb::downgrade_request::DowngradeAction;
+        self.guard.caller_of(&req).await?.check_admin()?;
         let e = match DowngradeAction::try_from(req.into_inner().action) {
             Ok(DowngradeAction::Cancel) => wire::rpctypes::NO_INFLIGHT_DOWNGRADE,
             _ => wire::rpctypes::INVALID_DOWNGRADE_TARGET,

@@ -1,6 +1,7 @@
 //! One file per etcd gRPC service. Each converts protobufs with `validate`, calls the router and
 //! builds etcd's response, including the header.
 
+pub mod auth;
 pub mod cluster;
 pub mod kv;
 pub mod lease;

@@ -29,8 +29,9 @@ impl Watch for WatchService {
             let answers = self.fwd.answer(WatchClient::new(ch).watch(onward_stream(req))).await?;
             return Ok(answers.map(|s| Box::pin(s) as Self::WatchStream));
         }
+        let caller = self.ctx.guard.caller_of(&req).await;
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
-        tokio::spawn(stream::run(self.ctx.clone(), req.into_inner(), tx));
+        tokio::spawn(stream::run(self.ctx.clone(), caller, req.into_inner(), tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

@@ -22,9 +22,11 @@ use wire::pb::mvccpb::{event::EventType, Event};
 
 use super::hub::Hub;
 use super::watchers::{flag, Slot, WatcherSet};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::grpc::{Member, RaftTerm};
 use crate::router::Router;
+use shards::auth::Access;
 
 /// Events asked of each shard per history read.
 const HISTORY_PAGE: usize = 4096;
@@ -54,6 +56,8 @@ pub struct WatchContext {
     pub progress_interval: Duration,
     /// Becomes true when the server stops: streams end.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Who may watch what.
+    pub guard: Arc<crate::auth::Guard>,
 }
 
 /// The client is gone or the server stops: the stream ends.
@@ -63,6 +67,9 @@ type Out = mpsc::Sender<Result<WatchResponse, Status>>;
 
 struct Session {
     ctx: Arc<WatchContext>,
+    /// Who opened the stream (its token when it opened; it keeps its rights after the token
+    /// expires, as in etcd), or why that could not be told.
+    caller: Result<Caller, ApiError>,
     out: Out,
     watchers: WatcherSet,
     /// This stream's id in the hub.
@@ -74,7 +81,7 @@ struct Session {
 }
 
 /// Serves one Watch stream until the client closes its side or goes away.
-pub async fn run<S>(ctx: Arc<WatchContext>, mut requests: S, out: Out)
+pub async fn run<S>(ctx: Arc<WatchContext>, caller: Result<Caller, ApiError>, mut requests: S, out: Out)
 where
     S: Stream<Item = Result<WatchRequest, Status>> + Unpin,
 {
@@ -84,7 +91,7 @@ where
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let hub_upto = ctx.hub.subscribe_upto();
-    let mut s = Session { ctx, out, watchers: WatcherSet::default(), id, delivered_upto: upto, hub_upto };
+    let mut s = Session { ctx, caller, out, watchers: WatcherSet::default(), id, delivered_upto: upto, hub_upto };
     loop {
         let step = tokio::select! {
             req = requests.next() => match req {
@@ -139,7 +146,27 @@ impl Session {
         }
     }
 
+    /// A watch refused at creation: etcd keeps the stream open and answers created and
+    /// canceled at once, with the reason.
+    async fn refuse(&self, reason: String) -> Result<(), Closed> {
+        let resp = WatchResponse {
+            header: self.header(self.delivered_upto),
+            watch_id: PROGRESS_WATCH_ID,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        };
+        self.send(resp).await
+    }
+
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
+        // etcd's check: read permission on the watched range (an empty key reads as "\0").
+        let key = if c.key.is_empty() { bytes::Bytes::from_static(b"\0") } else { c.key.clone() };
+        let range = KeyRange { key, end: c.range_end.clone() };
+        if let Err(e) = self.caller.as_ref().map_err(Clone::clone).and_then(|c| c.check_range(&range, Access::Read)) {
+            return self.refuse(Status::from(e).message().to_string()).await;
+        }
         // "Now" for a watch without a start revision is after every acknowledged write.
         self.sync().await?;
         let mut flags = 0;
@@ -159,17 +186,7 @@ impl Session {
         }
         let slot = match self.watchers.add(c.watch_id, &c.key, &c.range_end, 0, flags) {
             Ok(slot) => slot,
-            Err(e) => {
-                let resp = WatchResponse {
-                    header: self.header(self.delivered_upto),
-                    watch_id: PROGRESS_WATCH_ID,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: e.to_string(),
-                    ..Default::default()
-                };
-                return self.send(resp).await;
-            }
+            Err(e) => return self.refuse(e.to_string()).await,
         };
         // Revisions above `now` reach this stream's queue; those at or below it (some may still
         // be queued for other watchers) come from history if the watcher wants them.

@@ -252,7 +252,8 @@ async fn concurrent_clients_across_shards_see_a_linearizable_store() {
     let origin = Instant::now();
     round(&server, origin, Duration::from_secs(4), 0, &rec).await;
     let ops = rec.ops.lock().expect("recorder").len();
-    assert!(ops > 500, "the clients made only {ops} operations");
+    // About 800 on an idle machine; a loaded CI runner makes fewer.
+    assert!(ops > 300, "the clients made only {ops} operations");
     let verdict = check_and_report("concurrent-2-shards", &rec);
     assert!(matches!(verdict, Verdict::Linearizable), "{verdict:?}");
     assert!(rec.ops.lock().expect("recorder").iter().all(|o| o.output != Output::Unknown), "no request failed");

@@ -40,6 +40,8 @@ pub struct Backup {
     pub shards: Vec<Vec<KeyRecord>>,
     /// The leases live when the backup was taken (none in a format 1 backup).
     pub leases: Vec<LeaseRecord>,
+    /// The auth store (users, roles, whether auth is on; none before format 3).
+    pub auth: Option<wire::record::auth::AuthStateRecord>,
 }
 
 impl Backup {
@@ -95,6 +97,7 @@ pub fn read(path: &Path) -> Result<Backup, BackupError> {
                 slot.extend(keys);
             }
             BackupRecord::Leases { leases } => backup.leases.extend(leases),
+            BackupRecord::Auth { auth } => backup.auth = Some(*auth),
             BackupRecord::Footer { key_count } => {
                 if !seen_header || key_count != backup.key_count() as u64 {
                     return Err(damaged(at, format!("footer counts {key_count} keys, found {}", backup.key_count())));
@@ -142,7 +145,9 @@ pub fn restore(backup: &Backup, data_dir: &Path) -> Result<(), BackupError> {
             .filter(|l| shards::lease::home_shard(l.id, backup.shards.len()) == i)
             .map(|l| LeaseRecord { remaining: l.ttl, ..l.clone() })
             .collect();
-        let bytes = shards::snapshot::encode(&store, header, leases);
+        // Group 0 holds the auth store.
+        let auth = if i == 0 { backup.auth.clone() } else { None };
+        let bytes = shards::snapshot::encode(&store, header, shards::snapshot::SnapshotExtras { leases, auth });
         std::fs::write(&path, bytes).map_err(|e| write_err(&path, &e))?;
         std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| write_err(&path, &e))?;
     }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use wire::codec::frame::{self, ScanEnd};
+use wire::record::auth::AuthOp;
 use wire::record::batch::{Batch, BatchOp, Mutation};
 use wire::record::wal::WalRecord;
 
@@ -37,6 +38,35 @@ fn show(m: &Mutation) -> String {
     }
 }
 
+/// An auth change, without password hashes or token values.
+fn describe_auth(op: &AuthOp) -> String {
+    match op {
+        AuthOp::Enable { caller } => format!("enable by={caller:?}"),
+        AuthOp::Disable { caller } => format!("disable by={caller:?}"),
+        AuthOp::UserAdd { caller, name, no_password, .. } => {
+            format!("user add {name:?} no_password={no_password} by={caller:?}")
+        }
+        AuthOp::UserDelete { caller, name } => format!("user delete {name:?} by={caller:?}"),
+        AuthOp::UserChangePassword { caller, name, .. } => format!("user passwd {name:?} by={caller:?}"),
+        AuthOp::UserGrantRole { caller, user, role } => format!("user grant-role {user:?} {role:?} by={caller:?}"),
+        AuthOp::UserRevokeRole { caller, name, role } => format!("user revoke-role {name:?} {role:?} by={caller:?}"),
+        AuthOp::RoleAdd { caller, name } => format!("role add {name:?} by={caller:?}"),
+        AuthOp::RoleDelete { caller, name } => format!("role delete {name:?} by={caller:?}"),
+        AuthOp::RoleGrantPermission { caller, role, perm } => format!(
+            "role grant-permission {role:?} {:?} [{:?}, {:?}) by={caller:?}",
+            perm.kind,
+            String::from_utf8_lossy(&perm.key),
+            String::from_utf8_lossy(&perm.range_end)
+        ),
+        AuthOp::RoleRevokePermission { caller, role, key, range_end } => format!(
+            "role revoke-permission {role:?} [{:?}, {:?}) by={caller:?}",
+            String::from_utf8_lossy(key),
+            String::from_utf8_lossy(range_end)
+        ),
+        AuthOp::Token { user, number, .. } => format!("token #{number} for {user:?}"),
+    }
+}
+
 fn dump_batch(b: &Batch, keys: bool) {
     for op in &b.ops {
         let (what, muts) = match op {
@@ -52,6 +82,7 @@ fn dump_batch(b: &Batch, keys: bool) {
             BatchOp::LeaseGrant { id, ttl } => (format!("  lease grant id={id} ttl={ttl}"), None),
             BatchOp::LeaseRevoke { id } => (format!("  lease revoke id={id}"), None),
             BatchOp::LeaseCheckpoint { remaining } => (format!("  lease checkpoint leases={}", remaining.len()), None),
+            BatchOp::Auth(a) => (format!("  auth {}", describe_auth(a)), None),
         };
         println!("{what}");
         if let (true, Some(muts)) = (keys, muts) {

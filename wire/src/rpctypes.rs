@@ -68,6 +68,20 @@ rpc_errors! {
     PERMISSION_DENIED = (PermissionDenied, "etcdserver: permission denied");
     USER_EMPTY = (InvalidArgument, "etcdserver: user name is empty");
     AUTH_FAILED = (InvalidArgument, "etcdserver: authentication failed, invalid user ID or password");
+    ROOT_USER_NOT_EXIST = (FailedPrecondition, "etcdserver: root user does not exist");
+    ROOT_ROLE_NOT_EXIST = (FailedPrecondition, "etcdserver: root user does not have root role");
+    USER_ALREADY_EXIST = (FailedPrecondition, "etcdserver: user name already exists");
+    USER_NOT_FOUND = (FailedPrecondition, "etcdserver: user name not found");
+    ROLE_ALREADY_EXIST = (FailedPrecondition, "etcdserver: role name already exists");
+    ROLE_NOT_FOUND = (FailedPrecondition, "etcdserver: role name not found");
+    ROLE_EMPTY = (InvalidArgument, "etcdserver: role name is empty");
+    PERMISSION_NOT_GIVEN = (InvalidArgument, "etcdserver: permission not given");
+    ROLE_NOT_GRANTED = (FailedPrecondition, "etcdserver: role is not granted to the user");
+    PERMISSION_NOT_GRANTED = (FailedPrecondition, "etcdserver: permission is not granted to the role");
+    AUTH_NOT_ENABLED = (FailedPrecondition, "etcdserver: authentication is not enabled");
+    INVALID_AUTH_TOKEN = (Unauthenticated, "etcdserver: invalid auth token");
+    INVALID_AUTH_MGMT = (InvalidArgument, "etcdserver: invalid auth management");
+    AUTH_OLD_REVISION = (InvalidArgument, "etcdserver: revision of auth store is old");
     MEMBER_NOT_FOUND = (NotFound, "etcdserver: member not found");
     PEER_URL_EXIST = (FailedPrecondition, "etcdserver: Peer URLs already exists");
     MEMBER_NOT_LEARNER = (FailedPrecondition, "etcdserver: can only promote a learner member");
@@ -76,6 +90,11 @@ rpc_errors! {
     NOT_ENOUGH_STARTED_MEMBERS = (FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members");
     TOO_MANY_LEARNERS = (FailedPrecondition, "etcdserver: too many learner members in cluster");
 }
+
+/// An auth error etcd leaves out of its error table: clients get code Unknown and the auth
+/// store's own text.
+pub const NO_PASSWORD_USER: RpcError =
+    RpcError { code: Code::Unknown, message: "auth: authentication failed, password was given for no password user" };
 
 /// corekv's own errors, where etcd has no equivalent.
 pub const SNAPSHOT_FAILED: RpcError = RpcError { code: Code::Internal, message: "corekv: snapshot failed" };

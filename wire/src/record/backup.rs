@@ -8,13 +8,15 @@
 //!
 //! Format 2 adds one `Leases` record before the footer: every lease live when the backup was
 //! taken, with its granted TTL (a restore gives each its full TTL again, as etcd's does).
-//! Format 1 backups (no leases) still restore.
+//! Format 3 adds one `Auth` record before the footer: the auth store (users with their password
+//! hashes, roles, permissions, whether auth is on). Format 1 backups (no leases) and format 2
+//! (no auth store) still restore.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::snapshot::{KeyRecord, LeaseRecord};
 
-pub const BACKUP_FORMAT: u16 = 2;
+pub const BACKUP_FORMAT: u16 = 3;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum BackupRecord {
@@ -33,6 +35,10 @@ pub enum BackupRecord {
     /// Appended in format 2 (variants keep their order, so older records decode unchanged).
     Leases {
         leases: Vec<LeaseRecord>,
+    },
+    /// Appended in format 3: the auth store (users, roles, whether auth is on).
+    Auth {
+        auth: Box<super::auth::AuthStateRecord>,
     },
 }
 

@@ -38,6 +38,9 @@ pub enum BatchOp {
     /// Remaining TTLs (lease id, seconds) of leases homed on this shard, so a restart resumes
     /// them instead of resetting them to their full TTL.
     LeaseCheckpoint { remaining: Vec<(i64, i64)> },
+    /// A change to the auth store (group 0 only; `super::auth`). Boxed: an archived enum is as
+    /// large as its largest variant, and an inline `AuthOp` would change the bytes of every op.
+    Auth(Box<super::auth::AuthOp>),
 }
 
 /// What one Raft entry carries.

@@ -2,11 +2,13 @@
 //! - [`wal`]: what a WAL segment holds (Raft log entries and hard state);
 //! - [`batch`]: the payload of a Raft entry — the writes a shard made durable in one batch;
 //! - [`snapshot`]: what a shard snapshot file holds;
-//! - [`backup`]: what Maintenance.Snapshot streams (a whole node's keys at one revision).
+//! - [`backup`]: what Maintenance.Snapshot streams (a whole node's keys at one revision);
+//! - [`auth`]: the auth store's users and roles, and changes to them.
 //!
 //! Records from disk or the network are read with validated `rkyv::access` (bytecheck) after the
 //! frame's crc has been checked; never with unchecked access.
 
+pub mod auth;
 pub mod backup;
 pub mod batch;
 pub mod snapshot;

@@ -57,6 +57,9 @@ pub enum SnapshotRecord {
     },
     /// The leases homed on the shard (between the header and the footer).
     Leases(Vec<LeaseRecord>),
+    /// The auth store (group 0's snapshots only, between the header and the footer). Boxed, so
+    /// the archived enum keeps its size (see `BatchOp::Auth`).
+    Auth(Box<super::auth::AuthStateRecord>),
 }
 
 super::record_codec!(SnapshotRecord, ArchivedSnapshotRecord);
