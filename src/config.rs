@@ -99,10 +99,48 @@ pub struct Config {
     /// value out of that range).
     #[arg(long, default_value_t = 10)]
     pub bcrypt_cost: u32,
-    /// With auth on, a request with no token comes from the user its TLS client certificate's
-    /// Common Name names.
+    /// Client TLS: require a client certificate chaining to --trusted-ca-file; with auth on, a
+    /// request with no token comes from the user the certificate's Common Name names.
     #[arg(long, default_value_t = false)]
     pub client_cert_auth: bool,
+    /// Client TLS certificate (PEM), for https:// client URLs.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Client TLS key (PEM).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// The CA client certificates must chain to.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Client TLS with a self-signed certificate made at first start (kept in the data
+    /// directory).
+    #[arg(long, default_value_t = false)]
+    pub auto_tls: bool,
+    /// Peer TLS certificate (PEM), for https:// peer URLs.
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS key (PEM).
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA member certificates must chain to.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Peer TLS: members must present a certificate chaining to --peer-trusted-ca-file, which
+    /// names the host of their peer URL.
+    #[arg(long, default_value_t = false)]
+    pub peer_client_cert_auth: bool,
+    /// Peer TLS with a self-signed certificate made at first start.
+    #[arg(long, default_value_t = false)]
+    pub peer_auto_tls: bool,
+    /// TLS 1.2 cipher suites allowed, comma-separated Go/IANA names (default: rustls's).
+    #[arg(long, value_delimiter = ',')]
+    pub cipher_suites: Vec<String>,
+    /// Lowest TLS version accepted: TLS1.2 (default) or TLS1.3.
+    #[arg(long)]
+    pub tls_min_version: Option<String>,
+    /// Highest TLS version accepted: TLS1.3 (default) or TLS1.2.
+    #[arg(long)]
+    pub tls_max_version: Option<String>,
 }
 
 /// One member named by `--initial-cluster`.
@@ -315,24 +353,60 @@ impl Config {
     }
 
     /// The socket addresses of `--listen-client-urls`.
-    pub fn client_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
-        self.listen_client_urls.split(',').map(|u| parse_url(u.trim())).collect()
+    /// Where to listen for clients, and whether each address speaks TLS (`https://`).
+    pub fn client_addrs(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
+        self.listen_client_urls.split(',').map(|u| parse_url_tls(u.trim())).collect()
+    }
+
+    /// The TLS settings of the client port.
+    pub fn client_tls(&self) -> crate::tls::TlsFlags {
+        crate::tls::TlsFlags {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+            auto_tls: self.auto_tls,
+            cipher_suites: self.cipher_suites.clone(),
+            min_version: self.tls_min_version.clone(),
+            max_version: self.tls_max_version.clone(),
+        }
+    }
+
+    /// The TLS settings of the peer port.
+    pub fn peer_tls(&self) -> crate::tls::TlsFlags {
+        crate::tls::TlsFlags {
+            cert_file: self.peer_cert_file.clone(),
+            key_file: self.peer_key_file.clone(),
+            trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+            auto_tls: self.peer_auto_tls,
+            cipher_suites: self.cipher_suites.clone(),
+            min_version: self.tls_min_version.clone(),
+            max_version: self.tls_max_version.clone(),
+        }
     }
 }
 
-/// The address of an `http://ip:port` URL (`localhost` is 127.0.0.1).
-pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
+/// The address of an `http://ip:port` or `https://ip:port` URL (`localhost` is 127.0.0.1),
+/// and whether it speaks TLS.
+pub fn parse_url_tls(url: &str) -> Result<(SocketAddr, bool), ConfigError> {
     let bad = |reason| ConfigError::BadUrl { url: url.to_string(), reason };
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") || url.starts_with("unixs://") {
-        return Err(bad("TLS is not supported yet"));
+    let (rest, tls) = if let Some(r) = url.strip_prefix("http://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (r, true)
     } else {
-        return Err(bad("expected http://host:port"));
+        return Err(bad("expected http://host:port or https://host:port"));
     };
     let hostport = rest.trim_end_matches('/');
     let hostport = hostport.replace("localhost", "127.0.0.1");
-    hostport.parse().map_err(|_| bad("expected an IP address and port"))
+    let addr = hostport.parse().map_err(|_| bad("expected an IP address and port"))?;
+    Ok((addr, tls))
+}
+
+/// The address of a URL (see [`parse_url_tls`]).
+pub fn parse_url(url: &str) -> Result<SocketAddr, ConfigError> {
+    parse_url_tls(url).map(|(addr, _)| addr)
 }
 
 #[cfg(test)]
@@ -343,7 +417,10 @@ mod tests {
     fn config_defaults_match_etcd() {
         let c = Config::parse_from(["corekv"]);
         assert_eq!(c.data_dir, PathBuf::from("./corekv-data"));
-        assert_eq!(c.client_addrs().expect("addrs"), vec!["127.0.0.1:2379".parse::<SocketAddr>().expect("addr")]);
+        assert_eq!(
+            c.client_addrs().expect("addrs"),
+            vec![("127.0.0.1:2379".parse::<SocketAddr>().expect("addr"), false)]
+        );
         assert_eq!(c.max_request_bytes, 1536 * 1024);
         assert_eq!(c.max_txn_ops, 128);
         assert!(!c.unsafe_no_fsync);
@@ -412,8 +489,11 @@ mod tests {
     }
 
     #[test]
-    fn config_rejects_https_for_now() {
-        let c = Config::parse_from(["corekv", "--listen-client-urls", "https://127.0.0.1:2379"]);
-        assert!(c.client_addrs().is_err());
+    fn config_takes_https_urls_as_tls() {
+        let c = Config::parse_from(["corekv", "--listen-client-urls", "https://127.0.0.1:2379,http://127.0.0.1:2380"]);
+        let addrs = c.client_addrs().expect("both schemes");
+        assert_eq!(addrs.iter().map(|(_, tls)| *tls).collect::<Vec<_>>(), [true, false]);
+        let bad = Config::parse_from(["corekv", "--listen-client-urls", "unix://x"]);
+        assert!(bad.client_addrs().is_err());
     }
 }

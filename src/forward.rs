@@ -44,6 +44,9 @@ pub struct Forwarder {
     channels: Mutex<HashMap<String, Channel>>,
     /// A partition the tests inject cuts client forwarding too, as a real one would.
     faults: Arc<PeerFaults>,
+    /// How to reach a leader whose client URL is `https://`: the client CA
+    /// (`--trusted-ca-file`) and this member's own certificate as the client's.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Forwarder {
@@ -57,7 +60,22 @@ impl Forwarder {
     ) -> Forwarder {
         let patience = 3 * election_timeout;
         let request_timeout = Duration::from_secs(5) + 2 * election_timeout;
-        Forwarder { node, directory, patience, request_timeout, election_timeout, channels: Mutex::default(), faults }
+        Forwarder {
+            node,
+            directory,
+            patience,
+            request_timeout,
+            election_timeout,
+            channels: Mutex::default(),
+            faults,
+            tls: None,
+        }
+    }
+
+    /// Forwards to `https://` client URLs with `tls`.
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Forwarder {
+        self.tls = tls;
+        self
     }
 
     /// Hands leadership of every group to member `to` (through group 0, which the others
@@ -124,7 +142,11 @@ impl Forwarder {
         if let Some(c) = channels.get(&url) {
             return Some(c.clone());
         }
-        let channel = Endpoint::from_shared(url.clone()).ok()?.tcp_nodelay(true).connect_lazy();
+        let mut endpoint = Endpoint::from_shared(url.clone()).ok()?.tcp_nodelay(true);
+        if url.starts_with("https://") {
+            endpoint = endpoint.tls_config(self.tls.clone()?).ok()?;
+        }
+        let channel = endpoint.connect_lazy();
         channels.insert(url, channel.clone());
         Some(channel)
     }

@@ -17,5 +17,6 @@ pub mod peer;
 pub mod router;
 pub mod server;
 pub mod status;
+pub mod tls;
 pub mod validate;
 pub mod watch;

@@ -42,6 +42,8 @@ pub enum ServeError {
     Members(#[from] crate::members::MembersError),
     #[error(transparent)]
     AuthToken(#[from] crate::auth::jwt::JwtError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -102,12 +104,20 @@ pub async fn serve(
     let faults = Arc::new(PeerFaults::from_env(me));
     crate::members::save(&cfg.data_dir, &directory.members())?;
     let listen = cfg.peer_listen_addrs()?;
-    let network = peer::start(io, directory.clone(), &listen, faults.clone(), cfg.data_dir.clone()).await?;
+    let links = Arc::new(peer::stream::PeerLinks::new(
+        &cfg.peer_tls(),
+        cfg.listen_peer_urls.split(',').any(|u| u.trim().starts_with("https://")),
+        directory.members().iter().flat_map(|m| m.peer_urls.iter()).any(|u| u.starts_with("https://")),
+        &cfg.data_dir.join("fixtures/peer"),
+        &listen.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>(),
+    )?);
+    let network = peer::start(io, directory.clone(), &listen, faults.clone(), cfg.data_dir.clone(), links).await?;
     let changes = node.member_changes();
     tokio::spawn(peer::follow_member_changes(changes, directory.clone(), network, cfg.data_dir.clone()));
     tokio::spawn(shards::cluster::promote_when_ready(node.clone(), pool.handles().to_vec(), pool.clock().clone()));
     let election_timeout = std::time::Duration::from_millis(cfg.election_timeout);
-    let fwd = Arc::new(Forwarder::new(node.clone(), directory, election_timeout, faults));
+    let forward_tls = crate::tls::forwarding_config(&cfg.client_tls(), &cfg.data_dir.join("fixtures/client"))?;
+    let fwd = Arc::new(Forwarder::new(node.clone(), directory, election_timeout, faults).with_tls(forward_tls));
     let router = Arc::new(Router::new(&pool));
     let member = Member::new(me, &cfg.initial_cluster_token);
     let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
@@ -146,14 +156,18 @@ pub async fn serve(
         guard: guard.clone(),
     });
     let membership = Arc::new(Membership::new(router.clone(), fwd.clone(), &cfg.initial_cluster_token));
+    // One TLS configuration serves every https:// client URL.
+    let client_tls = match addrs.iter().any(|(_, tls)| *tls) {
+        true => {
+            let hosts: Vec<String> = addrs.iter().map(|(a, _)| a.ip().to_string()).collect();
+            Some(crate::tls::server_config(&cfg.client_tls(), &cfg.data_dir.join("fixtures/client"), &hosts)?)
+        }
+        false => None,
+    };
     let mut servers = Vec::new();
-    for addr in addrs {
+    for (addr, tls) in addrs {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
-        // Nagle's algorithm would hold small responses back for the client's delayed ACK (40 ms).
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        // Repair malformed `:authority` headers some etcd clients send (src/authority.rs).
-        let incoming = tokio_stream::StreamExt::map(incoming, |conn| conn.map(AuthorityFix::new));
         let kv = KvServer::new(KvService {
             router: router.clone(),
             member,
@@ -206,20 +220,34 @@ pub async fn serve(
             guard: guard.clone(),
         });
         let mut stop = stop_tx.subscribe();
-        tracing::info!(%addr, "serving client requests");
-        servers.push(tokio::spawn(
-            Server::builder()
-                .layer(crate::oversize::OversizeLayer)
-                .add_service(kv)
-                .add_service(maint)
-                .add_service(watch)
-                .add_service(lease)
-                .add_service(cluster)
-                .add_service(auth)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.recv().await;
-                }),
-        ));
+        let stopped = async move {
+            let _ = stop.recv().await;
+        };
+        let services = Server::builder()
+            .layer(crate::oversize::OversizeLayer)
+            .add_service(kv)
+            .add_service(maint)
+            .add_service(watch)
+            .add_service(lease)
+            .add_service(cluster)
+            .add_service(auth);
+        // Both kinds of connection are read through the `:authority` repair some etcd clients
+        // need (src/authority.rs).
+        let server = match (tls, &client_tls) {
+            (true, Some(config)) => {
+                let incoming = crate::tls::incoming(listener, config.clone());
+                let incoming = tokio_stream::StreamExt::map(incoming, |conn| conn.map(AuthorityFix::new));
+                tokio::spawn(services.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            _ => {
+                // Nagle's algorithm would hold small responses back for the client's delayed ACK.
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                let incoming = tokio_stream::StreamExt::map(incoming, |conn| conn.map(AuthorityFix::new));
+                tokio::spawn(services.serve_with_incoming_shutdown(incoming, stopped))
+            }
+        };
+        tracing::info!(%addr, tls, "serving client requests");
+        servers.push(server);
     }
     shutdown.await;
     tracing::info!("shutting down");

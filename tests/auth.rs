@@ -255,3 +255,43 @@ async fn auth_is_enforced_identically_on_every_member_of_a_cluster() {
     alice_writes_through(&cluster.nodes[leader].endpoint(), "app/after-restart").await;
     check_all(&cluster, vec![0, 1, 2]).await;
 }
+
+/// JWT tokens are stateless: one issued by one member is accepted by another, and one signed
+/// with another key is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_jwt_token_from_one_member_is_accepted_by_another() {
+    use wire::pb::etcdserverpb::{auth_client::AuthClient, kv_client::KvClient, AuthenticateRequest, RangeRequest};
+    let keys = tempfile::tempdir().expect("tmp");
+    let write_pair = |name: &str| {
+        let pair = rcgen::KeyPair::generate().expect("key");
+        let (private, public) = (keys.path().join(format!("{name}.key")), keys.path().join(format!("{name}.pub")));
+        std::fs::write(&private, pair.serialize_pem()).expect("write");
+        std::fs::write(&public, pair.public_key_pem()).expect("write");
+        format!("jwt,pub-key={},priv-key={},sign-method=ES256,ttl=5m", public.display(), private.display())
+    };
+    let option = write_pair("cluster");
+    let cluster = Cluster::start(3, &["--shards", "2", "--auth-token", &option]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    set_up_with_etcdctl(&cluster.nodes[leader]);
+    let (a, b) = (cluster.nodes[(leader + 1) % 3].endpoint(), cluster.nodes[(leader + 2) % 3].endpoint());
+    let mut auth = AuthClient::connect(format!("http://{a}")).await.expect("connect");
+    let login = AuthenticateRequest { name: "alice".into(), password: "alicepw".into() };
+    let token = auth.authenticate(login).await.expect("login at one member").into_inner().token;
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let read = |key: &str, token: &str| {
+        let mut req =
+            tonic::Request::new(RangeRequest { key: key.to_string().into(), serializable: true, ..Default::default() });
+        req.metadata_mut().insert("token", token.parse().expect("ascii"));
+        req
+    };
+    let mut kv = KvClient::connect(format!("http://{b}")).await.expect("connect");
+    kv.range(read("app/x", &token)).await.expect("another member takes the token");
+    let e = kv.range(read("other", &token)).await.expect_err("outside the prefix");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // Signed with another key: refused.
+    let other = write_pair("other");
+    let forger = corekv::auth::jwt::Jwt::from_options(other.trim_start_matches("jwt,")).expect("options");
+    let forged = forger.sign("alice", 100).expect("sign");
+    let e = kv.range(read("app/x", &forged)).await.expect_err("forged");
+    assert_eq!((e.code(), e.message()), (Code::Unauthenticated, "etcdserver: invalid auth token"));
+}

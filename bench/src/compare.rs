@@ -153,6 +153,7 @@ impl Scenario {
             server_pid: Some(server.pid()),
             request_timeout: REQUEST_TIMEOUT,
             max_errors: MAX_ERRORS,
+            security: Default::default(),
         })
     }
 }

@@ -118,6 +118,7 @@ async fn measure(
         server_pid: None,
         request_timeout: Duration::from_secs(10),
         max_errors: 1_000,
+        security: Default::default(),
     };
     let cpu_before = cpu_of(&pids)?;
     let mut run = driver::run(&config, &scenario.workload()).await?;

@@ -146,6 +146,7 @@ async fn load(
         server_pid: Some(pid),
         request_timeout: Duration::from_secs(10),
         max_errors: 1_000,
+        security: Default::default(),
     };
     let load = driver::run(&config, &Workload::Put).await?;
     let rss_after_kib = proc_stats::resident_kib(Process::Pid(pid))?;

@@ -61,6 +61,16 @@ pub struct RunConfig {
     pub request_timeout: Duration,
     /// Stop the run once more than this many requests have failed.
     pub max_errors: u64,
+    /// A user to log in as, and TLS, for runs against secured servers (`security`).
+    pub security: Security,
+}
+
+/// How clients reach a secured server: credentials (etcd's simple or JWT tokens, through
+/// etcd-client's login) and TLS for `https://` endpoints.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    pub user: Option<(String, String)>,
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// Runs `workload` as `config` says and measures it.
@@ -76,7 +86,7 @@ pub async fn run(config: &RunConfig, workload: &Workload) -> Result<RunReport, B
     let mut conns = Vec::with_capacity(config.conns);
     for i in 0..config.conns {
         let endpoint = &config.endpoints[i % config.endpoints.len()];
-        conns.push(connect(endpoint, config.request_timeout).await?);
+        conns.push(connect_with(endpoint, config.request_timeout, &config.security).await?);
     }
     let value = random_value(config.val_size);
     workload.preload(&conns, &value).await?;
@@ -135,11 +145,26 @@ pub async fn run(config: &RunConfig, workload: &Workload) -> Result<RunReport, B
 /// Dials `endpoint` (host:port or a URL) once: one gRPC connection, TCP_NODELAY, and a
 /// per-request timeout if given.
 pub async fn dial(endpoint: &str, request_timeout: Option<Duration>) -> Result<Channel, BenchError> {
-    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
+    dial_with(endpoint, request_timeout, None).await
+}
+
+/// [`dial`], over TLS when `tls` is given.
+async fn dial_with(
+    endpoint: &str,
+    request_timeout: Option<Duration>,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Channel, BenchError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("{scheme}://{endpoint}") };
     let mut ep = Endpoint::from_shared(uri)
         .map_err(|source| BenchError::InvalidEndpoint { endpoint: endpoint.to_owned(), source })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        ep = ep
+            .tls_config(tls.clone())
+            .map_err(|source| BenchError::Connect { endpoint: endpoint.to_owned(), source })?;
+    }
     if let Some(t) = request_timeout {
         ep = ep.timeout(t);
     }
@@ -148,8 +173,19 @@ pub async fn dial(endpoint: &str, request_timeout: Option<Duration>) -> Result<C
 
 /// Dials `endpoint` once and wraps the connection in an etcd client.
 pub async fn connect(endpoint: &str, request_timeout: Duration) -> Result<Client, BenchError> {
-    let channel = dial(endpoint, Some(request_timeout)).await?;
-    Client::from_channel(etcd_client::Channel::Tonic(channel), None)
+    connect_with(endpoint, request_timeout, &Security::default()).await
+}
+
+/// [`connect`] as `security` says: over TLS, logged in as its user.
+pub async fn connect_with(
+    endpoint: &str,
+    request_timeout: Duration,
+    security: &Security,
+) -> Result<Client, BenchError> {
+    let channel = dial_with(endpoint, Some(request_timeout), security.tls.as_ref()).await?;
+    let options =
+        security.user.as_ref().map(|(user, password)| etcd_client::ConnectOptions::new().with_user(user, password));
+    Client::from_channel(etcd_client::Channel::Tonic(channel), options)
         .await
         .map_err(|source| BenchError::Client { endpoint: endpoint.to_owned(), source })
 }

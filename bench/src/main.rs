@@ -23,6 +23,7 @@ mod noop;
 mod proc_stats;
 mod recovery;
 mod report;
+mod security;
 mod server;
 mod watch;
 mod workload;
@@ -74,6 +75,8 @@ enum Command {
     Charts(ChartsArgs),
     /// Load keys, kill -9 the server, restart it: time to serve again, peak and steady RSS.
     Recovery(recovery::RecoveryArgs),
+    /// What auth and TLS cost: plain vs auth vs TLS, corekv and etcd, put and get CPU per request.
+    Security(security::SecurityArgs),
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +157,7 @@ impl CommonArgs {
             server_pid: self.server_pid,
             request_timeout: Duration::from_secs(self.timeout_secs),
             max_errors: self.max_errors,
+            security: Default::default(),
         })
     }
 }
@@ -240,6 +244,7 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
             }
             return Ok(());
         }
+        Command::Security(args) => return security::run(&args).await,
         Command::Recovery(args) => {
             let report = recovery::run(&args).await?;
             print!("{}", report.human());

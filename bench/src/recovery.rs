@@ -105,6 +105,7 @@ pub async fn run(args: &RecoveryArgs) -> Result<RecoveryReport, BenchError> {
         server_pid: None,
         request_timeout: Duration::from_secs(30),
         max_errors: 0,
+        security: Default::default(),
     };
     driver::run(&config, &Workload::Put).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -61,6 +61,7 @@ impl ServerKind {
     fn member_args(
         self,
         data_dir: &Path,
+        scheme: &str,
         client_port: u16,
         peer_port: u16,
         member: Option<&ClusterMember>,
@@ -68,7 +69,7 @@ impl ServerKind {
         if self == Self::Noop {
             return vec!["noop-server".into(), "--listen".into(), format!("127.0.0.1:{client_port}").into()];
         }
-        let client_url = format!("http://127.0.0.1:{client_port}");
+        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let mut args: Vec<OsString> = vec!["--data-dir".into(), data_dir.into()];
         let mut flag = |name: &str, value: &str| {
             args.push(name.into());
@@ -128,6 +129,8 @@ pub struct RunningServer {
     kind: ServerKind,
     bin: PathBuf,
     args: Vec<OsString>,
+    /// How clients reach it (TLS, a user) once it is secured.
+    security: driver::Security,
     child: Child,
     pid: u32,
     endpoint: String,
@@ -140,10 +143,30 @@ pub struct RunningServer {
 impl RunningServer {
     /// Starts `bin` as a `kind` server and waits until it answers a KV request.
     pub async fn start(kind: ServerKind, bin: &Path) -> Result<Self, BenchError> {
+        Self::start_with(kind, bin, &[], None).await
+    }
+
+    /// [`RunningServer::start`] with `extra` flags, and with the client URL `https://` when
+    /// `tls` (how clients then trust it) is given.
+    pub async fn start_with(
+        kind: ServerKind,
+        bin: &Path,
+        extra: &[OsString],
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, BenchError> {
         let [client_port, peer_port] = free_ports()?;
-        let mut server = Self::spawn(kind, bin, client_port, peer_port, None)?;
+        let mut server = Self::spawn(kind, bin, client_port, peer_port, None, extra, tls)?;
         server.wait_ready().await?;
         Ok(server)
+    }
+
+    /// From now on clients of this server log in as `user`.
+    pub fn log_in_as(&mut self, user: &str, password: &str) {
+        self.security.user = Some((user.to_string(), password.to_string()));
+    }
+
+    pub fn security(&self) -> &driver::Security {
+        &self.security
     }
 
     /// Starts a cluster of `members` servers of `kind` on loopback and waits until every member
@@ -157,7 +180,7 @@ impl RunningServer {
         let mut servers = Vec::with_capacity(members);
         for (i, name) in names.into_iter().enumerate() {
             let member = ClusterMember { name, initial_cluster: initial_cluster.clone() };
-            servers.push(Self::spawn(kind, bin, ports[i], ports[members + i], Some(&member))?);
+            servers.push(Self::spawn(kind, bin, ports[i], ports[members + i], Some(&member), &[], None)?);
         }
         for s in &mut servers {
             s.wait_ready().await?;
@@ -171,15 +194,20 @@ impl RunningServer {
         client_port: u16,
         peer_port: u16,
         member: Option<&ClusterMember>,
+        extra: &[OsString],
+        tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Result<Self, BenchError> {
         let scratch = |source| BenchError::Scratch { server: kind, source };
         let dir = tempfile::Builder::new().prefix(&format!("corekv-bench-{kind}-")).tempdir().map_err(scratch)?;
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("server.log");
-        let args = kind.member_args(&data_dir, client_port, peer_port, member);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut args = kind.member_args(&data_dir, scheme, client_port, peer_port, member);
+        args.extend(extra.iter().cloned());
         let (child, pid) = launch(kind, bin, &args, &log_path)?;
         let endpoint = format!("127.0.0.1:{client_port}");
-        Ok(Self { kind, bin: bin.to_owned(), args, child, pid, endpoint, log_path, data_dir, _dir: dir })
+        let security = driver::Security { user: None, tls };
+        Ok(Self { kind, bin: bin.to_owned(), args, security, child, pid, endpoint, log_path, data_dir, _dir: dir })
     }
 
     /// SIGKILLs the server and starts it again on the same data directory and ports; returns
@@ -222,7 +250,7 @@ impl RunningServer {
         let began = Instant::now();
         while began.elapsed() < READY_TIMEOUT {
             self.check_alive()?;
-            if let Ok(mut client) = driver::connect(&self.endpoint, Duration::from_secs(2)).await {
+            if let Ok(mut client) = driver::connect_with(&self.endpoint, Duration::from_secs(2), &self.security).await {
                 if client.get("corekv-bench-ready", None).await.is_ok() {
                     return Ok(());
                 }
@@ -336,7 +364,7 @@ mod tests {
     use super::*;
 
     fn args(kind: ServerKind) -> Vec<String> {
-        kind.member_args(Path::new("/tmp/d"), 2379, 2380, None)
+        kind.member_args(Path::new("/tmp/d"), "http", 2379, 2380, None)
             .into_iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
@@ -371,7 +399,7 @@ mod tests {
             ClusterMember { name: "m2".into(), initial_cluster: "m1=http://127.0.0.1:1,m2=http://127.0.0.1:2".into() };
         for kind in [ServerKind::Etcd, ServerKind::Corekv] {
             let a: Vec<String> = kind
-                .member_args(Path::new("/tmp/d"), 2379, 2, Some(&m))
+                .member_args(Path::new("/tmp/d"), "http", 2379, 2, Some(&m))
                 .into_iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();

@@ -23,6 +23,7 @@
 pub mod faults;
 mod receive;
 mod snapshot;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,13 +36,13 @@ use raft::eraftpb::Message;
 use shards::cluster::{MemberChange, NodeState};
 use shards::ClusterIo;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use wire::codec::peer::PeerFrame;
 
 use crate::config::InitialMember;
 use receive::{Receiving, Warnings};
 use snapshot::SnapshotPermits;
+use stream::{PeerLinks, PeerWrite};
 
 /// Messages per frame at most (the rest go in the next frame).
 const FRAME_MESSAGES: usize = 4096;
@@ -228,14 +229,14 @@ pub struct PeerNetwork {
     links: Mutex<HashMap<u64, Link>>,
     /// Connections dialed by members this node does not know yet (it has not applied their
     /// addition): taken when they are added.
-    unclaimed: Mutex<HashMap<u64, OwnedWriteHalf>>,
+    unclaimed: Mutex<HashMap<u64, PeerWrite>>,
 }
 
 /// What reaches one peer's [`Sender`].
 struct Link {
     queue: flume::Sender<(u16, Message)>,
     /// Connections the peer dialed (when it has the lower id), to write back on.
-    conns: flume::Sender<OwnedWriteHalf>,
+    conns: flume::Sender<PeerWrite>,
 }
 
 impl PeerNetwork {
@@ -258,6 +259,7 @@ impl PeerNetwork {
             let sender = Sender {
                 to: m.id,
                 addr,
+                url,
                 directory: self.directory.clone(),
                 node: self.node.clone(),
                 faults: self.faults.clone(),
@@ -286,7 +288,7 @@ impl PeerNetwork {
     }
 
     /// Gives the sender to member `from` the connection `from` dialed, to write back on.
-    fn claim(&self, from: u64, conn: OwnedWriteHalf) {
+    fn claim(&self, from: u64, conn: PeerWrite) {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         match links.get(&from) {
             Some(link) => drop(link.conns.send(conn)),
@@ -303,6 +305,7 @@ pub async fn start(
     listen: &[SocketAddr],
     faults: Arc<faults::PeerFaults>,
     data_dir: PathBuf,
+    links: Arc<PeerLinks>,
 ) -> Result<Arc<PeerNetwork>, PeerError> {
     let ClusterIo { outgoing, incoming, fetches, node } = io;
     let receiving = Arc::new(Receiving {
@@ -311,6 +314,7 @@ pub async fn start(
         faults: faults.clone(),
         node: node.clone(),
         warnings: Warnings::default(),
+        links: links.clone(),
     });
     let network = Arc::new(PeerNetwork {
         directory: directory.clone(),
@@ -327,7 +331,7 @@ pub async fn start(
         tracing::info!(%addr, "listening for peers");
         tokio::spawn(receive::accept(listener, network.clone()));
     }
-    tokio::spawn(snapshot::fetch_all(fetches, directory.clone(), faults));
+    tokio::spawn(snapshot::fetch_all(fetches, directory.clone(), faults, links));
     for m in directory.members() {
         network.add(&m)?;
     }
@@ -381,6 +385,8 @@ pub async fn follow_member_changes(
 struct Sender {
     to: u64,
     addr: SocketAddr,
+    /// The peer URL `addr` came from (its scheme says whether to speak TLS).
+    url: String,
     directory: Arc<PeerDirectory>,
     node: Arc<NodeState>,
     faults: Arc<faults::PeerFaults>,
@@ -390,7 +396,7 @@ struct Sender {
 
 /// A connection a sender writes on, and (when this member dialed it) the task reading it.
 struct Conn {
-    write: OwnedWriteHalf,
+    write: PeerWrite,
     reader: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -415,7 +421,7 @@ enum Ended {
 impl Sender {
     /// Sends everything queued for the peer, one frame per batch, on the one connection between
     /// the two: dialed by this member if its id is the lower, else taken from `dialed`.
-    async fn run(self, queue: flume::Receiver<(u16, Message)>, dialed: flume::Receiver<OwnedWriteHalf>) {
+    async fn run(self, queue: flume::Receiver<(u16, Message)>, dialed: flume::Receiver<PeerWrite>) {
         let dials = self.directory.me() < self.to;
         let mut next = None;
         loop {
@@ -447,10 +453,9 @@ impl Sender {
     async fn dial(&self, queue: &flume::Receiver<(u16, Message)>) -> Option<Conn> {
         let (me, to, addr) = (self.directory.me(), self.to, self.addr);
         loop {
-            match TcpStream::connect(addr).await {
+            match self.receiving.links.connect(addr, &self.url).await {
                 Ok(stream) if !self.faults.drops(me, to) => {
-                    let _ = stream.set_nodelay(true);
-                    let (read, write) = stream.into_split();
+                    let (read, write) = tokio::io::split(stream);
                     let reader = tokio::spawn(receive::receive_dialed(read, self.receiving.clone(), to, addr));
                     return Some(Conn { write, reader: Some(reader) });
                 }
@@ -473,7 +478,7 @@ impl Sender {
     async fn wait_for_peer(
         &self,
         queue: &flume::Receiver<(u16, Message)>,
-        dialed: &flume::Receiver<OwnedWriteHalf>,
+        dialed: &flume::Receiver<PeerWrite>,
     ) -> Option<Conn> {
         loop {
             tokio::select! {
@@ -488,7 +493,7 @@ impl Sender {
         &self,
         mut conn: Conn,
         queue: &flume::Receiver<(u16, Message)>,
-        dialed: &flume::Receiver<OwnedWriteHalf>,
+        dialed: &flume::Receiver<PeerWrite>,
     ) -> Ended {
         let (me, to) = (self.directory.me(), self.to);
         // One frame reused: its sender fields stay, frontier and messages change per batch.

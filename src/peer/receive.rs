@@ -17,10 +17,10 @@ use prost_raft::Message as _;
 use raft::eraftpb::Message;
 use shards::cluster::NodeState;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use wire::codec::peer::{self as frame, FrameReader, PeerFrame};
 
+use super::stream::{CertHosts, PeerLinks, PeerRead};
 use super::{faults, PeerDirectory, PeerNetwork, Stranger};
 
 /// How long a new connection may take to send its first frame (or snapshot request).
@@ -38,6 +38,8 @@ pub(super) struct Receiving {
     /// Takes the leaders' frontiers.
     pub node: Arc<NodeState>,
     pub warnings: Warnings,
+    /// Plain TCP or TLS, and what a member certificate must name.
+    pub links: Arc<PeerLinks>,
 }
 
 /// Why a connection's frames are no longer read.
@@ -57,6 +59,8 @@ pub(super) enum Refused {
         "member {member:x} asked for snapshot {index} of group {group}, which it was not sent (or no longer exists)"
     )]
     SnapshotNotGranted { member: u64, group: u16, index: u64 },
+    #[error("member {member:x}'s peer TLS certificate does not name the host of its peer URL {url}")]
+    Certificate { member: u64, url: String },
     #[error("a frame from {0:x} on the connection of member {1:x}")]
     SenderChanged(u64, u64),
     #[error("a Raft message from {msg_from:x} to {msg_to:x} in a frame from {frame_from:x}")]
@@ -89,7 +93,7 @@ impl Refused {
             Refused::Silent => "silent",
             Refused::TooManyHandshakes => "handshakes",
             Refused::Frame(_) => "frame",
-            Refused::Stranger(_) => "stranger",
+            Refused::Stranger(_) | Refused::Certificate { .. } => "stranger",
             Refused::SnapshotNotGranted { .. } => "snapshot",
             Refused::SenderChanged(..) | Refused::Forged { .. } | Refused::BadMessage(_) => "forged",
             Refused::ShardCount { .. } => "shard count",
@@ -164,24 +168,24 @@ pub(super) async fn accept(listener: TcpListener, network: Arc<PeerNetwork>) {
 /// A connection another node opened: a snapshot request, or the peer connection of a member
 /// with a lower id, whose first frame names it; this node then writes to it there too.
 async fn serve_connection(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     network: &PeerNetwork,
     handshake: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), Refused> {
     let r = &network.receiving;
+    let (mut stream, hosts) = r.links.accept(tcp).await?;
     let mut prefix = [0u8; 4];
     tokio::time::timeout(HELLO_TIMEOUT, stream.read_exact(&mut prefix)).await.map_err(|_| Refused::Silent)??;
     if prefix == frame::SNAPSHOT_REQUEST {
-        return super::snapshot::serve(stream, network, handshake).await;
+        return super::snapshot::serve(stream, &hosts, network, handshake).await;
     }
-    let _ = stream.set_nodelay(true);
-    let (mut read, write) = stream.into_split();
+    let (mut read, write) = tokio::io::split(stream);
     let mut reader = FrameReader::new(frame::MAX_HELLO_BYTES);
     reader.push(&prefix)?;
     let first = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut read, &mut reader))
         .await
         .map_err(|_| Refused::Silent)??;
-    r.directory.check_sender(first.cluster, first.from, &first.peer_url)?;
+    check(r, &first, Some(&hosts))?;
     drop(handshake);
     let from = first.from;
     deliver(first, r)?;
@@ -189,11 +193,21 @@ async fn serve_connection(
         network.claim(from, write);
     }
     reader.set_cap(frame::MAX_FRAME_BYTES);
-    receive(read, r, reader, from).await
+    receive(read, r, reader, from, Some(&hosts)).await
+}
+
+/// Whether `frame` comes from a current member — and, with `hosts` (a connection this member
+/// accepted), one whose peer TLS certificate (if required) names that member's host.
+fn check(r: &Receiving, frame: &PeerFrame, hosts: Option<&CertHosts>) -> Result<(), Refused> {
+    r.directory.check_sender(frame.cluster, frame.from, &frame.peer_url)?;
+    if hosts.is_some_and(|h| !r.links.vouches_for(h, &frame.peer_url)) {
+        return Err(Refused::Certificate { member: frame.from, url: frame.peer_url.clone() });
+    }
+    Ok(())
 }
 
 /// Reads frames from `read` until one is complete.
-async fn next_frame(read: &mut OwnedReadHalf, reader: &mut FrameReader) -> Result<PeerFrame, Refused> {
+async fn next_frame(read: &mut PeerRead, reader: &mut FrameReader) -> Result<PeerFrame, Refused> {
     loop {
         let n = read.read(reader.space()).await?;
         if n == 0 {
@@ -207,25 +221,27 @@ async fn next_frame(read: &mut OwnedReadHalf, reader: &mut FrameReader) -> Resul
 
 /// Reads the frames of member `from`'s connection until it ends or a frame is refused.
 pub(super) async fn receive(
-    mut read: OwnedReadHalf,
+    mut read: PeerRead,
     r: &Receiving,
     mut reader: FrameReader,
     from: u64,
+    hosts: Option<&CertHosts>,
 ) -> Result<(), Refused> {
     loop {
         let frame = next_frame(&mut read, &mut reader).await?;
         if frame.from != from {
             return Err(Refused::SenderChanged(frame.from, from));
         }
-        r.directory.check_sender(frame.cluster, frame.from, &frame.peer_url)?;
+        check(r, &frame, hosts)?;
         deliver(frame, r)?;
     }
 }
 
-/// Reads the connection this member dialed to member `to`: its frames must come from `to`.
-pub(super) async fn receive_dialed(read: OwnedReadHalf, r: Arc<Receiving>, to: u64, peer: std::net::SocketAddr) {
+/// Reads the connection this member dialed to member `to` (whose certificate the dial
+/// verified, with peer TLS): its frames must come from `to`.
+pub(super) async fn receive_dialed(read: PeerRead, r: Arc<Receiving>, to: u64, peer: std::net::SocketAddr) {
     let reader = FrameReader::new(frame::MAX_FRAME_BYTES);
-    if let Err(why) = receive(read, &r, reader, to).await {
+    if let Err(why) = receive(read, &r, reader, to, None).await {
         r.warnings.report(peer, &why);
     }
 }

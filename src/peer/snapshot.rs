@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use shards::cluster::SnapshotFetch;
 use shards::recover::ShardDirs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use wire::codec::peer::{self as frame, SnapshotRequest};
 
 use super::receive::{Refused, HELLO_TIMEOUT};
+use super::stream::{CertHosts, PeerLinks, PeerStream};
 use super::{faults, PeerDirectory, PeerNetwork};
 
 /// The snapshot each member was last told to fetch, per group.
@@ -42,7 +42,8 @@ impl SnapshotPermits {
 /// Answers one snapshot request (the marker is read) with the file, or with `NO_SNAPSHOT` when
 /// the requester may not have it.
 pub(super) async fn serve(
-    mut stream: TcpStream,
+    mut stream: PeerStream,
+    hosts: &CertHosts,
     network: &PeerNetwork,
     handshake: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), Refused> {
@@ -52,7 +53,12 @@ pub(super) async fn serve(
     let req = SnapshotRequest::decode(rest);
     let directory = &network.directory;
     let peer_url = directory.peer_url_of(req.from);
-    let checked = directory.check_sender(req.cluster, req.from, &peer_url);
+    let checked = directory.check_sender(req.cluster, req.from, &peer_url).map_err(Refused::from).and_then(|()| {
+        match network.receiving.links.vouches_for(hosts, &peer_url) {
+            true => Ok(()),
+            false => Err(Refused::Certificate { member: req.from, url: peer_url.clone() }),
+        }
+    });
     let path = ShardDirs::new(&network.data_dir, req.group as usize).snap.join(shards::snapshot::snap_name(req.index));
     let file = match checked {
         Ok(()) if network.permits.allows(&req) => tokio::fs::File::open(&path).await.ok(),
@@ -84,12 +90,13 @@ pub(super) async fn fetch_all(
     fetches: flume::Receiver<SnapshotFetch>,
     directory: Arc<PeerDirectory>,
     faults: Arc<faults::PeerFaults>,
+    links: Arc<PeerLinks>,
 ) {
     while let Ok(f) = fetches.recv_async().await {
-        let (directory, faults) = (directory.clone(), faults.clone());
+        let (directory, faults, links) = (directory.clone(), faults.clone(), links.clone());
         tokio::spawn(async move {
             let SnapshotFetch { group, from, index, dir, reply } = f;
-            let r = fetch(group, from, index, &dir, &directory, &faults).await;
+            let r = fetch(group, from, index, &dir, &directory, &faults, &links).await;
             let _ = reply.send(r.map_err(|e| e.to_string()));
         });
     }
@@ -104,6 +111,7 @@ async fn fetch(
     dir: &Path,
     directory: &PeerDirectory,
     faults: &faults::PeerFaults,
+    links: &PeerLinks,
 ) -> std::io::Result<()> {
     let fail = |e: String| std::io::Error::other(e);
     if faults.drops(directory.me(), from) {
@@ -114,7 +122,7 @@ async fn fetch(
         return Err(fail(format!("no member {from:x}")));
     }
     let addr = crate::config::parse_url(&url).map_err(|e| fail(e.to_string()))?;
-    let mut stream = TcpStream::connect(addr).await?;
+    let mut stream = links.connect(addr, &url).await?;
     let req = SnapshotRequest { cluster: directory.cluster(), from: directory.me(), group, index };
     stream.write_all(&req.encode()).await?;
     let mut len = [0u8; 8];

@@ -30,8 +30,17 @@ impl Cluster {
 
     /// Starts `n` members with `extra` flags and environment variables each.
     pub fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with_scheme(n, extra, env, "http")
+    }
+
+    /// Starts `n` members whose peer URLs are `https://` (the peer TLS flags in `extra`).
+    pub fn start_peer_tls(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_scheme(n, extra, &[], "https")
+    }
+
+    fn start_with_scheme(n: usize, extra: &[&str], env: &[(&str, &str)], scheme: &str) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let peer_urls: Vec<String> = (0..n).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
+        let peer_urls: Vec<String> = (0..n).map(|_| format!("{scheme}://127.0.0.1:{}", free_port())).collect();
         let initial: Vec<String> = (0..n).map(|i| format!("n{}={}", i + 1, peer_urls[i])).collect();
         let initial = initial.join(",");
         let ids =

@@ -2,6 +2,7 @@
 //! directory, and stops it when dropped.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod cluster;
 
 use std::net::TcpListener;
@@ -18,6 +19,8 @@ pub struct Server {
     env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
     pub log: PathBuf,
+    /// `http`, or `https` for a server whose client port speaks TLS.
+    scheme: &'static str,
 }
 
 /// A port the OS just handed out on 127.0.0.1 (released again for the server to take).
@@ -51,6 +54,26 @@ impl Server {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             _tmp: None,
             log: dir.with_extension("log"),
+            scheme: "http",
+        };
+        s.restart();
+        s
+    }
+
+    /// Starts a server with a fresh data directory whose client URL is `https://` (the TLS
+    /// flags come in `args`).
+    pub fn start_https(args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Server {
+            child: None,
+            port: 0,
+            dir: dir.clone(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+            _tmp: Some(tmp),
+            log: dir.with_extension("log"),
+            scheme: "https",
         };
         s.restart();
         s
@@ -84,9 +107,9 @@ impl Server {
                 .arg("--data-dir")
                 .arg(&self.dir)
                 .arg("--listen-client-urls")
-                .arg(format!("http://127.0.0.1:{}", self.port))
+                .arg(format!("{}://127.0.0.1:{}", self.scheme, self.port))
                 .arg("--advertise-client-urls")
-                .arg(format!("http://127.0.0.1:{}", self.port))
+                .arg(format!("{}://127.0.0.1:{}", self.scheme, self.port))
                 .args(peer_listen)
                 .args(&self.args)
                 // Absent unless a test writes it (see `fault_file`).
