@@ -295,3 +295,30 @@ async fn auth_jwt_token_from_one_member_is_accepted_by_another() {
     let e = kv.range(read("app/x", &forged)).await.expect_err("forged");
     assert_eq!((e.code(), e.message()), (Code::Unauthenticated, "etcdserver: invalid auth token"));
 }
+
+/// Backups carry the auth store: `etcdctl snapshot save` by root, restored with corekv's tool,
+/// serves with auth on and the same users and permissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_store_travels_in_backups_and_restores() {
+    let s = Server::start(&["--shards", "2"]);
+    set_up_with_etcdctl(&s);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let file = tmp.path().join("backup.db");
+    let (ok, out, err) = s.etcdctl(&["--user", "alice:alicepw", "snapshot", "save", file.to_str().expect("utf8")]);
+    assert!(!ok, "a backup needs root: {out}");
+    assert!(err.contains("permission denied"), "{err}");
+    let (ok, out, err) = s.etcdctl(&["--user", "root:rootpw", "snapshot", "save", file.to_str().expect("utf8")]);
+    assert!(ok, "{out}{err}");
+    let backup = corekv_tools::backup::read(&file).expect("read backup");
+    let restored = tmp.path().join("restored");
+    corekv_tools::backup::restore(&backup, &restored).expect("restore");
+    let r = Server::start_in(&restored, &[]);
+    let (ok, _, err) = r.etcdctl(&["put", "x", "1"]);
+    assert!(!ok && err.contains("user name is empty"), "auth is still on: {err}");
+    let mut alice = as_user(&r.endpoint(), "alice", "alicepw").await.expect("alice's password came back");
+    alice.put("app/r", "1", None).await.expect("inside");
+    assert_eq!(
+        status_of(alice.put("other", "1", None).await.expect_err("outside")),
+        (Code::PermissionDenied, "etcdserver: permission denied".into())
+    );
+}

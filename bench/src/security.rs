@@ -22,9 +22,9 @@ pub struct SecurityArgs {
     /// The corekv binary.
     #[arg(long, default_value = "target/release/corekv")]
     corekv_bin: PathBuf,
-    /// An etcd binary to measure beside it (Debian's 3.4 or the official 3.5.1).
+    /// etcd binaries to measure beside it (Debian's 3.4, the official 3.5.1); repeat the flag.
     #[arg(long)]
-    etcd_bin: Option<PathBuf>,
+    etcd_bin: Vec<PathBuf>,
     /// Measured seconds per run.
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
@@ -157,9 +157,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub async fn run(args: &SecurityArgs) -> Result<(), BenchError> {
     let mut servers = vec![(ServerKind::Corekv, args.corekv_bin.clone())];
-    if let Some(etcd) = &args.etcd_bin {
-        servers.push((ServerKind::Etcd, etcd.clone()));
-    }
+    servers.extend(args.etcd_bin.iter().map(|etcd| (ServerKind::Etcd, etcd.clone())));
     let duration = Duration::from_secs(args.duration_secs);
     println!("| server | mode | put/s | µs CPU/put | extra CPU/put | get/s | µs CPU/get | extra CPU/get |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
