@@ -9,6 +9,8 @@ use wire::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use wire::pb::v3electionpb::election_server::ElectionServer;
+use wire::pb::v3lockpb::lock_server::LockServer;
 
 use crate::alarm::AlarmTable;
 use crate::authority::AuthorityFix;
@@ -117,7 +119,7 @@ pub async fn serve(
     tokio::spawn(shards::cluster::promote_when_ready(node.clone(), pool.handles().to_vec(), pool.clock().clone()));
     let election_timeout = std::time::Duration::from_millis(cfg.election_timeout);
     let forward_tls = crate::tls::forwarding_config(&cfg.client_tls(), &cfg.data_dir.join("fixtures/client"))?;
-    let fwd = Arc::new(Forwarder::new(node.clone(), directory, election_timeout, faults).with_tls(forward_tls));
+    let fwd = Arc::new(Forwarder::new(node.clone(), directory, election_timeout, faults).with_tls(forward_tls.clone()));
     let router = Arc::new(Router::new(&pool));
     let member = Member::new(me, &cfg.initial_cluster_token);
     let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
@@ -163,6 +165,18 @@ pub async fn serve(
             Some(crate::tls::server_config(&cfg.client_tls(), &cfg.data_dir.join("fixtures/client"), &hosts)?)
         }
         false => None,
+    };
+    // The Election and Lock services run etcd's recipes against this member's own services.
+    let self_client = {
+        let (addr, tls) = addrs[0];
+        let host = if addr.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { addr.ip() };
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}", std::net::SocketAddr::new(host, addr.port()));
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true);
+        if let (true, Some(tls)) = (tls, &forward_tls) {
+            endpoint = endpoint.tls_config(tls.clone().domain_name(host.to_string()))?;
+        }
+        crate::concurrency::SelfClient::new(endpoint.connect_lazy())
     };
     let mut servers = Vec::new();
     for (addr, tls) in addrs {
@@ -230,7 +244,9 @@ pub async fn serve(
             .add_service(watch)
             .add_service(lease)
             .add_service(cluster)
-            .add_service(auth);
+            .add_service(auth)
+            .add_service(ElectionServer::new(crate::grpc::election::ElectionService { client: self_client.clone() }))
+            .add_service(LockServer::new(crate::grpc::lock::LockService { client: self_client.clone() }));
         // Both kinds of connection are read through the `:authority` repair some etcd clients
         // need (src/authority.rs).
         let server = match (tls, &client_tls) {

@@ -8,7 +8,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
     }
     let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
-    let protos = ["proto/mvccpb/kv.proto", "proto/authpb/auth.proto", "proto/etcdserverpb/rpc.proto"];
+    let protos = [
+        "proto/mvccpb/kv.proto",
+        "proto/authpb/auth.proto",
+        "proto/etcdserverpb/rpc.proto",
+        "proto/v3electionpb/v3election.proto",
+        "proto/v3lockpb/v3lock.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
