@@ -50,6 +50,8 @@ const FRAME_MESSAGES: usize = 4096;
 const REMOVED_GRACE: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach a peer that is down.
 const RECONNECT: Duration = Duration::from_millis(100);
+/// How long closing a connection may wait for its buffered frames to leave.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What this node knows of the other members: their peer addresses (from the flags) and client
 /// URLs (learned from their frames).
@@ -414,8 +416,17 @@ enum Ended {
     Lost,
     /// The peer dialed again: write on the new one.
     Replaced(Conn),
-    /// The peer is no longer a member.
-    Removed,
+    /// The peer is no longer a member, or moved (its link was replaced by one to its new URL).
+    Removed(Conn),
+}
+
+/// Closes a connection this member will no longer write on, so the peer notices now rather than
+/// at its next write. A peer that dialed it must dial again: after a MemberUpdate, the new
+/// sender for that peer waits for a new connection, and the peer (a follower exchanging no
+/// messages with this one) could otherwise keep writing on the old one for ever, its frames
+/// taken in here and nothing ever written back.
+async fn close(mut conn: Conn) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.write.shutdown()).await;
 }
 
 impl Sender {
@@ -443,7 +454,7 @@ impl Sender {
                 }
                 Ended::Lost => {}
                 Ended::Replaced(conn) => next = Some(conn),
-                Ended::Removed => return,
+                Ended::Removed(conn) => return close(conn).await,
             }
         }
     }
@@ -536,11 +547,11 @@ impl Sender {
                         batch = vec![first];
                         batch.extend(queue.try_iter().take(FRAME_MESSAGES - 1));
                     }
-                    Err(_) => return Ended::Removed,
+                    Err(_) => return Ended::Removed(conn),
                 },
                 write = dialed.recv_async() => match write {
                     Ok(write) => return Ended::Replaced(Conn { write, reader: None }),
-                    Err(_) => return Ended::Removed,
+                    Err(_) => return Ended::Removed(conn),
                 },
                 () = reader_ended => return Ended::Lost,
             }

@@ -240,7 +240,18 @@ impl Cluster {
             if ia.1 == ib.1 && ia.0 == ib.0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "members {a} and {b} did not converge: {ia:?} vs {ib:?}");
+            if Instant::now() >= deadline {
+                let tail = |i: usize| {
+                    let log = self.nodes[i].log_text();
+                    let lines: Vec<&str> = log.lines().collect();
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                };
+                panic!(
+                    "members {a} and {b} did not converge: {ia:?} vs {ib:?}\n--- member {a}:\n{}\n--- member {b}:\n{}",
+                    tail(a),
+                    tail(b)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
