@@ -1321,10 +1321,13 @@ impl Writer {
             return Err(ShardError::NotLeader);
         }
         self.apply_queued(true);
-        // Keepalives went to the old leader: every lease gets at least its TTL again. The only
-        // voter was that leader itself (before a restart): its leases keep what they had left.
+        // Keepalives went to the old leader: every lease gets its TTL again, plus the time the
+        // old leader may have gone on renewing. The only voter was that leader itself (before
+        // a restart): its leases keep what they had left.
         if !self.raft.sole_voter() {
-            self.leases.borrow_mut().refresh_after_stall(Instant::now());
+            let link = &self.cfg.cluster;
+            let extend = link.tick * link.members.election_ticks as u32;
+            self.leases.borrow_mut().promote(Instant::now(), extend);
         }
         Ok(self.store.borrow().current_revision())
     }

@@ -198,6 +198,21 @@ impl LeaseTable {
         self.heap.peek().map(|Reverse((d, _))| *d)
     }
 
+    /// When this member becomes leader: every live lease gets its full TTL from `now` plus
+    /// `extend` (the election timeout), as etcd's lessor does on promotion. Keepalives went to
+    /// the old leader, which may have renewed them until it noticed it had lost its quorum
+    /// (an election timeout at most); none may expire here before a renewal it answered.
+    pub fn promote(&mut self, now: Instant, extend: Duration) {
+        self.heap.clear();
+        for (&id, l) in self.leases.iter_mut() {
+            if l.state == State::Live {
+                l.deadline = l.deadline.max(now + Duration::from_secs(l.ttl as u64) + extend);
+                l.rescued = false;
+            }
+            self.heap.push(Reverse((l.deadline, id)));
+        }
+    }
+
     /// After a stall (a disk write that blocked the shard), gives every live lease a fresh TTL
     /// from `now`, as etcd does for all leases when a new leader takes over: their clients may
     /// not have been served meanwhile, so they must not all expire the moment the shard
@@ -310,5 +325,21 @@ mod tests {
         assert_eq!(t.renew(2, t0 + Duration::from_secs(6)), Some(5));
         t.refresh_after_stall(t0 + Duration::from_secs(10));
         assert!(t.take_expired(t0 + Duration::from_secs(14)).is_empty(), "a renewal makes it rescuable again");
+    }
+
+    #[test]
+    fn every_promotion_restarts_every_lease_with_the_election_timeout_on_top() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::default();
+        t.insert(1, 5, 5, t0);
+        let extend = Duration::from_millis(500);
+        // A stall rescue earlier does not stop a promotion from restarting the lease: the
+        // renewals went to another member, this one never saw them.
+        t.refresh_after_stall(t0 + Duration::from_secs(1));
+        for s in [4, 8] {
+            t.promote(t0 + Duration::from_secs(s), extend);
+        }
+        assert!(t.take_expired(t0 + Duration::from_millis(13_400)).is_empty(), "promoted at 8 s: until 13.5 s");
+        assert_eq!(t.take_expired(t0 + Duration::from_millis(13_500)), vec![1]);
     }
 }

@@ -15,6 +15,7 @@ use crate::forward::{onward, onward_stream, route_of, Forwarder, Route};
 use crate::leases::Leases;
 use crate::router::Router;
 use shards::auth::Access;
+use shards::ShardError;
 
 /// Keepalive responses queued per stream before its task waits for the client to read.
 const STREAM_QUEUE: usize = 64;
@@ -97,9 +98,18 @@ impl Lease for LeaseService {
         let (leases, router, member, raft_term) =
             (self.leases.clone(), self.router.clone(), self.member, self.raft_term.clone());
         let check_keys = caller.snap.enabled() && !caller.is_admin();
+        let node = self.fwd.node().clone();
         tokio::spawn(async move {
             // Ends when the client closes its side, as etcd's keepalive stream does.
             while let Some(Ok(r)) = requests.next().await {
+                // Renewed here only while this member leads: a deposed leader's renewal would
+                // not reach the lease's real deadline, held by the new leader. The stream ends
+                // as etcd's does when the leader changes; clients open a new one, which goes to
+                // the leader.
+                if !node.serving() {
+                    let _ = tx.send(Err(Status::from(ApiError::Shard(ShardError::LeaderChanged)))).await;
+                    break;
+                }
                 // Without admin rights each renewal needs write access to the lease's keys.
                 let allowed = match check_keys {
                     true => match leases.keys(r.id).await {
