@@ -124,7 +124,7 @@ pub async fn serve(
     let member = Member::new(me, &cfg.initial_cluster_token);
     let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let raft_term = RaftTerm(node);
+    let raft_term = RaftTerm(node.clone());
 
     let alarms = Arc::new(AlarmTable::default());
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -156,6 +156,7 @@ pub async fn serve(
         progress_interval: cfg.experimental_watch_progress_notify_interval,
         stop: watch_stop,
         guard: guard.clone(),
+        node: node.clone(),
     });
     let membership = Arc::new(Membership::new(router.clone(), fwd.clone(), &cfg.initial_cluster_token));
     // One TLS configuration serves every https:// client URL.

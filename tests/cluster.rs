@@ -510,3 +510,42 @@ async fn a_request_forwarded_to_a_paused_leader_times_out_as_in_etcd() {
     let now = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
     cluster.wait_converged(leader, now, Duration::from_secs(20)).await;
 }
+
+/// A watch on a leader that is cut off would never see another event there (followers forward
+/// watches rather than serve them): it ends with etcd's `no leader`, and a watch opened again
+/// from the last revision seen gets everything the majority wrote meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_leader_cut_off_ends_with_no_leader_and_resumes_elsewhere() {
+    let cluster = Cluster::start(3, &["--shards", "2"]);
+    let old = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let mut c = cluster.client_of(old).await;
+    let seen = c.put("k0", "before", None).await.expect("put").header().expect("header").revision();
+    let mut events = c.watch("k", Some(etcd_client::WatchOptions::new().with_prefix())).await.expect("watch");
+    assert!(events.message().await.expect("created").expect("a response").created());
+    cluster.isolate(old);
+    let ended = tokio::time::timeout(Duration::from_secs(10), events.message()).await.expect("the stream ends");
+    match ended {
+        Err(etcd_client::Error::GRpcStatus(s)) => {
+            assert_eq!((s.code(), s.message()), (tonic::Code::Unavailable, "etcdserver: no leader"))
+        }
+        other => panic!("expected etcd's no leader, got {other:?}"),
+    }
+    let majority: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = cluster.wait_leader(&majority, Duration::from_secs(10)).await;
+    let mut m = cluster.client_of(new).await;
+    m.put("k1", "during", None).await.expect("put");
+    cluster.heal();
+    cluster.wait_converged(old, new, Duration::from_secs(20)).await;
+
+    // Watching again through the old member (now a follower) from where the first watch was.
+    let options = etcd_client::WatchOptions::new().with_prefix().with_start_revision(seen + 1);
+    let mut again = cluster.client_of(old).await.watch("k", Some(options)).await.expect("watch again");
+    m.put("k2", "after", None).await.expect("put");
+    let mut keys = Vec::new();
+    while keys.len() < 2 {
+        let r = tokio::time::timeout(Duration::from_secs(10), again.message()).await.expect("events");
+        let r = r.expect("watch").expect("a response");
+        keys.extend(r.events().iter().filter_map(|e| e.kv()).map(|kv| kv.key_str().expect("utf-8").to_string()));
+    }
+    assert_eq!(keys, ["k1", "k2"]);
+}

@@ -58,6 +58,8 @@ pub struct WatchContext {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// Who may watch what.
     pub guard: Arc<crate::auth::Guard>,
+    /// Whether this member still serves: streams are served only where writes are.
+    pub node: Arc<shards::cluster::NodeState>,
 }
 
 /// The client is gone or the server stops: the stream ends.
@@ -91,6 +93,9 @@ where
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let hub_upto = ctx.hub.subscribe_upto();
+    let node = ctx.node.clone();
+    let deposed = node.stopped_serving();
+    tokio::pin!(deposed);
     let mut s = Session { ctx, caller, out, watchers: WatcherSet::default(), id, delivered_upto: upto, hub_upto };
     loop {
         let step = tokio::select! {
@@ -102,6 +107,13 @@ where
             () = queued.notified() => s.drain().await,
             _ = ticker.tick() => s.progress_tick().await,
             _ = stop.changed() => Err(Closed),
+            // A member that no longer leads gets no events (followers forward their watches):
+            // the stream ends as etcd ends one with no leader, and clients watch again — etcd's
+            // clients resume on their own from the last revision they saw, on the new leader.
+            () = &mut deposed => {
+                let _ = s.out.send(Err(ApiError::NoLeader.into())).await;
+                Err(Closed)
+            }
         };
         if step.is_err() {
             break;
