@@ -245,12 +245,7 @@ impl Session<'_> {
     }
 
     /// A watch of `key` (to `range_end`, if any) from revision `from`.
-    pub async fn watch(
-        &self,
-        key: &[u8],
-        range_end: Option<Vec<u8>>,
-        from: i64,
-    ) -> Result<impl tokio_stream::Stream<Item = Result<pb::WatchResponse, Status>>, Status> {
+    pub async fn watch(&self, key: &[u8], range_end: Option<Vec<u8>>, from: i64) -> Result<WatchAnswers, Status> {
         let create = pb::WatchCreateRequest {
             key: key.to_vec().into(),
             range_end: range_end.unwrap_or_default().into(),
@@ -258,12 +253,34 @@ impl Session<'_> {
             ..Default::default()
         };
         let first = pb::WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
-        // The request side stays open for as long as the stream is read (closing it ends the
-        // watch in etcd).
-        let requests = tokio_stream::once(first).chain(tokio_stream::pending());
-        let stream =
+        // The request side stays open for as long as the answers are read (closing it ends
+        // the watch), and closes when they are dropped: a request stream that never ended would
+        // keep the HTTP/2 stream, and the server's watcher, alive after the caller is done,
+        // their events piling up unread until h2 closed the whole connection
+        // (ENHANCE_YOUR_CALM, "too_many_data_frames") under every other call on it.
+        let (open, requests) = tokio::sync::mpsc::channel(1);
+        let _ = open.try_send(first);
+        let requests = tokio_stream::wrappers::ReceiverStream::new(requests);
+        let answers =
             WatchClient::new(self.client.channel.clone()).watch(self.request(requests)).await.map_err(unknown)?;
-        Ok(stream.into_inner())
+        Ok(WatchAnswers { answers: answers.into_inner(), _open: open })
+    }
+}
+
+/// The answers of a loopback watch; dropping them closes its request side, which ends it.
+pub struct WatchAnswers {
+    answers: tonic::Streaming<pb::WatchResponse>,
+    _open: tokio::sync::mpsc::Sender<pb::WatchRequest>,
+}
+
+impl tokio_stream::Stream for WatchAnswers {
+    type Item = Result<pb::WatchResponse, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.answers).poll_next(cx)
     }
 }
 

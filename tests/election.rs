@@ -60,6 +60,34 @@ async fn election_hands_leadership_over_in_order_and_observe_sees_every_change()
     assert_eq!(unknown(c.leader("job").await.expect_err("resigned")), "election: no leader");
 }
 
+/// Two candidates hand leadership back and forth 300 times. Each wait is a watch of the
+/// server's own client; one left open after its wait (its request side never closed) kept
+/// receiving the events of the other candidate's key, unread, until h2 closed the server's
+/// client connection (`too_many_data_frames`) after about 150 handovers, failing every call
+/// on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_handovers_leave_no_watch_behind() {
+    let s = Server::start(&["--shards", "2"]);
+    let c = s.client().await;
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        leases.push(c.lease_client().grant(60, None).await.expect("lease").id());
+    }
+    let mut leader = c.election_client().campaign("relay", "0", leases[0]).await.expect("campaign");
+    for round in 1..=300 {
+        let next = leases[round % 2];
+        let mut e = c.election_client();
+        let waiting = tokio::spawn(async move { e.campaign("relay", round.to_string(), next).await });
+        let key = format!("relay/{next:x}");
+        while c.kv_client().get(key.as_str(), None).await.expect("get").kvs().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let resign = ResignOptions::new().with_leader(leader.take_leader().expect("leader key"));
+        c.election_client().resign(Some(resign)).await.unwrap_or_else(|e| panic!("round {round}: resign: {e}"));
+        leader = waiting.await.expect("task").unwrap_or_else(|e| panic!("round {round}: campaign: {e}"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_is_exclusive_waits_for_the_holder_and_lease_loss_releases_it() {
     let s = Server::start(&["--shards", "2"]);
