@@ -14,7 +14,7 @@ if cargo tree -p shards -e normal --prefix none | grep -E '^(tonic|tokio) ' >/de
 fi
 # Benchmark smoke: every corekv scenario for 2 s must finish with zero failed requests (no timing
 # is asserted; the figures in docs/PERFORMANCE.md come from release builds).
-cargo build -p corekv -p corekv-bench
+cargo build -p corekv -p corekv-bench -p corekv-tools
 ./target/debug/corekv-bench compare --only corekv --corekv-bin target/debug/corekv --duration-secs 2 --watch-scale 0.01 --fail-on-errors >/dev/null
 echo "benchmark smoke: every scenario completed without errors"
 # Every decoder of bytes from disk or the network, fuzzed for a few seconds each.

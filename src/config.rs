@@ -34,17 +34,17 @@ pub struct Config {
     /// This member's peer URLs to advertise (comma-separated); MemberList reports them.
     #[arg(long, default_value = "http://localhost:2380")]
     pub initial_advertise_peer_urls: String,
-    /// URLs to listen on for peer traffic. Accepted for etcd compatibility; a single node has
-    /// no peers, so nothing listens there yet.
+    /// URLs to listen on for peer traffic (`http://` or `https://` with the `--peer-*` TLS
+    /// flags). Every member listens, a single one too: members can be added to it later.
     #[arg(long, default_value = "http://localhost:2380")]
     pub listen_peer_urls: String,
-    /// Initial cluster configuration, `name=peer-url,...`. Must name this member only, with its
-    /// advertised peer URLs (multi-member clusters are not built yet). Left at the default with
-    /// a `--name` other than "default", it becomes `<name>=<--initial-advertise-peer-urls>`, as
-    /// in etcd.
+    /// Initial cluster configuration, `name=peer-url,...`: every member of a new cluster (this
+    /// one with its advertised peer URLs), or the members as `etcdctl member add` printed them
+    /// for one joining. Left at the default with a `--name` other than "default", it becomes
+    /// `<name>=<--initial-advertise-peer-urls>`, as in etcd.
     #[arg(long, default_value = DEFAULT_INITIAL_CLUSTER)]
     pub initial_cluster: String,
-    /// `new` (start a cluster) or `existing` (join one: needs replication, not built yet).
+    /// `new` (start a cluster) or `existing` (join a running one after `etcdctl member add`).
     #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
     pub initial_cluster_state: String,
     /// Maximum client request size in bytes the server will accept.

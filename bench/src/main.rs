@@ -15,6 +15,7 @@ mod compare_cluster;
 mod compare_lease;
 mod compare_memory;
 mod compare_watch;
+mod coord;
 mod driver;
 mod error;
 mod fresh;
@@ -77,6 +78,8 @@ enum Command {
     Recovery(recovery::RecoveryArgs),
     /// What auth and TLS cost: plain vs auth vs TLS, corekv and etcd, put and get CPU per request.
     Security(security::SecurityArgs),
+    /// The partition coordinator (`corekv-coord bench`) on fresh corekv and etcd servers.
+    Coord(coord::CoordArgs),
 }
 
 #[derive(Args, Debug)]
@@ -245,6 +248,7 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
             return Ok(());
         }
         Command::Security(args) => return security::run(&args).await,
+        Command::Coord(args) => return coord::run(&args).await,
         Command::Recovery(args) => {
             let report = recovery::run(&args).await?;
             print!("{}", report.human());

@@ -1,4 +1,6 @@
-//! Offline operator tools for corekv data. `backup`: checking and restoring the backups that
-//! Maintenance.Snapshot streams (what `etcdctl snapshot save` stores).
+//! Tools for corekv. `backup`: checking and restoring the backups that Maintenance.Snapshot
+//! streams (what `etcdctl snapshot save` stores). `coord`: a partition coordinator on etcd's
+//! API (`corekv-coord`).
 
 pub mod backup;
+pub mod coord;
