@@ -14,6 +14,7 @@ use tokio_stream::StreamExt;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
+pub use wire::keys::prefix_end;
 use wire::pb::etcdserverpb::{
     self as pb, compare, kv_client::KvClient, lease_client::LeaseClient, range_request, request_op,
     watch_client::WatchClient, watch_request,
@@ -32,18 +33,6 @@ pub fn unknown(e: Status) -> Status {
         return e;
     }
     Status::unknown(e.message().to_string())
-}
-
-/// The end of the range of every key with `prefix` (etcd's `GetPrefixRangeEnd`).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// A client of this member's own services.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
+use wire::keys::prefix_end;
 use wire::pb::etcdserverpb::kv_client::KvClient;
 use wire::pb::etcdserverpb::lease_client::LeaseClient;
 use wire::pb::etcdserverpb::watch_client::WatchClient;
@@ -462,15 +463,4 @@ async fn expiry(channels: &[Channel], plan: &LeasePlan) -> Result<(u64, Histogra
         }
     }
     Ok((expired, h))
-}
-
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }

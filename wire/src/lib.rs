@@ -11,6 +11,7 @@
 pub mod codec;
 #[cfg(feature = "grpc")]
 pub mod grpc_codec;
+pub mod keys;
 pub mod pb;
 pub mod record;
 pub mod rpctypes;

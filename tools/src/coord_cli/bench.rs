@@ -23,7 +23,8 @@ use etcd_client::{Client, CompactionOptions, GetOptions, Txn, TxnOp};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::{alloc_count, prefix_end, Connect};
+use crate::{alloc_count, Connect};
+use wire::keys::prefix_end;
 
 #[derive(clap::Args, Debug)]
 pub struct AssignArgs {

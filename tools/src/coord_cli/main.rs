@@ -20,6 +20,7 @@ use corekv_tools::coord::coordinator::{run_coordinator, CoordinatorConfig, Event
 use corekv_tools::coord::informer::{Change, Informer};
 use corekv_tools::coord::layout::valid_worker_id;
 use corekv_tools::coord::worker::{run_worker, Owner, WorkerConfig};
+use wire::keys::prefix_end;
 
 #[global_allocator]
 static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
@@ -192,16 +193,4 @@ async fn informer(c: &Connect) -> Result<(), String> {
             _ = ctrl_c() => return Ok(()),
         }
     }
-}
-
-/// The end of the range of keys starting with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
