@@ -22,7 +22,8 @@ use bytes::{Buf, BufMut, BytesMut};
 use loona_hpack::{Decoder, Encoder};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const PREFACE_LEN: usize = 24;
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const PREFACE_LEN: usize = PREFACE.len();
 const FRAME_HEADER_LEN: usize = 9;
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
@@ -74,6 +75,13 @@ impl<S> AuthorityFix<S> {
                     return;
                 }
                 Mode::Preface => {
+                    // Not HTTP/2 with prior knowledge (an HTTP/1.1 request to /health, say):
+                    // nothing to repair.
+                    let seen = self.raw.len().min(PREFACE_LEN);
+                    if self.raw[..seen] != PREFACE[..seen] {
+                        self.mode = Mode::PassThrough;
+                        continue;
+                    }
                     if self.raw.len() < PREFACE_LEN {
                         return;
                     }
@@ -340,8 +348,6 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
         f.extend_from_slice(&[kind, flags]);
@@ -466,6 +472,17 @@ mod tests {
             let handed_over = fixed.out.len() + fixed.raw.len();
             proptest::prop_assert!(handed_over > PREFACE_LEN, "nothing came out");
         }
+    }
+
+    #[tokio::test]
+    async fn http1_requests_pass_through_at_once() {
+        // Shorter than the HTTP/2 preface: must not wait for more bytes.
+        let get = b"GET / HTTP/1.0\r\n\r\n".to_vec();
+        assert_eq!(served(get.clone(), 3).await, get);
+        let mut fixed = AuthorityFix::new(tokio::io::empty());
+        fixed.raw.extend_from_slice(b"GET /health HTTP/1.1\r\n\r\n");
+        fixed.process();
+        assert_eq!(&fixed.out[..], b"GET /health HTTP/1.1\r\n\r\n");
     }
 
     #[test]

@@ -141,6 +141,35 @@ pub struct Config {
     /// Highest TLS version accepted: TLS1.3 (default) or TLS1.2.
     #[arg(long)]
     pub tls_max_version: Option<String>,
+    /// Additional URLs to serve `/metrics` and the health endpoints on (comma-separated,
+    /// http:// only), beside every client URL.
+    #[arg(long, default_value = "")]
+    pub listen_metrics_urls: String,
+    /// Raise the NOSPACE alarm when the store would exceed this many bytes (0: etcd's default
+    /// 2 GiB; negative: no quota). Measured on corekv's store size (docs/COMPATIBILITY.md).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
+    /// `periodic` (keep `--auto-compaction-retention` of time) or `revision` (keep that many
+    /// revisions).
+    #[arg(long, default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+    /// How much history auto-compaction keeps: a duration (`1h`, `30m`; a bare number is hours)
+    /// in periodic mode, a revision count in revision mode. `0` turns it off.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+}
+
+/// etcd's default quota when `--quota-backend-bytes` is 0.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+
+/// What `--auto-compaction-mode` and `--auto-compaction-retention` ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    Off,
+    /// Keep this much history (by time).
+    Periodic(std::time::Duration),
+    /// Keep this many revisions.
+    Revision(i64),
 }
 
 /// One member named by `--initial-cluster`.
@@ -234,6 +263,10 @@ pub enum ConfigError {
     ZeroHeartbeat,
     #[error("invalid URL {url:?} in --listen-peer-urls: {reason}")]
     BadPeerUrl { url: String, reason: &'static str },
+    #[error("invalid URL {url:?} in --listen-metrics-urls: {reason}")]
+    BadMetricsUrl { url: String, reason: &'static str },
+    #[error("invalid --auto-compaction-retention {value:?} for --auto-compaction-mode {mode}: {reason}")]
+    BadAutoCompaction { mode: String, value: String, reason: String },
 }
 
 impl Config {
@@ -266,6 +299,8 @@ impl Config {
         }
         self.client_addrs()?;
         self.raft_timing()?;
+        self.metrics_addrs()?;
+        self.auto_compaction()?;
 
         if self.initial_members()?.len() > 1 {
             self.peer_listen_addrs()?;
@@ -322,6 +357,52 @@ impl Config {
                 peer_urls,
             })
             .collect())
+    }
+
+    /// The quota in bytes (`--quota-backend-bytes`: 0 is etcd's default; negative, none).
+    pub fn effective_quota_bytes(&self) -> u64 {
+        match self.quota_backend_bytes {
+            0 => DEFAULT_QUOTA_BYTES,
+            n if n < 0 => u64::MAX,
+            n => n as u64,
+        }
+    }
+
+    /// Where `/metrics` and the health endpoints are served besides the client URLs.
+    pub fn metrics_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        let urls = self.listen_metrics_urls.split(',').map(str::trim).filter(|u| !u.is_empty());
+        urls.map(|u| match parse_url_tls(u) {
+            Ok((addr, false)) => Ok(addr),
+            Ok((_, true)) => {
+                Err(ConfigError::BadMetricsUrl { url: u.to_string(), reason: "https is not supported here yet" })
+            }
+            Err(ConfigError::BadUrl { url, reason }) => Err(ConfigError::BadMetricsUrl { url, reason }),
+            Err(e) => Err(e),
+        })
+        .collect()
+    }
+
+    /// etcd's reading of the auto-compaction flags: in periodic mode a bare number is hours.
+    pub fn auto_compaction(&self) -> Result<AutoCompaction, ConfigError> {
+        let value = self.auto_compaction_retention.trim();
+        let bad = |reason: String| ConfigError::BadAutoCompaction {
+            mode: self.auto_compaction_mode.clone(),
+            value: value.to_string(),
+            reason,
+        };
+        if self.auto_compaction_mode == "revision" {
+            let n: i64 = value.parse().map_err(|_| bad("expected a number of revisions".into()))?;
+            return match n {
+                0 => Ok(AutoCompaction::Off),
+                n if n < 0 => Err(bad("must not be negative".into())),
+                n => Ok(AutoCompaction::Revision(n)),
+            };
+        }
+        let d = match value.parse::<u64>() {
+            Ok(hours) => std::time::Duration::from_secs(hours.saturating_mul(3600)),
+            Err(_) => parse_duration(value).map_err(bad)?,
+        };
+        Ok(if d.is_zero() { AutoCompaction::Off } else { AutoCompaction::Periodic(d) })
     }
 
     /// Where this member listens for its peers (`--listen-peer-urls`).
@@ -424,6 +505,23 @@ mod tests {
         assert_eq!(c.max_request_bytes, 1536 * 1024);
         assert_eq!(c.max_txn_ops, 128);
         assert!(!c.unsafe_no_fsync);
+    }
+
+    #[test]
+    fn auto_compaction_flags_read_as_etcd() {
+        let c = |mode: &str, v: &str| -> Result<AutoCompaction, String> {
+            Config::parse_from(["corekv", "--auto-compaction-mode", mode, "--auto-compaction-retention", v])
+                .auto_compaction()
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(c("periodic", "0"), Ok(AutoCompaction::Off));
+        assert_eq!(c("periodic", "1"), Ok(AutoCompaction::Periodic(std::time::Duration::from_secs(3600))));
+        assert_eq!(c("periodic", "30m"), Ok(AutoCompaction::Periodic(std::time::Duration::from_secs(1800))));
+        assert_eq!(c("revision", "1000"), Ok(AutoCompaction::Revision(1000)));
+        assert!(c("revision", "1h").is_err());
+        assert!(c("periodic", "soon").is_err());
+        let q = |v: &str| Config::parse_from(["corekv", "--quota-backend-bytes", v]).effective_quota_bytes();
+        assert_eq!((q("0"), q("-1"), q("4096")), (DEFAULT_QUOTA_BYTES, u64::MAX, 4096));
     }
 
     #[test]

@@ -53,28 +53,6 @@ where
     }
 }
 
-/// The decoded percent-encoding of a `grpc-message` (only what tonic encodes: bytes as `%XX`).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex =
-            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// (found, limit) of tonic's message.
 fn sizes(message: &str) -> Option<(u64, u64)> {
     let rest = message.strip_prefix(TONIC_TOO_LARGE)?;
@@ -88,8 +66,11 @@ fn rewrite<B>(mut resp: Response<B>) -> Response<B> {
     if headers.get(GRPC_STATUS).is_none_or(|s| s != "11") {
         return resp;
     }
-    let Some((found, limit)) =
-        headers.get(GRPC_MESSAGE).and_then(|m| m.to_str().ok()).map(percent_decode).and_then(|m| sizes(&m))
+    let Some((found, limit)) = headers
+        .get(GRPC_MESSAGE)
+        .and_then(|m| m.to_str().ok())
+        .map(|m| crate::http::percent_decode(m, false))
+        .and_then(|m| sizes(&m))
     else {
         return resp;
     };
@@ -118,7 +99,7 @@ mod tests {
         let r = rewrite(response("11", tonic));
         assert_eq!(r.headers()[GRPC_STATUS], "8");
         assert_eq!(
-            percent_decode(r.headers()[GRPC_MESSAGE].to_str().expect("ascii")),
+            crate::http::percent_decode(r.headers()[GRPC_MESSAGE].to_str().expect("ascii"), false),
             "grpc: received message larger than max (2097153 vs. 2097152)"
         );
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use shards::{ClusterConfig, PoolConfig, ShardPool};
+use tonic::service::Routes;
 use tonic::transport::Server;
 use wire::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -20,8 +21,10 @@ use crate::grpc::cluster::ClusterService;
 use crate::grpc::{
     kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService, Member, RaftTerm,
 };
+use crate::http::{health::HealthSources, HttpState};
 use crate::leases::Leases;
 use crate::membership::Membership;
+use crate::metrics::{GrpcMetricsLayer, ServerMetrics, Sources};
 use crate::peer::{self, faults::PeerFaults, PeerDirectory};
 use crate::router::Router;
 use crate::validate::Limits;
@@ -46,6 +49,8 @@ pub enum ServeError {
     AuthToken(#[from] crate::auth::jwt::JwtError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -149,7 +154,7 @@ pub async fn serve(
     tokio::spawn(guard.clone().sweep_tokens());
     let watch_ctx = Arc::new(WatchContext {
         router: router.clone(),
-        hub: watch_hub,
+        hub: watch_hub.clone(),
         member,
         raft_term: raft_term.clone(),
         max_request_bytes: cfg.max_request_bytes,
@@ -179,75 +184,105 @@ pub async fn serve(
         }
         crate::concurrency::SelfClient::new(endpoint.connect_lazy())
     };
+    let pool_metrics = pool.metrics().clone();
+    let versions = (crate::http::SERVER_VERSION, crate::http::CLUSTER_VERSION);
+    let metrics = Arc::new(ServerMetrics::new(&pool_metrics, cfg.effective_quota_bytes(), versions)?);
+    let kv = Arc::new(KvService {
+        router: router.clone(),
+        member,
+        limits,
+        raft_term: raft_term.clone(),
+        alarms: alarms.clone(),
+        fwd: fwd.clone(),
+        guard: guard.clone(),
+        leases: leases.clone(),
+        metrics: metrics.clone(),
+    });
+    let auth = Arc::new(crate::grpc::auth::AuthService {
+        router: router.clone(),
+        guard: guard.clone(),
+        member,
+        raft_term: raft_term.clone(),
+        fwd: fwd.clone(),
+    });
+    let maint = Arc::new(MaintenanceService {
+        router: router.clone(),
+        leases: leases.clone(),
+        member,
+        data_dir: cfg.data_dir.clone(),
+        alarms: alarms.clone(),
+        raft_term: raft_term.clone(),
+        fwd: fwd.clone(),
+        guard: guard.clone(),
+    });
+    let watch = Arc::new(WatchService { ctx: watch_ctx.clone(), fwd: fwd.clone() });
+    let lease = Arc::new(LeaseService {
+        router: router.clone(),
+        leases: leases.clone(),
+        member,
+        raft_term: raft_term.clone(),
+        fwd: fwd.clone(),
+        guard: guard.clone(),
+    });
+    let cluster = Arc::new(ClusterService {
+        router: router.clone(),
+        member,
+        raft_term: raft_term.clone(),
+        fwd: fwd.clone(),
+        membership: membership.clone(),
+        guard: guard.clone(),
+    });
+    let election = Arc::new(crate::grpc::election::ElectionService { client: self_client.clone() });
+    let lock = Arc::new(crate::grpc::lock::LockService { client: self_client.clone() });
+    let http_state = Arc::new(HttpState {
+        metrics: metrics.clone(),
+        sources: Sources {
+            node: node.clone(),
+            pool: pool_metrics,
+            handles: pool.handles().to_vec(),
+            leases: pool.leases().clone(),
+            watchers: watch_hub.clone(),
+            data_dir: cfg.data_dir.clone(),
+        },
+        health: HealthSources {
+            alarms: alarms.clone(),
+            node: node.clone(),
+            kv: kv.clone(),
+            request_timeout: std::time::Duration::from_secs(5) + 2 * election_timeout,
+        },
+    });
+    let http_routes = crate::http::routes(http_state);
     let mut servers = Vec::new();
     for (addr, tls) in addrs {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
-        let kv = KvServer::new(KvService {
-            router: router.clone(),
-            member,
-            limits,
-            raft_term: raft_term.clone(),
-            alarms: alarms.clone(),
-            fwd: fwd.clone(),
-            guard: guard.clone(),
-            leases: leases.clone(),
-        })
-        .max_decoding_message_size(max_msg)
-        .max_encoding_message_size(usize::MAX);
-        let auth = AuthServer::new(crate::grpc::auth::AuthService {
-            router: router.clone(),
-            guard: guard.clone(),
-            member,
-            raft_term: raft_term.clone(),
-            fwd: fwd.clone(),
-        })
-        .max_decoding_message_size(max_msg);
-        let maint = MaintenanceServer::new(MaintenanceService {
-            router: router.clone(),
-            leases: leases.clone(),
-            member,
-            data_dir: cfg.data_dir.clone(),
-            alarms: alarms.clone(),
-            raft_term: raft_term.clone(),
-            fwd: fwd.clone(),
-            guard: guard.clone(),
-        })
-        .max_decoding_message_size(max_msg);
-        let watch = WatchServer::new(WatchService { ctx: watch_ctx.clone(), fwd: fwd.clone() })
-            .max_decoding_message_size(max_msg)
-            .max_encoding_message_size(usize::MAX);
-        let lease = LeaseServer::new(LeaseService {
-            router: router.clone(),
-            leases: leases.clone(),
-            member,
-            raft_term: raft_term.clone(),
-            fwd: fwd.clone(),
-            guard: guard.clone(),
-        })
-        .max_decoding_message_size(max_msg);
-        let cluster = ClusterServer::new(ClusterService {
-            router: router.clone(),
-            member,
-            raft_term: raft_term.clone(),
-            fwd: fwd.clone(),
-            membership: membership.clone(),
-            guard: guard.clone(),
-        });
+        let mut routes = Routes::builder();
+        routes
+            .add_service(
+                KvServer::from_arc(kv.clone()).max_decoding_message_size(max_msg).max_encoding_message_size(usize::MAX),
+            )
+            .add_service(MaintenanceServer::from_arc(maint.clone()).max_decoding_message_size(max_msg))
+            .add_service(
+                WatchServer::from_arc(watch.clone())
+                    .max_decoding_message_size(max_msg)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(LeaseServer::from_arc(lease.clone()).max_decoding_message_size(max_msg))
+            .add_service(ClusterServer::from_arc(cluster.clone()))
+            .add_service(AuthServer::from_arc(auth.clone()).max_decoding_message_size(max_msg))
+            .add_service(ElectionServer::from_arc(election.clone()))
+            .add_service(LockServer::from_arc(lock.clone()));
+        // etcd serves its HTTP endpoints on the client port too, in HTTP/1.1 and HTTP/2.
+        let routes = Routes::from(routes.routes().into_axum_router().merge(http_routes.clone()));
         let mut stop = stop_tx.subscribe();
         let stopped = async move {
             let _ = stop.recv().await;
         };
         let services = Server::builder()
+            .accept_http1(true)
+            .layer(GrpcMetricsLayer(metrics.grpc.clone()))
             .layer(crate::oversize::OversizeLayer)
-            .add_service(kv)
-            .add_service(maint)
-            .add_service(watch)
-            .add_service(lease)
-            .add_service(cluster)
-            .add_service(auth)
-            .add_service(ElectionServer::new(crate::grpc::election::ElectionService { client: self_client.clone() }))
-            .add_service(LockServer::new(crate::grpc::lock::LockService { client: self_client.clone() }));
+            .add_routes(routes);
         // Both kinds of connection are read through the `:authority` repair some etcd clients
         // need (src/authority.rs).
         let server = match (tls, &client_tls) {
@@ -265,6 +300,18 @@ pub async fn serve(
         };
         tracing::info!(%addr, tls, "serving client requests");
         servers.push(server);
+    }
+    for addr in cfg.metrics_addrs()? {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
+        let mut stop = stop_tx.subscribe();
+        let stopped = async move {
+            let _ = stop.recv().await;
+        };
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let only_http = Server::builder().accept_http1(true).add_routes(Routes::from(http_routes.clone()));
+        servers.push(tokio::spawn(only_http.serve_with_incoming_shutdown(incoming, stopped)));
+        tracing::info!(%addr, "serving /metrics and /health");
     }
     shutdown.await;
     tracing::info!("shutting down");

@@ -35,7 +35,7 @@ fn etcdctl_put_get_del_txn_compaction_and_status_work() {
     assert!(!success && err.contains("required revision has been compacted"), "{err}");
 
     let status = ok(s.etcdctl(&["endpoint", "status", "-w", "json"]));
-    assert!(status.contains("\"version\":\"3.5.0\"") && status.contains("\"leader\":"), "{status}");
+    assert!(status.contains("\"version\":\"3.5.13\"") && status.contains("\"leader\":"), "{status}");
     let health = s.etcdctl(&["endpoint", "health"]);
     // `endpoint health` reads a key through the KV API; it must report healthy.
     assert!(health.0 && health.2.contains("is healthy"), "{health:?}");

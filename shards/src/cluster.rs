@@ -73,6 +73,8 @@ pub struct NodeState {
     offered: Mutex<std::collections::VecDeque<(i64, Vec<u64>)>>,
     clock: Arc<RevisionClock>,
     serving: AtomicBool,
+    /// Times group 0 got a new leader (etcd_server_leader_changes_seen_total).
+    leader_changes: AtomicU64,
     /// Revisions of cross-shard writes whose decision some shard of this node has applied.
     decided: Mutex<BTreeSet<i64>>,
     changed: Event,
@@ -107,6 +109,7 @@ impl NodeState {
             offered: Mutex::default(),
             clock,
             serving: AtomicBool::new(false),
+            leader_changes: AtomicU64::new(0),
             decided: Mutex::new(BTreeSet::new()),
             changed: Event::new(),
         }
@@ -147,6 +150,18 @@ impl NodeState {
         self.leaders[0].load(SeqCst)
     }
 
+    /// Times group 0 got a new leader, as this member saw it.
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes.load(SeqCst)
+    }
+
+    /// Every group's commit index and last applied index, summed (the proposals committed and
+    /// applied, counted as etcd's single group counts them).
+    pub fn committed_and_applied(&self) -> (u64, u64) {
+        let sum = |v: &[AtomicU64]| v.iter().map(|a| a.load(SeqCst)).sum();
+        (sum(&self.commits), sum(&self.applied))
+    }
+
     /// The highest term any of this node's groups is in.
     pub fn term(&self) -> u64 {
         self.terms.iter().map(|t| t.load(SeqCst)).max().unwrap_or(0)
@@ -162,6 +177,9 @@ impl NodeState {
             self.follow_offered();
         }
         let old_leader = self.leaders[shard].swap(leader, SeqCst);
+        if shard == 0 && leader != 0 && leader != old_leader {
+            self.leader_changes.fetch_add(1, SeqCst);
+        }
         let old_ready = self.ready[shard].swap(ready_term, SeqCst);
         if old_ready != 0 && ready_term != old_ready {
             // Leadership of one group moved: no write may be taken until all are back here.

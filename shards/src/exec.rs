@@ -74,6 +74,8 @@ pub struct ShardConfig {
     pub auth_view: Arc<crate::auth::AuthView>,
     /// The node's simple tokens (group 0's shard adds and drops them as changes apply).
     pub auth_tokens: Arc<crate::auth::Tokens>,
+    /// This shard's series on `/metrics`.
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 /// What the shard's tasks share on its thread (never borrowed across an `.await`).
@@ -476,6 +478,7 @@ impl Writer {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) {
+        self.publish_size();
         loop {
             self.start_wanted_transfer().await;
             let first = match self.deferred.pop_front() {
@@ -485,6 +488,7 @@ impl Writer {
                     Wake::Msg(None) => break,
                     wake => {
                         self.on_raft(wake).await;
+                        self.publish_size();
                         continue;
                     }
                 },
@@ -499,12 +503,21 @@ impl Writer {
                     break;
                 }
             }
+            self.cfg.metrics.batch_ops.observe(batch.len() as f64);
             if let Some(reply) = self.process(batch, &mut rx).await {
                 self.wal.close().await;
                 let _ = reply.send(Ok(()));
                 return;
             }
+            self.publish_size();
         }
+    }
+
+    /// Publishes the store's size and key count (for `/metrics` and the quota).
+    fn publish_size(&self) {
+        let store = self.store.borrow();
+        self.cfg.metrics.bytes.set(store.size_bytes() as i64);
+        self.cfg.metrics.keys.set(store.key_count() as i64);
     }
 
     /// Runs one batch; returns the shutdown reply if the batch asked to stop.
@@ -522,8 +535,11 @@ impl Writer {
                 ShardMsg::Write { auth_revision, reply, .. } if self.auth_is_newer(auth_revision) => {
                     drop(reply.send(Err(ShardError::Auth(crate::auth::AuthError::AuthOldRevision))))
                 }
-                ShardMsg::Write { op, reply, .. } => match self.execute(op) {
+                ShardMsg::Write { op, reply, .. } => match self.timed_execute(op) {
                     Ok((outcome, logged)) => {
+                        if outcome.changed {
+                            self.cfg.metrics.writes.inc();
+                        }
                         if let Some(BatchOp::Write { mutations, .. }) = &logged {
                             batch_bytes += mutations.iter().map(mutation_bytes).sum::<usize>();
                         }
@@ -649,6 +665,16 @@ impl Writer {
     }
 
     /// Executes one single-shard write against the latest state.
+    /// [`Self::execute`], counted in `etcd_server_slow_apply_total` when slow.
+    fn timed_execute(&mut self, op: Op) -> Result<(WriteOutcome, Option<BatchOp>), ShardError> {
+        let started = Instant::now();
+        let r = self.execute(op);
+        if started.elapsed() > crate::metrics::SLOW_APPLY {
+            self.cfg.metrics.slow_applies.inc();
+        }
+        r
+    }
+
     fn execute(&mut self, op: Op) -> Result<(WriteOutcome, Option<BatchOp>), ShardError> {
         let mut store = self.store.borrow_mut();
         let mut rev = LazyRevision { clock: &self.clock, shard: self.cfg.id, rev: None };
@@ -864,6 +890,7 @@ impl Writer {
             for r in &recs {
                 self.wal.append(r);
             }
+            let written = self.wal.pending_bytes();
             let started = Instant::now();
             self.writing_since.set(Some(started));
             let synced = self.wal.sync().await;
@@ -872,6 +899,10 @@ impl Writer {
                 self.fatal(e.to_string());
             }
             let took = started.elapsed();
+            if written > 0 {
+                self.cfg.metrics.wal_fsync.observe(took.as_secs_f64());
+                self.cfg.metrics.wal_written.inc_by(written as u64);
+            }
             if took > STALL && !self.leases.borrow().is_empty() {
                 // Clients could not be sure their keepalives were served: give the time back.
                 tracing::warn!(
@@ -1482,8 +1513,11 @@ impl Writer {
         let (store, dir) = (self.store.clone(), self.dirs.snap.clone());
         let done = Rc::new(Cell::new(false));
         let flag = done.clone();
+        let took = self.cfg.metrics.snapshot_save.clone();
         let task = glommio::spawn_local(async move {
+            let started = Instant::now();
             let r = snapshot::write_from(store, &dir, header, extras).await;
+            took.observe(started.elapsed().as_secs_f64());
             flag.set(true);
             r.map(|path| SnapshotDone { index, term, revision, path })
         });

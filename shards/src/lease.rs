@@ -37,6 +37,15 @@ impl LeaseRegistry {
     pub fn remove(&self, id: i64) -> bool {
         self.live.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
     }
+
+    /// Live leases (for `/metrics`).
+    pub fn len(&self) -> usize {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

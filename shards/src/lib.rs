@@ -8,6 +8,7 @@ pub mod dma;
 pub mod error;
 pub mod exec;
 pub mod lease;
+pub mod metrics;
 pub mod msg;
 pub mod mvcc;
 pub mod pool;

@@ -16,6 +16,7 @@ use crate::cluster::{ClusterLink, NodeState, Outgoing, SnapshotFetch};
 use crate::error::ShardError;
 use crate::exec::{lease_timer, pump, Local, RecoveredLog, ShardConfig, Writer};
 use crate::lease::{LeaseRegistry, LeaseTable};
+use crate::metrics::PoolMetrics;
 use crate::msg::{Reply, ShardMsg};
 use crate::raft_group::{Membership, RaftGroup};
 use crate::recover::{self, RecoverError, RecoveredShard, ShardDirs};
@@ -85,6 +86,11 @@ pub struct ShardHandle {
 }
 
 impl ShardHandle {
+    /// Messages waiting in the shard's mailbox.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Sends a request built around a reply channel and waits for the answer.
     pub async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> ShardMsg) -> Result<T, ShardError> {
         let (tx, rx) = oneshot::channel();
@@ -105,6 +111,7 @@ pub struct ShardPool {
     /// The auth store group 0's shard publishes.
     auth_view: Arc<AuthView>,
     auth_tokens: Arc<Tokens>,
+    metrics: PoolMetrics,
     pub recovery: RecoveryReport,
 }
 
@@ -186,6 +193,7 @@ impl ShardPool {
         let (outbox, outgoing) = flume::unbounded();
         let (fetch, fetches) = flume::unbounded();
         let node = Arc::new(NodeState::new(cfg.cluster.me, n, clock.clone()));
+        let metrics = PoolMetrics::new(n);
         let mut incoming = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -223,6 +231,7 @@ impl ShardPool {
                 },
                 auth_view: auth_view.clone(),
                 auth_tokens: auth_tokens.clone(),
+                metrics: metrics.shard(i),
             };
             let clock = clock.clone();
             let fsync = cfg.fsync;
@@ -269,6 +278,7 @@ impl ShardPool {
             cluster_io,
             auth_view,
             auth_tokens,
+            metrics,
             recovery,
         })
     }
@@ -303,6 +313,11 @@ impl ShardPool {
     /// The node's simple tokens.
     pub fn auth_tokens(&self) -> &Arc<Tokens> {
         &self.auth_tokens
+    }
+
+    /// The shards' series for `/metrics`, and the store sizes the quota reads.
+    pub fn metrics(&self) -> &PoolMetrics {
+        &self.metrics
     }
 
     /// Ids of leases whose deadline passed, from their home shards (the router revokes them).

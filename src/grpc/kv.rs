@@ -30,6 +30,8 @@ pub struct KvService {
     pub guard: Arc<Guard>,
     /// The keys attached to a lease a put names, for the caller's write permission on them.
     pub leases: Arc<Leases>,
+    /// Counts puts, ranges and proposals for `/metrics`.
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 /// Whether a txn puts at its top level: etcd's quota cost (`costTxn`) counts only those.
@@ -104,6 +106,8 @@ impl Kv for KvService {
         let q = validate::range(req.into_inner())?;
         caller.check_range(&q.range, Access::Read)?;
         let (r, revision) = self.router.range(q).await?;
+        // As etcd's store: a range refused (compacted, future revision) is not counted.
+        self.metrics.ranges.inc();
         Ok(Response::new(range_response(r, self.header(revision))))
     }
 
@@ -120,7 +124,8 @@ impl Kv for KvService {
         caller.check_put(&put)?;
         self.check_lease_keys(&caller, caller.leases_of_put(&put)).await?;
         self.alarms.check_writable()?;
-        let w = self.router.put(put, caller.revision()).await?;
+        self.metrics.puts.inc();
+        let w = self.metrics.proposal(self.router.put(put, caller.revision())).await?;
         let prev_kv = match w.result {
             OpResult::Put { prev_kv } => prev_kv,
             _ => None,
@@ -141,7 +146,7 @@ impl Kv for KvService {
         let delete = validate::delete(req)?;
         validate::size(len, self.limits)?;
         caller.check_delete(&delete)?;
-        let w = self.router.delete(delete, caller.revision()).await?;
+        let w = self.metrics.proposal(self.router.delete(delete, caller.revision())).await?;
         let (deleted, prev_kvs) = match w.result {
             OpResult::Delete { deleted, prev_kvs } => (deleted, prev_kvs),
             _ => (0, Vec::new()),
@@ -163,7 +168,8 @@ impl Kv for KvService {
         if has_put(&spec) {
             self.alarms.check_writable()?;
         }
-        let (t, revision) = self.router.txn(spec, caller.revision()).await?;
+        self.metrics.count_txn(&spec);
+        let (t, revision) = self.metrics.proposal(self.router.txn(spec, caller.revision())).await?;
         Ok(Response::new(self.txn_response(t, revision, self.header(revision))))
     }
 

@@ -17,11 +17,9 @@ use crate::auth::Guard;
 use crate::error::ApiError;
 use crate::forward::Forwarder;
 use crate::leases::Leases;
+use crate::metrics::dir_size;
 use crate::router::Router;
 use crate::status::raw_auth_status;
-
-/// The etcd API version corekv serves.
-pub const ETCD_VERSION: &str = "3.5.0";
 
 pub struct MaintenanceService {
     pub router: Arc<Router>,
@@ -34,19 +32,6 @@ pub struct MaintenanceService {
     /// Who leads, for Status and MoveLeader.
     pub fwd: Arc<Forwarder>,
     pub guard: Arc<Guard>,
-}
-
-fn dir_size(p: &std::path::Path) -> u64 {
-    std::fs::read_dir(p)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 impl MaintenanceService {
@@ -97,7 +82,7 @@ impl Maintenance for MaintenanceService {
         let db_size = (st.iter().map(|s| s.wal_bytes).sum::<u64>() + snapshots) as i64;
         Ok(Response::new(pb::StatusResponse {
             header: self.member.header(revision, term),
-            version: ETCD_VERSION.to_string(),
+            version: crate::http::SERVER_VERSION.to_string(),
             db_size,
             leader,
             // One Raft group per shard: indexes are summed so they grow with every write anywhere.

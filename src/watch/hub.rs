@@ -93,6 +93,11 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Open watch streams (for `/metrics`).
+    pub fn stream_count(&self) -> usize {
+        self.lock().streams.len()
+    }
+
     /// Opens a stream's queue; returns its id, its wake-up and the current `upto`.
     pub fn open_stream(&self) -> (u32, Arc<Notify>, i64) {
         let notify = Arc::new(Notify::new());

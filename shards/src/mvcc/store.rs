@@ -34,6 +34,19 @@ pub type History = Vec<Version>;
 /// Reads "everything executed so far", including writes not yet durable: only the writer uses it.
 pub const LATEST: i64 = i64::MAX;
 
+/// Bytes counted per key beside its own (its map node and history vector).
+pub const KEY_OVERHEAD: usize = 64;
+/// Bytes counted per version beside its value (revisions, version, lease, value handle).
+pub const VERSION_OVERHEAD: usize = 56;
+
+fn version_size(v: &Version) -> usize {
+    VERSION_OVERHEAD + v.value.as_ref().map_or(0, |b| b.len())
+}
+
+fn history_size(key: &[u8], h: &History) -> usize {
+    KEY_OVERHEAD + key.len() + h.iter().map(version_size).sum::<usize>()
+}
+
 #[derive(Debug, Default)]
 pub struct Store {
     keys: BTreeMap<Bytes, History>,
@@ -43,6 +56,8 @@ pub struct Store {
     current_revision: i64,
     /// Versions held (live and tombstones), for status and memory accounting.
     version_count: usize,
+    /// The store's size in corekv's accounting (see [`Store::size_bytes`]).
+    size_bytes: usize,
     /// Whether puts and deletes record watch events (off during recovery replay).
     capture: bool,
     /// Events recorded since the writer last took them, in execution (= revision) order.
@@ -165,6 +180,14 @@ impl Store {
         self.version_count
     }
 
+    /// What the store holds, in bytes: every retained key once plus [`KEY_OVERHEAD`], every
+    /// retained version's value plus [`VERSION_OVERHEAD`]. This is what `--quota-backend-bytes`
+    /// limits (corekv's counterpart of etcd's database size): it shrinks as compaction drops
+    /// history, while etcd's file shrinks only at defragmentation.
+    pub fn size_bytes(&self) -> usize {
+        self.size_bytes
+    }
+
     /// Checks that `rev` can be read: not below the compaction point, not above `current`.
     pub fn check_readable(&self, rev: i64, current: i64) -> Result<(), ShardError> {
         if rev > current {
@@ -243,9 +266,11 @@ impl Store {
                     detach(&mut self.lease_keys, prev_lease, key);
                     attach(&mut self.lease_keys, lease, key);
                 }
+                self.size_bytes += version_size(&v);
                 match h.last_mut() {
                     // Same key twice in one revision (a txn): the later write wins.
                     Some(last) if last.mod_revision == rev => {
+                        self.size_bytes -= version_size(last);
                         *last = v;
                         self.version_count -= 1;
                     }
@@ -260,7 +285,9 @@ impl Store {
                     self.events.push(event_of(&k, &v, None));
                 }
                 attach(&mut self.lease_keys, lease, &k);
-                self.keys.insert(k, vec![v]);
+                let h = vec![v];
+                self.size_bytes += history_size(&k, &h);
+                self.keys.insert(k, h);
                 None
             }
         }
@@ -293,8 +320,12 @@ impl Store {
             if let Some(prev) = visible_at(h, LATEST) {
                 detach(&mut self.lease_keys, prev.lease, key);
             }
+            self.size_bytes += version_size(&t);
             match h.last_mut() {
-                Some(last) if last.mod_revision == rev => *last = t,
+                Some(last) if last.mod_revision == rev => {
+                    self.size_bytes -= version_size(last);
+                    *last = t
+                }
                 _ => {
                     h.push(t);
                     self.version_count += 1;
@@ -385,9 +416,11 @@ impl Store {
             let Some(h) = self.keys.get_mut(key) else { continue };
             let kept = h.partition_point(|v| v.mod_revision <= rev);
             self.version_count -= h.len() - kept;
+            self.size_bytes -= h[kept..].iter().map(version_size).sum::<usize>();
             h.truncate(kept);
             let after = visible_at(h, LATEST).map_or(0, |v| v.lease);
             if h.is_empty() {
+                self.size_bytes -= KEY_OVERHEAD + key.len();
                 self.keys.remove(key);
             }
             if before != after {
@@ -412,17 +445,22 @@ impl Store {
         }
         self.compact_revision = rev;
         let mut removed = 0usize;
-        self.keys.retain(|_, h| {
+        let mut freed = 0usize;
+        self.keys.retain(|k, h| {
             let idx = h.partition_point(|v| v.mod_revision <= rev);
             if idx == 0 {
                 return true;
             }
             let keep_from = if h[idx - 1].value.is_some() { idx - 1 } else { idx };
             removed += keep_from;
-            h.drain(..keep_from);
+            freed += h.drain(..keep_from).map(|v| version_size(&v)).sum::<usize>();
+            if h.is_empty() {
+                freed += KEY_OVERHEAD + k.len();
+            }
             !h.is_empty()
         });
         self.version_count -= removed;
+        self.size_bytes -= freed;
     }
 
     /// A crc32 over every retained version at or below `rev`, in key order: equal stores give
@@ -528,6 +566,7 @@ impl Store {
         }
         self.version_count += h.len();
         if !h.is_empty() {
+            self.size_bytes += history_size(&key, &h);
             self.keys.insert(key, h);
         }
     }
@@ -549,6 +588,32 @@ mod tests {
 
     fn range(k: &str, e: &str) -> KeyRange {
         KeyRange { key: b(k), end: b(e) }
+    }
+
+    /// The size the store's accounting should give, counted from scratch.
+    fn recount(s: &Store) -> usize {
+        s.keys.iter().map(|(k, h)| history_size(k, h)).sum()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn size_accounting_matches_a_recount(ops in proptest::collection::vec((0u8..6, 0u8..4, 0usize..40), 1..60)) {
+            let mut s = Store::new();
+            let mut rev = 1;
+            for (kind, key, len) in ops {
+                let key = b(&format!("k{key}"));
+                rev = rev.max(s.current_revision()).max(1);
+                match kind {
+                    0 | 1 => { rev += 1; s.put(&key, Bytes::from(vec![7; len]), 0, rev); }
+                    // A second write of the same revision (a txn): the later one replaces it.
+                    2 => { s.put(&key, Bytes::from(vec![1; len]), 0, rev); }
+                    3 => { rev += 1; s.delete(&KeyRange::single(key), rev); }
+                    4 => s.compact(rev - (len as i64 % 3)),
+                    _ => s.roll_back([key.as_ref()], rev - 1),
+                }
+                proptest::prop_assert_eq!(s.size_bytes(), recount(&s));
+            }
+        }
     }
 
     fn keys_at(s: &Store, r: &KeyRange, rev: i64) -> Vec<(String, i64)> {

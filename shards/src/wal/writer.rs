@@ -105,6 +105,11 @@ impl WalWriter {
         frame::encode_into(&mut self.pending, RecordKind::Wal, &rec.to_bytes());
     }
 
+    /// Bytes appended and not written yet.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Bytes written to segments so far (for status).
     pub fn size_bytes(&self) -> u64 {
         (self.sealed.len() as u64) * SEGMENT_BYTES + self.end
