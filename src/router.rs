@@ -270,6 +270,11 @@ impl Router {
         Ok(self.shards[0].request(|reply| ShardMsg::Auth { op, reply }).await?)
     }
 
+    /// On the leader: raises or clears an alarm through group 0; answers once committed.
+    pub async fn alarm(&self, change: wire::record::batch::AlarmChange) -> Result<(), ApiError> {
+        Ok(self.shards[0].request(|reply| ShardMsg::Alarm { change, reply }).await?)
+    }
+
     /// In a cluster: starts handing leadership of group 0 (and so of every group) to `to`.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ApiError> {
         Ok(self.shards[0].request(|reply| ShardMsg::TransferLeader { to, reply }).await?)

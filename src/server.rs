@@ -131,7 +131,20 @@ pub async fn serve(
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let raft_term = RaftTerm(node.clone());
 
-    let alarms = Arc::new(AlarmTable::default());
+    let alarms = Arc::new(AlarmTable::new(
+        pool.alarms().clone(),
+        router.clone(),
+        pool.metrics().clone(),
+        cfg.effective_quota_bytes(),
+        me,
+    ));
+    if pool.metrics().store_bytes() >= cfg.effective_quota_bytes() {
+        tracing::warn!(
+            store_bytes = pool.metrics().store_bytes(),
+            quota_bytes = cfg.effective_quota_bytes(),
+            "the store is already above --quota-backend-bytes: the next write will raise NOSPACE"
+        );
+    }
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let (watch_stop_tx, watch_stop) = tokio::sync::watch::channel(false);
     let leases = Arc::new(Leases::new(router.clone(), pool.leases().clone()));
@@ -218,6 +231,7 @@ pub async fn serve(
     let watch = Arc::new(WatchService { ctx: watch_ctx.clone(), fwd: fwd.clone() });
     let lease = Arc::new(LeaseService {
         router: router.clone(),
+        alarms: alarms.clone(),
         leases: leases.clone(),
         member,
         raft_term: raft_term.clone(),

@@ -39,6 +39,8 @@ use crate::route::ShardId;
 use crate::snapshot;
 use crate::wal::writer::WalWriter;
 
+#[path = "exec_alarm.rs"]
+mod alarm_ops;
 #[path = "exec_auth.rs"]
 mod auth_ops;
 
@@ -74,6 +76,8 @@ pub struct ShardConfig {
     pub auth_view: Arc<crate::auth::AuthView>,
     /// The node's simple tokens (group 0's shard adds and drops them as changes apply).
     pub auth_tokens: Arc<crate::auth::Tokens>,
+    /// The node's published alarms (group 0's shard publishes them).
+    pub alarm_view: Arc<crate::alarm::AlarmView>,
     /// This shard's series on `/metrics`.
     pub metrics: crate::metrics::ShardMetrics,
 }
@@ -153,6 +157,8 @@ pub struct Writer {
     cfg: ShardConfig,
     /// The auth store of this member (group 0's shard only; see `exec_auth.rs`).
     auth: crate::auth::AuthState,
+    /// The active alarms (group 0's shard only; see `exec_alarm.rs`).
+    alarms: crate::alarm::AlarmSet,
     dirs: ShardDirs,
     store: Rc<RefCell<Store>>,
     raft: RaftGroup,
@@ -219,6 +225,8 @@ fn written_keys(batch: &Batch) -> Vec<bytes::Bytes> {
 pub struct RecoveredLog {
     /// The auth store as recovery rebuilt it (default on every shard but 0).
     pub auth: crate::auth::AuthState,
+    /// The active alarms as recovery rebuilt them (none on every shard but 0).
+    pub alarms: crate::alarm::AlarmSet,
     /// Decided cross-shard revisions above the snapshot floor.
     pub decided: BTreeSet<i64>,
     /// Committed batches not applied yet (see `recover::replay`).
@@ -397,6 +405,7 @@ fn fail(msg: ShardMsg, e: ShardError) {
         ShardMsg::Snapshot { reply } => drop(reply.send(Err(e))),
         ShardMsg::Write { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Auth { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::Alarm { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Compact { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Status { reply } => drop(reply.send(Err(e))),
         ShardMsg::Promote { reply, .. } => drop(reply.send(Err(e))),
@@ -438,12 +447,13 @@ impl Writer {
         clock: Arc<RevisionClock>,
         log: RecoveredLog,
     ) -> Writer {
-        let RecoveredLog { auth, decided, unapplied } = log;
+        let RecoveredLog { auth, alarms, decided, unapplied } = log;
         let Local { store, leases, writing_since } = local;
         store.borrow_mut().set_capture(true);
         let committed_revision = store.borrow().current_revision();
         Writer {
             auth,
+            alarms,
             executed_upto: raft.applied_index(),
             committed_revision,
             apply_queue: unapplied.into(),
@@ -514,7 +524,7 @@ impl Writer {
     }
 
     /// Publishes the store's size and key count (for `/metrics` and the quota).
-    fn publish_size(&self) {
+    pub(crate) fn publish_size(&self) {
         let store = self.store.borrow();
         self.cfg.metrics.bytes.set(store.size_bytes() as i64);
         self.cfg.metrics.keys.set(store.key_count() as i64);
@@ -588,6 +598,10 @@ impl Writer {
                 ShardMsg::Auth { op, reply } => {
                     self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
                     self.on_auth(op, reply).await;
+                }
+                ShardMsg::Alarm { change, reply } => {
+                    self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
+                    self.on_alarm(change, reply).await;
                 }
                 ShardMsg::Progress { id, reply } => drop(reply.send(Ok(self.raft.progress_of(id)))),
                 ShardMsg::TransferLeader { to, reply } => {
@@ -1079,6 +1093,7 @@ impl Writer {
         }
         *self.leases.borrow_mut() = leases;
         self.restore_auth(s.auth);
+        self.restore_alarms(s.alarms);
         self.decided = s.header.decided.iter().copied().collect();
         for r in &self.decided {
             self.cfg.cluster.node.record_decided(*r);
@@ -1192,6 +1207,7 @@ impl Writer {
                     }
                     Some(LeaseChange::Checkpoint { remaining }) => self.leases.borrow_mut().checkpoint(&remaining, now),
                     Some(LeaseChange::Auth(op)) => self.apply_auth(op),
+                    Some(LeaseChange::Alarm(c)) => self.apply_alarm(c),
                     None => {}
                 }
             }
@@ -1327,6 +1343,7 @@ impl Writer {
             msg,
             ShardMsg::Write { .. }
                 | ShardMsg::Auth { .. }
+                | ShardMsg::Alarm { .. }
                 | ShardMsg::Compact { .. }
                 | ShardMsg::Cross(Cross::Hold { .. })
                 | ShardMsg::ReadIndex { .. }
@@ -1509,7 +1526,7 @@ impl Writer {
             .into_iter()
             .map(|(id, ttl, remaining)| LeaseRecord { id, ttl, remaining })
             .collect();
-        let extras = snapshot::SnapshotExtras { leases, auth: self.auth_record() };
+        let extras = snapshot::SnapshotExtras { leases, auth: self.auth_record(), alarms: self.alarm_records() };
         let (store, dir) = (self.store.clone(), self.dirs.snap.clone());
         let done = Rc::new(Cell::new(false));
         let flag = done.clone();

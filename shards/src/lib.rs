@@ -1,6 +1,7 @@
 //! corekv's shard executors: one per core, each owning a key range's MVCC store, its Raft group
 //! and its WAL. `src/` reaches shards only through [`pool::ShardPool`] and [`pool::ShardHandle`].
 
+pub mod alarm;
 pub mod auth;
 pub mod clock;
 pub mod cluster;

@@ -83,6 +83,12 @@ pub enum ShardMsg {
         op: wire::record::auth::AuthOp,
         reply: Reply<u64>,
     },
+    /// Group 0 only, on the leader: an alarm raised or cleared, logged through the group and
+    /// answered once committed.
+    Alarm {
+        change: wire::record::batch::AlarmChange,
+        reply: Reply<()>,
+    },
     /// Compaction of history below `revision` (logged, then applied).
     Compact {
         revision: i64,

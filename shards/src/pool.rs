@@ -10,6 +10,7 @@ use std::sync::Arc;
 use futures::channel::{mpsc, oneshot};
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::alarm::AlarmView;
 use crate::auth::{AuthView, Tokens};
 use crate::clock::RevisionClock;
 use crate::cluster::{ClusterLink, NodeState, Outgoing, SnapshotFetch};
@@ -111,6 +112,7 @@ pub struct ShardPool {
     /// The auth store group 0's shard publishes.
     auth_view: Arc<AuthView>,
     auth_tokens: Arc<Tokens>,
+    alarm_view: Arc<AlarmView>,
     metrics: PoolMetrics,
     pub recovery: RecoveryReport,
 }
@@ -190,6 +192,7 @@ impl ShardPool {
         // Group 0's shard holds the auth store; what recovery rebuilt is in force at once.
         let auth_view = Arc::new(AuthView::new(recovered.first().map(|r| r.auth.clone()).unwrap_or_default()));
         let auth_tokens = Arc::new(Tokens::default());
+        let alarm_view = Arc::new(AlarmView::new(recovered.first().map(|r| r.alarms.clone()).unwrap_or_default()));
         let (outbox, outgoing) = flume::unbounded();
         let (fetch, fetches) = flume::unbounded();
         let node = Arc::new(NodeState::new(cfg.cluster.me, n, clock.clone()));
@@ -232,6 +235,7 @@ impl ShardPool {
                 auth_view: auth_view.clone(),
                 auth_tokens: auth_tokens.clone(),
                 metrics: metrics.shard(i),
+                alarm_view: alarm_view.clone(),
             };
             let clock = clock.clone();
             let fsync = cfg.fsync;
@@ -243,6 +247,7 @@ impl ShardPool {
                     let node = shard_cfg.cluster.node.clone();
                     match start_shard(shard_cfg, rec, clock, fsync).await {
                         Ok((writer, local, clock)) => {
+                            writer.publish_size();
                             let (wtx, wrx) = mpsc::channel(WRITER_QUEUE);
                             let _ = ready_tx.send(Ok(()));
                             let timer = lease_timer(local.clone(), expired, wtx.clone(), checkpoint_every, node);
@@ -278,6 +283,7 @@ impl ShardPool {
             cluster_io,
             auth_view,
             auth_tokens,
+            alarm_view,
             metrics,
             recovery,
         })
@@ -313,6 +319,11 @@ impl ShardPool {
     /// The node's simple tokens.
     pub fn auth_tokens(&self) -> &Arc<Tokens> {
         &self.auth_tokens
+    }
+
+    /// The node's alarms, as group 0's shard publishes them.
+    pub fn alarms(&self) -> &Arc<AlarmView> {
+        &self.alarm_view
     }
 
     /// The shards' series for `/metrics`, and the store sizes the quota reads.
@@ -352,7 +363,7 @@ async fn start_shard(
     clock: Arc<RevisionClock>,
     fsync: bool,
 ) -> Result<Started, String> {
-    let RecoveredShard { dirs, store, auth, leases, decided, raft, wal, unapplied, .. } = rec;
+    let RecoveredShard { dirs, store, auth, alarms, leases, decided, raft, wal, unapplied, .. } = rec;
     std::fs::create_dir_all(&dirs.wal).map_err(|e| format!("{}: {e}", dirs.wal.display()))?;
     crate::dma::use_main_ring(&dirs.wal).await;
     let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync).await.map_err(|e| e.to_string())?;
@@ -364,7 +375,7 @@ async fn start_shard(
         table.insert(id, l.ttl, l.remaining, now);
     }
     let local = Local { store: Rc::new(RefCell::new(store)), leases: Rc::new(RefCell::new(table)), ..Local::default() };
-    let log = RecoveredLog { auth, decided, unapplied };
+    let log = RecoveredLog { auth, alarms, decided, unapplied };
     let mut writer = Writer::new(cfg, dirs, local.clone(), group, writer_wal, clock.clone(), log);
     writer.start().await;
     Ok((writer, local, clock))

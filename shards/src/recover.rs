@@ -12,6 +12,7 @@ use rkyv::util::AlignedVec;
 use wire::record::batch::{ArchivedBatchOp, Batch, BatchOp, BATCH_FORMAT};
 use wire::record::wal::{ArchivedWalRecord, HardStateRecord, LogEntry, WalRecord};
 
+use crate::alarm::AlarmSet;
 use crate::auth::AuthState;
 use crate::mvcc::Store;
 use crate::raft_group::RecoveredRaft;
@@ -55,6 +56,7 @@ pub struct ReadShard {
     pub dirs: ShardDirs,
     store: Store,
     auth: AuthState,
+    alarms: AlarmSet,
     leases: BTreeMap<i64, RecoveredLease>,
     /// Where each entry of `raft.entries` is in the WAL.
     positions: Vec<RecordPos>,
@@ -72,6 +74,8 @@ pub struct RecoveredShard {
     pub store: Store,
     /// The auth store (group 0's shard; a default one elsewhere).
     pub auth: AuthState,
+    /// The active alarms (group 0's shard; none elsewhere).
+    pub alarms: AlarmSet,
     /// The leases homed on this shard.
     pub leases: BTreeMap<i64, RecoveredLease>,
     pub decided: BTreeSet<i64>,
@@ -109,7 +113,7 @@ fn aligned<'a>(bytes: &'a [u8], scratch: &'a mut AlignedVec<16>) -> &'a [u8] {
 /// for the group to commit or overwrite.
 pub fn read_shard(dirs: ShardDirs, sole_voter: bool) -> Result<ReadShard, RecoverError> {
     let snap = snapshot::load_latest(&dirs.snap, dirs.shard)?;
-    let (store, mut raft, mut decided, leases, auth) = match snap {
+    let (store, mut raft, mut decided, leases, auth, alarms) = match snap {
         Some(s) => {
             tracing::info!(path = %s.path.display(), index = s.header.index, keys = s.store.key_count(), "loaded snapshot");
             let raft =
@@ -117,9 +121,17 @@ pub fn read_shard(dirs: ShardDirs, sole_voter: bool) -> Result<ReadShard, Recove
             let leases =
                 s.leases.iter().map(|l| (l.id, RecoveredLease { ttl: l.ttl, remaining: l.remaining })).collect();
             let auth = s.auth.map(AuthState::from_record).unwrap_or_default();
-            (s.store, raft, s.header.decided.iter().copied().collect(), leases, auth)
+            let alarms = AlarmSet::from_records(s.alarms);
+            (s.store, raft, s.header.decided.iter().copied().collect(), leases, auth, alarms)
         }
-        None => (Store::new(), RecoveredRaft::default(), BTreeSet::new(), BTreeMap::new(), AuthState::default()),
+        None => (
+            Store::new(),
+            RecoveredRaft::default(),
+            BTreeSet::new(),
+            BTreeMap::new(),
+            AuthState::default(),
+            AlarmSet::default(),
+        ),
     };
     let mut positions = Vec::new();
     // (entry index, revision) of every Decide op in the surviving entries.
@@ -177,7 +189,7 @@ pub fn read_shard(dirs: ShardDirs, sole_voter: bool) -> Result<ReadShard, Recove
     }
     let limit = raft.replay_limit(sole_voter);
     decided.extend(decides.into_iter().filter(|(index, _)| *index <= limit).map(|(_, revision)| revision));
-    Ok(ReadShard { dirs, store, auth, leases, positions, limit, decided, raft, wal })
+    Ok(ReadShard { dirs, store, auth, alarms, leases, positions, limit, decided, raft, wal })
 }
 
 /// What a committed op needs beyond the store, from whoever keeps the leases (or, for an auth
@@ -188,6 +200,7 @@ pub enum LeaseChange {
     Revoke { id: i64 },
     Checkpoint { remaining: Vec<(i64, i64)> },
     Auth(wire::record::auth::AuthOp),
+    Alarm(wire::record::batch::AlarmChange),
 }
 
 /// Applies one committed op to `store` (recovery replay and followers). A `Prepare` applies only
@@ -211,6 +224,7 @@ pub fn apply_op(store: &mut Store, op: BatchOp, is_decided: impl Fn(i64) -> bool
         BatchOp::LeaseRevoke { id } => return Some(LeaseChange::Revoke { id }),
         BatchOp::LeaseCheckpoint { remaining } => return Some(LeaseChange::Checkpoint { remaining }),
         BatchOp::Auth(op) => return Some(LeaseChange::Auth(*op)),
+        BatchOp::Alarm(c) => return Some(LeaseChange::Alarm(c)),
     }
     None
 }
@@ -239,11 +253,23 @@ pub fn replay(
     stop_at_undecided: bool,
     keep_log_data: bool,
 ) -> Result<RecoveredShard, RecoverError> {
-    let ReadShard { dirs, mut store, mut auth, mut leases, positions, limit, decided, mut raft, wal } = read;
+    let ReadShard { dirs, mut store, mut auth, mut alarms, mut leases, positions, limit, decided, mut raft, wal } =
+        read;
     let mut unapplied = Vec::new();
     let mut replayed_entries = 0;
     let Some(first) = positions.first() else {
-        return Ok(RecoveredShard { dirs, store, auth, leases, decided, raft, wal, replayed_entries, unapplied });
+        return Ok(RecoveredShard {
+            dirs,
+            store,
+            auth,
+            alarms,
+            leases,
+            decided,
+            raft,
+            wal,
+            replayed_entries,
+            unapplied,
+        });
     };
     let mut next = 0;
     let mut scratch = AlignedVec::<16>::new();
@@ -297,10 +323,11 @@ pub fn replay(
                         tracing::warn!(error = %e, "a logged auth change did not apply at recovery");
                     }
                 }
+                Some(LeaseChange::Alarm(c)) => alarms.apply(&c),
                 None => {}
             }
         }
         Ok(())
     })?;
-    Ok(RecoveredShard { dirs, store, auth, leases, decided, raft, wal, replayed_entries, unapplied })
+    Ok(RecoveredShard { dirs, store, auth, alarms, leases, decided, raft, wal, replayed_entries, unapplied })
 }

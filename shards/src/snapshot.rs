@@ -12,6 +12,7 @@ use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
 use wire::codec::frame::{self, FrameFile, FrameFileError, RecordKind};
 use wire::record::auth::AuthStateRecord;
+use wire::record::snapshot::AlarmRecord;
 use wire::record::snapshot::{LeaseRecord, SnapshotHeader, SnapshotRecord};
 
 use crate::mvcc::Store;
@@ -75,9 +76,11 @@ pub struct SnapshotExtras {
     pub leases: Vec<LeaseRecord>,
     /// The auth store (group 0 only).
     pub auth: Option<AuthStateRecord>,
+    /// The active alarms (group 0 only).
+    pub alarms: Vec<AlarmRecord>,
 }
 
-/// Appends the header frame and, if any, the leases and auth frames.
+/// Appends the header frame and, if any, the leases, auth and alarm frames.
 fn head(out: &mut Vec<u8>, header: SnapshotHeader, extras: SnapshotExtras) {
     frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Header(header).to_bytes());
     if !extras.leases.is_empty() {
@@ -85,6 +88,9 @@ fn head(out: &mut Vec<u8>, header: SnapshotHeader, extras: SnapshotExtras) {
     }
     if let Some(auth) = extras.auth {
         frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Auth(Box::new(auth)).to_bytes());
+    }
+    if !extras.alarms.is_empty() {
+        frame::encode_into(out, RecordKind::Snapshot, &SnapshotRecord::Alarms(extras.alarms).to_bytes());
     }
 }
 
@@ -227,6 +233,8 @@ pub struct LoadedSnapshot {
     pub leases: Vec<LeaseRecord>,
     /// The auth store (group 0's snapshots).
     pub auth: Option<AuthStateRecord>,
+    /// The active alarms (group 0's snapshots).
+    pub alarms: Vec<AlarmRecord>,
     pub path: PathBuf,
 }
 
@@ -262,6 +270,7 @@ fn decode(path: &Path, reader: impl std::io::Read, len: u64) -> Result<LoadedSna
     let mut store = Store::new();
     let mut leases = Vec::new();
     let mut auth = None;
+    let mut alarms = Vec::new();
     let mut count = 0u64;
     loop {
         let (at, kind, payload) = match frames.next_frame() {
@@ -277,6 +286,7 @@ fn decode(path: &Path, reader: impl std::io::Read, len: u64) -> Result<LoadedSna
             SnapshotRecord::Header(h) => header = Some(h),
             SnapshotRecord::Leases(l) => leases.extend(l),
             SnapshotRecord::Auth(a) => auth = Some(*a),
+            SnapshotRecord::Alarms(a) => alarms = a,
             SnapshotRecord::Keys(keys) => {
                 count += keys.len() as u64;
                 for k in keys {
@@ -289,7 +299,7 @@ fn decode(path: &Path, reader: impl std::io::Read, len: u64) -> Result<LoadedSna
                     return Err(damaged(at, format!("footer counts {key_count} keys, file has {count}")));
                 }
                 store.restore_marks(h.compact_revision, h.revision);
-                return Ok(LoadedSnapshot { header: h, store, leases, auth, path: path.to_path_buf() });
+                return Ok(LoadedSnapshot { header: h, store, leases, auth, alarms, path: path.to_path_buf() });
             }
         }
     }

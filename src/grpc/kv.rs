@@ -123,7 +123,7 @@ impl Kv for KvService {
         // As etcd, whose auth applier wraps the quota applier: a refusal wins over NOSPACE.
         caller.check_put(&put)?;
         self.check_lease_keys(&caller, caller.leases_of_put(&put)).await?;
-        self.alarms.check_writable()?;
+        self.alarms.admit(crate::alarm::put_cost(&put)).await?;
         self.metrics.puts.inc();
         let w = self.metrics.proposal(self.router.put(put, caller.revision())).await?;
         let prev_kv = match w.result {
@@ -166,7 +166,7 @@ impl Kv for KvService {
         self.check_lease_keys(&caller, caller.leases_of_txn(&spec)).await?;
         // As etcd's capped applier: under NOSPACE a txn may delete, but not put.
         if has_put(&spec) {
-            self.alarms.check_writable()?;
+            self.alarms.admit(crate::alarm::txn_cost(&spec)).await?;
         }
         self.metrics.count_txn(&spec);
         let (t, revision) = self.metrics.proposal(self.router.txn(spec, caller.revision())).await?;

@@ -22,6 +22,8 @@ const STREAM_QUEUE: usize = 64;
 
 pub struct LeaseService {
     pub router: Arc<Router>,
+    /// Grants fail under NOSPACE, and count against the quota.
+    pub alarms: Arc<crate::alarm::AlarmTable>,
     pub leases: Arc<Leases>,
     pub member: Member,
     pub raft_term: RaftTerm,
@@ -54,6 +56,7 @@ impl Lease for LeaseService {
             return self.fwd.answer(LeaseClient::new(ch).lease_grant(onward(req))).await;
         }
         self.guard.caller_of(&req).await?.check_identified()?;
+        self.alarms.admit(crate::alarm::LEASE_OVERHEAD).await?;
         let r = req.into_inner();
         let (id, ttl) = self.leases.grant(r.id, r.ttl).await?;
         Ok(Response::new(pb::LeaseGrantResponse { header: self.header(), id, ttl, error: String::new() }))

@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
-use wire::pb::etcdserverpb::{self as pb, maintenance_server::Maintenance};
+use wire::pb::etcdserverpb::{self as pb, maintenance_client::MaintenanceClient, maintenance_server::Maintenance};
 
 use super::{Member, RaftTerm};
 use crate::alarm::AlarmTable;
 use crate::auth::Guard;
 use crate::error::ApiError;
-use crate::forward::Forwarder;
+use crate::forward::{onward, route_of, Forwarder, Route};
 use crate::leases::Leases;
 use crate::metrics::dir_size;
 use crate::router::Router;
@@ -52,6 +52,12 @@ impl MaintenanceService {
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
         use pb::alarm_request::AlarmAction;
+        // Raising and clearing go through the leader's log, as etcd's alarm requests.
+        if req.get_ref().action != AlarmAction::Get as i32 {
+            if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
+                return self.fwd.answer(MaintenanceClient::new(ch).alarm(onward(req))).await;
+            }
+        }
         // Listing alarms needs a user; raising or clearing one, admin rights.
         let caller = self.guard.caller_of(&req).await?;
         match AlarmAction::try_from(req.get_ref().action) {
@@ -61,8 +67,8 @@ impl Maintenance for MaintenanceService {
         let r = req.into_inner();
         let alarms = match AlarmAction::try_from(r.action) {
             Ok(AlarmAction::Get) => self.alarms.get(r.alarm),
-            Ok(AlarmAction::Activate) => self.alarms.activate(r.member_id, r.alarm),
-            Ok(AlarmAction::Deactivate) => self.alarms.deactivate(r.member_id, r.alarm),
+            Ok(AlarmAction::Activate) => self.alarms.activate(r.member_id, r.alarm).await?,
+            Ok(AlarmAction::Deactivate) => self.alarms.deactivate(r.member_id, r.alarm).await?,
             Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         };
         let header = self.header_now();

@@ -147,7 +147,11 @@ pub fn restore(backup: &Backup, data_dir: &Path) -> Result<(), BackupError> {
             .collect();
         // Group 0 holds the auth store.
         let auth = if i == 0 { backup.auth.clone() } else { None };
-        let bytes = shards::snapshot::encode(&store, header, shards::snapshot::SnapshotExtras { leases, auth });
+        let bytes = shards::snapshot::encode(
+            &store,
+            header,
+            shards::snapshot::SnapshotExtras { leases, auth, alarms: Vec::new() },
+        );
         std::fs::write(&path, bytes).map_err(|e| write_err(&path, &e))?;
         std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| write_err(&path, &e))?;
     }

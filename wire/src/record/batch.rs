@@ -41,6 +41,17 @@ pub enum BatchOp {
     /// A change to the auth store (group 0 only; `super::auth`). Boxed: an archived enum is as
     /// large as its largest variant, and an inline `AuthOp` would change the bytes of every op.
     Auth(Box<super::auth::AuthOp>),
+    /// An alarm raised or cleared (group 0 only): etcd's replicated alarm store.
+    Alarm(AlarmChange),
+}
+
+/// Raises (`activate`) or clears alarm `alarm` (etcd's `AlarmType` number) of member
+/// `member_id`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlarmChange {
+    pub member_id: u64,
+    pub alarm: i32,
+    pub activate: bool,
 }
 
 /// What one Raft entry carries.

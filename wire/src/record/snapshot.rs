@@ -60,6 +60,15 @@ pub enum SnapshotRecord {
     /// The auth store (group 0's snapshots only, between the header and the footer). Boxed, so
     /// the archived enum keeps its size (see `BatchOp::Auth`).
     Auth(Box<super::auth::AuthStateRecord>),
+    /// The active alarms (group 0's snapshots only, between the header and the footer).
+    Alarms(Vec<AlarmRecord>),
+}
+
+/// An active alarm: its member and etcd's `AlarmType` number.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlarmRecord {
+    pub member_id: u64,
+    pub alarm: i32,
 }
 
 super::record_codec!(SnapshotRecord, ArchivedSnapshotRecord);
