@@ -4,6 +4,7 @@ pub mod alarm;
 pub mod auth;
 pub mod authority;
 pub mod backup;
+pub mod compactor;
 pub mod concurrency;
 pub mod config;
 pub mod error;

@@ -207,8 +207,9 @@ impl Router {
         }
     }
 
-    /// Compacts every shard; answers once the compaction is durable everywhere.
-    pub async fn compact(&self, revision: i64) -> Result<i64, ApiError> {
+    /// Compacts every shard; answers once the compaction is durable everywhere — with
+    /// `physical`, once every shard has also dropped what it compacted (etcd's `physical`).
+    pub async fn compact(&self, revision: i64, physical: bool) -> Result<i64, ApiError> {
         let current = self.clock.visible();
         if revision > current {
             return Err(ShardError::FutureRevision { requested: revision, current }.into());
@@ -219,6 +220,9 @@ impl Router {
         }
         try_join_all(self.shards.iter().map(|s| s.request(|reply| ShardMsg::Compact { revision, reply }))).await?;
         self.clock.set_compacted(revision);
+        while physical && self.status().await?.iter().any(|s| s.compacting) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         Ok(self.clock.visible())
     }
 

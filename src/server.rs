@@ -151,6 +151,7 @@ pub async fn serve(
     let expiry = tokio::spawn(leases.clone().revoke_expired(pool.expired_leases().clone()));
     let queue_limits = QueueLimits { revisions: cfg.watch_queue_revisions.max(1), bytes: WATCH_QUEUE_BYTES };
     let watch_hub = Arc::new(Hub::new(pool.clock().visible(), queue_limits));
+    let compactor = tokio::spawn(crate::compactor::run(cfg.auto_compaction()?, router.clone(), node.clone()));
     let hub = tokio::spawn(hub::run(pool.events().clone(), pool.clock().clone(), watch_hub.clone()));
     let guard = Arc::new(crate::auth::Guard::new(
         pool.auth_view().clone(),
@@ -224,6 +225,7 @@ pub async fn serve(
         member,
         data_dir: cfg.data_dir.clone(),
         alarms: alarms.clone(),
+        sizes: pool.metrics().clone(),
         raft_term: raft_term.clone(),
         fwd: fwd.clone(),
         guard: guard.clone(),
@@ -344,6 +346,7 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || pool.shutdown()).await.ok();
     hub.abort();
     expiry.abort();
+    compactor.abort();
     drop(no_cross_shard);
     tracing::info!("stopped");
     Ok(())

@@ -45,6 +45,8 @@ mod alarm_ops;
 mod auth_ops;
 
 const MAX_BATCH: usize = 4096;
+/// Versions one step of background compaction looks at: tens of microseconds between requests.
+const COMPACTION_STEP: usize = 1024;
 /// A batch stops growing past this many bytes of keys and values, keeping Raft entries and WAL
 /// frames far below the frame size limit.
 const MAX_BATCH_BYTES: usize = 16 << 20;
@@ -493,6 +495,18 @@ impl Writer {
             self.start_wanted_transfer().await;
             let first = match self.deferred.pop_front() {
                 Some(m) => m,
+                None if self.compaction_due() => match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(mpsc::TryRecvError::Closed) => break,
+                    // Nothing waiting: one step of compaction, then let the executor run the rest.
+                    Err(mpsc::TryRecvError::Empty) => {
+                        self.store.borrow_mut().compact_step(COMPACTION_STEP);
+                        self.cfg.metrics.compactions.inc();
+                        self.publish_size();
+                        glommio::executor().yield_task_queue_now().await;
+                        continue;
+                    }
+                },
                 None => match self.wait((self.in_flight.len() < MAX_IN_FLIGHT).then_some(&mut rx)).await {
                     Wake::Msg(Some(m)) => m,
                     Wake::Msg(None) => break,
@@ -521,6 +535,14 @@ impl Writer {
             }
             self.publish_size();
         }
+    }
+
+    /// Whether the writer, idle otherwise, should run a step of compaction: one is pending, and
+    /// neither Raft (a message, a due tick) nor a pipelined batch waits for it.
+    fn compaction_due(&self) -> bool {
+        let idle_raft = self.cfg.cluster.inbox.is_empty()
+            && (Instant::now() < self.next_tick || (self.raft.lone_voter() && self.raft.is_leader()));
+        self.store.borrow().compaction_pending() && self.in_flight.is_empty() && idle_raft
     }
 
     /// Publishes the store's size and key count (for `/metrics` and the quota).
@@ -1399,6 +1421,7 @@ impl Writer {
             versions: store.version_count() as u64,
             revision: store.current_revision(),
             compact_revision: store.compact_revision(),
+            compacting: store.compaction_pending(),
         }
     }
 

@@ -35,6 +35,8 @@ pub struct ShardStatus {
     pub versions: u64,
     pub revision: i64,
     pub compact_revision: i64,
+    /// A compaction still has steps to run.
+    pub compacting: bool,
 }
 
 pub enum ShardMsg {

@@ -316,7 +316,7 @@ mod tests {
         for i in 0..10_000i64 {
             s.put(&Bytes::from(format!("k{i:05}")), Bytes::from("v"), 0, 2 + i);
         }
-        s.compact(3);
+        s.compact_now(3);
         let h = SnapshotHeader {
             shard: 0,
             shard_count: 1,

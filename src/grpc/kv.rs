@@ -179,7 +179,8 @@ impl Kv for KvService {
         }
         // Compaction needs admin rights (etcd 3.5.28 and later).
         self.guard.caller_of(&req).await?.check_admin()?;
-        let revision = self.router.compact(req.into_inner().revision).await?;
+        let r = req.into_inner();
+        let revision = self.router.compact(r.revision, r.physical).await?;
         Ok(Response::new(pb::CompactionResponse { header: self.header(revision) }))
     }
 }

@@ -28,6 +28,8 @@ pub struct MaintenanceService {
     pub member: Member,
     pub data_dir: std::path::PathBuf,
     pub alarms: Arc<AlarmTable>,
+    /// The store's size, for Status.
+    pub sizes: shards::metrics::PoolMetrics,
     pub raft_term: RaftTerm,
     /// Who leads, for Status and MoveLeader.
     pub fwd: Arc<Forwarder>,
@@ -105,7 +107,8 @@ impl Maintenance for MaintenanceService {
                     format!("memberID:{} alarm:{} ", a.member_id, name)
                 })
                 .collect(),
-            db_size_in_use: db_size,
+            // What the store holds (corekv's size, which the quota limits).
+            db_size_in_use: self.sizes.store_bytes() as i64,
             is_learner: {
                 let me = self.fwd.node().me();
                 self.fwd.directory().members().iter().any(|m| m.id == me && m.learner)
