@@ -73,7 +73,8 @@ impl Router {
         self.map.boundaries()
     }
 
-    /// One chunk of the keys live at `revision` on `shard` after `after` (backups).
+    /// One chunk of the keys on `shard` after `after`, with their history up to `revision`
+    /// (snapshots).
     pub async fn export(
         &self,
         shard: u16,

@@ -334,7 +334,7 @@ fn answer_read(store: &Store, clock: &RevisionClock, msg: ShardMsg) {
         ShardMsg::Export { revision, after, reply } => {
             let r = store
                 .check_readable(revision, clock.visible().max(revision))
-                .map(|()| store.export_live_from(after.as_ref(), revision, EXPORT_KEYS, EXPORT_BYTES));
+                .map(|()| store.export_from(after.as_ref(), revision, EXPORT_KEYS, EXPORT_BYTES));
             drop(reply.send(r));
         }
         ShardMsg::History { range, from, to, max_events, reply } => {

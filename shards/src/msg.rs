@@ -51,8 +51,9 @@ pub enum ShardMsg {
         revision: i64,
         reply: Reply<u32>,
     },
-    /// Read-only: the next chunk of keys live at `revision` after `after`, and where the next
-    /// chunk starts (`None`: no more keys). Backups (Maintenance.Snapshot) page through these.
+    /// Read-only: the next chunk of keys after `after` with their retained history up to
+    /// `revision`, and where the next chunk starts (`None`: no more keys). Snapshots
+    /// (Maintenance.Snapshot) page through these.
     Export {
         revision: i64,
         after: Option<bytes::Bytes>,

@@ -150,14 +150,27 @@ impl Maintenance for MaintenanceService {
     /// `snapshot save` stores it, `corekv-snapshot restore` turns it into a data directory.
     async fn snapshot(&self, req: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         self.check_admin_raw(&req).await?;
-        let auth = self.guard.snapshot().state().record().clone();
+        let members = self.fwd.directory().members().into_iter().map(|m| wire::etcd_db::Member {
+            id: m.id,
+            name: m.name,
+            peer_urls: m.peer_urls,
+            client_urls: Vec::new(),
+            learner: m.learner,
+        });
+        let extras = crate::backup::Extras {
+            auth: self.guard.snapshot().state().record().clone(),
+            members: members.collect(),
+            alarms: self.alarms.get(pb::AlarmType::None as i32).iter().map(|a| (a.member_id, a.alarm)).collect(),
+            term: self.raft_term.get(),
+        };
         let router = self.router.clone();
         let leases = self.leases.clone();
         let revision = router.clock().visible();
         let header = self.member.header(revision, self.raft_term.get());
+        let dir = self.data_dir.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            if let Err(e) = crate::backup::stream(&router, &leases, auth, revision, header, &tx).await {
+            if let Err(e) = crate::backup::stream(&router, &leases, extras, revision, header, &dir, &tx).await {
                 let _ = tx.send(Err(Status::from(e))).await;
             }
         });

@@ -35,6 +35,9 @@ pub enum BackupError {
 #[derive(Debug, Default)]
 pub struct Backup {
     pub revision: i64,
+    /// Reads below this revision answer `compacted` (a corekv backup: its revision, as it
+    /// holds no history; an etcd snapshot: its compaction point, with the history after it).
+    pub compact_revision: i64,
     pub boundaries: Vec<Vec<u8>>,
     /// Keys per shard, in key order.
     pub shards: Vec<Vec<KeyRecord>>,
@@ -42,6 +45,8 @@ pub struct Backup {
     pub leases: Vec<LeaseRecord>,
     /// The auth store (users, roles, whether auth is on; none before format 3).
     pub auth: Option<wire::record::auth::AuthStateRecord>,
+    /// Active alarms (etcd-format snapshots carry them).
+    pub alarms: Vec<wire::record::snapshot::AlarmRecord>,
 }
 
 impl Backup {
@@ -85,6 +90,7 @@ pub fn read(path: &Path) -> Result<Backup, BackupError> {
                     return Err(damaged(at, format!("unsupported backup format {format}")));
                 }
                 backup.revision = revision;
+                backup.compact_revision = revision;
                 backup.shards = vec![Vec::new(); boundaries.len() + 1];
                 backup.boundaries = boundaries;
                 seen_header = true;
@@ -128,14 +134,15 @@ pub fn restore(backup: &Backup, data_dir: &Path) -> Result<(), BackupError> {
         for k in keys {
             store.import(k.clone());
         }
-        store.restore_marks(backup.revision, backup.revision);
+        store.compact_now(backup.compact_revision);
+        store.restore_marks(backup.compact_revision, backup.revision);
         let header = SnapshotHeader {
             shard: i as u16,
             shard_count: backup.shards.len() as u16,
             index: 1,
             term: 1,
             revision: backup.revision,
-            compact_revision: backup.revision,
+            compact_revision: backup.compact_revision,
             decided: Vec::new(),
         };
         let path = dirs.snap.join(format!("{:016x}.snap", 1));
@@ -145,13 +152,12 @@ pub fn restore(backup: &Backup, data_dir: &Path) -> Result<(), BackupError> {
             .filter(|l| shards::lease::home_shard(l.id, backup.shards.len()) == i)
             .map(|l| LeaseRecord { remaining: l.ttl, ..l.clone() })
             .collect();
-        // Group 0 holds the auth store.
-        let auth = if i == 0 { backup.auth.clone() } else { None };
-        let bytes = shards::snapshot::encode(
-            &store,
-            header,
-            shards::snapshot::SnapshotExtras { leases, auth, alarms: Vec::new() },
-        );
+        // Group 0 holds the auth store and the alarms.
+        let (auth, alarms) = match i {
+            0 => (backup.auth.clone(), backup.alarms.clone()),
+            _ => (None, Vec::new()),
+        };
+        let bytes = shards::snapshot::encode(&store, header, shards::snapshot::SnapshotExtras { leases, auth, alarms });
         std::fs::write(&path, bytes).map_err(|e| write_err(&path, &e))?;
         std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| write_err(&path, &e))?;
     }

@@ -4,3 +4,4 @@
 
 pub mod backup;
 pub mod coord;
+pub mod etcd_import;

@@ -1,16 +1,18 @@
-//! `corekv-snapshot`: inspects and restores backups taken with Maintenance.Snapshot
-//! (`etcdctl snapshot save`). etcdctl's own `snapshot status`/`restore` read etcd's bbolt files,
-//! which corekv does not use.
+//! `corekv-snapshot`: inspects and restores snapshots — in etcd's format (a bbolt database, as
+//! `etcdctl snapshot save` stores it from corekv or from etcd 3.4/3.5) or in corekv's own
+//! earlier backup format — into a new corekv data directory.
 //!
-//! Usage: `corekv-snapshot status FILE`, `corekv-snapshot restore FILE --data-dir DIR`.
+//! Usage: `corekv-snapshot status FILE`,
+//! `corekv-snapshot restore FILE --data-dir DIR [--shards N] [--skip-hash-check]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use corekv_tools::etcd_import;
 
 #[derive(Parser)]
-#[command(name = "corekv-snapshot", about = "Inspect and restore corekv backups")]
+#[command(name = "corekv-snapshot", about = "Inspect and restore corekv and etcd snapshots")]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -18,27 +20,46 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check a backup and print its revision, shard count and key count.
-    Status { file: PathBuf },
-    /// Restore a backup into a new data directory.
+    /// Check a snapshot and print its revision, compaction point, keys and leases.
+    Status {
+        file: PathBuf,
+        /// Do not check the SHA-256 trailer of an etcd-format snapshot.
+        #[arg(long)]
+        skip_hash_check: bool,
+    },
+    /// Restore a snapshot into a new data directory.
     Restore {
         file: PathBuf,
         #[arg(long)]
         data_dir: PathBuf,
+        /// Shards of the new data directory, for an etcd-format snapshot (default: online
+        /// CPUs). A corekv backup keeps its own.
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Do not check the SHA-256 trailer of an etcd-format snapshot.
+        #[arg(long)]
+        skip_hash_check: bool,
     },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let r = match args.command {
-        Command::Status { file } => corekv_tools::backup::read(&file).map(|b| {
-            println!("revision: {}\nshards: {}\nkeys: {}", b.revision, b.shards.len(), b.key_count());
+        Command::Status { file, skip_hash_check } => etcd_import::load(&file, Some(1), skip_hash_check).map(|b| {
+            let live = b.shards.iter().flatten().filter(|k| k.versions.last().is_some_and(|v| v.value.is_some()));
+            println!("revision: {}\ncompact revision: {}", b.revision, b.compact_revision);
+            println!("keys: {}\nleases: {}", live.count(), b.leases.len());
+            if let Some(a) = &b.auth {
+                println!("users: {}\nroles: {}\nauth enabled: {}", a.users.len(), a.roles.len(), a.enabled);
+            }
         }),
-        Command::Restore { file, data_dir } => corekv_tools::backup::read(&file).and_then(|b| {
-            corekv_tools::backup::restore(&b, &data_dir)?;
-            println!("restored {} keys at revision {} into {}", b.key_count(), b.revision, data_dir.display());
-            Ok(())
-        }),
+        Command::Restore { file, data_dir, shards, skip_hash_check } => {
+            etcd_import::load(&file, shards, skip_hash_check).and_then(|b| {
+                corekv_tools::backup::restore(&b, &data_dir)?;
+                println!("restored {} keys at revision {} into {}", b.key_count(), b.revision, data_dir.display());
+                Ok(())
+            })
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

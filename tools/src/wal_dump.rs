@@ -83,6 +83,10 @@ fn dump_batch(b: &Batch, keys: bool) {
             BatchOp::LeaseRevoke { id } => (format!("  lease revoke id={id}"), None),
             BatchOp::LeaseCheckpoint { remaining } => (format!("  lease checkpoint leases={}", remaining.len()), None),
             BatchOp::Auth(a) => (format!("  auth {}", describe_auth(a)), None),
+            BatchOp::Alarm(c) => {
+                let verb = if c.activate { "raise" } else { "clear" };
+                (format!("  alarm {verb} member={:x} type={}", c.member_id, c.alarm), None)
+            }
         };
         println!("{what}");
         if let (true, Some(muts)) = (keys, muts) {

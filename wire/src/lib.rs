@@ -8,7 +8,9 @@
 //!   snapshot records).
 //! - `grpc_codec` (feature `grpc`): the gRPC codec of the generated services.
 
+pub mod bbolt;
 pub mod codec;
+pub mod etcd_db;
 #[cfg(feature = "grpc")]
 pub mod grpc_codec;
 pub mod keys;
