@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::Sender;
 use tonic::Status;
 use wire::etcd_db::{Change, EtcdDb, Lease, Member};
-use wire::pb::etcdserverpb::{ResponseHeader, SnapshotResponse};
+use wire::pb::etcdserverpb::SnapshotResponse;
 use wire::pb::mvccpb::KeyValue;
 
 use crate::error::ApiError;
@@ -80,7 +80,6 @@ pub async fn stream(
     leases: &Leases,
     extras: Extras,
     revision: i64,
-    header: Option<ResponseHeader>,
     dir: &std::path::Path,
     tx: &Sender<Result<SnapshotResponse, Status>>,
 ) -> Result<(), ApiError> {
@@ -107,7 +106,7 @@ pub async fn stream(
         .await
     };
     let result = match written {
-        Ok(Ok(size)) => send_file(&path, size, header, tx).await,
+        Ok(Ok(size)) => send_file(&path, size, tx).await,
         Ok(Err(reason)) => Err(reason),
         Err(e) => Err(e.to_string()),
     };
@@ -116,11 +115,11 @@ pub async fn stream(
 }
 
 /// Streams the file and its SHA-256 (what etcdctl checks and keeps), with etcd's
-/// `remaining_bytes`; a client that goes away ends it quietly.
+/// `remaining_bytes` and, as etcd 3.5, no response header; a client that goes away ends it
+/// quietly.
 async fn send_file(
     path: &std::path::Path,
     size: u64,
-    header: Option<ResponseHeader>,
     tx: &Sender<Result<SnapshotResponse, Status>>,
 ) -> Result<(), String> {
     let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
@@ -136,12 +135,12 @@ async fn send_file(
         blob.truncate(n);
         hasher.update(&blob);
         sent += n as u64;
-        let msg = SnapshotResponse { header, remaining_bytes: total - sent, blob: blob.into() };
+        let msg = SnapshotResponse { header: None, remaining_bytes: total - sent, blob: blob.into() };
         if tx.send(Ok(msg)).await.is_err() {
             return Ok(());
         }
     }
     let sum = hasher.finalize().to_vec();
-    let _ = tx.send(Ok(SnapshotResponse { header, remaining_bytes: 0, blob: sum.into() })).await;
+    let _ = tx.send(Ok(SnapshotResponse { header: None, remaining_bytes: 0, blob: sum.into() })).await;
     Ok(())
 }

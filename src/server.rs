@@ -118,7 +118,10 @@ pub async fn serve(
         &cfg.data_dir.join("fixtures/peer"),
         &listen.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>(),
     )?);
-    let network = peer::start(io, directory.clone(), &listen, faults.clone(), cfg.data_dir.clone(), links).await?;
+    let peer_metrics = Arc::new(peer::metrics::PeerMetrics::new()?);
+    let network =
+        peer::start(io, directory.clone(), &listen, faults.clone(), cfg.data_dir.clone(), links, peer_metrics.clone())
+            .await?;
     let changes = node.member_changes();
     tokio::spawn(peer::follow_member_changes(changes, directory.clone(), network, cfg.data_dir.clone()));
     tokio::spawn(shards::cluster::promote_when_ready(node.clone(), pool.handles().to_vec(), pool.clock().clone()));
@@ -201,6 +204,7 @@ pub async fn serve(
     let pool_metrics = pool.metrics().clone();
     let versions = (crate::http::SERVER_VERSION, crate::http::CLUSTER_VERSION);
     let metrics = Arc::new(ServerMetrics::new(&pool_metrics, cfg.effective_quota_bytes(), versions)?);
+    peer_metrics.register(metrics.registry())?;
     let kv = Arc::new(KvService {
         router: router.clone(),
         member,

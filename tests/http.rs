@@ -165,6 +165,12 @@ async fn a_member_that_lost_its_quorum_is_unhealthy() {
     let survivor = (leader + 1) % 3;
     let port = cl.nodes[survivor].port;
     assert_eq!(get(port, "/health").0, 200);
+    // The peer transport's series: bytes both ways, and heartbeat round trips on the leader.
+    let m = scrape(cl.nodes[leader].port);
+    assert!(value(&m, "etcd_network_peer_sent_bytes_total", &[]) > 0.0);
+    assert!(value(&m, "etcd_network_peer_received_bytes_total", &[]) > 0.0);
+    assert!(value(&m, "etcd_network_peer_round_trip_time_seconds_count", &[]) > 0.0, "heartbeats were timed");
+    assert_eq!(value(&m, "etcd_server_is_leader", &[]), 1.0);
     for i in 0..3 {
         if i != survivor {
             cl.nodes[i].kill9();

@@ -379,6 +379,25 @@ async fn kv_cross_shard_txn_failing_check_changes_nothing_and_server_keeps_servi
     assert_eq!(rev(c.txn(ok).await.expect("both shards still write").header()), 6);
 }
 
+/// etcd 3.5 answers Defragment, MoveLeader and the Snapshot stream without a response header;
+/// Status, Alarm and HashKV with one.
+#[tokio::test]
+async fn maintenance_responses_carry_a_header_only_where_etcd_does() {
+    let s = Server::start(&[]);
+    let mut c = s.client().await;
+    let status = c.status().await.expect("status");
+    let me = status.header().expect("Status has a header").member_id();
+    assert!(c.defragment().await.expect("defrag").header().is_none());
+    assert!(c.move_leader(me).await.expect("move to itself").header().is_none());
+    let alarms = c.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await;
+    assert!(alarms.expect("alarms").header().is_some());
+    assert!(c.hash_kv(0).await.expect("hashkv").header().is_some());
+    let mut stream = c.snapshot().await.expect("snapshot");
+    while let Some(part) = stream.message().await.expect("a snapshot part") {
+        assert!(part.header().is_none());
+    }
+}
+
 #[tokio::test]
 async fn kv_nospace_alarm_blocks_puts_until_disarmed_like_etcd() {
     use etcd_client::{AlarmAction, AlarmOptions, AlarmType};

@@ -10,6 +10,7 @@
 //! watch benchmark: latency from a timestamp in each value, RSS per watcher).
 
 mod charts;
+mod compaction;
 mod compare;
 mod compare_cluster;
 mod compare_lease;
@@ -80,6 +81,8 @@ enum Command {
     Security(security::SecurityArgs),
     /// The partition coordinator (`corekv-coord bench`) on fresh corekv and etcd servers.
     Coord(coord::CoordArgs),
+    /// Put latency while a long history (1M revisions) is compacted, corekv vs etcd.
+    Compaction(compaction::CompactionArgs),
 }
 
 #[derive(Args, Debug)]
@@ -249,6 +252,7 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
         }
         Command::Security(args) => return security::run(&args).await,
         Command::Coord(args) => return coord::run(&args).await,
+        Command::Compaction(args) => return compaction::run(&args).await,
         Command::Recovery(args) => {
             let report = recovery::run(&args).await?;
             print!("{}", report.human());

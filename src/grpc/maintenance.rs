@@ -122,8 +122,8 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         self.check_admin_raw(&req).await?;
         self.router.snapshot_all().await?;
-        let header = self.header_now();
-        Ok(Response::new(pb::DefragmentResponse { header }))
+        // etcd 3.5 answers Defragment without a header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     /// etcd hashes its whole backend file; corekv hashes the whole MVCC state at the current
@@ -166,11 +166,10 @@ impl Maintenance for MaintenanceService {
         let router = self.router.clone();
         let leases = self.leases.clone();
         let revision = router.clock().visible();
-        let header = self.member.header(revision, self.raft_term.get());
         let dir = self.data_dir.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            if let Err(e) = crate::backup::stream(&router, &leases, extras, revision, header, &dir, &tx).await {
+            if let Err(e) = crate::backup::stream(&router, &leases, extras, revision, &dir, &tx).await {
                 let _ = tx.send(Err(Status::from(e))).await;
             }
         });
@@ -198,7 +197,8 @@ impl Maintenance for MaintenanceService {
         if target != self.member.member_id {
             f.hand_leadership(&self.router, target).await?;
         }
-        Ok(Response::new(pb::MoveLeaderResponse { header: self.header_now() }))
+        // etcd 3.5 answers MoveLeader without a header.
+        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 
     /// etcd 3.5 downgrades a cluster by one minor version. corekv has no older version to go

@@ -21,6 +21,7 @@
 //! (`receive.rs`).
 
 pub mod faults;
+pub mod metrics;
 mod receive;
 mod snapshot;
 pub mod stream;
@@ -308,6 +309,7 @@ pub async fn start(
     faults: Arc<faults::PeerFaults>,
     data_dir: PathBuf,
     links: Arc<PeerLinks>,
+    metrics: Arc<metrics::PeerMetrics>,
 ) -> Result<Arc<PeerNetwork>, PeerError> {
     let ClusterIo { outgoing, incoming, fetches, node } = io;
     let receiving = Arc::new(Receiving {
@@ -317,6 +319,7 @@ pub async fn start(
         node: node.clone(),
         warnings: Warnings::default(),
         links: links.clone(),
+        metrics,
     });
     let network = Arc::new(PeerNetwork {
         directory: directory.clone(),
@@ -517,6 +520,7 @@ impl Sender {
             ..PeerFrame::default()
         };
         let mut buf = Vec::new();
+        let sent = self.receiving.metrics.sent_to(to);
         // The first frame is empty: it names this member to a peer that took the connection,
         // and members that never exchange Raft messages (two followers) still learn each
         // other's client URLs.
@@ -531,6 +535,8 @@ impl Sender {
                     tracing::debug!(peer = format!("{to:x}"), error = %e, "peer connection lost");
                     return Ended::Lost;
                 }
+                sent.inc_by(buf.len() as u64);
+                self.receiving.metrics.on_sent(to, &batch);
             }
             // A connection this member dialed also ends when the peer closes it (the peer
             // restarted): dial again at once rather than at the next write.

@@ -40,6 +40,8 @@ pub(super) struct Receiving {
     pub warnings: Warnings,
     /// Plain TCP or TLS, and what a member certificate must name.
     pub links: Arc<PeerLinks>,
+    /// `etcd_network_*` series.
+    pub metrics: Arc<super::metrics::PeerMetrics>,
 }
 
 /// Why a connection's frames are no longer read.
@@ -182,7 +184,7 @@ async fn serve_connection(
     let (mut read, write) = tokio::io::split(stream);
     let mut reader = FrameReader::new(frame::MAX_HELLO_BYTES);
     reader.push(&prefix)?;
-    let first = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut read, &mut reader))
+    let first = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut read, &mut reader, None))
         .await
         .map_err(|_| Refused::Silent)??;
     check(r, &first, Some(&hosts))?;
@@ -206,12 +208,19 @@ fn check(r: &Receiving, frame: &PeerFrame, hosts: Option<&CertHosts>) -> Result<
     Ok(())
 }
 
-/// Reads frames from `read` until one is complete.
-async fn next_frame(read: &mut PeerRead, reader: &mut FrameReader) -> Result<PeerFrame, Refused> {
+/// Reads frames from `read` until one is complete, counting the bytes in `received`.
+async fn next_frame(
+    read: &mut PeerRead,
+    reader: &mut FrameReader,
+    received: Option<&prometheus::IntCounter>,
+) -> Result<PeerFrame, Refused> {
     loop {
         let n = read.read(reader.space()).await?;
         if n == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        if let Some(c) = received {
+            c.inc_by(n as u64);
         }
         if let Some(frame) = reader.filled(n)? {
             return Ok(frame);
@@ -227,8 +236,9 @@ pub(super) async fn receive(
     from: u64,
     hosts: Option<&CertHosts>,
 ) -> Result<(), Refused> {
+    let received = r.metrics.received_from(from);
     loop {
-        let frame = next_frame(&mut read, &mut reader).await?;
+        let frame = next_frame(&mut read, &mut reader, Some(&received)).await?;
         if frame.from != from {
             return Err(Refused::SenderChanged(frame.from, from));
         }
@@ -277,6 +287,7 @@ fn deliver(frame: PeerFrame, r: &Receiving) -> Result<(), Refused> {
         r.node.offer_frontier(revision, commits);
     }
     for (group, msg) in messages {
+        r.metrics.on_received(from, group, &msg);
         let _ = incoming[group as usize].send(msg);
     }
     Ok(())
