@@ -157,6 +157,11 @@ pub struct Config {
     /// in periodic mode, a revision count in revision mode. `0` turns it off.
     #[arg(long, default_value = "0")]
     pub auto_compaction_retention: String,
+    /// Start a new data directory from this snapshot — etcd's format (`etcdctl snapshot save`
+    /// from etcd 3.4/3.5 or corekv) or a corekv backup — before serving, as `corekv-snapshot
+    /// restore` would. Ignored once the data directory holds data, like the `--initial-*` flags.
+    #[arg(long)]
+    pub initial_snapshot: Option<PathBuf>,
 }
 
 /// etcd's default quota when `--quota-backend-bytes` is 0.

@@ -51,11 +51,36 @@ pub enum ServeError {
     Tls(#[from] crate::tls::TlsError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("--initial-snapshot: {0}")]
+    Restore(#[from] shards::restore::BackupError),
 }
 
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Bytes of keys and values one watch stream's queue may pin, beside `--watch-queue-revisions`.
 const WATCH_QUEUE_BYTES: usize = 16 << 20;
+
+/// `--initial-snapshot`: a data directory that does not hold data yet (absent, or empty) is made
+/// from the snapshot first; one that does is served as it is.
+fn restore_initial_snapshot(file: &std::path::Path, cfg: &Config) -> Result<(), ServeError> {
+    let dir = &cfg.data_dir;
+    if dir.join("shardmap").exists() {
+        tracing::info!(data_dir = %dir.display(), "the data directory holds data: --initial-snapshot ignored");
+        return Ok(());
+    }
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        let _ = std::fs::remove_dir(dir);
+    }
+    let backup = shards::restore::load(file, cfg.shards, false)?;
+    shards::restore::restore(&backup, dir)?;
+    tracing::info!(
+        snapshot = %file.display(),
+        keys = backup.key_count(),
+        revision = backup.revision,
+        shards = backup.shards.len(),
+        "restored the data directory from --initial-snapshot"
+    );
+    Ok(())
+}
 
 /// Runs the server until `shutdown` resolves.
 pub async fn serve(
@@ -74,6 +99,9 @@ pub async fn serve(
     let ids = |learner: bool| members.iter().filter(|m| m.learner == learner).map(|m| m.id).collect();
     // A server started alone is a cluster of one: it can take members in (MemberAdd) like any.
     let cluster = ClusterConfig { me, voters: ids(false), learners: ids(true), tick, election_ticks };
+    if let Some(file) = &cfg.initial_snapshot {
+        restore_initial_snapshot(file, &cfg)?;
+    }
     let started = std::time::Instant::now();
     let pool_cfg = PoolConfig {
         data_dir: cfg.data_dir.clone(),

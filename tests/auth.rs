@@ -309,9 +309,9 @@ async fn auth_store_travels_in_backups_and_restores() {
     assert!(err.contains("permission denied"), "{err}");
     let (ok, out, err) = s.etcdctl(&["--user", "root:rootpw", "snapshot", "save", file.to_str().expect("utf8")]);
     assert!(ok, "{out}{err}");
-    let backup = corekv_tools::etcd_import::load(&file, Some(2), false).expect("read backup");
+    let backup = shards::restore::load(&file, Some(2), false).expect("read backup");
     let restored = tmp.path().join("restored");
-    corekv_tools::backup::restore(&backup, &restored).expect("restore");
+    shards::restore::restore(&backup, &restored).expect("restore");
     let r = Server::start_in(&restored, &[]);
     let (ok, _, err) = r.etcdctl(&["put", "x", "1"]);
     assert!(!ok && err.contains("user name is empty"), "auth is still on: {err}");

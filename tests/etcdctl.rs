@@ -110,12 +110,12 @@ fn etcdctl_snapshot_save_then_corekv_restore_brings_every_key_back() {
     // etcd's own tools read it: it is etcd's format.
     let status = ok(s.etcdctl(&["snapshot", "status", file.to_str().expect("utf8"), "-w", "json"]));
     assert!(status.contains("\"revision\":204"), "{status}");
-    let backup = corekv_tools::etcd_import::load(&file, Some(2), false).expect("a valid snapshot");
+    let backup = shards::restore::load(&file, Some(2), false).expect("a valid snapshot");
     let live = backup.shards.iter().flatten().filter(|k| k.versions.last().is_some_and(|v| v.value.is_some()));
     assert_eq!((backup.revision, live.count(), backup.shards.len()), (204, 199, 2));
     assert_eq!(backup.leases.len(), 2, "{:?}", backup.leases);
     let restored = tmp.path().join("restored");
-    corekv_tools::backup::restore(&backup, &restored).expect("restore");
+    shards::restore::restore(&backup, &restored).expect("restore");
     let r = Server::start_in(&restored, &[]);
     assert_eq!(ok(r.etcdctl(&["get", "q042", "--print-value-only"])).trim(), "w42");
     assert_eq!(ok(r.etcdctl(&["get", "K000"])), "", "deleted before the backup");
@@ -143,7 +143,7 @@ fn etcdctl_snapshot_save_then_corekv_restore_brings_every_key_back() {
     let mut bytes = std::fs::read(&file).expect("read");
     bytes[100] ^= 1;
     std::fs::write(&file, bytes).expect("write");
-    assert!(corekv_tools::etcd_import::load(&file, Some(2), false).is_err(), "the SHA-256 trailer catches it");
+    assert!(shards::restore::load(&file, Some(2), false).is_err(), "the SHA-256 trailer catches it");
 }
 
 /// Runs `etcdctl watch` with `args` until it printed `lines` lines (at most 20 s), then stops it.

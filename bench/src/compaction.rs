@@ -24,7 +24,7 @@ pub struct CompactionArgs {
     #[arg(long, default_value = "target/release/corekv")]
     corekv_bin: PathBuf,
     /// etcd binaries to compare with (each a kind `etcd` run).
-    #[arg(long, value_delimiter = ',', default_value = "target/etcd-3.5.1/etcd,/usr/bin/etcd")]
+    #[arg(long, value_delimiter = ',', default_value = "target/etcd-3.5.1/etcd,/usr/bin/etcd", num_args = 0..)]
     etcd_bins: Vec<PathBuf>,
     /// Revisions of history to load before compacting.
     #[arg(long, default_value_t = 1_000_000)]
@@ -117,7 +117,7 @@ async fn measure(kind: ServerKind, bin: &std::path::Path, args: &CompactionArgs)
     }
     let mut client = driver::connect(&endpoint, Duration::from_secs(600)).await?;
     let revision = client
-        .get("", None)
+        .status()
         .await
         .map_err(|source| BenchError::Client { endpoint: endpoint.clone(), source })?
         .header()
@@ -144,7 +144,7 @@ async fn measure(kind: ServerKind, bin: &std::path::Path, args: &CompactionArgs)
 /// Runs the comparison and prints a markdown table and one JSON line per server and round.
 pub async fn run(args: &CompactionArgs) -> Result<(), BenchError> {
     let mut servers = vec![(ServerKind::Corekv, args.corekv_bin.clone())];
-    servers.extend(args.etcd_bins.iter().map(|b| (ServerKind::Etcd, b.clone())));
+    servers.extend(args.etcd_bins.iter().filter(|b| !b.as_os_str().is_empty()).map(|b| (ServerKind::Etcd, b.clone())));
     println!("| round | server | load {} revisions | compaction took | puts before: worst p99 / max (ms) | during: worst p50 / p99 / max (ms) | after: worst p99 / max (ms) |", args.revisions);
     println!("|---|---|---|---|---|---|---|");
     for round in 1..=args.rounds {

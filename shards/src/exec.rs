@@ -47,6 +47,10 @@ mod auth_ops;
 const MAX_BATCH: usize = 4096;
 /// Versions one step of background compaction looks at: tens of microseconds between requests.
 const COMPACTION_STEP: usize = 1024;
+/// The writer's pause between compaction steps when it is otherwise idle.
+const COMPACTION_PAUSE: Duration = Duration::from_micros(100);
+/// A writer never idle still runs a compaction step this often (between batches).
+const COMPACTION_EVERY: Duration = Duration::from_millis(2);
 /// A batch stops growing past this many bytes of keys and values, keeping Raft entries and WAL
 /// frames far below the frame size limit.
 const MAX_BATCH_BYTES: usize = 16 << 20;
@@ -202,6 +206,8 @@ pub struct Writer {
     in_flight: VecDeque<InFlight>,
     /// The index of the last membership change applied to this group.
     conf_applied: u64,
+    /// When the last step of background compaction ran.
+    last_compaction_step: Instant,
     /// The ReadIndex round the running batch's requests join, if one was started.
     read_round: Option<u64>,
     /// Rounds started so far (a round's context is its number).
@@ -332,9 +338,9 @@ fn answer_read(store: &Store, clock: &RevisionClock, msg: ShardMsg) {
             drop(reply.send(r));
         }
         ShardMsg::Export { revision, after, reply } => {
-            let r = store
-                .check_readable(revision, clock.visible().max(revision))
-                .map(|()| store.export_from(after.as_ref(), revision, EXPORT_KEYS, EXPORT_BYTES));
+            let r = store.check_readable(revision, clock.visible().max(revision)).map(|()| {
+                store.export_from(after.as_ref(), revision, store.compact_revision(), EXPORT_KEYS, EXPORT_BYTES)
+            });
             drop(reply.send(r));
         }
         ShardMsg::History { range, from, to, max_events, reply } => {
@@ -465,6 +471,7 @@ impl Writer {
             transfer_to: 0,
             in_flight: VecDeque::new(),
             conf_applied: 0,
+            last_compaction_step: Instant::now(),
             read_round: None,
             read_rounds: 0,
             read_waiters: Default::default(),
@@ -498,13 +505,18 @@ impl Writer {
                 None if self.compaction_due() => match rx.try_recv() {
                     Ok(m) => m,
                     Err(mpsc::TryRecvError::Closed) => break,
-                    // Nothing waiting: one step of compaction, then let the executor run the rest.
+                    // Nothing waiting: one step of compaction, then a short pause that a request
+                    // ends. A pause, not a yield: only a trip through the reactor takes in the
+                    // wake-ups other threads sent (the pump's mailbox), which a loop of yields
+                    // would leave waiting for the executor's preemption timer (up to 100 ms).
                     Err(mpsc::TryRecvError::Empty) => {
-                        self.store.borrow_mut().compact_step(COMPACTION_STEP);
-                        self.cfg.metrics.compactions.inc();
-                        self.publish_size();
-                        glommio::executor().yield_task_queue_now().await;
-                        continue;
+                        self.compaction_step();
+                        let pause = std::pin::pin!(glommio::timer::sleep(COMPACTION_PAUSE));
+                        match futures::future::select(rx.next(), pause).await {
+                            futures::future::Either::Left((Some(m), _)) => m,
+                            futures::future::Either::Left((None, _)) => break,
+                            futures::future::Either::Right(_) => continue,
+                        }
                     }
                 },
                 None => match self.wait((self.in_flight.len() < MAX_IN_FLIGHT).then_some(&mut rx)).await {
@@ -534,15 +546,32 @@ impl Writer {
                 return;
             }
             self.publish_size();
+            // Under a load that never leaves the writer idle, compaction still moves: a step
+            // every `COMPACTION_EVERY` between batches.
+            let starved = self.last_compaction_step.elapsed() >= COMPACTION_EVERY;
+            if starved && self.snapshot.is_none() && self.store.borrow().compaction_pending() {
+                self.compaction_step();
+            }
         }
     }
 
-    /// Whether the writer, idle otherwise, should run a step of compaction: one is pending, and
-    /// neither Raft (a message, a due tick) nor a pipelined batch waits for it.
+    /// One step of the pending compaction (see `Store::compact_step`).
+    fn compaction_step(&mut self) {
+        self.store.borrow_mut().compact_step(COMPACTION_STEP);
+        self.last_compaction_step = Instant::now();
+        self.cfg.metrics.compactions.inc();
+        self.publish_size();
+    }
+
+    /// Whether the writer, idle otherwise, should run a step of compaction: one is pending, no
+    /// snapshot is being written, and neither Raft (a message, a due tick) nor a pipelined batch
+    /// waits for it.
     fn compaction_due(&self) -> bool {
         let idle_raft = self.cfg.cluster.inbox.is_empty()
             && (Instant::now() < self.next_tick || (self.raft.lone_voter() && self.raft.is_leader()));
-        self.store.borrow().compaction_pending() && self.in_flight.is_empty() && idle_raft
+        // A running snapshot exports the history of its compaction revision: no step under it.
+        let no_snapshot = self.snapshot.is_none();
+        self.store.borrow().compaction_pending() && self.in_flight.is_empty() && idle_raft && no_snapshot
     }
 
     /// Publishes the store's size and key count (for `/metrics` and the quota).
@@ -585,9 +614,8 @@ impl Writer {
                     Err(e) => drop(reply.send(Err(e))),
                 },
                 ShardMsg::Compact { revision, reply } => {
-                    // A running snapshot exports history at its own revision; compacting under it
-                    // could drop a version it still needs, so let it finish first.
-                    self.finish_snapshot(true).await;
+                    // Only marked here: a running snapshot keeps exporting as compacted at its
+                    // own revision, and no step runs until it is done (`compaction_due`).
                     self.store.borrow_mut().compact(revision);
                     ops.push(BatchOp::Compact { revision });
                     acks.push(Ack::Unit(reply));
@@ -1201,11 +1229,6 @@ impl Writer {
         while let Some((_, batch)) = self.apply_queue.front() {
             let undecided = recover::prepares(batch).any(|r| !self.is_decided(r));
             if undecided && !discard_undecided {
-                break;
-            }
-            // A running snapshot exports history at its own revision: a compaction waits for it
-            // (as on the leader, see `ShardMsg::Compact`); ticks retry.
-            if self.snapshot.is_some() && batch.ops.iter().any(|op| matches!(op, BatchOp::Compact { .. })) {
                 break;
             }
             let decided: Vec<i64> = recover::prepares(batch).filter(|r| self.is_decided(*r)).collect();

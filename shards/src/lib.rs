@@ -15,6 +15,7 @@ pub mod mvcc;
 pub mod pool;
 pub mod raft_group;
 pub mod recover;
+pub mod restore;
 pub mod route;
 pub mod snapshot;
 pub mod wal;

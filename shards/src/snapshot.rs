@@ -55,8 +55,16 @@ fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
 
 /// Appends the frame of the next chunk of keys after `after` at `rev`; returns where the next
 /// chunk starts and how many keys this one held, or `None` when the store is exhausted.
-fn encode_chunk(store: &Store, after: Option<&Bytes>, rev: i64, out: &mut Vec<u8>) -> Option<(Bytes, u64)> {
-    let (keys, last) = store.export_from(after, rev, KEYS_PER_CHUNK, CHUNK_BYTES);
+/// History is exported as compacted at `compacted` (the header's): a compaction marked while
+/// the snapshot is written changes nothing in it (the writer runs no compaction step meanwhile,
+/// and the log after the snapshot's index holds that compaction).
+fn encode_chunk(
+    store: &Store,
+    after: Option<&Bytes>,
+    (rev, compacted): (i64, i64),
+    out: &mut Vec<u8>,
+) -> Option<(Bytes, u64)> {
+    let (keys, last) = store.export_from(after, rev, compacted, KEYS_PER_CHUNK, CHUNK_BYTES);
     let last = last?;
     let n = keys.len() as u64;
     if n > 0 {
@@ -97,7 +105,7 @@ fn head(out: &mut Vec<u8>, header: SnapshotHeader, extras: SnapshotExtras) {
 /// Serializes `store` as of `header.revision`, and the shard's leases and auth store, into
 /// snapshot file bytes, in one go (tests and restores).
 pub fn encode(store: &Store, header: SnapshotHeader, extras: SnapshotExtras) -> Vec<u8> {
-    let rev = header.revision;
+    let rev = (header.revision, header.compact_revision);
     let mut out = Vec::new();
     head(&mut out, header, extras);
     let (mut after, mut count) = (None, 0);
@@ -181,7 +189,7 @@ pub async fn write_from(
     std::fs::create_dir_all(dir).map_err(|e| ioe(dir, e.to_string()))?;
     remove_partial(dir);
     let index = header.index;
-    let rev = header.revision;
+    let rev = (header.revision, header.compact_revision);
     let tmp = dir.join(format!("{}.tmp", snap_name(index)));
     let path = dir.join(snap_name(index));
     let file: DmaFile = OpenOptions::new()

@@ -1,7 +1,5 @@
-//! Tools for corekv. `backup`: checking and restoring the backups that Maintenance.Snapshot
-//! streams (what `etcdctl snapshot save` stores). `coord`: a partition coordinator on etcd's
-//! API (`corekv-coord`).
+//! Tools for corekv. `coord`: a partition coordinator on etcd's API (`corekv-coord`). The
+//! binaries: `corekv-wal-dump` (offline WAL inspection), `corekv-snapshot` (snapshot status and
+//! restore, over `shards::restore`), `corekv-coord`.
 
-pub mod backup;
 pub mod coord;
-pub mod etcd_import;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use corekv_tools::etcd_import;
+use shards::restore;
 
 #[derive(Parser)]
 #[command(name = "corekv-snapshot", about = "Inspect and restore corekv and etcd snapshots")]
@@ -45,7 +45,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let r = match args.command {
-        Command::Status { file, skip_hash_check } => etcd_import::load(&file, Some(1), skip_hash_check).map(|b| {
+        Command::Status { file, skip_hash_check } => restore::load(&file, Some(1), skip_hash_check).map(|b| {
             let live = b.shards.iter().flatten().filter(|k| k.versions.last().is_some_and(|v| v.value.is_some()));
             println!("revision: {}\ncompact revision: {}", b.revision, b.compact_revision);
             println!("keys: {}\nleases: {}", live.count(), b.leases.len());
@@ -53,13 +53,12 @@ fn main() -> ExitCode {
                 println!("users: {}\nroles: {}\nauth enabled: {}", a.users.len(), a.roles.len(), a.enabled);
             }
         }),
-        Command::Restore { file, data_dir, shards, skip_hash_check } => {
-            etcd_import::load(&file, shards, skip_hash_check).and_then(|b| {
-                corekv_tools::backup::restore(&b, &data_dir)?;
+        Command::Restore { file, data_dir, shards, skip_hash_check } => restore::load(&file, shards, skip_hash_check)
+            .and_then(|b| {
+                restore::restore(&b, &data_dir)?;
                 println!("restored {} keys at revision {} into {}", b.key_count(), b.revision, data_dir.display());
                 Ok(())
-            })
-        }
+            }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,5 @@
 //! Snapshots in etcd's format (a bbolt database, as `etcdctl snapshot save` stores it from etcd
-//! 3.4/3.5 or from corekv) turned into a [`Backup`] for [`crate::backup::restore`]: every
+//! 3.4/3.5 or from corekv) turned into a [`Backup`] for [`super::restore`]: every
 //! retained revision of every key with its versions and lease, the compaction point, the leases
 //! (each gets its full TTL again, as etcd's restore gives), the auth store and the alarms.
 //! Membership is not carried: a restored member takes its cluster from its flags, as etcd's
@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::route::ShardMap;
 use sha2::{Digest, Sha256};
-use shards::route::ShardMap;
 use wire::etcd_db::EtcdDb;
 use wire::record::snapshot::{AlarmRecord, KeyRecord, LeaseRecord, VersionRecord};
 
-use crate::backup::{Backup, BackupError};
+use super::{Backup, BackupError};
 
 /// bbolt's magic number, right after the first page's 16-byte header.
 const BOLT_MAGIC: u32 = 0xED0C_DAED;
@@ -38,18 +38,6 @@ pub fn read(path: &Path, data: &[u8], skip_hash_check: bool) -> Result<EtcdDb, B
         offset: 0,
         reason: e.to_string(),
     })
-}
-
-/// Reads a snapshot in either format: etcd's (for a data directory of `shards` shards,
-/// default the online CPUs) or a corekv backup (which keeps its own shards).
-pub fn load(file: &Path, shards: Option<usize>, skip_hash_check: bool) -> Result<Backup, BackupError> {
-    let data = std::fs::read(file).map_err(|source| BackupError::Read { path: file.to_path_buf(), source })?;
-    if !is_bbolt(&data) {
-        return crate::backup::read(file);
-    }
-    let db = read(file, &data, skip_hash_check)?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Ok(backup_from_etcd(&db, shards.unwrap_or(cpus)))
 }
 
 /// The backup of `db` for a data directory of `shards` shards (the default key split).
@@ -96,7 +84,7 @@ mod tests {
 
     #[test]
     fn an_etcd_snapshot_restores_with_its_history() {
-        let file = include_bytes!("../../wire/tests/fixtures/etcd-3.5.1.db");
+        let file = include_bytes!("../../../wire/tests/fixtures/etcd-3.5.1.db");
         assert!(is_bbolt(file));
         let db = read(Path::new("etcd.db"), file, false).expect("the trailer checks");
         let backup = backup_from_etcd(&db, 3);
@@ -104,7 +92,7 @@ mod tests {
         let versions: usize = backup.shards.iter().flatten().map(|k| k.versions.len()).sum();
         assert_eq!(versions, db.changes.len(), "every change is a version");
         let tmp = tempfile::tempdir().expect("tmp");
-        crate::backup::restore(&backup, &tmp.path().join("data")).expect("restore");
+        super::super::restore(&backup, &tmp.path().join("data")).expect("restore");
         let mut damaged = file.to_vec();
         damaged[5000] ^= 1;
         assert!(matches!(read(Path::new("x"), &damaged, false), Err(BackupError::Checksum(_))));
