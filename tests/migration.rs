@@ -214,3 +214,41 @@ fn corekv_snapshots_restore_into_etcd() {
         check_data(&|args| etcd.ctl(args), &lease, &format!("corekv -> etcd {}", release.name));
     }
 }
+
+/// A damaged snapshot given to `--initial-snapshot` stops startup with the reason and writes
+/// nothing; a bbolt file of another program is named as such.
+#[test]
+fn a_damaged_initial_snapshot_stops_startup_and_writes_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = Server::start(&[]);
+    let (ok, _, err) = s.etcdctl(&["put", "k", "v"]);
+    assert!(ok, "{err}");
+    let file = tmp.path().join("snap.db");
+    let (ok, _, err) = s.etcdctl(&["snapshot", "save", file.to_str().expect("utf8")]);
+    assert!(ok, "{err}");
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[9000] ^= 0xff;
+    std::fs::write(&file, &bytes).expect("write");
+    let data = tmp.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_corekv"))
+        .args(["--data-dir", data.to_str().expect("utf8"), "--initial-snapshot", file.to_str().expect("utf8")])
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", free_port())])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", free_port())])
+        .output()
+        .expect("run corekv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--initial-snapshot") && stderr.contains("SHA-256 mismatch"), "{stderr}");
+    assert!(!data.exists(), "nothing was written");
+    // A bbolt file that is not an etcd database (etcd's own file with its `key` bucket renamed
+    // would do; a file with other buckets is simplest to make).
+    let top = vec![(
+        b"things".to_vec(),
+        wire::bbolt::Bucket { entries: vec![(b"a".to_vec(), b"1".to_vec())], buckets: vec![] },
+    )];
+    let mut other = Vec::new();
+    wire::bbolt::write_db(&mut other, &top).expect("write a bbolt file");
+    std::fs::write(&file, &other).expect("write");
+    let err = shards::restore::load(&file, Some(1), false).expect_err("refused");
+    assert!(err.to_string().contains("not an etcd database: no `key` bucket"), "{err}");
+}

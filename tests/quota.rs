@@ -90,3 +90,24 @@ async fn nospace_raised_on_the_leader_is_seen_by_every_member() {
     // A follower refuses too (it forwards writes to the leader, which refuses them).
     assert_eq!(status_of(f.put("x", "y", None).await.expect_err("put")).1, NOSPACE);
 }
+
+/// A quota below what the store already holds: the server starts, serves reads, and the first
+/// write raises NOSPACE; nothing stored changes.
+#[tokio::test]
+async fn a_quota_below_the_stored_size_refuses_the_next_write_only() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let mut s = Server::start_in(&dir, &[]);
+    let mut c = s.client().await;
+    for i in 0..50 {
+        c.put(format!("k{i}"), vec![b'v'; 1024], None).await.expect("put");
+    }
+    assert!(s.stop(), "a clean stop");
+    drop(s);
+    let s = Server::start_in(&dir, &["--quota-backend-bytes", "4096"]);
+    assert!(s.log_text().contains("the store is already above --quota-backend-bytes"), "{}", s.log_text());
+    let mut c = s.client().await;
+    assert_eq!(c.get("k", Some(etcd_client::GetOptions::new().with_prefix())).await.expect("get").kvs().len(), 50);
+    assert_eq!(status_of(c.put("k0", "x", None).await.expect_err("put")).1, NOSPACE);
+    assert_eq!(c.get("k0", None).await.expect("get").kvs()[0].value(), vec![b'v'; 1024].as_slice());
+}
