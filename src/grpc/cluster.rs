@@ -42,8 +42,9 @@ impl ClusterService {
             .collect()
     }
 
+    /// As etcd's cluster server: cluster id, member id and term, no revision.
     fn header(&self) -> Option<pb::ResponseHeader> {
-        self.member.header(self.router.clock().visible(), self.raft_term.get())
+        self.member.header(0, self.raft_term.get())
     }
 }
 
