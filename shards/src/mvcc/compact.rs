@@ -88,16 +88,9 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{b, range};
     use super::super::{history_size, KeyRange};
     use super::*;
-
-    fn b(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
-    }
-
-    fn range(k: &str, e: &str) -> KeyRange {
-        KeyRange { key: b(k), end: b(e) }
-    }
 
     impl Store {
         /// Copies every key's history of `other` (test set-up).

@@ -569,11 +569,11 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn b(s: &str) -> Bytes {
+    pub(super) fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
-    fn range(k: &str, e: &str) -> KeyRange {
+    pub(super) fn range(k: &str, e: &str) -> KeyRange {
         KeyRange { key: b(k), end: b(e) }
     }
 
