@@ -101,7 +101,9 @@ struct MethodSeries {
 
 /// The gRPC series of a server (see the module doc).
 pub struct GrpcMetrics {
-    by_path: hashbrown::HashMap<String, MethodSeries>,
+    /// Index into `series` by request path (`/etcdserverpb.KV/Put`).
+    by_path: hashbrown::HashMap<String, usize>,
+    series: Vec<MethodSeries>,
 }
 
 impl GrpcMetrics {
@@ -128,19 +130,19 @@ impl GrpcMetrics {
         registry.register(Box::new(started.clone()))?;
         registry.register(Box::new(handled.clone()))?;
         registry.register(Box::new(handling.clone()))?;
-        let by_path = METHODS
+        let series = METHODS
             .iter()
             .map(|&(service, method, kind)| {
                 let l = [kind, service, method];
-                let series = MethodSeries {
+                MethodSeries {
                     started: started.with_label_values(&l),
                     handled: CODES.map(|code| handled.with_label_values(&[kind, service, method, code])),
                     handling: handling.with_label_values(&l),
-                };
-                (format!("/{service}/{method}"), series)
+                }
             })
             .collect();
-        Ok(Arc::new(GrpcMetrics { by_path }))
+        let by_path = METHODS.iter().enumerate().map(|(i, (s, m, _))| (format!("/{s}/{m}"), i)).collect();
+        Ok(Arc::new(GrpcMetrics { by_path, series }))
     }
 }
 
@@ -165,16 +167,15 @@ pub struct Counted<S> {
 /// A call being counted: which method, since when.
 struct Call {
     metrics: Arc<GrpcMetrics>,
-    path: String,
+    method: usize,
     started: Instant,
 }
 
 impl Call {
     fn finish(self, code: usize) {
-        if let Some(m) = self.metrics.by_path.get(&self.path) {
-            m.handled[code.min(CODES.len() - 1)].inc();
-            m.handling.observe(self.started.elapsed().as_secs_f64());
-        }
+        let m = &self.metrics.series[self.method];
+        m.handled[code.min(CODES.len() - 1)].inc();
+        m.handling.observe(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -197,9 +198,9 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let call = self.metrics.by_path.get(req.uri().path()).map(|m| {
-            m.started.inc();
-            Call { metrics: self.metrics.clone(), path: req.uri().path().to_string(), started: Instant::now() }
+        let call = self.metrics.by_path.get(req.uri().path()).map(|&method| {
+            self.metrics.series[method].started.inc();
+            Call { metrics: self.metrics.clone(), method, started: Instant::now() }
         });
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -282,9 +283,9 @@ mod tests {
         let families = r.gather();
         let handled = families.iter().find(|f| f.name() == "grpc_server_handled_total").expect("handled");
         assert_eq!(handled.get_metric().len(), METHODS.len() * CODES.len());
-        let call = Call { metrics: m.clone(), path: "/etcdserverpb.KV/Put".into(), started: Instant::now() };
-        call.finish(14);
-        let put = &m.by_path["/etcdserverpb.KV/Put"];
+        let method = m.by_path["/etcdserverpb.KV/Put"];
+        Call { metrics: m.clone(), method, started: Instant::now() }.finish(14);
+        let put = &m.series[method];
         assert_eq!(put.handled[14].get(), 1);
         assert_eq!(put.handling.get_sample_count(), 1);
     }
