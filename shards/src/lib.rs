@@ -7,7 +7,6 @@ pub mod clock;
 pub mod cluster;
 pub mod dma;
 pub mod error;
-pub mod exec;
 pub mod lease;
 pub mod metrics;
 pub mod msg;
@@ -19,6 +18,7 @@ pub mod restore;
 pub mod route;
 pub mod snapshot;
 pub mod wal;
+pub(crate) mod writer;
 
 pub use clock::RevisionClock;
 pub use error::ShardError;

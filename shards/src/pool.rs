@@ -15,7 +15,6 @@ use crate::auth::{AuthView, Tokens};
 use crate::clock::RevisionClock;
 use crate::cluster::{ClusterLink, NodeState, Outgoing, SnapshotFetch};
 use crate::error::ShardError;
-use crate::exec::{lease_timer, pump, Local, RecoveredLog, ShardConfig, Writer};
 use crate::lease::{LeaseRegistry, LeaseTable};
 use crate::metrics::PoolMetrics;
 use crate::msg::{Reply, ShardMsg};
@@ -23,6 +22,7 @@ use crate::raft_group::{Membership, RaftGroup};
 use crate::recover::{self, RecoverError, RecoveredShard, ShardDirs};
 use crate::route::{ShardId, ShardMap, ShardMapError};
 use crate::wal::writer::WalWriter;
+use crate::writer::{lease_timer, pump, Local, RecoveredLog, ShardConfig, Writer};
 
 const MAILBOX: usize = 8192;
 /// Messages the pump may queue for the writer beyond the batch it is running.

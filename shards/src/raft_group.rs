@@ -9,7 +9,7 @@
 //! The Ready loop follows raft-rs's order: messages → snapshot → committed entries → append
 //! entries → hard state → persisted messages → advance ([`ReadyWork`], [`Persisted`]). A leader's
 //! committed entries need no apply step because its shard executed them before proposing;
-//! followers apply theirs (`exec::Writer::enqueue_committed`).
+//! followers apply theirs (`writer::Writer::enqueue_committed`).
 
 use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot, SnapshotMetadata};
 use raft::storage::MemStorage;

@@ -1,6 +1,6 @@
 //! Group 0's part in the alarm store (`crate::alarm`): the writer of shard 0 owns the set of its
 //! member, changes it through the group's log and publishes every version (`AlarmView`). As
-//! with auth changes (`exec_auth.rs`), the leader logs what its batch executed first, then the
+//! with auth changes (`auth.rs`), the leader logs what its batch executed first, then the
 //! change alone, and installs it once committed; followers and recovery apply committed
 //! changes in log order.
 

@@ -1,0 +1,183 @@
+//! Snapshots: written beside the writer when enough entries were logged (or on Defragment), and
+//! the leader's, fetched and installed when this member fell behind its log.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use wire::record::snapshot::{LeaseRecord, SnapshotHeader};
+
+use super::{RunningSnapshot, SnapshotDone, Writer};
+use crate::error::ShardError;
+use crate::lease::LeaseTable;
+use crate::snapshot;
+
+impl Writer {
+    /// This member fell behind what the leader's log still holds: fetches the leader's snapshot
+    /// file named by `meta`, loads it in place of the store, leases and decisions, and restarts
+    /// the log after it. Retries while the leader cannot hand it over; the shard serves nothing
+    /// meanwhile (it is a follower: clients are forwarded anyway).
+    pub(super) async fn install_snapshot(&mut self, meta: &raft::eraftpb::SnapshotMetadata) {
+        let link = &self.cfg.cluster;
+        let (group, from, index) = (self.cfg.id.0, self.raft.leader_id(), meta.index);
+        tracing::info!(shard = group, index, leader = format!("{from:x}"), "fetching the leader's snapshot");
+        let mut attempt = 0u32;
+        loop {
+            let (reply, answer) = futures::channel::oneshot::channel();
+            let fetch = crate::cluster::SnapshotFetch { group, from, index, dir: self.dirs.snap.clone(), reply };
+            let fetched = match link.fetch.send(fetch) {
+                Ok(()) => answer.await.unwrap_or_else(|_| Err("the transport stopped".into())),
+                Err(_) => Err("the transport stopped".into()),
+            };
+            let loaded = fetched.and_then(|()| {
+                snapshot::load_latest(&self.dirs.snap, group)
+                    .map_err(|e| e.to_string())?
+                    .filter(|s| s.header.index == index)
+                    .ok_or_else(|| format!("snapshot {index} missing after the fetch"))
+            });
+            match loaded {
+                Ok(s) => {
+                    self.replace_state(s, meta);
+                    return;
+                }
+                Err(e) if attempt < 50 => {
+                    attempt += 1;
+                    tracing::warn!(shard = group, index, error = %e, attempt, "snapshot fetch failed; retrying");
+                    glommio::timer::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => self.fatal(format!("could not fetch the leader's snapshot {index}: {e}")),
+            }
+        }
+    }
+
+    /// Puts a fetched snapshot in place of this shard's state (see [`Self::install_snapshot`]).
+    pub(super) fn replace_state(&mut self, s: snapshot::LoadedSnapshot, meta: &raft::eraftpb::SnapshotMetadata) {
+        let mut store = s.store;
+        store.set_capture(true);
+        *self.store.borrow_mut() = store;
+        let now = Instant::now();
+        let mut leases = LeaseTable::default();
+        for (id, _) in self.leases.borrow().granted() {
+            self.cfg.leases.remove(id);
+        }
+        for l in &s.leases {
+            leases.insert(l.id, l.ttl, l.remaining, now);
+            self.cfg.leases.insert(l.id);
+        }
+        *self.leases.borrow_mut() = leases;
+        self.restore_auth(s.auth);
+        self.restore_alarms(s.alarms);
+        self.decided = s.header.decided.iter().copied().collect();
+        for r in &self.decided {
+            self.cfg.cluster.node.record_decided(*r);
+        }
+        self.apply_queue.clear();
+        self.executed_upto = meta.index;
+        self.committed_revision = self.store.borrow().current_revision();
+        self.entries_since_snapshot = 0;
+        if let Err(e) = self.raft.install_snapshot(meta) {
+            self.fatal(format!("could not install snapshot {}: {e}", meta.index));
+        }
+        self.wal.remove_covered(meta.index);
+        tracing::info!(
+            shard = self.cfg.id.0,
+            index = meta.index,
+            revision = self.committed_revision,
+            "installed the leader's snapshot"
+        );
+    }
+
+    /// Starts a snapshot when enough entries were logged since the last one; takes in the
+    /// result of one that finished.
+    pub(super) async fn maybe_snapshot(&mut self) {
+        self.finish_snapshot(false).await;
+        // Not while pipelined batches are in flight: the store holds writes no log has
+        // committed yet, and a snapshot names the index its content is the state of.
+        let due = self.entries_since_snapshot >= self.cfg.snapshot_entries && self.in_flight.is_empty();
+        if self.snapshot.is_none() && due {
+            self.start_snapshot();
+        }
+    }
+
+    /// Snapshots now (Defragment): waits for a running snapshot, then takes a new one.
+    pub(super) async fn snapshot_now(&mut self) -> Result<(), ShardError> {
+        self.finish_snapshot(true).await;
+        self.start_snapshot();
+        match self.finish_snapshot(true).await {
+            Some(Err(reason)) => Err(ShardError::SnapshotFailed { reason }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts writing a snapshot of everything logged so far in a task of its own, beside the
+    /// writer: the shard keeps serving reads and writes while it runs.
+    pub(super) fn start_snapshot(&mut self) {
+        self.entries_since_snapshot = 0;
+        // A follower's store may lag what Raft has handed it (batches queued behind an undecided
+        // prepare): the snapshot is of what the store holds, up to the last index before them.
+        let index = self.apply_queue.front().map_or(self.raft.applied_index(), |(i, _)| i - 1);
+        let floor = self.clock.snapshot_floor();
+        let header = {
+            let store = self.store.borrow();
+            SnapshotHeader {
+                shard: self.cfg.id.0,
+                shard_count: self.cfg.shard_count,
+                index,
+                term: self.raft.term_of(index),
+                revision: store.current_revision(),
+                compact_revision: store.compact_revision(),
+                decided: self.decided.iter().copied().filter(|r| *r > floor).collect(),
+            }
+        };
+        let (revision, term) = (header.revision, header.term);
+        let leases: Vec<LeaseRecord> = self
+            .leases
+            .borrow()
+            .remaining(Instant::now())
+            .into_iter()
+            .map(|(id, ttl, remaining)| LeaseRecord { id, ttl, remaining })
+            .collect();
+        let extras = snapshot::SnapshotExtras { leases, auth: self.auth_record(), alarms: self.alarm_records() };
+        let (store, dir) = (self.store.clone(), self.dirs.snap.clone());
+        let done = Rc::new(Cell::new(false));
+        let flag = done.clone();
+        let took = self.cfg.metrics.snapshot_save.clone();
+        let task = glommio::spawn_local(async move {
+            let started = Instant::now();
+            let r = snapshot::write_from(store, &dir, header, extras).await;
+            took.observe(started.elapsed().as_secs_f64());
+            flag.set(true);
+            r.map(|path| SnapshotDone { index, term, revision, path })
+        });
+        self.snapshot = Some(RunningSnapshot { task, done });
+    }
+
+    /// Takes the result of the running snapshot if it finished (or, with `wait`, once it has):
+    /// the log it covers can go.
+    /// Returns the outcome of the snapshot it took in, if any.
+    pub(super) async fn finish_snapshot(&mut self, wait: bool) -> Option<Result<(), String>> {
+        let running = self.snapshot.take_if(|r| wait || r.done.get())?;
+        Some(match running.task.await {
+            Ok(SnapshotDone { index, term, revision, path }) => {
+                tracing::debug!(shard = self.cfg.id.0, index, path = %path.display(), "snapshot written");
+                self.wal.remove_covered(index);
+                // With followers, the previous file stays until the next snapshot: a follower
+                // may be fetching it (the leader named it in a Raft message).
+                let keep_from = if self.raft.lone_voter() { index } else { self.raft.latest_snapshot_index() };
+                snapshot::remove_older(&self.dirs.snap, keep_from);
+                self.raft.set_latest_snapshot(index, term);
+                if let Err(e) = self.raft.compact_log(index) {
+                    tracing::warn!(shard = self.cfg.id.0, error = %e, "could not compact in-memory raft log");
+                }
+                self.clock.set_snapshot_floor(self.cfg.id, revision);
+                let floor = self.clock.snapshot_floor();
+                self.decided.retain(|r| *r > floor);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.cfg.id.0, error = %e, "snapshot failed; will retry later");
+                Err(e.to_string())
+            }
+        })
+    }
+}
