@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use shards::lease::{effective_ttl, LeaseRegistry, MAX_TTL};
-use shards::mvcc::{Compare, CompareResult, CompareTarget, DeleteOp, KeyRange, Op, TxnSpec};
+use shards::mvcc::{DeleteOp, KeyRange, Op, TxnSpec};
 use shards::{LeaseMsg, ShardError, ShardHandle, ShardMsg};
 
 use crate::error::ApiError;
@@ -87,40 +87,42 @@ impl Leases {
         Ok(revision)
     }
 
-    /// Deletes every key attached to lease `id`, in one write.
+    /// Deletes every key attached to lease `id`, in one write: on each shard that holds some,
+    /// one delete of the keys of its span still attached to the lease (a put between the lookup
+    /// and the delete may have moved a key to another lease, or none, and then it stays). A
+    /// shard logs that delete as one small record however many keys it removes.
     async fn delete_keys(&self, id: i64) -> Result<i64, ApiError> {
-        let keys = self.keys(id).await?;
-        if keys.is_empty() {
-            return Ok(self.router.clock().visible());
-        }
-        // Each delete is guarded by its key still being on this lease: a put between the lookup
-        // and the delete may have moved it to another lease (or none), and then it stays.
-        let success = keys
+        let success: Vec<Op> = self
+            .keys_by_shard(id)
+            .await?
             .into_iter()
-            .map(|k| {
-                let range = KeyRange::single(k);
-                Op::Txn(TxnSpec {
-                    compares: vec![Compare {
-                        range: range.clone(),
-                        result: CompareResult::Equal,
-                        target: CompareTarget::Lease(id),
-                    }],
-                    success: vec![Op::Delete(DeleteOp { range, prev_kv: false })],
-                    failure: Vec::new(),
-                })
+            .filter_map(|keys| {
+                // A shard's keys come sorted: the span from the first to just after the last.
+                let (first, last) = (keys.first()?, keys.last()?);
+                let end = bytes::Bytes::from([last.as_ref(), &[0]].concat());
+                let range = KeyRange { key: first.clone(), end };
+                Some(Op::Delete(DeleteOp { range, prev_kv: false, lease: id }))
             })
             .collect();
+        if success.is_empty() {
+            return Ok(self.router.clock().visible());
+        }
         let (_, revision) = self.router.txn(TxnSpec { compares: Vec::new(), success, failure: Vec::new() }, 0).await?;
         Ok(revision)
     }
 
     /// The keys attached to lease `id` on every shard, after every write executed so far.
     pub async fn keys(&self, id: i64) -> Result<Vec<bytes::Bytes>, ApiError> {
+        Ok(self.keys_by_shard(id).await?.into_iter().flatten().collect())
+    }
+
+    /// The keys attached to lease `id`, one sorted list per shard.
+    async fn keys_by_shard(&self, id: i64) -> Result<Vec<Vec<bytes::Bytes>>, ApiError> {
         let parts = futures::future::try_join_all(
             self.router.handles().iter().map(|h| h.request(|reply| ShardMsg::Lease(LeaseMsg::Keys { id, reply }))),
         )
         .await?;
-        Ok(parts.into_iter().flatten().collect())
+        Ok(parts)
     }
 
     /// Keepalive: the lease's TTL, or 0 if it does not exist (etcd's answer).

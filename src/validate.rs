@@ -75,7 +75,7 @@ pub fn put(r: pb::PutRequest) -> Result<PutOp, ApiError> {
 }
 
 pub fn delete(r: pb::DeleteRangeRequest) -> Result<DeleteOp, ApiError> {
-    Ok(DeleteOp { range: range_of(r.key, r.range_end)?, prev_kv: r.prev_kv })
+    Ok(DeleteOp { range: range_of(r.key, r.range_end)?, prev_kv: r.prev_kv, lease: 0 })
 }
 
 fn compare(c: pb::Compare) -> Result<Compare, ApiError> {

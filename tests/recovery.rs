@@ -7,30 +7,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use common::wal::{frames, wal_segments};
 use common::Server;
 use etcd_client::GetOptions;
-
-fn wal_segments(data: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> =
-        std::fs::read_dir(data.join("shard-0/wal")).expect("wal dir").flatten().map(|e| e.path()).collect();
-    v.sort();
-    v
-}
-
-/// Offsets of the frames in a segment (header: magic "CK", version 1; length at bytes 4..8).
-fn frames(data: &[u8]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 16 <= data.len() && data[at..at + 2] == [0x43, 0x4B] {
-        let len = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]) as usize;
-        out.push((at, len));
-        at += 16 + len.div_ceil(16) * 16;
-    }
-    out
-}
 
 async fn write_keys(s: &Server, n: usize) {
     let mut c = s.client().await;
@@ -52,7 +34,7 @@ fn damaged_server(damage: impl FnOnce(&Path)) -> (tempfile::TempDir, Server) {
         s.client().await.put("large", vec![7u8; 8192], None).await.expect("put");
     });
     assert!(s.stop());
-    let seg = wal_segments(&s.dir).pop().expect("a segment");
+    let seg = wal_segments(&s.dir, 0).pop().expect("a segment");
     damage(&seg);
     (tmp, s)
 }
@@ -101,7 +83,7 @@ fn recovery_overwritten_last_record_refuses_to_start_and_the_repair_drops_only_i
         data[at + 20] ^= 0xff;
         std::fs::write(seg, data).expect("write");
     });
-    let seg = wal_segments(&s.dir).pop().expect("segment");
+    let seg = wal_segments(&s.dir, 0).pop().expect("segment");
     let at = frames(&std::fs::read(&seg).expect("read")).last().expect("frames").0;
     let out = start_once(&s.dir);
     assert!(!out.status.success(), "startup must refuse a corrupt last record");
@@ -139,7 +121,7 @@ fn recovery_damage_inside_log_refuses_to_start_and_names_file_and_offset() {
     let mut s = Server::start_in(&dir, &["--shards", "1", "--snapshot-count", "100000"]);
     tokio::runtime::Runtime::new().expect("rt").block_on(write_keys(&s, 20));
     assert!(s.stop());
-    let seg = wal_segments(&dir).pop().expect("segment");
+    let seg = wal_segments(&dir, 0).pop().expect("segment");
     let mut data = std::fs::read(&seg).expect("read");
     let (at, _) = frames(&data)[3];
     data[at + 20] ^= 0x5a;

@@ -56,7 +56,15 @@ fn generate(seed: u64) -> (Vec<u8>, Vec<(usize, Model)>) {
             let mut mutations = Vec::new();
             for _ in 0..=rng.below(3) {
                 let key = format!("k{}", rng.below(12)).into_bytes();
-                if rng.below(4) == 0 {
+                if rng.below(8) == 0 {
+                    // A range delete, logged as the range: [key, key + one more digit).
+                    let end = [key.as_slice(), b"5"].concat();
+                    let doomed: Vec<Vec<u8>> = model.range(key.clone()..end.clone()).map(|(k, _)| k.clone()).collect();
+                    if !doomed.is_empty() {
+                        doomed.iter().for_each(|k| drop(model.remove(k)));
+                        mutations.push(Mutation::DeleteRange { key, end, lease: 0 });
+                    }
+                } else if rng.below(4) == 0 {
                     if model.remove(&key).is_some() {
                         mutations.push(Mutation::Delete { key });
                     }

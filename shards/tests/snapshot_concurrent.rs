@@ -67,7 +67,7 @@ fn snapshot_written_during_writes_shows_its_revision_only() {
                 rev += 1;
                 let key = Bytes::from(format!("k{:06}", (j * 97 + changed) % 25_000));
                 if j % 5 == 0 {
-                    store.borrow_mut().delete(&KeyRange::single(key), rev);
+                    store.borrow_mut().delete(&KeyRange::single(key), 0, rev);
                 } else {
                     store.borrow_mut().put(&key, Bytes::from_static(b"later"), 0, rev);
                 }

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod wal;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

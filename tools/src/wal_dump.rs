@@ -35,6 +35,13 @@ fn show(m: &Mutation) -> String {
             format!("put {:?} ({} bytes, lease {lease})", String::from_utf8_lossy(key), value.len())
         }
         Mutation::Delete { key } => format!("delete {:?}", String::from_utf8_lossy(key)),
+        Mutation::DeleteRange { key, end, lease } => {
+            let (key, end) = (String::from_utf8_lossy(key), String::from_utf8_lossy(end));
+            match lease {
+                0 => format!("delete range [{key:?}, {end:?})"),
+                l => format!("delete range [{key:?}, {end:?}) of lease {l}"),
+            }
+        }
     }
 }
 

@@ -115,7 +115,7 @@ mod tests {
                 for k in 0..keys {
                     rev += 1;
                     if (k + v) % 4 == 3 {
-                        a.delete(&KeyRange::single(b(&format!("k{k:02}"))), rev);
+                        a.delete(&KeyRange::single(b(&format!("k{k:02}"))), 0, rev);
                     } else {
                         a.put(&b(&format!("k{k:02}")), b(&format!("v{v}")), 0, rev);
                     }

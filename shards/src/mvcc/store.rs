@@ -300,18 +300,48 @@ impl Store {
         }
     }
 
-    /// Deletes every key of `range` live at the latest state, at revision `rev`; returns the
-    /// deleted key-values.
-    pub fn delete(&mut self, range: &KeyRange, rev: i64) -> Vec<KeyValue> {
-        let mut victims = Vec::new();
-        self.scan_at(range, LATEST, |k, v| {
-            victims.push(v.to_kv(k, false));
-            true
-        });
+    /// Deletes every key of `range` live at the latest state (with `lease` other than 0, only
+    /// those attached to that lease), at revision `rev`; returns the deleted key-values.
+    pub fn delete(&mut self, range: &KeyRange, lease: i64, rev: i64) -> Vec<KeyValue> {
+        let victims: Vec<KeyValue> = self
+            .live_keys(range, lease)
+            .iter()
+            .filter_map(|k| self.get_at(k, LATEST).map(|(k, v)| v.to_kv(k, false)))
+            .collect();
         for kv in &victims {
             self.tombstone(&kv.key, rev);
         }
         victims
+    }
+
+    /// Whether [`Self::delete`] would delete anything.
+    pub fn deletes_any(&self, range: &KeyRange, lease: i64) -> bool {
+        if lease != 0 {
+            return self.lease_keys.get(&lease).is_some_and(|keys| keys.iter().any(|k| range.contains(k)));
+        }
+        let mut any = false;
+        self.scan_at(range, LATEST, |_, _| {
+            any = true;
+            false
+        });
+        any
+    }
+
+    /// The keys of `range` live at the latest state; with `lease` other than 0, only those
+    /// attached to that lease.
+    fn live_keys(&self, range: &KeyRange, lease: i64) -> Vec<Bytes> {
+        if lease != 0 {
+            let attached = self.lease_keys.get(&lease);
+            return attached
+                .map(|keys| keys.iter().filter(|k| range.contains(k)).cloned().collect())
+                .unwrap_or_default();
+        }
+        let mut keys = Vec::new();
+        self.scan_at(range, LATEST, |k, _| {
+            keys.push(k.clone());
+            true
+        });
+        keys
     }
 
     fn tombstone(&mut self, key: &[u8], rev: i64) {
@@ -410,36 +440,52 @@ impl Store {
                     self.put_compact(&key, Bytes::from(value), lease, rev, || key.clone());
                 }
                 Mutation::Delete { key } => self.tombstone(&key, rev),
+                Mutation::DeleteRange { key, end, lease } => {
+                    let range = KeyRange { key: Bytes::from(key), end: Bytes::from(end) };
+                    for k in self.live_keys(&range, lease) {
+                        self.tombstone(&k, rev);
+                    }
+                }
             }
         }
         self.current_revision = self.current_revision.max(rev);
     }
 
-    /// Undoes every version of `keys` above `rev` and sets the current revision back to `rev`:
-    /// writes a leader executed, then lost its leadership before they committed. Events not yet
-    /// taken are dropped with them.
-    pub fn roll_back<'k>(&mut self, keys: impl IntoIterator<Item = &'k [u8]>, rev: i64) {
-        for key in keys {
-            let Some((stored, h)) = self.keys.get_key_value(key) else { continue };
-            let stored = stored.clone();
-            let before = visible_at(h, LATEST).map_or(0, |v| v.lease);
-            let Some(h) = self.keys.get_mut(key) else { continue };
-            let kept = h.partition_point(|v| v.mod_revision <= rev);
-            self.version_count -= h.len() - kept;
-            self.size_bytes -= h[kept..].iter().map(version_size).sum::<usize>();
-            h.truncate(kept);
-            let after = visible_at(h, LATEST).map_or(0, |v| v.lease);
-            if h.is_empty() {
-                self.size_bytes -= KEY_OVERHEAD + key.len();
-                self.keys.remove(key);
-            }
-            if before != after {
-                detach(&mut self.lease_keys, before, key);
-                attach(&mut self.lease_keys, after, &stored);
+    /// Undoes every version above `rev` of the keys in `ranges` and sets the current revision
+    /// back to `rev`: writes a leader executed, then lost its leadership before they committed.
+    /// Events not yet taken are dropped with them.
+    pub fn roll_back(&mut self, ranges: &[KeyRange], rev: i64) {
+        for range in ranges {
+            let newer: Vec<Bytes> = self
+                .histories_in(range)
+                .filter(|(_, h)| h.last().is_some_and(|v| v.mod_revision > rev))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in newer {
+                self.roll_back_key(key, rev);
             }
         }
         self.current_revision = self.current_revision.min(rev);
         self.events.clear();
+    }
+
+    /// Drops the versions of `key` above `rev` (see [`Self::roll_back`]).
+    fn roll_back_key(&mut self, key: Bytes, rev: i64) {
+        let Some(h) = self.keys.get_mut(&key) else { return };
+        let before = visible_at(h, LATEST).map_or(0, |v| v.lease);
+        let kept = h.partition_point(|v| v.mod_revision <= rev);
+        self.version_count -= h.len() - kept;
+        self.size_bytes -= h[kept..].iter().map(version_size).sum::<usize>();
+        h.truncate(kept);
+        let after = visible_at(h, LATEST).map_or(0, |v| v.lease);
+        if h.is_empty() {
+            self.size_bytes -= KEY_OVERHEAD + key.len();
+            self.keys.remove(&key);
+        }
+        if before != after {
+            detach(&mut self.lease_keys, before, &key);
+            attach(&mut self.lease_keys, after, &key);
+        }
     }
 
     /// Records that revision `rev` exists even if it changed nothing here (recovery bookkeeping).
@@ -594,9 +640,9 @@ mod tests {
                     0 | 1 => { rev += 1; s.put(&key, Bytes::from(vec![7; len]), 0, rev); }
                     // A second write of the same revision (a txn): the later one replaces it.
                     2 => { s.put(&key, Bytes::from(vec![1; len]), 0, rev); }
-                    3 => { rev += 1; s.delete(&KeyRange::single(key), rev); }
+                    3 => { rev += 1; s.delete(&KeyRange::single(key), 0, rev); }
                     4 => s.compact_now(rev - (len as i64 % 3)),
-                    _ => s.roll_back([key.as_ref()], rev - 1),
+                    _ => s.roll_back(&[KeyRange::single(key)], rev - 1),
                 }
                 proptest::prop_assert_eq!(s.size_bytes(), recount(&s));
             }
@@ -619,9 +665,9 @@ mod tests {
         s.put(&b("b"), b("1"), 0, 3);
         let (before_versions, before_keys) = (s.version_count(), s.key_count());
         s.put(&b("a"), b("2"), 0, 4);
-        s.delete(&range("b", ""), 5);
+        s.delete(&range("b", ""), 0, 5);
         s.put(&b("c"), b("new"), 9, 5);
-        s.roll_back([&b"a"[..], b"b", b"c"], 3);
+        s.roll_back(&[range("a", "c"), KeyRange::single(b("c"))], 3);
         assert_eq!(keys_at(&s, &range("a", "z"), LATEST), vec![("a".into(), 2), ("b".into(), 3)]);
         assert_eq!((s.version_count(), s.key_count(), s.current_revision()), (before_versions, before_keys, 3));
         assert_eq!(s.lease_keys(7), vec![b("a")], "a's lease comes back with its version");
@@ -644,7 +690,7 @@ mod tests {
     fn delete_then_put_recreates_key_with_new_create_revision() {
         let mut s = Store::new();
         s.put(&b("a"), b("1"), 0, 2);
-        assert_eq!(s.delete(&KeyRange::single(b("a")), 3).len(), 1);
+        assert_eq!(s.delete(&KeyRange::single(b("a")), 0, 3).len(), 1);
         assert!(s.get_at(b"a", 3).is_none());
         s.put(&b("a"), b("x"), 0, 4);
         let (_, v) = s.get_at(b"a", 4).expect("live");
@@ -669,7 +715,7 @@ mod tests {
         s.put(&b("a"), b("1"), 0, 2);
         s.put(&b("a"), b("2"), 0, 3);
         s.put(&b("gone"), b("x"), 0, 4);
-        s.delete(&KeyRange::single(b("gone")), 5);
+        s.delete(&KeyRange::single(b("gone")), 0, 5);
         s.put(&b("a"), b("3"), 0, 6);
         s.compact_now(5);
         assert_eq!(s.key_count(), 1);
@@ -698,8 +744,8 @@ mod tests {
         assert!(s.take_events().is_empty(), "nothing recorded while capture is off");
         s.set_capture(true);
         s.put(&b("a"), b("2"), 0, 3);
-        s.delete(&range("a", "z"), 4);
-        s.delete(&range("a", "z"), 5);
+        s.delete(&range("a", "z"), 0, 4);
+        s.delete(&range("a", "z"), 0, 5);
         let ev = s.take_events();
         assert_eq!(summary(&ev), vec![(0, "a".into(), 3, Some(2)), (1, "a".into(), 4, Some(3))]);
         let del = ev[1].kv.as_ref().expect("kv");
@@ -714,7 +760,7 @@ mod tests {
         s.put(&b("a"), b("1"), 0, 3);
         s.apply(vec![Mutation::Put { key: b"a".to_vec(), value: b"2".to_vec(), lease: 0 }], 4);
         s.apply(vec![Mutation::Put { key: b"c".to_vec(), value: b"x".to_vec(), lease: 0 }], 4);
-        s.delete(&KeyRange::single(b("b")), 5);
+        s.delete(&KeyRange::single(b("b")), 0, 5);
         let all = s.history(&range("a", "\0"), 2, 10, 100).expect("history");
         assert_eq!(
             summary(&all.events),
@@ -744,7 +790,7 @@ mod tests {
         s.put(&b("c"), b("1"), 8, 4);
         assert_eq!(s.lease_keys(7), vec![b("a"), b("b")]);
         s.put(&b("a"), b("2"), 8, 5); // moves off lease 7
-        s.delete(&KeyRange::single(b("b")), 6);
+        s.delete(&KeyRange::single(b("b")), 0, 6);
         assert!(s.lease_keys(7).is_empty());
         assert_eq!(s.lease_keys(8), vec![b("a"), b("c")]);
         let mut t = Store::new();
@@ -760,7 +806,7 @@ mod tests {
         let mut s = Store::new();
         s.put(&b("a"), b("1"), 0, 2);
         s.put(&b("b"), b("2"), 7, 3);
-        s.delete(&KeyRange::single(b("a")), 4);
+        s.delete(&KeyRange::single(b("a")), 0, 4);
         let mut t = Store::new();
         for r in s.export_from(None, LATEST, s.compact_revision(), 100, 1 << 20).0 {
             t.import(r);

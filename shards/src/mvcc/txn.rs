@@ -174,17 +174,18 @@ impl Store {
 
     /// Executes a delete at the latest state; takes a revision only if a key is deleted.
     pub fn exec_delete(&mut self, d: &DeleteOp, rev: &mut dyn RevisionSource, log: &mut Vec<Mutation>) -> OpResult {
-        let mut any = false;
-        self.scan_at(&d.range, LATEST, |_, _| {
-            any = true;
-            false
-        });
-        if !any {
+        if !self.deletes_any(&d.range, d.lease) {
             return OpResult::Delete { deleted: 0, prev_kvs: Vec::new() };
         }
         let r = rev.revision();
-        let deleted = self.delete(&d.range, r);
-        log.extend(deleted.iter().map(|kv| Mutation::Delete { key: kv.key.to_vec() }));
+        let deleted = self.delete(&d.range, d.lease, r);
+        // A range is logged as itself, not as its keys: the record stays small however many
+        // keys it deleted (applied in log order, it deletes the same ones).
+        log.push(if d.range.is_single() && d.lease == 0 {
+            Mutation::Delete { key: d.range.key.to_vec() }
+        } else {
+            Mutation::DeleteRange { key: d.range.key.to_vec(), end: d.range.end.to_vec(), lease: d.lease }
+        });
         OpResult::Delete { deleted: deleted.len() as i64, prev_kvs: if d.prev_kv { deleted } else { Vec::new() } }
     }
 
@@ -353,13 +354,173 @@ mod tests {
         let mut s = Store::new();
         let t = TxnSpec {
             compares: vec![],
-            success: vec![Op::Delete(DeleteOp { range: KeyRange::single(key("none")), prev_kv: false })],
+            success: vec![Op::Delete(DeleteOp { range: KeyRange::single(key("none")), prev_kv: false, lease: 0 })],
             failure: vec![],
         };
         let mut c = Counter(1, None);
         let mut log = Vec::new();
         s.exec_txn(&t, 0, &no_leases, &mut c, &mut log).expect("txn");
         assert_eq!(c.1, None);
+    }
+
+    fn delete(k: &str, end: &str, lease: i64) -> Op {
+        let range = KeyRange { key: key(k), end: Bytes::copy_from_slice(end.as_bytes()) };
+        Op::Delete(DeleteOp { range, prev_kv: false, lease })
+    }
+
+    #[test]
+    fn a_range_delete_logs_one_record_however_many_keys_it_deletes() {
+        let mut s = Store::new();
+        let mut log = Vec::new();
+        let puts = (0..1000).map(|i| put(&format!("k{i:04}"), "v")).collect();
+        s.exec_txn(
+            &TxnSpec { compares: vec![], success: puts, failure: vec![] },
+            0,
+            &no_leases,
+            &mut Counter(1, None),
+            &mut log,
+        )
+        .expect("txn");
+        log.clear();
+        let t = TxnSpec { compares: vec![], success: vec![delete("k", "l", 0)], failure: vec![] };
+        let r = s.exec_txn(&t, 0, &no_leases, &mut Counter(2, None), &mut log).expect("txn");
+        assert!(matches!(&r.results[0], OpResult::Delete { deleted: 1000, .. }));
+        assert_eq!(log, vec![Mutation::DeleteRange { key: b"k".to_vec(), end: b"l".to_vec(), lease: 0 }]);
+        // A single key stays a single-key record.
+        log.clear();
+        s.exec_txn(
+            &TxnSpec { compares: vec![], success: vec![put("a", "1")], failure: vec![] },
+            0,
+            &no_leases,
+            &mut Counter(3, None),
+            &mut log,
+        )
+        .expect("txn");
+        log.clear();
+        s.exec_txn(
+            &TxnSpec { compares: vec![], success: vec![delete("a", "", 0)], failure: vec![] },
+            0,
+            &no_leases,
+            &mut Counter(4, None),
+            &mut log,
+        )
+        .expect("txn");
+        assert_eq!(log, vec![Mutation::Delete { key: b"a".to_vec() }]);
+    }
+
+    #[test]
+    fn a_lease_scoped_delete_leaves_the_keys_of_other_leases() {
+        let mut s = Store::new();
+        s.put(&key("a"), key("1"), 7, 2);
+        s.put(&key("b"), key("1"), 8, 3);
+        s.put(&key("c"), key("1"), 7, 4);
+        s.put(&key("c"), key("2"), 0, 5);
+        let mut log = Vec::new();
+        let r = s.exec_delete(
+            &DeleteOp { range: KeyRange { key: key("a"), end: Bytes::from_static(&[0]) }, prev_kv: false, lease: 7 },
+            &mut Counter(5, None),
+            &mut log,
+        );
+        assert!(matches!(r, OpResult::Delete { deleted: 1, .. }));
+        assert!(s.get_at(b"a", LATEST).is_none());
+        assert!(s.get_at(b"b", LATEST).is_some() && s.get_at(b"c", LATEST).is_some());
+        // A lease without keys (any more) deletes nothing and takes no revision.
+        let mut c = Counter(6, None);
+        s.exec_delete(
+            &DeleteOp { range: KeyRange { key: key("a"), end: Bytes::from_static(&[0]) }, prev_kv: false, lease: 7 },
+            &mut c,
+            &mut log,
+        );
+        assert_eq!(c.1, None);
+    }
+
+    /// One write of the replay test: puts on leases 0..3 and deletes of a key, a range or a
+    /// lease's keys, alone or together in one txn.
+    fn replay_op(kind: u8, a: u8, b: u8, lease: i64) -> Vec<Op> {
+        let k = |n: u8| format!("k{n}");
+        let put_on = |n: u8| {
+            Op::Put(PutOp {
+                key: key(&k(n)),
+                value: key("v"),
+                lease,
+                prev_kv: false,
+                ignore_value: false,
+                ignore_lease: false,
+            })
+        };
+        let (lo, hi) = (a.min(b), a.max(b));
+        match kind {
+            0 | 1 => vec![put_on(a)],
+            2 => vec![delete(&k(a), "", 0)],
+            3 => vec![delete(&k(lo), &k(hi), 0)],
+            4 => vec![delete("", "\0", lease)],
+            // Put, then a range delete over it, at one revision.
+            _ => vec![put_on(a), delete(&k(lo), &format!("{}\0", k(hi)), 0)],
+        }
+    }
+
+    proptest::proptest! {
+        /// Applying the logged mutations in order rebuilds exactly the store that executed them
+        /// (what followers and recovery do), range and lease deletes included.
+        #[test]
+        fn applying_the_log_rebuilds_the_executing_store(
+            writes in proptest::collection::vec((0u8..6, 0u8..10, 0u8..10, 0i64..3), 1..80)
+        ) {
+            let (mut leader, mut follower) = (Store::new(), Store::new());
+            let all_leases = |_: i64| true;
+            for (kind, a, b, lease) in writes {
+                let t = TxnSpec { compares: vec![], success: replay_op(kind, a, b, lease), failure: vec![] };
+                let mut rev = Counter(leader.current_revision(), None);
+                let mut log = Vec::new();
+                leader.exec_txn(&t, 0, &all_leases, &mut rev, &mut log).expect("txn");
+                if let Some(r) = rev.1 {
+                    follower.apply(log, r);
+                }
+                let top = leader.current_revision();
+                proptest::prop_assert_eq!(follower.current_revision(), top);
+                proptest::prop_assert_eq!(follower.hash_upto(top), leader.hash_upto(top));
+                proptest::prop_assert_eq!(follower.size_bytes(), leader.size_bytes());
+                for l in 0..3 {
+                    proptest::prop_assert_eq!(follower.lease_keys(l), leader.lease_keys(l));
+                }
+            }
+        }
+
+        /// Rolling back the ranges a write logged restores the store as it was before it.
+        #[test]
+        fn rolling_back_a_write_restores_the_store(
+            before in proptest::collection::vec((0u8..2, 0u8..10, 0u8..10, 0i64..3), 0..30),
+            write in (0u8..6, 0u8..10, 0u8..10, 0i64..3),
+        ) {
+            let mut s = Store::new();
+            let all_leases = |_: i64| true;
+            let run = |s: &mut Store, (kind, a, b, lease): (u8, u8, u8, i64)| {
+                let t = TxnSpec { compares: vec![], success: replay_op(kind, a, b, lease), failure: vec![] };
+                let mut log = Vec::new();
+                s.exec_txn(&t, 0, &all_leases, &mut Counter(s.current_revision(), None), &mut log).expect("txn");
+                log
+            };
+            for w in before {
+                run(&mut s, w);
+            }
+            let (top, hash, size) = (s.current_revision(), s.hash_upto(i64::MAX), s.size_bytes());
+            let leases: Vec<_> = (0..3).map(|l| s.lease_keys(l)).collect();
+            let log = run(&mut s, write);
+            let ranges: Vec<KeyRange> = log
+                .iter()
+                .map(|m| match m {
+                    Mutation::Put { key, .. } | Mutation::Delete { key } => KeyRange::single(Bytes::copy_from_slice(key)),
+                    Mutation::DeleteRange { key, end, .. } => KeyRange { key: Bytes::copy_from_slice(key), end: Bytes::copy_from_slice(end) },
+                })
+                .collect();
+            s.roll_back(&ranges, top);
+            proptest::prop_assert_eq!(s.current_revision(), top);
+            proptest::prop_assert_eq!(s.hash_upto(i64::MAX), hash);
+            proptest::prop_assert_eq!(s.size_bytes(), size);
+            for (l, keys) in leases.iter().enumerate() {
+                proptest::prop_assert_eq!(&s.lease_keys(l as i64), keys);
+            }
+        }
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct PutOp {
 pub struct DeleteOp {
     pub range: KeyRange,
     pub prev_kv: bool,
+    /// 0: every key of the range; otherwise only the keys whose live version is attached to
+    /// this lease (a lease revoke deleting its keys).
+    pub lease: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use super::write::fail_acks;
 use super::Writer;
 use crate::error::ShardError;
 use crate::msg::{Cross, LeaseMsg, Reply, ShardMsg};
+use crate::mvcc::KeyRange;
 
 impl Writer {
     /// Starts the hand-over `after_step` asked for, between batches (the writer's loop calls
@@ -46,7 +47,7 @@ impl Writer {
             return;
         }
         let in_flight = std::mem::take(&mut self.in_flight);
-        let keys: Vec<bytes::Bytes> = in_flight.iter().flat_map(|f| f.keys.iter().cloned()).collect();
+        let keys: Vec<KeyRange> = in_flight.iter().flat_map(|f| f.keys.iter().cloned()).collect();
         self.undo(&keys, in_flight.len());
         self.pending_grants.clear();
         for f in in_flight {
@@ -63,7 +64,7 @@ impl Writer {
     /// Puts `keys` back as of the last committed revision, forgets that the undone entries
     /// were executed here (whichever commits arrives again as a committed entry) and releases
     /// their revisions.
-    pub(super) fn undo(&mut self, keys: &[bytes::Bytes], batches: usize) {
+    pub(super) fn undo(&mut self, keys: &[KeyRange], batches: usize) {
         tracing::warn!(
             shard = self.cfg.id.0,
             batches,
@@ -71,7 +72,7 @@ impl Writer {
             revision = self.committed_revision,
             "leadership lost before writes committed; rolled them back"
         );
-        self.store.borrow_mut().roll_back(keys.iter().map(|k| k.as_ref()), self.committed_revision);
+        self.store.borrow_mut().roll_back(keys, self.committed_revision);
         self.executed_upto = self.raft.applied_index();
         self.clock.release(self.cfg.id);
     }

@@ -176,7 +176,7 @@ pub struct Writer {
     transfer_to: u64,
     /// The keys of the batch being replicated, for a roll-back if
     /// leadership is lost before it commits. `None` when nothing is in flight.
-    uncommitted: Option<Vec<bytes::Bytes>>,
+    uncommitted: Option<Vec<crate::mvcc::KeyRange>>,
     /// Batches proposed and not committed yet, oldest first, on a leader with other voters
     /// (see [`Writer::commit_pipelined`]).
     in_flight: VecDeque<InFlight>,
@@ -210,7 +210,7 @@ struct InFlight {
     /// carries the index of the batch before it, and completes with it.
     index: u64,
     /// Every key it wrote, for a roll-back.
-    keys: Vec<bytes::Bytes>,
+    keys: Vec<crate::mvcc::KeyRange>,
     acks: Vec<Ack>,
     /// Its watch events, sent when it completes.
     events: Vec<wire::pb::mvccpb::Event>,

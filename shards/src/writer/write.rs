@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use wire::record::batch::{Batch, BatchOp, Mutation};
 
 use super::{Ack, InFlight, Writer};
@@ -10,7 +11,7 @@ use crate::clock::RevisionClock;
 use crate::error::ShardError;
 use crate::msg::WriteOutcome;
 use crate::mvcc::txn::RevisionSource;
-use crate::mvcc::{Op, OpResult};
+use crate::mvcc::{KeyRange, Op, OpResult};
 use crate::route::ShardId;
 
 /// Allocates from the clock on first use (single-shard writes).
@@ -31,20 +32,24 @@ pub(super) fn mutation_bytes(m: &Mutation) -> usize {
     match m {
         Mutation::Put { key, value, .. } => key.len() + value.len(),
         Mutation::Delete { key } => key.len(),
+        Mutation::DeleteRange { key, end, .. } => key.len() + end.len(),
     }
 }
 
-/// Every key a batch writes.
-pub(super) fn written_keys(batch: &Batch) -> Vec<bytes::Bytes> {
-    let mut keys = Vec::new();
+/// Every key (or range of keys) a batch writes: what a roll-back undoes.
+pub(super) fn written_ranges(batch: &Batch) -> Vec<KeyRange> {
+    let mut ranges = Vec::new();
     for op in &batch.ops {
         if let BatchOp::Write { mutations, .. } | BatchOp::Prepare { mutations, .. } = op {
-            keys.extend(mutations.iter().map(|m| match m {
-                Mutation::Put { key, .. } | Mutation::Delete { key } => bytes::Bytes::copy_from_slice(key),
+            ranges.extend(mutations.iter().map(|m| match m {
+                Mutation::Put { key, .. } | Mutation::Delete { key } => KeyRange::single(Bytes::copy_from_slice(key)),
+                Mutation::DeleteRange { key, end, .. } => {
+                    KeyRange { key: Bytes::copy_from_slice(key), end: Bytes::copy_from_slice(end) }
+                }
             }));
         }
     }
-    keys
+    ranges
 }
 
 /// Answers every request of a batch that did not commit here (it may still commit under
@@ -136,11 +141,11 @@ impl Writer {
         let mut keys = Vec::new();
         if !ops.is_empty() {
             let batch = Batch::new(ops);
-            keys = written_keys(&batch);
+            keys = written_ranges(&batch);
             if self.raft.propose(batch.to_bytes()).is_err() {
                 // Handing leadership over: this batch never reached the log (those before it
                 // still may commit).
-                self.store.borrow_mut().roll_back(keys.iter().map(|k| k.as_ref()), revision_before);
+                self.store.borrow_mut().roll_back(&keys, revision_before);
                 drop(self.store.borrow_mut().take_events());
                 let still_pending = self.in_flight.iter().find_map(|f| f.first_revision);
                 self.clock.release_to(self.cfg.id, still_pending);
@@ -238,7 +243,7 @@ impl Writer {
         // the batch; the only voter commits what it makes durable.
         let undoable = !self.raft.sole_voter();
         if undoable {
-            self.uncommitted = Some(written_keys(&batch));
+            self.uncommitted = Some(written_ranges(&batch));
         }
         if let Err(e) = self.raft.propose(batch.to_bytes()) {
             if !undoable {
