@@ -47,6 +47,10 @@ use stream::{PeerLinks, PeerWrite};
 
 /// Messages per frame at most (the rest go in the next frame).
 const FRAME_MESSAGES: usize = 4096;
+/// Encoded message bytes per frame at most (a larger message goes alone): a follower catching
+/// up on large entries is never sent a frame over the receiver's `MAX_FRAME_BYTES`, which it
+/// would refuse again and again.
+const FRAME_BYTES: usize = 32 << 20;
 /// How long a removed member keeps running after it applied its removal.
 const REMOVED_GRACE: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach a peer that is down.
@@ -525,6 +529,9 @@ impl Sender {
         // and members that never exchange Raft messages (two followers) still learn each
         // other's client URLs.
         let mut batch: Vec<(u16, Message)> = Vec::new();
+        // A message taken from the queue that did not fit in the last frame: the next starts
+        // with it.
+        let mut carried: Option<(u16, Message)> = None;
         loop {
             if !self.faults.drops(me, to) {
                 frame.frontier = self.node.frontier().unwrap_or_default();
@@ -547,12 +554,13 @@ impl Sender {
                     None => std::future::pending().await,
                 }
             };
+            if let Some(first) = carried.take() {
+                (batch, carried) = fill_frame(first, queue);
+                continue;
+            }
             tokio::select! {
                 m = queue.recv_async() => match m {
-                    Ok(first) => {
-                        batch = vec![first];
-                        batch.extend(queue.try_iter().take(FRAME_MESSAGES - 1));
-                    }
+                    Ok(first) => (batch, carried) = fill_frame(first, queue),
                     Err(_) => return Ended::Removed(conn),
                 },
                 write = dialed.recv_async() => match write {
@@ -562,5 +570,58 @@ impl Sender {
                 () = reader_ended => return Ended::Lost,
             }
         }
+    }
+}
+
+/// A Raft message and the group (shard) it is for.
+type GroupMessage = (u16, Message);
+
+/// The messages of the next frame: `first`, then what the queue holds, up to
+/// [`FRAME_MESSAGES`] and [`FRAME_BYTES`]; also the message taken that did not fit.
+fn fill_frame(first: GroupMessage, queue: &flume::Receiver<GroupMessage>) -> (Vec<GroupMessage>, Option<GroupMessage>) {
+    let mut bytes = first.1.encoded_len();
+    let mut batch = vec![first];
+    while batch.len() < FRAME_MESSAGES {
+        let Ok(next) = queue.try_recv() else { break };
+        bytes += next.1.encoded_len();
+        if bytes > FRAME_BYTES {
+            return (batch, Some(next));
+        }
+        batch.push(next);
+    }
+    (batch, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message whose one entry holds `bytes` bytes.
+    fn append(bytes: usize) -> GroupMessage {
+        let mut m = Message::default();
+        m.entries.push(raft::eraftpb::Entry { data: vec![7u8; bytes].into(), ..Default::default() });
+        (0, m)
+    }
+
+    #[test]
+    fn a_frame_stops_at_its_byte_limit_and_the_next_starts_with_what_did_not_fit() {
+        let (tx, rx) = flume::unbounded();
+        for _ in 0..5 {
+            tx.send(append(12 << 20)).expect("send");
+        }
+        let (first, carried) = fill_frame(append(12 << 20), &rx);
+        assert_eq!(first.len(), 2, "two 12 MiB messages fit in 32 MiB, a third does not");
+        let (second, carried) = fill_frame(carried.expect("a message carried over"), &rx);
+        assert_eq!(second.len(), 2);
+        let (third, carried) = fill_frame(carried.expect("a message carried over"), &rx);
+        assert_eq!((third.len(), carried.is_none()), (2, true));
+        // A message above the limit goes alone; small ones fill a frame up to the count limit.
+        let (alone, carried) = fill_frame(append(FRAME_BYTES + 1), &rx);
+        assert_eq!((alone.len(), carried.is_none()), (1, true));
+        for _ in 0..FRAME_MESSAGES + 10 {
+            tx.send(append(1)).expect("send");
+        }
+        let (full, carried) = fill_frame(append(1), &rx);
+        assert_eq!((full.len(), carried.is_none()), (FRAME_MESSAGES, true));
     }
 }

@@ -13,8 +13,12 @@ use super::store::{Store, Version, LATEST};
 use super::types::*;
 use crate::error::ShardError;
 
-/// Most bytes of keys and values one write may log on one shard.
-pub const MAX_WRITE_BYTES: usize = 256 << 20;
+/// Most bytes of keys and values (and their records' overhead) one write may log on one shard:
+/// with the other writes of its batch, a Raft entry stays far below the peer frame limit
+/// (checked where the batch limit is defined, `writer/mod.rs`).
+pub const MAX_WRITE_BYTES: usize = 128 << 20;
+/// What a logged mutation takes besides its key and value bytes (its archived record).
+const MUTATION_OVERHEAD: usize = 32;
 
 /// Hands out the revision of a write the first time it changes something, so writes that change
 /// nothing (a delete of no keys) take no revision, as in etcd.
@@ -137,7 +141,7 @@ impl Store {
             } else {
                 p.value.len()
             };
-            bytes += p.key.len() + value;
+            bytes += p.key.len() + value + MUTATION_OVERHEAD;
             if bytes > MAX_WRITE_BYTES {
                 return Err(ShardError::TooLarge);
             }

@@ -76,6 +76,10 @@ const COMPACTION_EVERY: Duration = Duration::from_millis(2);
 /// A batch stops growing past this many bytes of keys and values, keeping Raft entries and WAL
 /// frames far below the frame size limit.
 const MAX_BATCH_BYTES: usize = 16 << 20;
+// A batch closes past `MAX_BATCH_BYTES` after the write that crossed it: one write over the limit
+// at most, so an entry is below their sum, and a follower's peer frame (which refuses more than
+// `MAX_FRAME_BYTES`) can always carry it.
+const _: () = assert!(MAX_BATCH_BYTES + crate::mvcc::txn::MAX_WRITE_BYTES < wire::codec::peer::MAX_FRAME_BYTES * 3 / 4);
 
 /// Exit status after a WAL write failed (or a cross-shard write was abandoned after a change).
 pub const EXIT_STORAGE_FAILURE: i32 = 70;
