@@ -1,6 +1,7 @@
 //! Test-only faults of the read path, to prove the linearizability checker can fail (issue 5's
 //! "a deliberately broken read path"). Debug builds only: release builds compile them out.
-//! Two of them: stale reads on any server, and (in a cluster) follower reads.
+//! Three of them: stale reads on any server, (in a cluster) follower reads, and a pause in a
+//! cross-shard write before its prepares or its decision.
 //!
 //! With `COREKV_FAULT_STALE_READS` set in the environment, every read at the current revision
 //! reads the data of one revision earlier while its header still says the current revision: the
@@ -22,4 +23,32 @@ pub fn follower_reads() -> bool {
 /// Whether this process serves stale reads (never in a release build).
 pub fn stale_reads() -> bool {
     cfg!(debug_assertions) && std::env::var_os(STALE_READS_ENV).is_some()
+}
+
+/// The environment variable naming a pause every cross-shard write takes, as `<step>:<ms>`:
+/// `prepare:3000` before its prepares are logged, `decide:3000` after they are durable and before
+/// its decision is logged (so a test can cut the leader off in between).
+pub const CROSS_PAUSE_ENV: &str = "COREKV_FAULT_CROSS_PAUSE";
+
+/// The steps of a cross-shard write a test can pause before.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum CrossStep {
+    Prepare,
+    Decide,
+}
+
+/// The pause before `step` of a cross-shard write, if one is set for it (never in a release
+/// build).
+pub fn cross_pause(step: CrossStep) -> Option<std::time::Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let value = std::env::var(CROSS_PAUSE_ENV).ok()?;
+    let (name, ms) = value.split_once(':')?;
+    let wanted = match name {
+        "prepare" => CrossStep::Prepare,
+        "decide" => CrossStep::Decide,
+        _ => return None,
+    };
+    (wanted == step).then_some(std::time::Duration::from_millis(ms.parse().ok()?))
 }

@@ -103,6 +103,15 @@ impl Forwarder {
         tokio::time::timeout(self.request_timeout, call).await.unwrap_or_else(|_| Err(ApiError::Timeout.into()))
     }
 
+    /// `call` (a step that waits on the leader), or `etcdserver: request timed out` once etcd's
+    /// request timeout has passed.
+    pub async fn within_timeout<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        tokio::time::timeout(self.request_timeout, call).await.unwrap_or(Err(ApiError::Timeout))
+    }
+
     pub fn node(&self) -> &Arc<NodeState> {
         &self.node
     }

@@ -251,7 +251,17 @@ impl Router {
     /// Confirms with a quorum that this node still leads (ReadIndex on group 0, where every
     /// group's leadership follows), so a read served next is linearizable.
     pub async fn confirm_leadership(&self) -> Result<(), ApiError> {
-        Ok(self.shards[0].request(|reply| ShardMsg::ReadIndex { reply }).await?)
+        self.shards[0].request(|reply| ShardMsg::ReadIndex { reply }).await?;
+        Ok(())
+    }
+
+    /// On a member that does not serve: ReadIndex through the leader, then waits until this
+    /// member has applied everything up to the frontier the leader named, so a read served next
+    /// here is linearizable (etcd's follower reads).
+    pub async fn follower_read_barrier(&self) -> Result<(), ApiError> {
+        let frontier = self.shards[0].request(|reply| ShardMsg::ReadIndex { reply }).await?;
+        self.clock.wait_visible(frontier).await;
+        Ok(())
     }
 
     /// In a cluster, on the leader: applies a membership change to every group, group 0 first,
@@ -337,8 +347,9 @@ impl Router {
             (Ok(_), Some(rev)) => self.cross_commit(rev, &run.changed).await,
             _ => Ok(()),
         };
-        // A failure after a shard changed leaves it ahead of its log: the shard treats that
-        // as fatal. The checks in `CrossRun::run` make this unreachable short of a shard dying.
+        // On a failure (a step refused, or leadership lost while a step was logged) every held
+        // shard undoes what the write changed there; a prepare that did commit waits for the
+        // next leader's decision (see `Cross::Release`).
         let aborted = result.is_err() || commit.is_err();
         for p in held {
             let _ = self.shard(p).request(|reply| ShardMsg::Cross(Cross::Release { aborted, reply })).await;
@@ -382,12 +393,18 @@ impl Router {
                 Ok(self.shard(*only).request(|reply| ShardMsg::Cross(Cross::CommitLocal { revision, reply })).await?)
             }
             [coordinator, ..] => {
+                if let Some(pause) = crate::fault::cross_pause(crate::fault::CrossStep::Prepare) {
+                    tokio::time::sleep(pause).await;
+                }
                 try_join_all(changed.iter().map(|&p| {
                     let participants = changed.clone();
                     self.shard(p)
                         .request(move |reply| ShardMsg::Cross(Cross::Prepare { revision, participants, reply }))
                 }))
                 .await?;
+                if let Some(pause) = crate::fault::cross_pause(crate::fault::CrossStep::Decide) {
+                    tokio::time::sleep(pause).await;
+                }
                 Ok(self.shard(*coordinator).request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply })).await?)
             }
         }

@@ -9,7 +9,7 @@
 //!
 //! Shared by all shard threads and the router through an `Arc`; lock-free.
 
-use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::SeqCst};
 
 use event_listener::Event;
 
@@ -23,6 +23,8 @@ pub struct RevisionClock {
     compacted: AtomicI64,
     /// Per shard: revision covered by its latest durable snapshot (pruning of decisions).
     snapshot_floor: Box<[AtomicI64]>,
+    /// Set while this node follows a leader's frontier (see [`Self::follow`]).
+    following: AtomicBool,
     advanced: Event,
 }
 
@@ -35,6 +37,7 @@ impl RevisionClock {
             visible: AtomicI64::new(current),
             compacted: AtomicI64::new(compacted),
             snapshot_floor: (0..shards).map(|_| AtomicI64::new(0)).collect(),
+            following: AtomicBool::new(false),
             advanced: Event::new(),
         }
     }
@@ -66,7 +69,24 @@ impl RevisionClock {
         self.advance();
     }
 
+    /// From now on only a leader's frontier ([`Self::advance_to`]) moves visibility, not this
+    /// node's releases: a member that lost its leadership releases the revisions it rolled back,
+    /// which never committed, and must not show them as visible (a serializable read there
+    /// would see a revision before its writes arrived). Until [`Self::lead`].
+    pub fn follow(&self) {
+        self.following.store(true, SeqCst);
+    }
+
+    /// This node serves again: its releases move visibility.
+    pub fn lead(&self) {
+        self.following.store(false, SeqCst);
+        self.advance();
+    }
+
     fn advance(&self) {
+        if self.following.load(SeqCst) {
+            return;
+        }
         let next = self.next.load(SeqCst);
         let mut v = next - 1;
         for p in self.pending.iter() {
@@ -158,6 +178,22 @@ mod tests {
         assert_eq!(c.visible(), second);
         c.release(ShardId(0));
         assert_eq!(c.visible(), third);
+    }
+
+    #[test]
+    fn clock_of_a_deposed_leader_moves_only_with_the_leaders_frontier() {
+        let c = RevisionClock::new(1, 5, 0);
+        let rolled_back = c.allocate(ShardId(0));
+        c.follow();
+        // The write at `rolled_back` never committed: releasing it shows nothing new.
+        c.release(ShardId(0));
+        assert_eq!(c.visible(), 5);
+        c.advance_to(rolled_back);
+        assert_eq!(c.visible(), rolled_back, "the new leader's frontier covers it (its own write there)");
+        c.lead();
+        let next = c.allocate(ShardId(0));
+        c.release(ShardId(0));
+        assert_eq!(c.visible(), next, "serving again, releases move visibility");
     }
 
     #[test]

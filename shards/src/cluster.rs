@@ -69,6 +69,9 @@ pub struct NodeState {
     applied: Box<[AtomicU64]>,
     /// Per shard: whether this member is its group's only voter.
     sole: Box<[AtomicBool]>,
+    /// Per member: the frontier revision its latest frame carried (0: none; see
+    /// [`Self::note_frontier_of`]).
+    frontiers_sent: Mutex<std::collections::HashMap<u64, i64>>,
     /// Frontiers a leader sent that this follower's shards have not all reached yet.
     offered: Mutex<std::collections::VecDeque<(i64, Vec<u64>)>>,
     clock: Arc<RevisionClock>,
@@ -106,6 +109,7 @@ impl NodeState {
             commits: zeros(),
             applied: zeros(),
             sole: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            frontiers_sent: Mutex::default(),
             offered: Mutex::default(),
             clock,
             serving: AtomicBool::new(false),
@@ -198,6 +202,18 @@ impl NodeState {
         }
         let visible = self.clock.visible();
         Some((visible, self.commits.iter().map(|c| c.load(SeqCst)).collect()))
+    }
+
+    /// Notes the frontier revision a frame of `member` carried (0: none, it does not serve),
+    /// before the frame's messages reach the shards: a follower's ReadIndex answer, which one of
+    /// them may carry, then finds a frontier at least as new as the leader's when it answered.
+    pub fn note_frontier_of(&self, member: u64, revision: i64) {
+        self.frontiers_sent.lock().unwrap_or_else(|p| p.into_inner()).insert(member, revision);
+    }
+
+    /// The frontier revision the latest frame of `member` carried (0: none).
+    pub fn frontier_sent_by(&self, member: u64) -> i64 {
+        self.frontiers_sent.lock().unwrap_or_else(|p| p.into_inner()).get(&member).copied().unwrap_or(0)
     }
 
     /// A leader's frontier (see [`Self::frontier`]): once every shard here has applied the
@@ -307,6 +323,7 @@ pub async fn promote_when_ready(node: Arc<NodeState>, shards: Vec<ShardHandle>, 
                 }
                 if let Some(rev) = highest {
                     clock.advance_to(rev);
+                    clock.lead();
                     node.serving.store(true, SeqCst);
                     // A group that lost leadership meanwhile would have cleared `ready`.
                     if node.all_ready().as_ref() != Some(&terms) {

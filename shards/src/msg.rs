@@ -104,12 +104,15 @@ pub enum ShardMsg {
     Cross(Cross),
     /// A request about leases (see `LeaseMsg`).
     Lease(LeaseMsg),
-    /// Only with other nodes, to shard 0: confirms through a round of heartbeats that this node
-    /// still leads group 0 — so no other node can have taken writes — after the request
-    /// arrived (Raft's ReadIndex; requests in one batch share a round). A linearizable read may
-    /// then be served at the visible revision. Alone, it answers at once.
+    /// Only with other nodes, to shard 0: Raft's ReadIndex (requests in one batch share a
+    /// round; see `writer/read.rs`). On the leader it confirms through a round of heartbeats that
+    /// this node still leads group 0 — so no other node can have taken writes — after the
+    /// request arrived, and answers 0: a linearizable read may then be served at the visible
+    /// revision. On a follower the leader confirms the same and the answer is the leader's
+    /// frontier then: once this node's visible revision reaches it, a read here is
+    /// linearizable. Alone, it answers 0 at once.
     ReadIndex {
-        reply: Reply<()>,
+        reply: Reply<i64>,
     },
     /// Only with other nodes, on the leader: proposes a membership change in this shard's group
     /// and answers once it is applied here (every group gets the same changes, one at a time).
@@ -171,8 +174,9 @@ pub enum Cross {
     CommitLocal { revision: i64, reply: Reply<()> },
     /// Logs the commit decision (coordinator only), durably.
     Decide { revision: i64, reply: Reply<()> },
-    /// Ends the hold. `aborted` after mutations means the in-memory state is ahead of the log:
-    /// the process stops, as after a storage failure (a restart recovers from the log).
+    /// Ends the hold. With `aborted`, the shard undoes what the write executed and did not log,
+    /// and puts a committed prepare of it back in its apply queue, where the next leader's
+    /// `Decide` (logged in time) or `Abort` settles it.
     Release { aborted: bool, reply: Reply<()> },
 }
 

@@ -63,6 +63,8 @@ pub struct ReadShard {
     /// The highest index to replay (see [`RecoveredRaft::replay_limit`]).
     limit: u64,
     pub decided: BTreeSet<i64>,
+    /// Cross-shard writes whose prepares in this shard's log a later leader aborted.
+    aborted: BTreeSet<i64>,
     /// The log after the snapshot; entries carry no data until [`replay`].
     pub raft: RecoveredRaft,
     pub wal: RecoveredWal,
@@ -136,6 +138,8 @@ pub fn read_shard(dirs: ShardDirs, sole_voter: bool) -> Result<ReadShard, Recove
     let mut positions = Vec::new();
     // (entry index, revision) of every Decide op in the surviving entries.
     let mut decides: Vec<(u64, i64)> = Vec::new();
+    // (entry index, revision) of every Abort op.
+    let mut aborts: Vec<(u64, i64)> = Vec::new();
     let mut scratch = AlignedVec::<16>::new();
     let dir = dirs.wal.clone();
     let wal = wal::recover(&dirs.wal, |pos, bytes| -> Result<(), RecoverError> {
@@ -160,6 +164,9 @@ pub fn read_shard(dirs: ShardDirs, sole_voter: bool) -> Result<ReadShard, Recove
         while decides.last().is_some_and(|(i, _)| *i >= index) {
             decides.pop();
         }
+        while aborts.last().is_some_and(|(i, _)| *i >= index) {
+            aborts.pop();
+        }
         let expected = raft.entries.last().map_or(raft.snapshot_index, |l| l.index) + 1;
         if index != expected {
             return Err(RecoverError::Gap { dir: dir.clone(), expected, found: index });
@@ -178,8 +185,10 @@ pub fn read_shard(dirs: ShardDirs, sole_voter: bool) -> Result<ReadShard, Recove
             return Err(bad_batch(format!("unsupported batch format {}", batch.format.to_native())));
         }
         for op in batch.ops.iter() {
-            if let ArchivedBatchOp::Decide { revision } = op {
-                decides.push((index, revision.to_native()));
+            match op {
+                ArchivedBatchOp::Decide { revision } => decides.push((index, revision.to_native())),
+                ArchivedBatchOp::Abort { revision } => aborts.push((index, revision.to_native())),
+                _ => {}
             }
         }
         Ok(())
@@ -189,7 +198,8 @@ pub fn read_shard(dirs: ShardDirs, sole_voter: bool) -> Result<ReadShard, Recove
     }
     let limit = raft.replay_limit(sole_voter);
     decided.extend(decides.into_iter().filter(|(index, _)| *index <= limit).map(|(_, revision)| revision));
-    Ok(ReadShard { dirs, store, auth, alarms, leases, positions, limit, decided, raft, wal })
+    let aborted = aborts.into_iter().filter(|(index, _)| *index <= limit).map(|(_, revision)| revision).collect();
+    Ok(ReadShard { dirs, store, auth, alarms, leases, positions, limit, decided, aborted, raft, wal })
 }
 
 /// What a committed op needs beyond the store, from whoever keeps the leases (or, for an auth
@@ -218,7 +228,7 @@ pub fn apply_op(store: &mut Store, op: BatchOp, is_decided: impl Fn(i64) -> bool
                 store.observe_revision(revision);
             }
         }
-        BatchOp::Decide { revision } => store.observe_revision(revision),
+        BatchOp::Decide { revision } | BatchOp::Abort { revision } => store.observe_revision(revision),
         BatchOp::Compact { revision } => store.compact(revision),
         BatchOp::LeaseGrant { id, ttl } => return Some(LeaseChange::Grant { id, ttl }),
         BatchOp::LeaseRevoke { id } => return Some(LeaseChange::Revoke { id }),
@@ -253,8 +263,19 @@ pub fn replay(
     stop_at_undecided: bool,
     keep_log_data: bool,
 ) -> Result<RecoveredShard, RecoverError> {
-    let ReadShard { dirs, mut store, mut auth, mut alarms, mut leases, positions, limit, decided, mut raft, wal } =
-        read;
+    let ReadShard {
+        dirs,
+        mut store,
+        mut auth,
+        mut alarms,
+        mut leases,
+        positions,
+        limit,
+        decided,
+        aborted,
+        mut raft,
+        wal,
+    } = read;
     let mut unapplied = Vec::new();
     let mut replayed_entries = 0;
     let Some(first) = positions.first() else {
@@ -297,7 +318,9 @@ pub fn replay(
             index,
             reason: err.to_string(),
         })?;
-        if !unapplied.is_empty() || (stop_at_undecided && prepares(&b).any(|r| !all_decided.contains(&r))) {
+        // A prepare a later leader aborted is discarded below, not waited for.
+        let undecided = |r: i64| !all_decided.contains(&r) && !aborted.contains(&r);
+        if !unapplied.is_empty() || (stop_at_undecided && prepares(&b).any(undecided)) {
             unapplied.push((index, b));
             return Ok(());
         }

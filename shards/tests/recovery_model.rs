@@ -162,6 +162,40 @@ fn recovery_model_cross_shard_prepare_commits_only_with_decision() {
     }
 }
 
+/// A member of a cluster (not the only voter) replays up to its commit index and parks an
+/// undecided prepare (its decision may still arrive through another group) with everything after
+/// it — unless a later leader logged its `Abort`: then it discards the prepare and goes on.
+#[test]
+fn recovery_model_an_aborted_prepare_is_discarded_not_waited_for() {
+    use wire::record::wal::HardStateRecord;
+    for aborted in [false, true] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dirs = ShardDirs::new(tmp.path(), 0);
+        std::fs::create_dir_all(&dirs.wal).expect("mkdir");
+        let mut log =
+            prepare_log(1, vec![BatchOp::Prepare { revision: 2, participants: vec![0, 1], mutations: vec![put("a")] }]);
+        let mut second = vec![BatchOp::Write { revision: 3, mutations: vec![put("b")] }];
+        if aborted {
+            second.insert(0, BatchOp::Abort { revision: 2 });
+        }
+        log.extend(prepare_log(2, second));
+        let hard = WalRecord::HardState(HardStateRecord { term: 1, vote: 1, commit: 2 });
+        encode_into(&mut log, RecordKind::Wal, &hard.to_bytes());
+        std::fs::write(dirs.wal.join("0000000000000001.wal"), log).expect("write");
+        let read = read_shard(dirs, false).expect("read");
+        let rec = replay(read, &BTreeSet::new(), true, false).expect("replay");
+        let parked: Vec<u64> = rec.unapplied.iter().map(|(i, _)| *i).collect();
+        if aborted {
+            assert!(parked.is_empty(), "nothing waits behind an aborted prepare");
+            assert!(rec.store.get_at(b"a", LATEST).is_none() && rec.store.get_at(b"b", LATEST).is_some());
+            assert_eq!(rec.store.current_revision(), 3);
+        } else {
+            assert_eq!(parked, vec![1, 2], "the undecided prepare and what follows wait");
+            assert_eq!(rec.store.key_count(), 0);
+        }
+    }
+}
+
 #[test]
 fn raft_group_restart_keeps_log_and_raises_term() {
     // First life: campaign, then three proposals, persisted as the writer would.

@@ -94,11 +94,13 @@ impl KvService {
 impl Kv for KvService {
     async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         // Serializable reads are answered by any member from its own state, as in etcd; the
-        // debug-build follower-read fault answers linearizable ones so too.
+        // debug-build follower-read fault answers linearizable ones so too. A linearizable read
+        // on a follower is served there too, once a ReadIndex through the leader says how far
+        // this member must have applied (etcd's follower reads).
         let local = req.get_ref().serializable || crate::fault::follower_reads();
         if !local {
             match route_of(&self.fwd, &req).await? {
-                Route::Leader(ch) => return self.fwd.answer(KvClient::new(ch).range(onward(req))).await,
+                Route::Leader(_) => self.fwd.within_timeout(self.router.follower_read_barrier()).await?,
                 Route::Local => self.confirm_leadership().await?,
             }
         }

@@ -599,7 +599,7 @@ mod tests {
     /// A message whose one entry holds `bytes` bytes.
     fn append(bytes: usize) -> GroupMessage {
         let mut m = Message::default();
-        m.entries.push(raft::eraftpb::Entry { data: vec![7u8; bytes].into(), ..Default::default() });
+        m.entries.push(raft::eraftpb::Entry { data: vec![7u8; bytes], ..Default::default() });
         (0, m)
     }
 

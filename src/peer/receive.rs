@@ -283,6 +283,7 @@ fn deliver(frame: PeerFrame, r: &Receiving) -> Result<(), Refused> {
         messages.push((*group, msg));
     }
     directory.learn(from, &name, &client_urls);
+    r.node.note_frontier_of(from, if commits.is_empty() { 0 } else { revision });
     if !commits.is_empty() {
         r.node.offer_frontier(revision, commits);
     }

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod http;
 pub mod wal;
 
 use std::net::TcpListener;

@@ -85,6 +85,7 @@ fn dump_batch(b: &Batch, keys: bool) {
                 Some(mutations),
             ),
             BatchOp::Decide { revision } => (format!("  decide rev={revision}"), None),
+            BatchOp::Abort { revision } => (format!("  abort rev={revision}"), None),
             BatchOp::Compact { revision } => (format!("  compact rev={revision}"), None),
             BatchOp::LeaseGrant { id, ttl } => (format!("  lease grant id={id} ttl={ttl}"), None),
             BatchOp::LeaseRevoke { id } => (format!("  lease revoke id={id}"), None),

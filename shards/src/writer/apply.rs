@@ -12,23 +12,33 @@ impl Writer {
     /// Whether cross-shard write `revision` was decided: on any shard of this node, or further
     /// on in this shard's own queue (the coordinator logs its prepare and then its decision).
     pub(super) fn is_decided(&self, revision: i64) -> bool {
-        let decided_later = || {
-            self.apply_queue
-                .iter()
-                .any(|(_, b)| b.ops.iter().any(|op| matches!(op, BatchOp::Decide { revision: r } if *r == revision)))
-        };
-        self.cfg.cluster.node.is_decided(revision) || decided_later()
+        self.cfg.cluster.node.is_decided(revision)
+            || self.queued(|op| matches!(op, BatchOp::Decide { revision: r } if *r == revision))
+    }
+
+    /// Whether the prepare of cross-shard write `revision` waits for a decision: none was made,
+    /// and no later leader aborted it (an `Abort` further on in this shard's queue).
+    pub(super) fn is_pending(&self, revision: i64) -> bool {
+        !self.is_decided(revision) && !self.queued(|op| matches!(op, BatchOp::Abort { revision: r } if *r == revision))
+    }
+
+    /// Whether some queued batch holds an op that `wanted`.
+    fn queued(&self, wanted: impl Fn(&BatchOp) -> bool) -> bool {
+        self.apply_queue.iter().any(|(_, b)| b.ops.iter().any(&wanted))
     }
 
     /// Applies queued committed batches in order. The head waits while one of its prepares is
-    /// undecided, unless `discard_undecided` (a new leader settling its log: every decision that
-    /// will ever commit has been applied by then).
-    pub(super) fn apply_queued(&mut self, discard_undecided: bool) {
+    /// pending, unless `discard_undecided` (a new leader settling its log: every decision that
+    /// will ever commit has been applied by then). Returns the revisions of the prepares it
+    /// discarded that no `Abort` covered yet: the caller (a new leader) logs their `Abort`.
+    pub(super) fn apply_queued(&mut self, discard_undecided: bool) -> Vec<i64> {
+        let mut discarded = Vec::new();
         while let Some((_, batch)) = self.apply_queue.front() {
-            let undecided = recover::prepares(batch).any(|r| !self.is_decided(r));
-            if undecided && !discard_undecided {
+            let pending: Vec<i64> = recover::prepares(batch).filter(|r| self.is_pending(*r)).collect();
+            if !pending.is_empty() && !discard_undecided {
                 break;
             }
+            discarded.extend(pending);
             let decided: Vec<i64> = recover::prepares(batch).filter(|r| self.is_decided(*r)).collect();
             let Some((_, batch)) = self.apply_queue.pop_front() else { break };
             self.entries_since_snapshot += 1;
@@ -60,6 +70,7 @@ impl Writer {
             self.clock.set_compacted(store.compact_revision());
             self.committed_revision = store.current_revision();
         }
+        discarded
     }
 
     /// Applies a committed membership change to this group; group 0 tells the node.

@@ -1,12 +1,14 @@
 //! Losing, taking and handing over leadership: roll-back of what a deposed leader executed,
-//! settling as the new leader (`Promote`), leader transfer, membership changes, ReadIndex rounds.
+//! settling as the new leader (`Promote`), leader transfer, membership changes.
 
 use std::time::Instant;
 
 use super::write::fail_acks;
+use wire::record::batch::BatchOp;
+
 use super::Writer;
 use crate::error::ShardError;
-use crate::msg::{Cross, LeaseMsg, Reply, ShardMsg};
+use crate::msg::{Cross, LeaseMsg, ShardMsg};
 use crate::mvcc::KeyRange;
 
 impl Writer {
@@ -28,14 +30,11 @@ impl Writer {
     /// are released. Whatever of them commits later arrives as committed entries and is applied.
     pub(super) fn step_down_if_deposed(&mut self) {
         if !self.raft.is_leader() {
+            // Before the roll-backs release their revisions.
+            self.clock.follow();
             self.roll_back_in_flight();
             self.roll_back_uncommitted();
-            // Raft forgets the pending rounds of a leader that steps down.
-            for (_, waiters) in self.read_waiters.drain() {
-                for reply in waiters {
-                    drop(reply.send(Err(ShardError::LeaderChanged)));
-                }
-            }
+            self.lose_hold();
         }
     }
 
@@ -89,7 +88,6 @@ impl Writer {
                 | ShardMsg::Alarm { .. }
                 | ShardMsg::Compact { .. }
                 | ShardMsg::Cross(Cross::Hold { .. })
-                | ShardMsg::ReadIndex { .. }
                 | ShardMsg::TransferLeader { .. }
                 | ShardMsg::ConfChange { .. }
                 | ShardMsg::Progress { .. }
@@ -103,15 +101,25 @@ impl Writer {
         writes && (!link.node.serving() || self.raft.transferring())
     }
 
+    /// Whether this member leads, serves writes and is not handing its group over: what a step
+    /// that must be logged here needs.
+    pub(super) fn leads_now(&self) -> bool {
+        self.raft.is_leader() && self.cfg.cluster.node.serving() && !self.raft.transferring()
+    }
+
     /// Settles this shard for a node that now leads every group (see `ShardMsg::Promote`):
-    /// applies what is queued, discarding prepares whose decision never committed, and (when
-    /// another member may have led) restarts its leases' deadlines, as etcd does when a new
-    /// leader takes over.
-    pub(super) fn promote(&mut self, term: u64) -> Result<i64, ShardError> {
+    /// applies what is queued, discarding prepares whose decision never committed — and adds an
+    /// `Abort` for each to `ops` (the running batch), so members behind them in the log discard
+    /// them too — and (when another member may have led) restarts its leases' deadlines, as etcd
+    /// does when a new leader takes over.
+    pub(super) fn promote(&mut self, term: u64, ops: &mut Vec<BatchOp>) -> Result<i64, ShardError> {
         if !(self.raft.leads_settled() && self.raft.term() == term) {
             return Err(ShardError::NotLeader);
         }
-        self.apply_queued(true);
+        for revision in self.apply_queued(true) {
+            tracing::warn!(shard = self.cfg.id.0, revision, "aborting a cross-shard write that was never decided");
+            ops.push(BatchOp::Abort { revision });
+        }
         // Keepalives went to the old leader: every lease gets its TTL again, plus the time the
         // old leader may have gone on renewing. The only voter was that leader itself (before
         // a restart): its leases keep what they had left.
@@ -141,24 +149,5 @@ impl Writer {
             (false, true) => Err(ShardError::ConfChangePending),
             (false, false) => Err(ShardError::LeaderChanged),
         }
-    }
-
-    /// Joins (or starts) this batch's ReadIndex round (see `ShardMsg::ReadIndex`).
-    pub(super) fn read_index(&mut self, reply: Reply<()>) {
-        // Nobody else votes, so nobody else can lead: no quorum to ask.
-        if self.raft.sole_voter() && self.raft.is_leader() {
-            drop(reply.send(Ok(())));
-            return;
-        }
-        let round = match self.read_round {
-            Some(r) => r,
-            None => {
-                self.read_rounds += 1;
-                self.raft.read_index(self.read_rounds.to_le_bytes().to_vec());
-                self.read_round = Some(self.read_rounds);
-                self.read_rounds
-            }
-        };
-        self.read_waiters.entry(round).or_default().push(reply);
     }
 }

@@ -14,7 +14,8 @@
 //! - `ready.rs`: the Raft side — waiting for a message, a peer message or a tick, stepping and
 //!   ticking, and the Ready loop (`persist_ready`) whose order its doc comment gives;
 //! - `apply.rs`: applying committed entries a follower (or a new leader) did not execute;
-//! - `leadership.rs`: losing, taking and handing over leadership, membership changes, ReadIndex;
+//! - `leadership.rs`: losing, taking and handing over leadership, membership changes;
+//! - `read.rs`: ReadIndex rounds, on the leader and on followers;
 //! - `cross_shard.rs`: this shard's part in a cross-shard write (between `Hold` and `Release`
 //!   the writer runs only that operation's steps and defers other writes);
 //! - `snapshots.rs`: local snapshots beside the writer, and installing the leader's;
@@ -33,6 +34,7 @@ mod cross_shard;
 mod leadership;
 mod lease;
 mod pump;
+mod read;
 mod ready;
 mod snapshots;
 mod write;
@@ -81,7 +83,7 @@ const MAX_BATCH_BYTES: usize = 16 << 20;
 // `MAX_FRAME_BYTES`) can always carry it.
 const _: () = assert!(MAX_BATCH_BYTES + crate::mvcc::txn::MAX_WRITE_BYTES < wire::codec::peer::MAX_FRAME_BYTES * 3 / 4);
 
-/// Exit status after a WAL write failed (or a cross-shard write was abandoned after a change).
+/// Exit status after a WAL write failed, or a committed entry could not be applied.
 pub const EXIT_STORAGE_FAILURE: i32 = 70;
 
 /// A WAL write slower than this counts as a stall: leases do not expire during it, and their
@@ -184,6 +186,10 @@ pub struct Writer {
     /// Batches proposed and not committed yet, oldest first, on a leader with other voters
     /// (see [`Writer::commit_pipelined`]).
     in_flight: VecDeque<InFlight>,
+    /// The cross-shard write holding this shard (between its `Hold` and `Release`), if any.
+    hold: Option<cross_shard::Hold>,
+    /// This shard's committed prepare of the cross-shard write holding it, until its `Release`.
+    prepared: Option<cross_shard::Prepared>,
     /// The index of the last membership change applied to this group.
     conf_applied: u64,
     /// When the last step of background compaction ran.
@@ -193,7 +199,7 @@ pub struct Writer {
     /// Rounds started so far (a round's context is its number).
     read_rounds: u64,
     /// Callers waiting for each round's confirmation.
-    read_waiters: std::collections::HashMap<u64, Vec<Reply<()>>>,
+    read_waiters: std::collections::HashMap<u64, read::ReadRound>,
 }
 
 /// What recovery left for the writer besides the store.
@@ -270,6 +276,8 @@ impl Writer {
             transfer_to: 0,
             in_flight: VecDeque::new(),
             conf_applied: 0,
+            hold: None,
+            prepared: None,
             last_compaction_step: Instant::now(),
             read_round: None,
             read_rounds: 0,
@@ -431,13 +439,19 @@ impl Writer {
                 | ShardMsg::History { .. }) => answer_read(&self.store.borrow(), &self.clock, msg),
                 ShardMsg::Cross(Cross::Hold { reply }) => {
                     self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
+                    // The commit waited on Raft: a member that lost its leadership meanwhile
+                    // holds nothing for a write it can no longer log.
+                    if !self.leads_now() {
+                        drop(reply.send(Err(ShardError::NotLeader)));
+                        continue;
+                    }
                     // Messages after the hold in this batch wait until it is released.
                     self.deferred.extend(iter.by_ref());
                     self.held(reply, rx).await;
                 }
                 ShardMsg::Cross(other) => fail(ShardMsg::Cross(other), ShardError::Stopped),
                 ShardMsg::Lease(m) => self.lease(m, &mut ops, &mut acks),
-                ShardMsg::Promote { term, reply } => drop(reply.send(self.promote(term))),
+                ShardMsg::Promote { term, reply } => drop(reply.send(self.promote(term, &mut ops))),
                 ShardMsg::ReadIndex { reply } => self.read_index(reply),
                 ShardMsg::ConfChange { change, reply } => {
                     self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;

@@ -146,9 +146,8 @@ pub(super) fn fail(msg: ShardMsg, e: ShardError) {
         ShardMsg::Compact { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Status { reply } => drop(reply.send(Err(e))),
         ShardMsg::Promote { reply, .. } => drop(reply.send(Err(e))),
-        ShardMsg::ReadIndex { reply } | ShardMsg::TransferLeader { reply, .. } | ShardMsg::ConfChange { reply, .. } => {
-            drop(reply.send(Err(e)))
-        }
+        ShardMsg::ReadIndex { reply } => drop(reply.send(Err(e))),
+        ShardMsg::TransferLeader { reply, .. } | ShardMsg::ConfChange { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Progress { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Shutdown { reply } => drop(reply.send(Err(e))),
         ShardMsg::Lease(l) => match l {

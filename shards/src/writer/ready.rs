@@ -16,6 +16,7 @@ impl Writer {
     pub(super) async fn persist_ready(&mut self) {
         loop {
             self.step_down_if_deposed();
+            self.fail_stale_read_rounds();
             let Some(work) = self.raft.take_ready() else { break };
             if RaftGroup::has_snapshot(&work.rd) {
                 let meta = work.rd.snapshot().get_metadata().clone();
@@ -23,12 +24,7 @@ impl Writer {
             }
             self.send(work.messages);
             self.enqueue_committed(work.committed);
-            for rs in work.read_states {
-                let round = rs.request_ctx.try_into().map_or(0, u64::from_le_bytes);
-                for reply in self.read_waiters.remove(&round).unwrap_or_default() {
-                    drop(reply.send(Ok(())));
-                }
-            }
+            self.answer_read_states(work.read_states);
             let recs = work.records;
             let rd = work.rd;
             for r in &recs {
@@ -65,7 +61,8 @@ impl Writer {
             }
         }
         self.complete_committed();
-        self.apply_queued(false);
+        // Nothing discarded without `discard_undecided`.
+        let _ = self.apply_queued(false);
         self.after_step();
     }
 
@@ -117,7 +114,7 @@ impl Writer {
                     self.tick_timer.reset(link.tick);
                     self.raft.tick();
                     // Decisions applied by other shards may unblock a waiting prepare.
-                    self.apply_queued(false);
+                    let _ = self.apply_queued(false);
                 }
             }
             Wake::Msg(_) => {}
@@ -153,6 +150,10 @@ impl Writer {
         for e in entries {
             if e.entry_type == raft::eraftpb::EntryType::EntryConfChange as i32 {
                 self.apply_conf_entry(&e);
+                // Nothing for the store: it counts as applied. (A follower's visible revision
+                // moves once its applied index reaches the leader's commit index, which covers
+                // the change: a group whose last entry was a membership change held it back.)
+                self.executed_upto = self.executed_upto.max(e.index);
                 continue;
             }
             if e.index <= self.executed_upto {
@@ -179,7 +180,7 @@ impl Writer {
         let settled = self.raft.leads_settled() && self.apply_queue.len() <= 1 && {
             // A lone undecided prepare at the end of the log may never be decided: settling
             // (Promote) discards it.
-            self.apply_queue.front().is_none_or(|(_, b)| recover::prepares(b).any(|r| !self.is_decided(r)))
+            self.apply_queue.front().is_none_or(|(_, b)| recover::prepares(b).any(|r| self.is_pending(r)))
         };
         let shard = self.cfg.id.0 as usize;
         let applied = self.apply_queue.front().map_or(self.executed_upto, |(index, _)| index - 1);

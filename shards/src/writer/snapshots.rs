@@ -91,9 +91,11 @@ impl Writer {
     /// result of one that finished.
     pub(super) async fn maybe_snapshot(&mut self) {
         self.finish_snapshot(false).await;
-        // Not while pipelined batches are in flight: the store holds writes no log has
-        // committed yet, and a snapshot names the index its content is the state of.
-        let due = self.entries_since_snapshot >= self.cfg.snapshot_entries && self.in_flight.is_empty();
+        // Not while the store holds writes no log has committed yet (pipelined batches, a step
+        // being logged, a cross-shard write holding the shard — whose prepare may still be
+        // undone): a snapshot names the index its content is the state of.
+        let settled = self.in_flight.is_empty() && self.uncommitted.is_none() && self.hold.is_none();
+        let due = self.entries_since_snapshot >= self.cfg.snapshot_entries && settled;
         if self.snapshot.is_none() && due {
             self.start_snapshot();
         }

@@ -106,6 +106,9 @@ impl Writer {
     /// other voters, once a majority has committed it (and every batch before it).
     pub(super) async fn commit(&mut self, ops: Vec<BatchOp>, acks: Vec<Ack>) {
         if ops.is_empty() && acks.is_empty() {
+            // Nothing of its own, but the step after it (a Hold's answer, a snapshot, a
+            // membership change) must see only committed writes: the pipeline drains first.
+            self.drain_in_flight().await;
             return;
         }
         let committed = self.log(ops).await;

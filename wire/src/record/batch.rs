@@ -60,6 +60,11 @@ pub enum BatchOp {
     Auth(Box<super::auth::AuthOp>),
     /// An alarm raised or cleared (group 0 only): etcd's replicated alarm store.
     Alarm(AlarmChange),
+    /// Cross-shard write `revision` will never be decided: a leader that took over found this
+    /// shard's `Prepare` for it without a `Decide` anywhere, and discarded it. Members behind
+    /// that `Prepare` discard it too when they reach this record, instead of waiting for a
+    /// decision that cannot come.
+    Abort { revision: i64 },
 }
 
 /// Raises (`activate`) or clears alarm `alarm` (etcd's `AlarmType` number) of member
@@ -113,6 +118,7 @@ mod tests {
             BatchOp::LeaseGrant { id: 7, ttl: 60 },
             BatchOp::LeaseCheckpoint { remaining: vec![(7, 42)] },
             BatchOp::LeaseRevoke { id: 7 },
+            BatchOp::Abort { revision: 6 },
         ]);
         assert_eq!(Batch::from_bytes(&b.to_bytes()).expect("valid"), b);
     }

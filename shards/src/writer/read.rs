@@ -1,0 +1,109 @@
+//! ReadIndex rounds: what a linearizable read waits for. On the leader a round confirms, by a
+//! quorum's heartbeat answers, that no other member leads (reads are then served at the
+//! leader's own frontier). On a follower, Raft forwards the round to the leader, which answers
+//! once it confirmed the same; the follower then waits until it has applied up to the frontier
+//! the leader sent with that answer — every write acknowledged before the read began — and
+//! serves the read itself. Requests that arrive in one batch share a round.
+
+use super::Writer;
+use crate::error::ShardError;
+use crate::msg::Reply;
+
+/// One ReadIndex round this member started.
+pub(super) struct ReadRound {
+    /// The group's leader when the round started (this member, on the leader): a round whose
+    /// leader is not the group's any more is failed (Raft forgets a deposed leader's rounds; a
+    /// follower's may have been lost on the way).
+    leader: u64,
+    waiters: Vec<Reply<i64>>,
+}
+
+/// Rounds a follower keeps waiting at most (a leader that drops them — it has not committed an
+/// entry in its term yet — never answers; the caller has given up after its timeout).
+const MAX_ROUNDS: usize = 1024;
+
+impl Writer {
+    /// Joins (or starts) this batch's ReadIndex round (see `ShardMsg::ReadIndex`).
+    pub(super) fn read_index(&mut self, reply: Reply<i64>) {
+        // Nobody else votes, so nobody else can lead: no quorum to ask.
+        if self.raft.sole_voter() && self.raft.is_leader() {
+            drop(reply.send(Ok(0)));
+            return;
+        }
+        let leader = self.raft.leader_id();
+        if leader == 0 || (self.raft.is_leader() && self.raft.transferring()) {
+            drop(reply.send(Err(ShardError::NotLeader)));
+            return;
+        }
+        let round = match self.read_round {
+            Some(r) => r,
+            None => {
+                self.read_rounds += 1;
+                self.raft.read_index(self.round_context(self.read_rounds));
+                self.read_round = Some(self.read_rounds);
+                if self.read_waiters.len() >= MAX_ROUNDS {
+                    self.fail_rounds(|_| true);
+                }
+                self.read_rounds
+            }
+        };
+        self.read_waiters.entry(round).or_insert_with(|| ReadRound { leader, waiters: Vec::new() }).waiters.push(reply);
+    }
+
+    /// Answers the rounds Raft confirmed: on the leader with 0 (its own frontier will do), on a
+    /// follower with the frontier the leader sent with its answer.
+    pub(super) fn answer_read_states(&mut self, states: Vec<raft::ReadState>) {
+        for rs in states {
+            // Another member's context (never handed to this one) or a malformed one: no round.
+            let Some(round) = self.round_of(&rs.request_ctx) else { continue };
+            let Some(r) = self.read_waiters.remove(&round) else { continue };
+            let answer = if self.raft.is_leader() {
+                Ok(0)
+            } else {
+                // Frames carry a frontier only from a leader that serves: from any other (one
+                // that has not settled its groups yet), the read is refused.
+                match self.cfg.cluster.node.frontier_sent_by(self.raft.leader_id()) {
+                    0 => Err(ShardError::LeaderChanged),
+                    frontier => Ok(frontier),
+                }
+            };
+            for reply in r.waiters {
+                drop(reply.send(answer.clone()));
+            }
+        }
+    }
+
+    /// A round's context: this member's id, then the round's number. The leader keeps the
+    /// rounds it is asked for by context, its own and every follower's, and ignores one whose
+    /// context it already holds: counters alone would collide between members.
+    fn round_context(&self, round: u64) -> Vec<u8> {
+        let me = self.cfg.cluster.members.me;
+        [me.to_le_bytes(), round.to_le_bytes()].concat()
+    }
+
+    /// The round a context names, if it is one of this member's.
+    fn round_of(&self, context: &[u8]) -> Option<u64> {
+        let (member, round) = context.split_at_checked(8)?;
+        let member = u64::from_le_bytes(member.try_into().ok()?);
+        let round = u64::from_le_bytes(round.try_into().ok()?);
+        (member == self.cfg.cluster.members.me).then_some(round)
+    }
+
+    /// Fails the rounds whose leader is not this group's any more (see [`ReadRound::leader`]).
+    pub(super) fn fail_stale_read_rounds(&mut self) {
+        let leader = self.raft.leader_id();
+        self.fail_rounds(|r| r.leader != leader);
+    }
+
+    fn fail_rounds(&mut self, stale: impl Fn(&ReadRound) -> bool) {
+        self.read_waiters.retain(|_, r| {
+            if !stale(r) {
+                return true;
+            }
+            for reply in r.waiters.drain(..) {
+                drop(reply.send(Err(ShardError::LeaderChanged)));
+            }
+            false
+        });
+    }
+}
