@@ -1,0 +1,111 @@
+//! The writer's part in cross-shard writes, driven through the pool as the router drives it, on a
+//! server alone with two shards (split at "m"): an abandoned write leaves nothing behind on any
+//! shard — it used to stop the process — its revision is never handed out again, and the shards
+//! go on; a held shard defers other writes until the hold ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::executor::block_on;
+use shards::cluster::NodeState;
+use shards::mvcc::{KeyRange, Op, OpResult, PutOp, RangeQuery};
+use shards::{ClusterConfig, ClusterIo, Cross, PoolConfig, ShardMsg, ShardPool};
+
+/// A serving pool; the cluster ends are kept alive with it.
+fn start(dir: &std::path::Path) -> (ShardPool, ClusterIo) {
+    let mut pool = ShardPool::start(PoolConfig {
+        data_dir: dir.to_path_buf(),
+        shards: Some(2),
+        fsync: false,
+        snapshot_entries: 10_000,
+        initial_boundaries: Some(vec![Bytes::from_static(b"m")]),
+        lease_checkpoint_interval: Duration::from_secs(300),
+        cluster: ClusterConfig {
+            me: 1,
+            voters: vec![1],
+            learners: vec![],
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+        },
+    })
+    .expect("start");
+    let io = pool.take_cluster_io().expect("cluster io");
+    let node: Arc<NodeState> = io.node.clone();
+    let (handles, clock) = (pool.handles().to_vec(), pool.clock().clone());
+    let promoting = node.clone();
+    std::thread::spawn(move || block_on(shards::cluster::promote_when_ready(promoting, handles, clock)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.serving() {
+        assert!(Instant::now() < deadline, "the pool never served");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (pool, io)
+}
+
+fn put(key: &str) -> Op {
+    Op::Put(PutOp {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::from_static(b"v"),
+        lease: 0,
+        prev_kv: false,
+        ignore_value: false,
+        ignore_lease: false,
+    })
+}
+
+/// Whether `key` is live on `shard` as of its latest write.
+fn exists(pool: &ShardPool, shard: usize, key: &str) -> bool {
+    let query = RangeQuery { range: KeyRange::single(Bytes::copy_from_slice(key.as_bytes())), ..Default::default() };
+    let revision = pool.clock().visible();
+    let r = block_on(pool.handles()[shard].request(|reply| ShardMsg::Range { query, revision, reply })).expect("range");
+    r.count == 1
+}
+
+fn write(pool: &ShardPool, shard: usize, key: &str) -> i64 {
+    let op = put(key);
+    block_on(pool.handles()[shard].request(|reply| ShardMsg::Write { op, auth_revision: 0, reply }))
+        .expect("write")
+        .revision
+}
+
+#[test]
+fn an_abandoned_cross_shard_write_leaves_no_trace_and_its_revision_is_not_reused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (pool, _io) = start(dir.path());
+    let before = write(&pool, 0, "a-before");
+    let h = pool.handles();
+    for shard in h {
+        block_on(shard.request(|reply| ShardMsg::Cross(Cross::Hold { reply }))).expect("hold");
+    }
+    let current = pool.clock().visible();
+    let (result, revision) =
+        block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Exec { op: put("a-x"), revision: None, current, reply })))
+            .expect("exec on shard 0");
+    assert!(matches!(result, OpResult::Put { .. }));
+    let revision = revision.expect("shard 0 allocated the write's revision");
+    block_on(
+        h[1].request(|reply| ShardMsg::Cross(Cross::Exec { op: put("z-x"), revision: Some(revision), current, reply })),
+    )
+    .expect("exec on shard 1");
+    // A write queued behind the hold waits for it.
+    let queued = {
+        let handle = h[0].clone();
+        std::thread::spawn(move || {
+            block_on(handle.request(|reply| ShardMsg::Write { op: put("a-queued"), auth_revision: 0, reply }))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!queued.is_finished(), "a write ran while its shard was held");
+    for shard in h {
+        block_on(shard.request(|reply| ShardMsg::Cross(Cross::Release { aborted: true, reply }))).expect("release");
+    }
+    let queued = queued.join().expect("queued writer").expect("the queued write ran after the release");
+    assert!(!exists(&pool, 0, "a-x") && !exists(&pool, 1, "z-x"), "the abandoned write left its keys");
+    assert!(exists(&pool, 0, "a-queued"));
+    assert!(queued.revision > revision, "the abandoned revision {revision} was handed out again");
+    assert!(revision > before);
+    // Both shards take writes again.
+    assert!(write(&pool, 1, "z-after") > queued.revision);
+    pool.shutdown();
+}
