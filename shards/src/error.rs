@@ -18,9 +18,10 @@ pub enum ShardError {
     LeaseNotFound { lease: i64 },
     #[error("lease {lease:#x} already exists")]
     LeaseExists { lease: i64 },
-    /// The shard is already held by another cross-shard operation (a protocol violation:
-    /// the router runs them one at a time).
-    #[error("shard is busy with another cross-shard operation")]
+    /// The shard is held by a cross-shard operation and already defers as many requests as it
+    /// keeps (`writer::MAX_DEFERRED`), or another cross-shard operation asked to hold it (a
+    /// protocol violation: the router runs them one at a time). etcd's `too many requests`.
+    #[error("shard is busy with a cross-shard operation")]
     Busy,
     /// A snapshot asked for (Defragment) could not be written; the WAL was kept.
     #[error("snapshot failed: {reason}")]

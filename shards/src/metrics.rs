@@ -20,6 +20,7 @@ pub struct PoolMetrics {
     bytes: IntGaugeVec,
     keys: IntGaugeVec,
     compactions: IntCounterVec,
+    refused_held: IntCounterVec,
     per_shard: Vec<ShardMetrics>,
 }
 
@@ -41,6 +42,9 @@ pub struct ShardMetrics {
     pub keys: IntGauge,
     /// Compaction steps run in the background.
     pub compactions: IntCounter,
+    /// Requests refused because the shard was held by a cross-shard write with its queue of
+    /// deferred requests full (`etcdserver: too many requests`).
+    pub refused_held: IntCounter,
 }
 
 impl std::fmt::Debug for ShardMetrics {
@@ -57,10 +61,14 @@ impl PoolMetrics {
     pub fn new(shards: usize) -> PoolMetrics {
         let by_shard = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["shard"]);
         let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["shard"]);
-        let (wal_written, writes, compactions, bytes, keys) = (
+        let (wal_written, writes, compactions, refused_held, bytes, keys) = (
             by_shard("corekv_shard_wal_written_bytes_total", "Bytes a shard wrote to its WAL."),
             by_shard("corekv_shard_writes_total", "Write requests that changed a shard's keys."),
             by_shard("corekv_shard_compaction_steps_total", "Background compaction steps a shard ran."),
+            by_shard(
+                "corekv_shard_refused_while_held_total",
+                "Requests a shard refused (too many requests) while a cross-shard write held it.",
+            ),
             gauge("corekv_shard_bytes", "A shard's store size: retained keys and versions, with overheads."),
             gauge("corekv_shard_keys", "Keys a shard holds (live or with retained history)."),
         );
@@ -69,8 +77,8 @@ impl PoolMetrics {
                 .buckets(prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid buckets")),
             &["shard"],
         );
-        let (Ok(wal_written), Ok(writes), Ok(compactions), Ok(bytes), Ok(keys), Ok(batch_ops)) =
-            (wal_written, writes, compactions, bytes, keys, batch_ops)
+        let (Ok(wal_written), Ok(writes), Ok(compactions), Ok(refused_held), Ok(bytes), Ok(keys), Ok(batch_ops)) =
+            (wal_written, writes, compactions, refused_held, bytes, keys, batch_ops)
         else {
             unreachable!("the series' names and labels are constants")
         };
@@ -100,6 +108,7 @@ impl PoolMetrics {
                     bytes: bytes.with_label_values(&l),
                     keys: keys.with_label_values(&l),
                     compactions: compactions.with_label_values(&l),
+                    refused_held: refused_held.with_label_values(&l),
                 }
             })
             .collect();
@@ -113,6 +122,7 @@ impl PoolMetrics {
             bytes,
             keys,
             compactions,
+            refused_held,
             per_shard,
         }
     }
@@ -127,7 +137,8 @@ impl PoolMetrics {
         registry.register(Box::new(self.writes.clone()))?;
         registry.register(Box::new(self.bytes.clone()))?;
         registry.register(Box::new(self.keys.clone()))?;
-        registry.register(Box::new(self.compactions.clone()))
+        registry.register(Box::new(self.compactions.clone()))?;
+        registry.register(Box::new(self.refused_held.clone()))
     }
 
     pub fn shard(&self, i: usize) -> ShardMetrics {

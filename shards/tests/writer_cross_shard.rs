@@ -109,3 +109,47 @@ fn an_abandoned_cross_shard_write_leaves_no_trace_and_its_revision_is_not_reused
     assert!(write(&pool, 1, "z-after") > queued.revision);
     pool.shutdown();
 }
+
+/// While a cross-shard write holds a shard, the requests queued behind it are bounded: past
+/// etcd's backlog bound (5000) more are refused with `too many requests` (`ShardError::Busy`)
+/// instead of growing the queue; the kept ones run after the release.
+#[test]
+fn a_held_shard_keeps_a_bounded_queue_and_refuses_the_rest() {
+    const EXTRA: usize = 200;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (pool, _io) = start(dir.path());
+    let h = pool.handles();
+    block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Hold { reply }))).expect("hold");
+    let handle = h[0].clone();
+    let writers = std::thread::spawn(move || {
+        let writes = (0..5000 + EXTRA).map(|i| {
+            let op = put(&format!("a-{i:05}"));
+            handle.request(move |reply| ShardMsg::Write { op, auth_revision: 0, reply })
+        });
+        block_on(futures::future::join_all(writes))
+    });
+    // Every write reached the held writer once the refused ones have been answered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while value_of(&pool, "corekv_shard_refused_while_held_total") < EXTRA as f64 {
+        assert!(Instant::now() < deadline, "no refusals while held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Release { aborted: false, reply }))).expect("release");
+    let results = writers.join().expect("writers");
+    let refused = results.iter().filter(|r| matches!(r, Err(shards::ShardError::Busy))).count();
+    let written = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!((written, refused), (5000, EXTRA));
+    pool.shutdown();
+}
+
+/// A series' value on the pool's metrics (summed over its labels).
+fn value_of(pool: &ShardPool, name: &str) -> f64 {
+    let registry = prometheus::Registry::new();
+    pool.metrics().register(&registry).expect("register");
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+        .sum()
+}

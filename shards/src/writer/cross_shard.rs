@@ -4,6 +4,7 @@
 use futures::channel::mpsc;
 use wire::record::batch::{Batch, BatchOp, Mutation};
 
+use super::pump::fail;
 use super::write::written_ranges;
 use super::{Wake, Writer};
 use crate::clock::RevisionClock;
@@ -36,6 +37,10 @@ impl RevisionSource for CrossRevision<'_> {
         }
     }
 }
+
+/// Requests a held shard keeps for after the hold at most: etcd's own backlog bound
+/// (`maxGapBetweenApplyAndCommitIndex`), past which it answers `too many requests` too.
+pub(crate) const MAX_DEFERRED: usize = 5000;
 
 /// The state of the cross-shard write holding this shard, between its `Hold` and `Release`.
 #[derive(Default)]
@@ -93,7 +98,7 @@ impl Writer {
                 }
             };
             let ShardMsg::Cross(step) = msg else {
-                self.deferred.push_back(msg);
+                self.defer(msg);
                 continue;
             };
             if let Cross::Release { aborted, reply } = step {
@@ -110,6 +115,18 @@ impl Writer {
             self.cross_step(step).await;
         }
         self.hold = None;
+    }
+
+    /// Keeps a request that arrived while the shard is held for after the hold, or refuses it
+    /// (`too many requests`, as etcd under a backlog) once [`MAX_DEFERRED`] wait: memory stays
+    /// bounded however long a hold lasts.
+    fn defer(&mut self, msg: ShardMsg) {
+        if self.deferred.len() < MAX_DEFERRED {
+            self.deferred.push_back(msg);
+        } else {
+            self.cfg.metrics.refused_held.inc();
+            fail(msg, ShardError::Busy);
+        }
     }
 
     /// One step of the held cross-shard write, but its `Release`.
