@@ -12,16 +12,7 @@ use std::time::{Duration, Instant};
 use common::cluster::Cluster;
 use etcd_client::{Txn, TxnOp};
 
-/// Pauses (`-STOP`) or resumes (`-CONT`) members.
-fn signal(cluster: &Cluster, members: &[usize], sig: &str) {
-    for &i in members {
-        let pid = cluster.nodes[i].pid().expect("running").to_string();
-        let ok = std::process::Command::new("kill").args([sig, &pid]).status().expect("kill").success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-}
-
-/// Every member's warnings and errors, for a failure's message.
+/// Every member's log, for a failure's message.
 fn logs(cluster: &Cluster) -> String {
     let mut out = String::new();
     for (i, n) in cluster.nodes.iter().enumerate() {
@@ -123,9 +114,9 @@ async fn a_leader_cut_off_before_its_prepares_are_logged_rolls_back_and_rejoins(
     // The write executes at once and pauses 3 s before its prepares, by when the followers are
     // paused.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    signal(&cluster, &followers, "-STOP");
+    cluster.signal(&followers, "-STOP");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    signal(&cluster, &followers, "-CONT");
+    cluster.signal(&followers, "-CONT");
     let answer = tokio::time::timeout(Duration::from_secs(30), txn).await.expect("answered").expect("task");
     assert!(answer.is_err(), "a write no majority saw was acknowledged: {answer:?}");
     assert_settled(&mut cluster, old, "x", "leadership lost during a cross-shard write; rolled back").await;
@@ -144,9 +135,9 @@ async fn a_leader_cut_off_before_its_decision_commits_leaves_it_to_the_next_lead
     let txn = tokio::spawn(async move { c.txn(two_shard_txn("y")).await });
     // The prepares commit at once; the decision waits 3 s, by when the followers are paused.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    signal(&cluster, &followers, "-STOP");
+    cluster.signal(&followers, "-STOP");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    signal(&cluster, &followers, "-CONT");
+    cluster.signal(&followers, "-CONT");
     let answer = tokio::time::timeout(Duration::from_secs(30), txn).await.expect("answered").expect("task");
     assert!(answer.is_err(), "a write whose decision no majority saw was acknowledged: {answer:?}");
     assert_settled(&mut cluster, old, "y", "its prepare waits for the next leader's decision").await;

@@ -15,14 +15,6 @@ fn ranges_answered(cluster: &Cluster, i: usize) -> f64 {
     value(&scrape(cluster.nodes[i].port), "grpc_server_handled_total", &[("grpc_method", "Range")])
 }
 
-fn signal(cluster: &Cluster, members: &[usize], sig: &str) {
-    for &i in members {
-        let pid = cluster.nodes[i].pid().expect("running").to_string();
-        let ok = std::process::Command::new("kill").args([sig, &pid]).status().expect("kill").success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-}
-
 /// Puts through the leader and reads back at once on a follower, on both shards: every read sees
 /// the write before it, and none reaches the leader.
 async fn reads_on_follower_see_writes_without_forwarding(cluster: &Cluster, leader: usize, follower: usize) {
@@ -49,14 +41,14 @@ async fn followers_serve_linearizable_reads_themselves_and_refuse_them_without_a
 
     // With the leader and the other member paused, the follower has no quorum behind any
     // leader: serializable reads are answered from its state, linearizable ones are not.
-    signal(&cluster, &[leader, other], "-STOP");
+    cluster.signal(&[leader, other], "-STOP");
     let (ok, out, err) = cluster.nodes[follower].etcdctl(&["get", "K-read", "--consistency=s", "--print-value-only"]);
     assert!(ok && out.trim() == "19", "a serializable read on the follower: {out} {err}");
     // (The server answers `request timed out` or `no leader`, both Unavailable, which etcdctl
     // retries until its own timeout, as against etcd.)
     let (ok, out, _) = cluster.nodes[follower].etcdctl(&["get", "K-read", "--consistency=l", "--command-timeout=8s"]);
     assert!(!ok, "a linearizable read was answered without a quorum: {out}");
-    signal(&cluster, &[leader, other], "-CONT");
+    cluster.signal(&[leader, other], "-CONT");
 
     // Resumed: whoever leads now, a follower serves linearizable reads itself again.
     let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;

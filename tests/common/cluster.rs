@@ -171,6 +171,16 @@ impl Cluster {
     }
 
     /// The index of the member that running member `asked` reports as leader, if any.
+    /// Sends `sig` (`-STOP`, `-CONT`) to members' processes: a paused member neither answers
+    /// nor sends, as one cut off.
+    pub fn signal(&self, members: &[usize], sig: &str) {
+        for &i in members {
+            let pid = self.nodes[i].pid().expect("running").to_string();
+            let ok = std::process::Command::new("kill").args([sig, &pid]).status().expect("kill").success();
+            assert!(ok, "kill {sig} {pid}");
+        }
+    }
+
     pub async fn leader_seen_by(&self, asked: usize) -> Option<usize> {
         let mut c = self.client_of(asked).await;
         let leader = c.status().await.ok()?.leader();
