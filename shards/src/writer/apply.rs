@@ -27,11 +27,21 @@ impl Writer {
         self.apply_queue.iter().any(|(_, b)| b.ops.iter().any(&wanted))
     }
 
-    /// Applies queued committed batches in order. The head waits while one of its prepares is
-    /// pending, unless `discard_undecided` (a new leader settling its log: every decision that
-    /// will ever commit has been applied by then). Returns the revisions of the prepares it
-    /// discarded that no `Abort` covered yet: the caller (a new leader) logs their `Abort`.
-    pub(super) fn apply_queued(&mut self, discard_undecided: bool) -> Vec<i64> {
+    /// Applies queued committed batches in order; the head waits while one of its prepares is
+    /// pending.
+    pub(super) fn apply_queued(&mut self) {
+        let discarded = self.apply_queue_in_order(false);
+        debug_assert!(discarded.is_empty());
+    }
+
+    /// As a new leader settling its log, applies every queued batch, discarding the prepares
+    /// still pending (every decision that will ever commit has been applied by then). Returns
+    /// their revisions: the caller logs their `Abort`.
+    pub(super) fn settle_queue(&mut self) -> Vec<i64> {
+        self.apply_queue_in_order(true)
+    }
+
+    fn apply_queue_in_order(&mut self, discard_undecided: bool) -> Vec<i64> {
         let mut discarded = Vec::new();
         while let Some((_, batch)) = self.apply_queue.front() {
             let pending: Vec<i64> = recover::prepares(batch).filter(|r| self.is_pending(*r)).collect();

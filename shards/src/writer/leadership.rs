@@ -116,7 +116,7 @@ impl Writer {
         if !(self.raft.leads_settled() && self.raft.term() == term) {
             return Err(ShardError::NotLeader);
         }
-        for revision in self.apply_queued(true) {
+        for revision in self.settle_queue() {
             tracing::warn!(shard = self.cfg.id.0, revision, "aborting a cross-shard write that was never decided");
             ops.push(BatchOp::Abort { revision });
         }

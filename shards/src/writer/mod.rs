@@ -196,7 +196,7 @@ pub struct Writer {
     last_compaction_step: Instant,
     /// The ReadIndex round the running batch's requests join, if one was started.
     read_round: Option<u64>,
-    /// Rounds started so far (a round's context is its number).
+    /// Rounds started so far (a round's context is this member's id and its number).
     read_rounds: u64,
     /// Callers waiting for each round's confirmation.
     read_waiters: std::collections::HashMap<u64, read::ReadRound>,

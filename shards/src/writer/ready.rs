@@ -61,8 +61,7 @@ impl Writer {
             }
         }
         self.complete_committed();
-        // Nothing discarded without `discard_undecided`.
-        let _ = self.apply_queued(false);
+        self.apply_queued();
         self.after_step();
     }
 
@@ -114,7 +113,7 @@ impl Writer {
                     self.tick_timer.reset(link.tick);
                     self.raft.tick();
                     // Decisions applied by other shards may unblock a waiting prepare.
-                    let _ = self.apply_queued(false);
+                    self.apply_queued();
                 }
             }
             Wake::Msg(_) => {}
