@@ -109,6 +109,34 @@ impl Router {
         Ok((merge(&q, parts), current))
     }
 
+    /// A read-only txn served from the shards' state at the visible revision, as a follower
+    /// serves it after a ReadIndex: its compares and the chosen branch's ranges all read that
+    /// one revision. Returns the result and the header revision.
+    pub async fn read_only_txn(&self, t: &ReadOnlyTxn) -> Result<(TxnResult, i64), ApiError> {
+        let (rev, current) = self.read_revision(0)?;
+        let mut succeeded = true;
+        for c in &t.compares {
+            let parts = try_join_all(self.map.shards_of(&c.range).map(|i| {
+                let compares = vec![c.clone()];
+                self.shard(i).request(move |reply| ShardMsg::Compare { compares, revision: rev, reply })
+            }))
+            .await?;
+            if !combine_compare(c, parts.into_iter().flatten()) {
+                succeeded = false;
+                break;
+            }
+        }
+        let mut results = Vec::new();
+        for q in if succeeded { &t.success } else { &t.failure } {
+            let mut q = q.clone();
+            if q.revision == 0 {
+                q.revision = rev;
+            }
+            results.push(OpResult::Range(self.range(q).await?.0));
+        }
+        Ok((TxnResult { succeeded, results }, current))
+    }
+
     /// The events of `range` in revisions `[from, to]` (all visible), oldest first, from every
     /// shard the range covers; `complete_upto` is where the page ends (no revision split).
     pub async fn history(
@@ -408,6 +436,29 @@ impl Router {
                 Ok(self.shard(*coordinator).request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply })).await?)
             }
         }
+    }
+}
+
+/// A txn whose branches hold only Ranges (etcd's `isTxnReadonly`: a nested txn counts as a
+/// write), taken apart for [`Router::read_only_txn`].
+pub struct ReadOnlyTxn {
+    compares: Vec<Compare>,
+    success: Vec<RangeQuery>,
+    failure: Vec<RangeQuery>,
+}
+
+impl ReadOnlyTxn {
+    /// `None` if some op of `t` is not a Range.
+    pub fn of(t: &TxnSpec) -> Option<ReadOnlyTxn> {
+        let ranges = |ops: &[Op]| -> Option<Vec<RangeQuery>> {
+            ops.iter()
+                .map(|op| match op {
+                    Op::Range(q) => Some(q.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        Some(ReadOnlyTxn { compares: t.compares.clone(), success: ranges(&t.success)?, failure: ranges(&t.failure)? })
     }
 }
 

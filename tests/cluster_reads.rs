@@ -58,3 +58,42 @@ async fn followers_serve_linearizable_reads_themselves_and_refuse_them_without_a
     let (ok, out, err) = cluster.nodes[follower].etcdctl(&["get", "q-read", "--print-value-only"]);
     assert!(ok && out.trim() == "19", "etcdctl's linearizable get on the follower: {out} {err}");
 }
+
+/// A read-only txn on a follower (compares and ranges only) is served there too, after a
+/// ReadIndex, from one revision: it sees the write just made on the leader, and the leader
+/// answers no Txn; a txn that writes is still forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_serve_read_only_txns_themselves() {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+    let cluster = Cluster::start(3, &["--shards", "2"]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let follower = (leader + 1) % 3;
+    let mut l = cluster.client_of(leader).await;
+    let mut f = cluster.client_of(follower).await;
+    let txns_answered =
+        |i: usize| value(&scrape(cluster.nodes[i].port), "grpc_server_handled_total", &[("grpc_method", "Txn")]);
+    let before = txns_answered(leader);
+    for i in 0..10 {
+        l.put("K-txn", i.to_string(), None).await.expect("put on the leader");
+        l.put("q-txn", i.to_string(), None).await.expect("put on the leader");
+        let txn = Txn::new()
+            .when([Compare::value("K-txn", CompareOp::Equal, i.to_string())])
+            .and_then([TxnOp::get("q-txn", None), TxnOp::get("K-txn", None)])
+            .or_else([TxnOp::get("K-txn", None)]);
+        let r = f.txn(txn).await.expect("a read-only txn on a follower");
+        assert!(r.succeeded(), "the follower's txn compared against an older value ({i})");
+        let values: Vec<String> = r
+            .op_responses()
+            .into_iter()
+            .map(|op| match op {
+                TxnOpResponse::Get(g) => g.kvs()[0].value_str().expect("utf-8").to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(values, [i.to_string(), i.to_string()]);
+    }
+    assert_eq!(txns_answered(leader), before, "read-only txns on the follower were forwarded");
+    // A txn that writes goes to the leader.
+    f.txn(Txn::new().and_then([TxnOp::put("K-w", "1", None)])).await.expect("a write txn through the follower");
+    assert_eq!(txns_answered(leader), before + 1.0);
+}

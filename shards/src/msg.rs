@@ -68,6 +68,13 @@ pub enum ShardMsg {
         max_events: usize,
         reply: Reply<crate::mvcc::store::HistoryPage>,
     },
+    /// Read-only: this shard's part of each compare at `revision` (a read-only txn served from
+    /// one revision; see `mvcc::txn::combine_compare`).
+    Compare {
+        compares: Vec<crate::mvcc::Compare>,
+        revision: i64,
+        reply: Reply<Vec<crate::mvcc::txn::ComparePart>>,
+    },
     /// Takes a snapshot now and deletes the WAL it covers (Defragment).
     Snapshot {
         reply: Reply<()>,

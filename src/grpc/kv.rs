@@ -12,7 +12,7 @@ use crate::auth::{Caller, Guard};
 use crate::error::ApiError;
 use crate::forward::{onward, route_of, Forwarder, Route};
 use crate::leases::Leases;
-use crate::router::Router;
+use crate::router::{ReadOnlyTxn, Router};
 use crate::validate::{self, Limits};
 use shards::auth::Access;
 
@@ -37,6 +37,12 @@ pub struct KvService {
 /// Whether a txn puts at its top level: etcd's quota cost (`costTxn`) counts only those.
 fn has_put(t: &TxnSpec) -> bool {
     t.success.iter().chain(&t.failure).any(|op| matches!(op, Op::Put(_)))
+}
+
+/// Whether a txn's branches hold only Ranges (etcd's `isTxnReadonly`).
+fn only_ranges(t: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request;
+    t.success.iter().chain(&t.failure).all(|op| matches!(op.request, Some(Request::RequestRange(_))))
 }
 
 fn range_response(r: RangeResult, header: Option<pb::ResponseHeader>) -> pb::RangeResponse {
@@ -158,7 +164,20 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            return self.fwd.answer(KvClient::new(ch).txn(onward(req))).await;
+            // A read-only txn is served here after a ReadIndex, as a linearizable Range is;
+            // anything that writes goes to the leader.
+            if !only_ranges(req.get_ref()) {
+                return self.fwd.answer(KvClient::new(ch).txn(onward(req))).await;
+            }
+            let caller = self.guard.caller_of(&req).await?;
+            let spec = validate::txn(req.into_inner(), self.limits)?;
+            // (`only_ranges` held, so this is always one; were it not, the leader serves it.)
+            let read_only = ReadOnlyTxn::of(&spec).ok_or(ApiError::NotLeader)?;
+            caller.check_txn(&spec)?;
+            self.fwd.within_timeout(self.router.follower_read_barrier()).await?;
+            self.metrics.count_txn(&spec);
+            let (t, revision) = self.router.read_only_txn(&read_only).await?;
+            return Ok(Response::new(self.txn_response(t, revision, self.header(revision))));
         }
         // A txn that writes commits through a quorum anyway; one that only reads needs this.
         self.confirm_leadership().await?;

@@ -436,7 +436,8 @@ impl Writer {
                 msg @ (ShardMsg::Range { .. }
                 | ShardMsg::HashKv { .. }
                 | ShardMsg::Export { .. }
-                | ShardMsg::History { .. }) => answer_read(&self.store.borrow(), &self.clock, msg),
+                | ShardMsg::History { .. }
+                | ShardMsg::Compare { .. }) => answer_read(&self.store.borrow(), &self.clock, msg),
                 ShardMsg::Cross(Cross::Hold { reply }) => {
                     self.commit(std::mem::take(&mut ops), std::mem::take(&mut acks)).await;
                     // The commit waited on Raft: a member that lost its leadership meanwhile

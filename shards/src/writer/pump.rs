@@ -39,7 +39,8 @@ pub async fn pump(
             msg @ (ShardMsg::Range { .. }
             | ShardMsg::HashKv { .. }
             | ShardMsg::Export { .. }
-            | ShardMsg::History { .. }) => answer_read(&store.borrow(), &clock, msg),
+            | ShardMsg::History { .. }
+            | ShardMsg::Compare { .. }) => answer_read(&store.borrow(), &clock, msg),
             ShardMsg::Shutdown { reply } => {
                 let _ = to_writer.send(ShardMsg::Shutdown { reply }).await;
                 break;
@@ -70,6 +71,12 @@ pub(super) fn answer_read(store: &Store, clock: &RevisionClock, msg: ShardMsg) {
             let r = store.check_readable(revision, clock.visible().max(revision)).map(|()| {
                 store.export_from(after.as_ref(), revision, store.compact_revision(), EXPORT_KEYS, EXPORT_BYTES)
             });
+            drop(reply.send(r));
+        }
+        ShardMsg::Compare { compares, revision, reply } => {
+            let r = store
+                .check_readable(revision, clock.visible().max(revision))
+                .map(|()| compares.iter().map(|c| store.compare_part(c, revision)).collect());
             drop(reply.send(r));
         }
         ShardMsg::History { range, from, to, max_events, reply } => {
@@ -139,6 +146,7 @@ pub(super) fn fail(msg: ShardMsg, e: ShardError) {
         ShardMsg::HashKv { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Export { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::History { reply, .. } => drop(reply.send(Err(e))),
+        ShardMsg::Compare { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Snapshot { reply } => drop(reply.send(Err(e))),
         ShardMsg::Write { reply, .. } => drop(reply.send(Err(e))),
         ShardMsg::Auth { reply, .. } => drop(reply.send(Err(e))),
