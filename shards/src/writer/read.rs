@@ -39,7 +39,7 @@ impl Writer {
             Some(r) => r,
             None => {
                 self.read_rounds += 1;
-                self.raft.read_index(self.round_context(self.read_rounds));
+                self.raft.read_index(round_context(self.cfg.cluster.members.me, self.read_rounds));
                 self.read_round = Some(self.read_rounds);
                 if self.read_waiters.len() >= MAX_ROUNDS {
                     self.fail_rounds(|_| true);
@@ -55,7 +55,7 @@ impl Writer {
     pub(super) fn answer_read_states(&mut self, states: Vec<raft::ReadState>) {
         for rs in states {
             // Another member's context (never handed to this one) or a malformed one: no round.
-            let Some(round) = self.round_of(&rs.request_ctx) else { continue };
+            let Some(round) = round_of(self.cfg.cluster.members.me, &rs.request_ctx) else { continue };
             let Some(r) = self.read_waiters.remove(&round) else { continue };
             let answer = if self.raft.is_leader() {
                 Ok(0)
@@ -71,22 +71,6 @@ impl Writer {
                 drop(reply.send(answer.clone()));
             }
         }
-    }
-
-    /// A round's context: this member's id, then the round's number. The leader keeps the
-    /// rounds it is asked for by context, its own and every follower's, and ignores one whose
-    /// context it already holds: counters alone would collide between members.
-    fn round_context(&self, round: u64) -> Vec<u8> {
-        let me = self.cfg.cluster.members.me;
-        [me.to_le_bytes(), round.to_le_bytes()].concat()
-    }
-
-    /// The round a context names, if it is one of this member's.
-    fn round_of(&self, context: &[u8]) -> Option<u64> {
-        let (member, round) = context.split_at_checked(8)?;
-        let member = u64::from_le_bytes(member.try_into().ok()?);
-        let round = u64::from_le_bytes(round.try_into().ok()?);
-        (member == self.cfg.cluster.members.me).then_some(round)
     }
 
     /// Fails the rounds whose leader is not this group's any more (see [`ReadRound::leader`]).
@@ -105,5 +89,38 @@ impl Writer {
             }
             false
         });
+    }
+}
+
+/// A round's context: the member's id, then the round's number. The leader keeps the rounds it
+/// is asked for by context, its own and every follower's, and ignores one whose context it
+/// already holds: counters alone would collide between members.
+fn round_context(me: u64, round: u64) -> Vec<u8> {
+    [me.to_le_bytes(), round.to_le_bytes()].concat()
+}
+
+/// The round a context names, if it is one of member `me`'s.
+fn round_of(me: u64, context: &[u8]) -> Option<u64> {
+    let (member, round) = context.split_at_checked(8)?;
+    let member = u64::from_le_bytes(member.try_into().ok()?);
+    let round = u64::from_le_bytes(round.try_into().ok()?);
+    (member == me).then_some(round)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_context_names_its_member_and_round_only() {
+        let ctx = round_context(0xabc, 7);
+        assert_eq!(round_of(0xabc, &ctx), Some(7));
+        // Another member's round with the same number is not this member's.
+        assert_eq!(round_of(0xdef, &ctx), None);
+        assert_ne!(round_context(0xabc, 7), round_context(0xdef, 7));
+        // Malformed contexts (a peer's bytes) name no round.
+        assert_eq!(round_of(0xabc, &ctx[..15]), None);
+        assert_eq!(round_of(0xabc, &[ctx.as_slice(), &[0]].concat()), None);
+        assert_eq!(round_of(0xabc, &[]), None);
     }
 }
