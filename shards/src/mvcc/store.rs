@@ -483,6 +483,16 @@ impl Store {
     }
 }
 
+/// The key (or range of keys) a logged mutation writes: what [`Store::roll_back`] undoes for it.
+pub fn written_range(m: &Mutation) -> KeyRange {
+    match m {
+        Mutation::Put { key, .. } | Mutation::Delete { key } => KeyRange::single(Bytes::copy_from_slice(key)),
+        Mutation::DeleteRange { key, end, .. } => {
+            KeyRange { key: Bytes::copy_from_slice(key), end: Bytes::copy_from_slice(end) }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -510,13 +510,7 @@ mod tests {
             let (top, hash, size) = (s.current_revision(), s.hash_upto(i64::MAX), s.size_bytes());
             let leases: Vec<_> = (0..3).map(|l| s.lease_keys(l)).collect();
             let log = run(&mut s, write);
-            let ranges: Vec<KeyRange> = log
-                .iter()
-                .map(|m| match m {
-                    Mutation::Put { key, .. } | Mutation::Delete { key } => KeyRange::single(Bytes::copy_from_slice(key)),
-                    Mutation::DeleteRange { key, end, .. } => KeyRange { key: Bytes::copy_from_slice(key), end: Bytes::copy_from_slice(end) },
-                })
-                .collect();
+            let ranges: Vec<KeyRange> = log.iter().map(crate::mvcc::store::written_range).collect();
             s.roll_back(&ranges, top);
             proptest::prop_assert_eq!(s.current_revision(), top);
             proptest::prop_assert_eq!(s.hash_upto(i64::MAX), hash);

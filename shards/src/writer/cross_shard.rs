@@ -10,6 +10,7 @@ use super::{Wake, Writer};
 use crate::clock::RevisionClock;
 use crate::error::ShardError;
 use crate::msg::{Cross, HoldInfo, Reply, ShardMsg};
+use crate::mvcc::store::written_range;
 use crate::mvcc::store::LATEST;
 use crate::mvcc::txn::RevisionSource;
 use crate::mvcc::{KeyRange, Op};
@@ -68,11 +69,6 @@ pub(super) struct Prepared {
     /// The store's committed revision before it.
     base: i64,
     revision: i64,
-}
-
-/// The keys and ranges `mutations` write.
-fn ranges_of(mutations: &[Mutation]) -> Vec<KeyRange> {
-    written_ranges(&Batch::new(vec![BatchOp::Write { revision: 0, mutations: mutations.to_vec() }]))
 }
 
 impl Writer {
@@ -210,14 +206,7 @@ impl Writer {
     pub(super) fn lose_hold(&mut self) {
         let Some(hold) = self.hold.as_mut() else { return };
         hold.lost = true;
-        let (unlogged, base) = (std::mem::take(&mut hold.unlogged), hold.base);
-        if !unlogged.is_empty() {
-            tracing::warn!(
-                shard = self.cfg.id.0,
-                "leadership lost during a cross-shard write; rolled back what it executed"
-            );
-            self.store.borrow_mut().roll_back(&ranges_of(&unlogged), base);
-        }
+        self.roll_back_unlogged("leadership lost during a cross-shard write; rolled back what it executed");
         self.roll_back_prepared();
     }
 
@@ -226,16 +215,21 @@ impl Writer {
     /// to the apply queue for the next leader to decide. Its revision is released: nothing of it
     /// becomes visible here.
     fn abandon_cross(&mut self) {
-        if let Some(hold) = self.hold.as_mut() {
-            let (unlogged, base) = (std::mem::take(&mut hold.unlogged), hold.base);
-            if !unlogged.is_empty() {
-                tracing::warn!(shard = self.cfg.id.0, "cross-shard write abandoned; rolled back what it executed");
-                self.store.borrow_mut().roll_back(&ranges_of(&unlogged), base);
-            }
-        }
+        self.roll_back_unlogged("cross-shard write abandoned; rolled back what it executed");
         self.roll_back_prepared();
         drop(self.store.borrow_mut().take_events());
         self.clock.release(self.cfg.id);
+    }
+
+    /// Undoes what the held write executed here and has not logged (back to the hold's base).
+    fn roll_back_unlogged(&mut self, why: &str) {
+        let Some(hold) = self.hold.as_mut() else { return };
+        if hold.unlogged.is_empty() {
+            return;
+        }
+        let ranges: Vec<KeyRange> = hold.unlogged.drain(..).map(|m| written_range(&m)).collect();
+        self.store.borrow_mut().roll_back(&ranges, hold.base);
+        tracing::warn!(shard = self.cfg.id.0, keys = ranges.len(), "{why}");
     }
 
     /// Puts back the committed prepare of an undecided cross-shard write (see [`Prepared`]).

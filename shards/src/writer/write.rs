@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
+use crate::mvcc::store::written_range;
 use wire::record::batch::{Batch, BatchOp, Mutation};
 
 use super::{Ack, InFlight, Writer};
@@ -41,12 +41,7 @@ pub(super) fn written_ranges(batch: &Batch) -> Vec<KeyRange> {
     let mut ranges = Vec::new();
     for op in &batch.ops {
         if let BatchOp::Write { mutations, .. } | BatchOp::Prepare { mutations, .. } = op {
-            ranges.extend(mutations.iter().map(|m| match m {
-                Mutation::Put { key, .. } | Mutation::Delete { key } => KeyRange::single(Bytes::copy_from_slice(key)),
-                Mutation::DeleteRange { key, end, .. } => {
-                    KeyRange { key: Bytes::copy_from_slice(key), end: Bytes::copy_from_slice(end) }
-                }
-            }));
+            ranges.extend(mutations.iter().map(written_range));
         }
     }
     ranges
