@@ -114,18 +114,11 @@ impl Router {
     /// one revision. Returns the result and the header revision.
     pub async fn read_only_txn(&self, t: &ReadOnlyTxn) -> Result<(TxnResult, i64), ApiError> {
         let (rev, current) = self.read_revision(0)?;
-        let mut succeeded = true;
-        for c in &t.compares {
-            let parts = try_join_all(self.map.shards_of(&c.range).map(|i| {
-                let compares = vec![c.clone()];
-                self.shard(i).request(move |reply| ShardMsg::Compare { compares, revision: rev, reply })
-            }))
+        let compares: Vec<&Compare> = t.compares.iter().collect();
+        let verdicts = self
+            .compare_verdicts(&compares, move |compares, reply| ShardMsg::Compare { compares, revision: rev, reply })
             .await?;
-            if !combine_compare(c, parts.into_iter().flatten()) {
-                succeeded = false;
-                break;
-            }
-        }
+        let succeeded = verdicts.into_iter().all(|v| v);
         let mut results = Vec::new();
         for q in if succeeded { &t.success } else { &t.failure } {
             let mut q = q.clone();
@@ -135,6 +128,33 @@ impl Router {
             results.push(OpResult::Range(self.range(q).await?.0));
         }
         Ok((TxnResult { succeeded, results }, current))
+    }
+
+    /// The verdict of each of `compares`, asking every shard once for its parts of all the
+    /// compares that touch it (`ask` makes that request: at a revision, or on a held shard).
+    async fn compare_verdicts(
+        &self,
+        compares: &[&Compare],
+        ask: impl Fn(Vec<Compare>, shards::msg::Reply<Vec<ComparePart>>) -> ShardMsg + Copy,
+    ) -> Result<Vec<bool>, ApiError> {
+        let mut per_shard: HashMap<u16, Vec<usize>> = HashMap::new();
+        for (ci, c) in compares.iter().enumerate() {
+            for s in self.map.shards_of(&c.range) {
+                per_shard.entry(s).or_default().push(ci);
+            }
+        }
+        let answers = try_join_all(per_shard.iter().map(|(&s, idx)| {
+            let asked: Vec<Compare> = idx.iter().map(|&i| compares[i].clone()).collect();
+            self.shard(s).request(move |reply| ask(asked, reply))
+        }))
+        .await?;
+        let mut parts: Vec<Vec<ComparePart>> = vec![Vec::new(); compares.len()];
+        for ((_, idx), ans) in per_shard.iter().zip(answers) {
+            for (&ci, part) in idx.iter().zip(ans) {
+                parts[ci].push(part);
+            }
+        }
+        Ok(compares.iter().zip(parts).map(|(c, p)| combine_compare(c, p)).collect())
     }
 
     /// The events of `range` in revisions `[from, to]` (all visible), oldest first, from every
@@ -491,28 +511,12 @@ impl<'a> CrossRun<'a> {
     async fn decide(&self, t: &TxnSpec) -> Result<TxnPath, ApiError> {
         let mut all: Vec<&Compare> = Vec::new();
         collect_compares(t, &mut all);
-        let mut per_shard: HashMap<u16, Vec<usize>> = HashMap::new();
-        for (ci, c) in all.iter().enumerate() {
-            for s in self.router.map.shards_of(&c.range) {
-                per_shard.entry(s).or_default().push(ci);
-            }
-        }
-        let answers = try_join_all(per_shard.iter().map(|(&s, idx)| {
-            let compares: Vec<Compare> = idx.iter().map(|&i| all[i].clone()).collect();
-            self.router.shard(s).request(move |reply| ShardMsg::Cross(Cross::Compare { compares, reply }))
-        }))
-        .await?;
-        let mut parts: Vec<Vec<ComparePart>> = vec![Vec::new(); all.len()];
-        for ((_, idx), ans) in per_shard.iter().zip(answers) {
-            for (&ci, part) in idx.iter().zip(ans) {
-                parts[ci].push(part);
-            }
-        }
-        let verdict: HashMap<usize, bool> = all
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (*c as *const Compare as usize, combine_compare(c, parts[i].iter().copied())))
-            .collect();
+        let verdicts = self
+            .router
+            .compare_verdicts(&all, |compares, reply| ShardMsg::Cross(Cross::Compare { compares, reply }))
+            .await?;
+        let verdict: HashMap<usize, bool> =
+            all.iter().zip(verdicts).map(|(c, v)| (*c as *const Compare as usize, v)).collect();
         Ok(decide_path(t, &mut |cs| {
             cs.iter().all(|c| verdict.get(&(c as *const Compare as usize)).copied().unwrap_or(false))
         }))
