@@ -9,6 +9,7 @@
 //! pass it around in a loop.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub struct Forwarder {
     /// How to reach a leader whose client URL is `https://`: the client CA
     /// (`--trusted-ca-file`) and this member's own certificate as the client's.
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Requests sent on to the leader so far (`corekv_forwarded_requests_total`).
+    forwarded: AtomicU64,
 }
 
 impl Forwarder {
@@ -69,6 +72,7 @@ impl Forwarder {
             channels: Mutex::default(),
             faults,
             tls: None,
+            forwarded: AtomicU64::new(0),
         }
     }
 
@@ -112,6 +116,11 @@ impl Forwarder {
         tokio::time::timeout(self.request_timeout, call).await.unwrap_or(Err(ApiError::Timeout))
     }
 
+    /// Requests this member sent on to the leader so far.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Relaxed)
+    }
+
     pub fn node(&self) -> &Arc<NodeState> {
         &self.node
     }
@@ -133,6 +142,7 @@ impl Forwarder {
             let me = self.node.me();
             if !forwarded && leader != 0 && leader != me && !self.faults.drops(me, leader) {
                 if let Some(channel) = self.channel(leader) {
+                    self.forwarded.fetch_add(1, Relaxed);
                     return Ok(Route::Leader(channel));
                 }
             }

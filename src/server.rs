@@ -207,6 +207,7 @@ pub async fn serve(
         stop: watch_stop,
         guard: guard.clone(),
         node: node.clone(),
+        election_timeout,
     });
     let membership = Arc::new(Membership::new(router.clone(), fwd.clone(), &cfg.initial_cluster_token));
     // One TLS configuration serves every https:// client URL.
@@ -262,7 +263,7 @@ pub async fn serve(
         fwd: fwd.clone(),
         guard: guard.clone(),
     });
-    let watch = Arc::new(WatchService { ctx: watch_ctx.clone(), fwd: fwd.clone() });
+    let watch = Arc::new(WatchService { ctx: watch_ctx.clone() });
     let lease = Arc::new(LeaseService {
         router: router.clone(),
         alarms: alarms.clone(),
@@ -291,6 +292,7 @@ pub async fn serve(
             leases: pool.leases().clone(),
             watchers: watch_hub.clone(),
             data_dir: cfg.data_dir.clone(),
+            forwarder: fwd.clone(),
         },
         health: HealthSources {
             alarms: alarms.clone(),

@@ -511,19 +511,27 @@ async fn a_request_forwarded_to_a_paused_leader_times_out_as_in_etcd() {
     cluster.wait_converged(leader, now, Duration::from_secs(20)).await;
 }
 
-/// A watch on a leader that is cut off would never see another event there (followers forward
-/// watches rather than serve them): it ends with etcd's `no leader`, and a watch opened again
-/// from the last revision seen gets everything the majority wrote meanwhile.
+/// A watch on a leader that is cut off stays open: once the member rejoins (a follower now) it
+/// carries what the majority wrote meanwhile, as etcd's streams do. A client that requires a
+/// leader (etcd's `hasleader`) has its stream ended with etcd's `no leader` instead, and a watch
+/// opened again from the last revision seen gets everything the majority wrote meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_on_a_leader_cut_off_ends_with_no_leader_and_resumes_elsewhere() {
+async fn a_watch_on_a_leader_cut_off_stays_open_unless_its_client_requires_a_leader() {
+    use etcd_client::WatchOptions;
     let cluster = Cluster::start(3, &["--shards", "2"]);
     let old = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
     let mut c = cluster.client_of(old).await;
     let seen = c.put("k0", "before", None).await.expect("put").header().expect("header").revision();
-    let mut events = c.watch("k", Some(etcd_client::WatchOptions::new().with_prefix())).await.expect("watch");
+    let mut events = c.watch("k", Some(WatchOptions::new().with_prefix())).await.expect("watch");
     assert!(events.message().await.expect("created").expect("a response").created());
+    let options = etcd_client::ConnectOptions::new().with_require_leader(true);
+    let mut strict = etcd_client::Client::connect([cluster.nodes[old].endpoint()], Some(options))
+        .await
+        .expect("a client that requires a leader");
+    let mut strict_events = strict.watch("k", Some(WatchOptions::new().with_prefix())).await.expect("watch");
+    assert!(strict_events.message().await.expect("created").expect("a response").created());
     cluster.isolate(old);
-    let ended = tokio::time::timeout(Duration::from_secs(10), events.message()).await.expect("the stream ends");
+    let ended = tokio::time::timeout(Duration::from_secs(10), strict_events.message()).await.expect("the stream ends");
     match ended {
         Err(etcd_client::Error::GRpcStatus(s)) => {
             assert_eq!((s.code(), s.message()), (tonic::Code::Unavailable, "etcdserver: no leader"))
@@ -536,16 +544,20 @@ async fn a_watch_on_a_leader_cut_off_ends_with_no_leader_and_resumes_elsewhere()
     m.put("k1", "during", None).await.expect("put");
     cluster.heal();
     cluster.wait_converged(old, new, Duration::from_secs(20)).await;
-
-    // Watching again through the old member (now a follower) from where the first watch was.
-    let options = etcd_client::WatchOptions::new().with_prefix().with_start_revision(seen + 1);
-    let mut again = cluster.client_of(old).await.watch("k", Some(options)).await.expect("watch again");
     m.put("k2", "after", None).await.expect("put");
-    let mut keys = Vec::new();
-    while keys.len() < 2 {
-        let r = tokio::time::timeout(Duration::from_secs(10), again.message()).await.expect("events");
-        let r = r.expect("watch").expect("a response");
-        keys.extend(r.events().iter().filter_map(|e| e.kv()).map(|kv| kv.key_str().expect("utf-8").to_string()));
+
+    async fn keys(stream: &mut etcd_client::WatchStream, n: usize) -> Vec<String> {
+        let mut keys = Vec::new();
+        while keys.len() < n {
+            let r = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("events");
+            let r = r.expect("watch").expect("a response");
+            keys.extend(r.events().iter().filter_map(|e| e.kv()).map(|kv| kv.key_str().expect("utf-8").to_string()));
+        }
+        keys
     }
-    assert_eq!(keys, ["k1", "k2"]);
+    assert_eq!(keys(&mut events, 2).await, ["k1", "k2"], "the stream that stayed open");
+    // Watching again through the old member (now a follower) from where the ended watch was.
+    let options = WatchOptions::new().with_prefix().with_start_revision(seen + 1);
+    let mut again = strict.watch("k", Some(options)).await.expect("watch again");
+    assert_eq!(keys(&mut again, 2).await, ["k1", "k2"], "the watch opened again");
 }

@@ -1,7 +1,9 @@
-//! Linearizable reads served by followers, in three-member clusters of real `corekv` processes:
-//! a follower asks the leader for a ReadIndex (the leader confirms its leadership with a quorum
-//! and names its frontier), waits until it has applied that far, and answers from its own store
-//! — the read is not forwarded, and never older than a write acknowledged before it began.
+//! Linearizable reads and watches served by followers, in three-member clusters of real `corekv`
+//! processes: a follower asks the leader for a ReadIndex (the leader confirms its leadership with
+//! a quorum and names its frontier), waits until it has applied that far, and answers from its
+//! own store — the read is not forwarded, and never older than a write acknowledged before it
+//! began. Its watch streams carry the events of what it applies, once the leader's frontier
+//! covers them.
 
 mod common;
 
@@ -96,4 +98,126 @@ async fn followers_serve_read_only_txns_themselves() {
     // A txn that writes goes to the leader.
     f.txn(Txn::new().and_then([TxnOp::put("K-w", "1", None)])).await.expect("a write txn through the follower");
     assert_eq!(txns_answered(leader), before + 1.0);
+}
+
+/// Collects `n` events from `stream` (within 20 s), as (key, value, revision).
+async fn events(stream: &mut etcd_client::WatchStream, n: usize) -> Vec<(String, String, i64)> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < n {
+        let msg = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} events arrived: {seen:?}", seen.len()))
+            .expect("the watch stream failed")
+            .expect("the watch stream ended");
+        for e in msg.events() {
+            let kv = e.kv().expect("an event's key");
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            seen.push((text(kv.key()), text(kv.value()), kv.mod_revision()));
+        }
+    }
+    seen
+}
+
+/// Every event once, in revision order, with the values written (`i` on key `K-w{i}` or
+/// `q-w{i}`, alternating shards) from `first` on.
+fn assert_written_in_order(seen: &[(String, String, i64)], first: usize) {
+    for (n, (key, value, _)) in seen.iter().enumerate() {
+        let i = first + n;
+        assert_eq!((key.as_str(), value.as_str()), (written_key(i).as_str(), i.to_string().as_str()), "{seen:?}");
+    }
+    assert!(seen.windows(2).all(|w| w[0].2 < w[1].2), "revisions out of order: {seen:?}");
+}
+
+/// The key of the `i`th write: `K-w{i}` or `q-w{i}`, alternating between the two shards.
+fn written_key(i: usize) -> String {
+    format!("{}-w{i}", if i.is_multiple_of(2) { "K" } else { "q" })
+}
+
+/// Puts `K-w{i}` / `q-w{i}` (alternating shards) for `i` in `range` through member `through`.
+async fn put_alternating(cluster: &Cluster, through: usize, range: std::ops::Range<usize>) {
+    let mut c = cluster.client_of(through).await;
+    for i in range {
+        c.put(written_key(i), i.to_string(), None).await.expect("put");
+    }
+}
+
+fn forwarded(cluster: &Cluster, i: usize) -> f64 {
+    value(&scrape(cluster.nodes[i].port), "corekv_forwarded_requests_total", &[])
+}
+
+/// A follower serves watch streams itself: the leader starts none, the follower forwards
+/// nothing, and the stream lives on through a pause of the leader and the leader change it
+/// causes, every event once and in order. A stream whose client requires a leader (etcd's
+/// `hasleader`) ends with `no leader` when the follower has none for a while; the others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_serve_watches_through_a_leader_change() {
+    use etcd_client::WatchOptions;
+    let cluster = Cluster::start(3, &["--shards", "2"]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let forwarded_before = forwarded(&cluster, follower);
+    let mut f = cluster.client_of(follower).await;
+    let mut stream = f.watch("K", Some(WatchOptions::new().with_range("r"))).await.expect("watch");
+    let options = etcd_client::ConnectOptions::new().with_require_leader(true);
+    let mut strict = etcd_client::Client::connect([cluster.nodes[follower].endpoint()], Some(options))
+        .await
+        .expect("a client that requires a leader");
+    let mut strict_stream =
+        strict.watch("K", Some(WatchOptions::new().with_range("r"))).await.expect("watch requiring a leader");
+
+    put_alternating(&cluster, leader, 0..10).await;
+    let first = events(&mut stream, 10).await;
+    assert_written_in_order(&first, 0);
+    assert_eq!(events(&mut strict_stream, 10).await, first);
+
+    // No quorum anywhere the follower can reach: the stream that requires a leader ends.
+    cluster.signal(&[leader, other], "-STOP");
+    let ended = tokio::time::timeout(Duration::from_secs(15), strict_stream.message()).await;
+    cluster.signal(&[leader, other], "-CONT");
+    match ended {
+        Ok(Err(e)) => assert!(e.to_string().contains("no leader"), "{e}"),
+        other => panic!("the stream requiring a leader did not end with `no leader`: {other:?}"),
+    }
+
+    // Writes through whoever leads next reach the same stream.
+    cluster.signal(&[leader], "-STOP");
+    let new_leader = cluster.wait_leader(&[follower, other], Duration::from_secs(15)).await;
+    put_alternating(&cluster, new_leader, 10..20).await;
+    cluster.signal(&[leader], "-CONT");
+    let rest = events(&mut stream, 10).await;
+    assert_written_in_order(&[first, rest].concat(), 0);
+
+    let watches_on_leader =
+        value(&scrape(cluster.nodes[leader].port), "grpc_server_started_total", &[("grpc_method", "Watch")]);
+    assert_eq!(watches_on_leader, 0.0, "the follower's watches reached the leader");
+    if new_leader != follower {
+        assert_eq!(forwarded(&cluster, follower), forwarded_before, "the follower forwarded requests");
+    }
+}
+
+/// A follower cut off while the leader logs and snapshots past what it has installs the
+/// leader's snapshot: those writes arrive without events, and its watch stream reads them from
+/// history — every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_installs_a_snapshot_sends_the_events_it_skipped() {
+    use etcd_client::WatchOptions;
+    let cluster = Cluster::start(3, &["--shards", "2", "--snapshot-count", "20"]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let follower = (leader + 1) % 3;
+    let mut f = cluster.client_of(follower).await;
+    let mut stream = f.watch("K", Some(WatchOptions::new().with_range("r"))).await.expect("watch");
+    put_alternating(&cluster, leader, 0..4).await;
+    let first = events(&mut stream, 4).await;
+
+    cluster.isolate(follower);
+    put_alternating(&cluster, leader, 4..204).await;
+    cluster.heal();
+    let rest = events(&mut stream, 200).await;
+    assert_written_in_order(&[first, rest].concat(), 0);
+    assert!(
+        cluster.nodes[follower].log_text().contains("installed the leader's snapshot"),
+        "the follower caught up without a snapshot: the test did not test the gap"
+    );
 }

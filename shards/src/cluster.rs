@@ -134,21 +134,6 @@ impl NodeState {
         self.serving.load(SeqCst)
     }
 
-    /// Resolves once this node does not serve (at once if it does not now): a leader cut off
-    /// from its quorum, or one that handed leadership over.
-    pub async fn stopped_serving(&self) {
-        loop {
-            if !self.serving() {
-                return;
-            }
-            let listener = self.changed.listen();
-            if !self.serving() {
-                return;
-            }
-            listener.await;
-        }
-    }
-
     /// The member that leads group 0 (where every group's leadership converges), 0 if unknown.
     pub fn leader(&self) -> u64 {
         self.leaders[0].load(SeqCst)

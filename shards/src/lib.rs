@@ -22,6 +22,6 @@ pub(crate) mod writer;
 
 pub use clock::RevisionClock;
 pub use error::ShardError;
-pub use msg::{Cross, EventSink, HoldInfo, LeaseMsg, ShardMsg, ShardStatus, WriteOutcome};
+pub use msg::{Cross, EventSink, HoldInfo, LeaseMsg, ShardEvents, ShardMsg, ShardStatus, WriteOutcome};
 pub use pool::{ClusterConfig, ClusterIo, PoolConfig, ShardHandle, ShardPool, StartError};
 pub use route::{ShardId, ShardMap};

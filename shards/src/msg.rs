@@ -9,9 +9,20 @@ use crate::mvcc::{Compare, Op, OpResult, PutOp, RangeQuery, RangeResult};
 
 pub type Reply<T> = oneshot::Sender<Result<T, ShardError>>;
 
-/// Where a shard sends the events of each batch once it is durable and before its revisions
-/// are released, so the receiver holds every event at or below the visibility frontier.
-pub type EventSink = flume::Sender<Vec<wire::pb::mvccpb::Event>>;
+/// Where a shard sends the events of each batch once it is committed (executed by this member
+/// as leader, or applied as a follower) and before its revisions can become visible here, so the
+/// receiver holds every event at or below the visibility frontier.
+pub type EventSink = flume::Sender<ShardEvents>;
+
+/// What a shard tells the watch hub.
+#[derive(Debug)]
+pub enum ShardEvents {
+    /// The events of committed writes.
+    Events(Vec<wire::pb::mvccpb::Event>),
+    /// The shard put a leader's snapshot in place of its state: its writes up to `revision`
+    /// arrived without events, and watchers must read revisions up to there from history.
+    Missed { revision: i64 },
+}
 
 /// A write executed on one shard.
 #[derive(Debug, Clone, PartialEq)]

@@ -105,7 +105,7 @@ pub struct ShardPool {
     clock: Arc<RevisionClock>,
     map: Arc<ShardMap>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
-    events: flume::Receiver<Vec<wire::pb::mvccpb::Event>>,
+    events: flume::Receiver<crate::msg::ShardEvents>,
     leases: Arc<LeaseRegistry>,
     expired: flume::Receiver<i64>,
     cluster_io: Option<ClusterIo>,
@@ -336,9 +336,9 @@ impl ShardPool {
         &self.expired
     }
 
-    /// Every shard's events, one batch per durable write batch, sent before its revisions become
+    /// Every shard's events, one batch per committed write batch, sent before its revisions become
     /// visible (see [`crate::msg::EventSink`]).
-    pub fn events(&self) -> &flume::Receiver<Vec<wire::pb::mvccpb::Event>> {
+    pub fn events(&self) -> &flume::Receiver<crate::msg::ShardEvents> {
         &self.events
     }
 

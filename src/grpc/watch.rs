@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use wire::pb::etcdserverpb::{watch_client::WatchClient, watch_server::Watch, WatchRequest, WatchResponse};
+use wire::pb::etcdserverpb::{watch_server::Watch, WatchRequest, WatchResponse};
 
-use crate::forward::{onward_stream, route_of, Forwarder, Route};
+use crate::error::ApiError;
 use crate::watch::stream::{self, WatchContext};
 
 /// Responses queued per stream before its task waits for the client to read.
@@ -15,23 +15,23 @@ const STREAM_QUEUE: usize = 64;
 
 pub struct WatchService {
     pub ctx: Arc<WatchContext>,
-    /// Watches are served by the member that serves writes (followers have no
-    /// visibility frontier of their own yet).
-    pub fwd: Arc<Forwarder>,
 }
 
 #[tonic::async_trait]
 impl Watch for WatchService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
+    /// Served by whichever member the client reached: every member applies every committed
+    /// write and makes it visible only once the leader's frontier covers it, so its events
+    /// arrive there in revision order, as on the leader (docs/WATCHES.md).
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        if let Route::Leader(ch) = route_of(&self.fwd, &req).await? {
-            let answers = self.fwd.answer(WatchClient::new(ch).watch(onward_stream(req))).await?;
-            return Ok(answers.map(|s| Box::pin(s) as Self::WatchStream));
+        let require_leader = req.metadata().get(stream::REQUIRE_LEADER).and_then(|v| v.to_str().ok()) == Some("true");
+        if require_leader && self.ctx.node.leader() == 0 {
+            return Err(ApiError::NoLeader.into());
         }
-        let caller = self.ctx.guard.caller_of(&req).await;
+        let opened = stream::Opened { caller: self.ctx.guard.caller_of(&req).await, require_leader };
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
-        tokio::spawn(stream::run(self.ctx.clone(), caller, req.into_inner(), tx));
+        tokio::spawn(stream::run(self.ctx.clone(), opened, req.into_inner(), tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

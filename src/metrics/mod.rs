@@ -40,6 +40,8 @@ pub struct Sources {
     pub watchers: Arc<crate::watch::hub::Hub>,
     /// The size on disk (WAL and snapshots) of the data directory's shards.
     pub data_dir: std::path::PathBuf,
+    /// Counts the requests sent on to the leader.
+    pub forwarder: Arc<crate::forward::Forwarder>,
 }
 
 /// Every series of the server.
@@ -65,6 +67,7 @@ pub struct ServerMetrics {
     queue_depth: IntGaugeVec,
     leases: IntGauge,
     watch_streams: IntGauge,
+    forwarded: IntCounter,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -144,6 +147,11 @@ impl ServerMetrics {
             queue_depth,
             leases: gauge(&r, "corekv_leases", "Live leases of this member.")?,
             watch_streams: gauge(&r, "etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams.")?,
+            forwarded: counter(
+                &r,
+                "corekv_forwarded_requests_total",
+                "Client requests this member sent on to the leader (writes, and reads it could not serve).",
+            )?,
             registry: r,
         })
     }
@@ -191,6 +199,8 @@ impl ServerMetrics {
         self.is_leader.set(i64::from(leader == me && s.node.serving()));
         let seen = s.node.leader_changes();
         self.leader_changes.inc_by(seen.saturating_sub(self.leader_changes.get()));
+        let forwarded = s.forwarder.forwarded();
+        self.forwarded.inc_by(forwarded.saturating_sub(self.forwarded.get()));
         let (committed, applied) = s.node.committed_and_applied();
         self.committed.set(committed as i64);
         self.applied.set(applied as i64);

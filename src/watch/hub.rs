@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use shards::RevisionClock;
+use shards::{RevisionClock, ShardEvents};
 use slab::Slab;
 use tokio::sync::Notify;
 use wire::pb::mvccpb::{Event, KeyValue};
@@ -149,16 +149,31 @@ impl Hub {
         self.upto_tx.subscribe()
     }
 
-    /// Routes whole revisions (ascending, above `upto`) to the streams watching their keys,
-    /// then records that every revision up to `upto` has been routed.
-    pub fn route(&self, revisions: Vec<RevisionEvents>, upto: i64) {
+    /// Routes whole revisions (ascending) to the streams watching their keys, then records that
+    /// every revision up to `upto` has been routed. Revisions up to `missed_through` may lack
+    /// events (a shard installed a snapshot): while any of them is being routed, every stream
+    /// reads from history instead.
+    pub fn route(&self, revisions: Vec<RevisionEvents>, upto: i64, missed_through: i64) {
         let mut st = self.lock();
         let st = &mut *st;
-        let mut targets = Vec::new();
         let mut woken = Vec::new();
+        if missed_through > st.upto && upto > st.upto {
+            let from = st.upto + 1;
+            for (s, q) in st.streams.iter_mut() {
+                q.overflow_from = Some(q.overflow_from.map_or(from, |f| f.min(from)));
+                woken.push(s as u32);
+            }
+        }
+        let mut targets = Vec::new();
         for r in revisions {
             if st.index.is_empty() {
                 break;
+            }
+            if r.revision <= st.upto {
+                // Already history for every stream (a shard applying a write its peers had
+                // long made visible): delivering it now would go out of order.
+                tracing::warn!(revision = r.revision, upto = st.upto, "late events dropped; history has them");
+                continue;
             }
             targets.clear();
             for e in &r.events {
@@ -209,47 +224,66 @@ impl Hub {
 }
 
 /// The hub task: runs until every shard's sender is gone (the shards stopped).
-pub async fn run(batches: flume::Receiver<Vec<Event>>, clock: Arc<RevisionClock>, hub: Arc<Hub>) {
-    let mut pending: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
+pub async fn run(batches: flume::Receiver<ShardEvents>, clock: Arc<RevisionClock>, hub: Arc<Hub>) {
+    let mut pending = Pending::default();
     loop {
         let frontier = clock.visible();
         loop {
             match batches.try_recv() {
-                Ok(batch) => add(&mut pending, batch),
+                Ok(batch) => pending.add(batch),
                 Err(flume::TryRecvError::Empty) => break,
                 Err(flume::TryRecvError::Disconnected) => return,
             }
         }
-        let later = pending.split_off(&(frontier + 1));
-        let mut ready = std::mem::replace(&mut pending, later);
+        let later = pending.revisions.split_off(&(frontier + 1));
+        let mut ready = std::mem::replace(&mut pending.revisions, later);
         // Key order within a revision, whichever shard's batch came first (history does the same).
         for events in ready.values_mut() {
             events.sort_by(|a, b| event_key(a).cmp(event_key(b)));
         }
-        hub.route(ready.into_iter().map(|(revision, events)| RevisionEvents { revision, events }).collect(), frontier);
-        let next = match pending.first_key_value() {
+        let ready = ready.into_iter().map(|(revision, events)| RevisionEvents { revision, events }).collect();
+        hub.route(ready, frontier, pending.missed_through);
+        // The lowest revision waited for: events held back, or a gap not routed yet.
+        let waited = pending.revisions.first_key_value().map(|(&r, _)| r);
+        let waited = waited.or((pending.missed_through > frontier).then_some(frontier + 1));
+        let next = match waited {
             None => batches.recv_async().await,
-            Some((&lowest, _)) => tokio::select! {
+            Some(lowest) => tokio::select! {
                 b = batches.recv_async() => b,
                 () = clock.wait_visible(lowest) => continue,
             },
         };
         match next {
-            Ok(batch) => add(&mut pending, batch),
+            Ok(batch) => pending.add(batch),
             Err(_) => return,
+        }
+    }
+}
+
+/// What the hub task holds until the frontier covers it.
+#[derive(Default)]
+struct Pending {
+    revisions: BTreeMap<i64, Vec<Event>>,
+    /// Revisions up to here may lack some shard's events (see [`ShardEvents::Missed`]).
+    missed_through: i64,
+}
+
+impl Pending {
+    fn add(&mut self, batch: ShardEvents) {
+        match batch {
+            ShardEvents::Events(events) => {
+                for e in events {
+                    let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                    self.revisions.entry(rev).or_default().push(e);
+                }
+            }
+            ShardEvents::Missed { revision } => self.missed_through = self.missed_through.max(revision),
         }
     }
 }
 
 fn event_key(e: &Event) -> &[u8] {
     e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_ref())
-}
-
-fn add(pending: &mut BTreeMap<i64, Vec<Event>>, batch: Vec<Event>) {
-    for e in batch {
-        let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-        pending.entry(rev).or_default().push(e);
-    }
 }
 
 #[cfg(test)]
@@ -272,7 +306,7 @@ mod tests {
         let (b, _, _) = hub.open_stream();
         assert_eq!(hub.add_interest(a, b"k", b""), 1);
         hub.add_interest(b, b"m", &[0]);
-        hub.route(vec![rev(2, "k"), rev(3, "x"), rev(4, "a")], 5);
+        hub.route(vec![rev(2, "k"), rev(3, "x"), rev(4, "a")], 5, 0);
         let ta = hub.take(a);
         assert_eq!((revisions(&ta), ta.upto, ta.overflow_from), (vec![2], 5, None));
         assert_eq!(revisions(&hub.take(b)), vec![3]);
@@ -284,15 +318,46 @@ mod tests {
         let hub = Hub::new(1, QueueLimits { revisions: 2, bytes: 1 << 20 });
         let (a, _, _) = hub.open_stream();
         hub.add_interest(a, b"k", b"");
-        hub.route((2..=6).map(|r| rev(r, "k")).collect(), 6);
+        hub.route((2..=6).map(|r| rev(r, "k")).collect(), 6, 0);
         let t = hub.take(a);
         assert_eq!((revisions(&t), t.overflow_from, t.upto), (vec![2, 3], Some(4), 6));
         // After taking, queuing resumes.
-        hub.route(vec![rev(7, "k")], 7);
+        hub.route(vec![rev(7, "k")], 7, 0);
         let t = hub.take(a);
         assert_eq!((revisions(&t), t.overflow_from), (vec![7], None));
         hub.close_stream(a, [(&b"k"[..], &b""[..])].into_iter());
-        hub.route(vec![rev(8, "k")], 8);
+        hub.route(vec![rev(8, "k")], 8, 0);
         assert!(hub.take(a).revisions.is_empty());
+    }
+
+    #[test]
+    fn hub_sends_streams_to_history_over_revisions_a_snapshot_brought_without_events() {
+        let hub = Hub::new(1, QueueLimits { revisions: 10, bytes: 1 << 20 });
+        let (a, _, _) = hub.open_stream();
+        hub.add_interest(a, b"k", b"");
+        hub.route(vec![rev(2, "k")], 2, 0);
+        assert_eq!(revisions(&hub.take(a)), vec![2]);
+        // A shard's snapshot brought revisions up to 5; revision 4's events came from another
+        // shard only: routing them would deliver half a revision.
+        hub.route(vec![rev(4, "k")], 4, 5);
+        let t = hub.take(a);
+        assert_eq!((revisions(&t), t.overflow_from, t.upto), (vec![], Some(3), 4));
+        // Until the frontier passes the gap, every route sends streams to history again.
+        hub.route(vec![rev(5, "k")], 5, 5);
+        let t = hub.take(a);
+        assert_eq!((revisions(&t), t.overflow_from, t.upto), (vec![], Some(5), 5));
+        hub.route(vec![rev(6, "k")], 6, 5);
+        let t = hub.take(a);
+        assert_eq!((revisions(&t), t.overflow_from), (vec![6], None));
+    }
+
+    #[test]
+    fn hub_drops_events_of_revisions_it_already_routed() {
+        let hub = Hub::new(1, QueueLimits { revisions: 10, bytes: 1 << 20 });
+        let (a, _, _) = hub.open_stream();
+        hub.add_interest(a, b"k", b"");
+        hub.route(vec![rev(3, "k")], 5, 0);
+        hub.route(vec![rev(2, "k"), rev(6, "k")], 6, 0);
+        assert_eq!(revisions(&hub.take(a)), vec![3, 6], "revision 2 was history when it arrived");
     }
 }

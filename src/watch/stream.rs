@@ -58,8 +58,28 @@ pub struct WatchContext {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// Who may watch what.
     pub guard: Arc<crate::auth::Guard>,
-    /// Whether this member still serves: streams are served only where writes are.
+    /// Who leads: streams that require a leader end without one.
     pub node: Arc<shards::cluster::NodeState>,
+    /// How often a stream that requires a leader checks that there is one (etcd checks once
+    /// per election timeout).
+    pub election_timeout: Duration,
+}
+
+/// etcd's `maxNoLeaderCnt`: election timeouts in a row without a leader that end a stream
+/// whose client requires one.
+const NO_LEADER_CHECKS: u32 = 3;
+
+/// The gRPC metadata key by which a client asks that its streams end when the member it talks to
+/// has no leader (etcd's `rpctypes.MetadataRequireLeaderKey`; clientv3's `WithRequireLeader`).
+pub const REQUIRE_LEADER: &str = "hasleader";
+
+/// Who opened a stream, and how.
+pub struct Opened {
+    /// Who opened the stream (its token when it opened; it keeps its rights after the token
+    /// expires, as in etcd), or why that could not be told.
+    pub caller: Result<Caller, ApiError>,
+    /// Whether the stream ends when the member has no leader (see [`REQUIRE_LEADER`]).
+    pub require_leader: bool,
 }
 
 /// The client is gone or the server stops: the stream ends.
@@ -82,11 +102,14 @@ struct Session {
     hub_upto: tokio::sync::watch::Receiver<i64>,
 }
 
-/// Serves one Watch stream until the client closes its side or goes away.
-pub async fn run<S>(ctx: Arc<WatchContext>, caller: Result<Caller, ApiError>, mut requests: S, out: Out)
+/// Serves one Watch stream until the client closes its side or goes away. A stream whose client
+/// requires a leader (etcd's `hasleader` metadata) also ends, with `etcdserver: no leader`, once
+/// this member has known no leader for [`NO_LEADER_CHECKS`] election timeouts in a row.
+pub async fn run<S>(ctx: Arc<WatchContext>, opened: Opened, mut requests: S, out: Out)
 where
     S: Stream<Item = Result<WatchRequest, Status>> + Unpin,
 {
+    let Opened { caller, require_leader } = opened;
     let (id, queued, upto) = ctx.hub.open_stream();
     let mut stop = ctx.stop.clone();
     let interval = ctx.progress_interval;
@@ -94,8 +117,9 @@ where
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let hub_upto = ctx.hub.subscribe_upto();
     let node = ctx.node.clone();
-    let deposed = node.stopped_serving();
-    tokio::pin!(deposed);
+    let check = ctx.election_timeout;
+    let mut leader_check = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
+    let mut leaderless_checks = 0;
     let mut s = Session { ctx, caller, out, watchers: WatcherSet::default(), id, delivered_upto: upto, hub_upto };
     loop {
         let step = tokio::select! {
@@ -107,12 +131,17 @@ where
             () = queued.notified() => s.drain().await,
             _ = ticker.tick() => s.progress_tick().await,
             _ = stop.changed() => Err(Closed),
-            // A member that no longer leads gets no events (followers forward their watches):
-            // the stream ends as etcd ends one with no leader, and clients watch again — etcd's
-            // clients resume on their own from the last revision they saw, on the new leader.
-            () = &mut deposed => {
-                let _ = s.out.send(Err(ApiError::NoLeader.into())).await;
-                Err(Closed)
+            // Served on any member, leader or not, through leader changes; a client that asked
+            // for a leader hears when there has been none for a while, as from etcd (its clients
+            // then watch again elsewhere from the last revision they saw).
+            _ = leader_check.tick(), if require_leader => {
+                leaderless_checks = if node.leader() == 0 { leaderless_checks + 1 } else { 0 };
+                if leaderless_checks >= NO_LEADER_CHECKS {
+                    let _ = s.out.send(Err(ApiError::NoLeader.into())).await;
+                    Err(Closed)
+                } else {
+                    Ok(())
+                }
             }
         };
         if step.is_err() {

@@ -74,9 +74,11 @@ impl Writer {
                     None => {}
                 }
             }
-            let mut store = self.store.borrow_mut();
-            // Followers serve no watches: their events are not wanted.
-            drop(store.take_events());
+            // Followers serve watches too; these revisions become visible here once every shard
+            // applied as far as the leader's frontier covers them.
+            let events = self.store.borrow_mut().take_events();
+            self.publish_events(events);
+            let store = self.store.borrow();
             self.clock.set_compacted(store.compact_revision());
             self.committed_revision = store.current_revision();
         }

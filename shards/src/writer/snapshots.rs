@@ -74,6 +74,10 @@ impl Writer {
         self.apply_queue.clear();
         self.executed_upto = meta.index;
         self.committed_revision = self.store.borrow().current_revision();
+        // The writes the snapshot brought came without events: watchers on this member read
+        // them from history (before the frontier can cover them, as events would be sent).
+        let missed = crate::msg::ShardEvents::Missed { revision: self.committed_revision };
+        let _ = self.cfg.events.send(missed);
         self.entries_since_snapshot = 0;
         if let Err(e) = self.raft.install_snapshot(meta) {
             self.fatal(format!("could not install snapshot {}: {e}", meta.index));

@@ -164,10 +164,7 @@ impl Writer {
     pub(super) fn complete_committed(&mut self) {
         let commit = self.raft.commit_index();
         while let Some(f) = self.in_flight.pop_front_if(|f| f.index <= commit) {
-            if !f.events.is_empty() {
-                // The receiver lives as long as the server; without it nobody is watching.
-                let _ = self.cfg.events.send(f.events);
-            }
+            self.publish_events(f.events);
             self.committed_revision = f.revision_after;
             // Revisions of later batches stay pending: those in flight, and those of the batch
             // executing now (anything the store holds above this batch).
@@ -218,11 +215,17 @@ impl Writer {
     /// that order, so every event at or below the frontier has been sent.
     pub(super) fn release(&mut self) {
         let events = self.store.borrow_mut().take_events();
+        self.publish_events(events);
+        self.clock.release(self.cfg.id);
+    }
+
+    /// Hands the events of committed writes to the watch hub (before their revisions can become
+    /// visible: see [`crate::msg::EventSink`]).
+    pub(super) fn publish_events(&self, events: Vec<wire::pb::mvccpb::Event>) {
         if !events.is_empty() {
             // The receiver lives as long as the server; without it nobody is watching.
-            let _ = self.cfg.events.send(events);
+            let _ = self.cfg.events.send(crate::msg::ShardEvents::Events(events));
         }
-        self.clock.release(self.cfg.id);
     }
 
     /// Logs `ops` through Raft (nothing to propose for an empty list) and returns once they are
