@@ -179,6 +179,16 @@ impl NodeState {
         }
     }
 
+    /// Records shard `shard`'s commit index before it releases the revisions of what committed:
+    /// a frontier that covers those revisions then names an index that covers their entries.
+    /// (Published after the step only, a frame read between the release and the publication
+    /// carried a new revision with an old index, and a follower made the revision visible
+    /// before it had applied it: its serializable reads could miss the write, its watchers got
+    /// the events late.)
+    pub fn note_commit(&self, shard: usize, commit: u64) {
+        self.commits[shard].fetch_max(commit, SeqCst);
+    }
+
     /// While serving: the visible revision, then every group's commit index (read after it, so
     /// a follower that applied those indexes holds every revision up to it). Sent to followers.
     pub fn frontier(&self) -> Option<(i64, Vec<u64>)> {

@@ -4,7 +4,9 @@
 //! and `checker` searches for an order that explains every answer (revisions included).
 //!
 //! Histories: one server (concurrent clients; SIGKILLs and restarts) and a three-member cluster
-//! (a leader killed and restarted, a leader cut off by a partition that heals).
+//! (a leader killed and restarted, a leader cut off by a partition that heals). In the cluster a
+//! watch of every key stays open on each member throughout, and must carry exactly the history
+//! (`watches.rs`).
 //!
 //! Every history checked is reported on stdout and appended to
 //! `target/tmp/linearizability-report.txt` (scripts/test.sh prints it). A server started with
@@ -15,6 +17,7 @@
 mod checker;
 #[path = "../common/mod.rs"]
 mod common;
+mod watches;
 
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
@@ -307,9 +310,14 @@ async fn history_of_a_cluster_through_leader_kill_and_partition_is_linearizable(
     let rec = Arc::new(Recorder::default());
     let origin = Instant::now();
     let all = [0, 1, 2];
+    let leader = cluster.wait_leader(&all, Duration::from_secs(15)).await;
+    // A watch of every key on each member, from the first revision a client can write.
+    let mut recordings = Vec::new();
+    for i in all {
+        recordings.push(watches::record(i, &mut cluster.client_of(i).await, 2).await);
+    }
 
     // Round 1: the leader is killed mid-round, then comes back.
-    let leader = cluster.wait_leader(&all, Duration::from_secs(15)).await;
     {
         let clients = round_with(cluster_clients(&cluster).await, origin, Duration::from_secs(3), 0, &rec, LIN_ONLY);
         tokio::pin!(clients);
@@ -322,8 +330,10 @@ async fn history_of_a_cluster_through_leader_kill_and_partition_is_linearizable(
         }
     }
     cluster.nodes[leader].restart();
+    let first_leader = leader;
     let leader = cluster.wait_leader(&all, Duration::from_secs(15)).await;
 
+    let leader2 = leader;
     // Round 2: the leader is cut off from the others mid-round, then the partition heals.
     {
         let clients =
@@ -347,6 +357,33 @@ async fn history_of_a_cluster_through_leader_kill_and_partition_is_linearizable(
     round_with(cluster_clients(&cluster).await, origin, Duration::from_secs(1), 900_000, &rec, LIN_ONLY).await;
     let verdict = check_and_report("cluster-3-members-kill-and-partition", &rec);
     assert!(matches!(verdict, Verdict::Linearizable), "{verdict:?}");
+
+    // Every stream that lived through it all (the killed member's ended) carried the history:
+    // through a leader change, a leader cut off (its rolled-back writes must not show), and a
+    // restart, on leader and followers alike.
+    let leader = cluster.wait_leader(&all, Duration::from_secs(15)).await;
+    let mut client = cluster.client_of(leader).await;
+    let end = client.put("watch-end", "", None).await.expect("put").header().expect("header").revision();
+    let history = watches::record(leader, &mut client, 2).await;
+    let history = history.upto(end, Duration::from_secs(20)).await.expect("the history up to the last write");
+    let mut lived = 0;
+    for r in &recordings {
+        let Some(seen) = r.upto(end, Duration::from_secs(20)).await else {
+            assert_eq!(r.member, first_leader, "a stream on member {} ended", r.member);
+            continue;
+        };
+        lived += 1;
+        if let Some(diff) = watches::first_difference(&seen, &history) {
+            let log = cluster.nodes[r.member].log_text();
+            let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+            panic!(
+                "the watch on member {} (leaders: {first_leader}, then {leader2}) differs from the history: {diff}\n{}",
+                r.member,
+                warnings.join("\n")
+            );
+        }
+    }
+    assert!(lived >= 2, "only {lived} streams lived through the test");
 }
 
 /// The same cluster with a broken read path — followers answer reads from their own state,

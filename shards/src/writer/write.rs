@@ -163,6 +163,7 @@ impl Writer {
     /// Completes, in log order, the pipelined batches a majority has committed.
     pub(super) fn complete_committed(&mut self) {
         let commit = self.raft.commit_index();
+        self.cfg.cluster.node.note_commit(self.cfg.id.0 as usize, commit);
         while let Some(f) = self.in_flight.pop_front_if(|f| f.index <= commit) {
             self.publish_events(f.events);
             self.committed_revision = f.revision_after;
