@@ -76,6 +76,7 @@ enum ScenarioKind {
     Put,
     Range(Consistency),
     TxnPut,
+    TxnCross,
 }
 
 /// One row group of the comparison.
@@ -92,7 +93,7 @@ const fn scenario(name: &'static str, kind: ScenarioKind, clients: usize, conns:
 }
 
 /// Writes and both read consistencies at one, a few and many clients, then CAS.
-static SCENARIOS: [Scenario; 10] = [
+static SCENARIOS: [Scenario; 11] = [
     scenario("put-1", ScenarioKind::Put, 1, 1),
     scenario("put-16", ScenarioKind::Put, 16, 4),
     scenario("put-256", ScenarioKind::Put, 256, 16),
@@ -103,6 +104,7 @@ static SCENARIOS: [Scenario; 10] = [
     scenario("range-l-16", ScenarioKind::Range(Consistency::L), 16, 4),
     scenario("range-l-256", ScenarioKind::Range(Consistency::L), 256, 16),
     scenario("txn-put-16", ScenarioKind::TxnPut, 16, 4),
+    scenario("txn-cross-16", ScenarioKind::TxnCross, 16, 4),
 ];
 
 impl Scenario {
@@ -112,6 +114,7 @@ impl Scenario {
             ScenarioKind::Range(Consistency::S) => "serializable range (1 key)",
             ScenarioKind::Range(Consistency::L) => "linearizable range (1 key)",
             ScenarioKind::TxnPut => "txn compare-and-swap put",
+            ScenarioKind::TxnCross => "txn of two puts on two shards, disjoint keys per client",
         };
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
         format!("{what}, {}, {}", plural(self.clients, "client"), plural(self.conns, "conn"))
@@ -124,6 +127,7 @@ impl Scenario {
                 Workload::Range { key: RANGE_KEY.to_vec(), prefix_keys: None, consistency }
             }
             ScenarioKind::TxnPut => Workload::TxnPut,
+            ScenarioKind::TxnCross => Workload::TxnCross,
         }
     }
 

@@ -1,8 +1,9 @@
 //! The cluster part of `compare`: three-member clusters of etcd and of corekv on loopback (all
 //! six processes on this machine, one cluster at a time), driven through every member's client
 //! URL (connection `i` dials member `i % 3`, as etcd's benchmark tool spreads its connections),
-//! so followers forward writes and linearizable reads to the leader as they would in
-//! production. Server CPU and RSS are summed over the three members.
+//! so followers forward writes (and, for etcd, linearizable reads) to the leader as they would
+//! in production, and serve watches themselves. Server CPU and RSS are summed over the three
+//! members.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::fresh::{FreshReport, FreshScenario, SideBySide};
 use crate::proc_stats::{self, Process};
 use crate::report::RunReport;
 use crate::server::{RunningServer, ServerKind};
+use crate::watch::{self, WatchPlan};
 use crate::workload::{Consistency, KeySpace, Workload};
 
 const MEMBERS: usize = 3;
@@ -26,6 +28,9 @@ const RANGE_KEY: &[u8] = b"bench-cluster-range";
 enum Op {
     Put,
     LinearizableGet,
+    /// Watchers on streams spread over the members, and puts of their keys (`watch.rs`); an
+    /// "op" is an event delivered.
+    Watch,
 }
 
 #[derive(Debug)]
@@ -36,17 +41,35 @@ pub struct ClusterScenario {
     conns: usize,
 }
 
-/// Issue 5's cluster benchmark: puts, and linearizable gets of one key.
-pub static CLUSTER_SCENARIOS: [ClusterScenario; 2] = [
+/// Issue 5's cluster benchmark: puts, and linearizable gets of one key; issue 17's watches.
+pub static CLUSTER_SCENARIOS: [ClusterScenario; 3] = [
     ClusterScenario { name: "cluster-put", op: Op::Put, clients: 64, conns: 12 },
     ClusterScenario { name: "cluster-range-l", op: Op::LinearizableGet, clients: 64, conns: 12 },
+    ClusterScenario { name: "cluster-watch", op: Op::Watch, clients: WATCHERS, conns: MEMBERS },
 ];
+
+/// `cluster-watch`: watchers (in `clients`) on this many streams, of this many keys, which this
+/// many puts at this rate change; every put reaches `WATCHERS / WATCHED_KEYS` watchers.
+const WATCHERS: usize = 3_000;
+const WATCH_STREAMS: usize = 30;
+const WATCHED_KEYS: usize = 100;
+const WATCH_PUTS: u64 = 4_000;
+const WATCH_PUT_RATE: u64 = 2_000;
 
 impl ClusterScenario {
     pub fn describe(&self) -> String {
         let what = match self.op {
             Op::Put => format!("puts of {VAL_SIZE} B values over {KEY_SPACE} keys"),
             Op::LinearizableGet => "linearizable gets of one key".to_owned(),
+            Op::Watch => {
+                return format!(
+                    "{MEMBERS}-member cluster, {WATCHERS} watchers on {WATCH_STREAMS} streams spread over the \
+                     members ({} per member, {} keys), {WATCH_PUTS} puts at {WATCH_PUT_RATE}/s through one member: \
+                     an op is an event delivered",
+                    WATCH_STREAMS / MEMBERS,
+                    WATCHED_KEYS
+                )
+            }
         };
         format!(
             "{MEMBERS}-member cluster, {} clients on {} connections spread over the members: {what}",
@@ -54,12 +77,14 @@ impl ClusterScenario {
         )
     }
 
-    fn workload(&self) -> Workload {
+    /// The load generator's workload; `None` for the watch scenario (run by `watch.rs`).
+    fn workload(&self) -> Option<Workload> {
         match self.op {
-            Op::Put => Workload::Put,
+            Op::Put => Some(Workload::Put),
             Op::LinearizableGet => {
-                Workload::Range { key: RANGE_KEY.to_vec(), prefix_keys: None, consistency: Consistency::L }
+                Some(Workload::Range { key: RANGE_KEY.to_vec(), prefix_keys: None, consistency: Consistency::L })
             }
+            Op::Watch => None,
         }
     }
 }
@@ -103,6 +128,9 @@ async fn measure(
     secs: u64,
 ) -> Result<ClusterReport, BenchError> {
     let pids: Vec<u32> = members.iter().map(RunningServer::pid).collect();
+    let Some(workload) = scenario.workload() else {
+        return measure_watch(scenario, kind, members, &pids).await;
+    };
     let config = RunConfig {
         label: scenario.name.to_owned(),
         server: Some(kind.to_string()),
@@ -121,10 +149,48 @@ async fn measure(
         security: Default::default(),
     };
     let cpu_before = cpu_of(&pids)?;
-    let mut run = driver::run(&config, &scenario.workload()).await?;
+    let mut run = driver::run(&config, &workload).await?;
     run.server_cpu = Some(cpu_of(&pids)?.saturating_sub(cpu_before));
     let rss: Result<Vec<u64>, _> = pids.iter().map(|p| proc_stats::resident_kib(Process::Pid(*p))).collect();
     run.server_rss_kib = Some(rss?.iter().sum());
+    Ok(ClusterReport { run })
+}
+
+/// The watch scenario, reported as a load generator run: an op is an event delivered, an error
+/// a failed put or an event missing at the end.
+async fn measure_watch(
+    scenario: &ClusterScenario,
+    kind: ServerKind,
+    members: &[RunningServer],
+    pids: &[u32],
+) -> Result<ClusterReport, BenchError> {
+    let plan = WatchPlan {
+        watchers: WATCHERS,
+        streams: WATCH_STREAMS,
+        conns: MEMBERS,
+        watched_keys: WATCHED_KEYS,
+        puts: WATCH_PUTS,
+        rate: WATCH_PUT_RATE,
+        val_size: 64,
+        drain_timeout_secs: 60,
+    };
+    let endpoints: Vec<String> = members.iter().map(|m| m.endpoint().to_owned()).collect();
+    let w = watch::run(&plan, scenario.name, Some(kind.to_string()), &endpoints, pids).await?;
+    let missing = w.expected_events.saturating_sub(w.delivered_events);
+    let run = RunReport {
+        label: scenario.name.to_owned(),
+        server: Some(kind.to_string()),
+        clients: w.watchers,
+        conns: w.conns,
+        ops: w.delivered_events,
+        errors: w.put_errors + missing,
+        elapsed: w.delivery_time,
+        latency: w.latency,
+        server_cpu: w.server_cpu,
+        server_rss_kib: w.rss_with_watchers_kib,
+        first_error: (missing > 0).then(|| format!("{missing} of {} events not delivered", w.expected_events)),
+        ..RunReport::default()
+    };
     Ok(ClusterReport { run })
 }
 

@@ -87,7 +87,7 @@ pub async fn run<'a>(
 ) -> Result<(), BenchError> {
     fresh::run(scenarios, kinds, bin, results, |scenario, kind, endpoint, pid, _data_dir| {
         let plan = scenario.plan(scale);
-        async move { watch::run(&plan, scenario.name, Some(kind.to_string()), &endpoint, Some(pid)).await }
+        async move { watch::run(&plan, scenario.name, Some(kind.to_string()), &[endpoint], &[pid]).await }
     })
     .await
 }

@@ -266,7 +266,8 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
             return Ok(());
         }
         Command::Watch(args) => {
-            let report = watch::run(&args.plan, "watch", None, &args.endpoint, args.server_pid).await?;
+            let pids: Vec<u32> = args.server_pid.into_iter().collect();
+            let report = watch::run(&args.plan, "watch", None, &[args.endpoint.clone()], &pids).await?;
             print!("{}", report.human());
             println!("{}", report.json_line());
             return Ok(());

@@ -182,13 +182,15 @@ fn key(k: usize) -> String {
     format!("bench-watch/{k:07}")
 }
 
-/// Runs the plan against `endpoint`.
+/// Runs the plan against `endpoints` (connection `i` dials endpoint `i mod n`; the puts go
+/// through the first connection), measuring the processes `server_pids` (summed: the members
+/// of a cluster).
 pub async fn run(
     plan: &WatchPlan,
     label: &str,
     server: Option<String>,
-    endpoint: &str,
-    server_pid: Option<u32>,
+    endpoints: &[String],
+    server_pids: &[u32],
 ) -> Result<WatchReport, BenchError> {
     for (option, n) in [("watchers", plan.watchers), ("streams", plan.streams), ("conns", plan.conns)] {
         if n == 0 {
@@ -199,12 +201,24 @@ pub async fn run(
         return Err(BenchError::ZeroOption { option: "watched-keys" });
     }
     let streams = plan.streams.min(plan.watchers);
-    let rss = || server_pid.map(|pid| proc_stats::resident_kib(Process::Pid(pid))).transpose();
-    let cpu = || server_pid.map(|pid| proc_stats::cpu_time(Process::Pid(pid))).transpose();
+    let measured = !server_pids.is_empty();
+    let rss = || -> Result<Option<u64>, BenchError> {
+        let each: Result<Vec<u64>, _> =
+            server_pids.iter().map(|pid| proc_stats::resident_kib(Process::Pid(*pid))).collect();
+        Ok(measured.then_some(each?.iter().sum()))
+    };
+    let cpu = || -> Result<Option<Duration>, BenchError> {
+        let each: Result<Vec<Duration>, _> =
+            server_pids.iter().map(|pid| proc_stats::cpu_time(Process::Pid(*pid))).collect();
+        Ok(measured.then_some(each?.iter().sum()))
+    };
 
     let mut conns = Vec::with_capacity(plan.conns);
-    for _ in 0..plan.conns {
+    for (_, endpoint) in (0..plan.conns).zip(endpoints.iter().cycle()) {
         conns.push(connect(endpoint, CONNECT_TIMEOUT).await?);
+    }
+    if conns.is_empty() {
+        return Err(BenchError::ZeroOption { option: "endpoints" });
     }
     let rss_before_kib = rss()?;
     let base = Instant::now();

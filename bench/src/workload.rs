@@ -197,6 +197,11 @@ pub enum Workload {
     /// Compare-and-swap: a Txn putting the client's own key only if its mod revision is still
     /// the one this client last wrote or saw.
     TxnPut,
+    /// A Txn putting two keys of the client's own: its decimal key and the same behind a `q`
+    /// (on corekv's default boundaries, the first on shard 0 and the second on shard 1 of two),
+    /// so with two or more shards every request is a cross-shard write and clients never
+    /// touch the same keys.
+    TxnCross,
     /// Puts, single-key gets, short ranges and deletes over the key space.
     Mixed { weights: MixWeights, range_width: u64, consistency: Consistency },
 }
@@ -259,6 +264,10 @@ impl Workload {
                 keys.write(client % keys.space, &mut fixed_key);
                 Plan::TxnPut
             }
+            Self::TxnCross => {
+                keys.write(client % keys.space, &mut fixed_key);
+                Plan::TxnCross
+            }
             Self::Mixed { weights, range_width, consistency } => {
                 Plan::Mixed { weights: *weights, range_width: *range_width, consistency: *consistency }
             }
@@ -284,6 +293,7 @@ enum Plan {
     Put,
     Read { consistency: Consistency, prefix: bool },
     TxnPut,
+    TxnCross,
     Mixed { weights: MixWeights, range_width: u64, consistency: Consistency },
 }
 
@@ -297,7 +307,7 @@ pub struct ClientOps {
     rng: SmallRng,
     key_buf: Vec<u8>,
     end_buf: Vec<u8>,
-    /// The key of `range` and of this client's `txn-put`.
+    /// The key of `range` and of this client's `txn-put` and `txn-cross`.
     fixed_key: Vec<u8>,
     /// `txn-put`: the mod revision this client expects its key to have (0 = absent).
     txn_rev: i64,
@@ -315,6 +325,18 @@ impl ClientOps {
                 Ok(Outcome::done(if prefix { OpKind::Range } else { OpKind::Get }))
             }
             Plan::TxnPut => self.txn_put().await,
+            Plan::TxnCross => {
+                let key = self.fixed_key.as_slice();
+                self.key_buf.clear();
+                self.key_buf.push(b'q');
+                self.key_buf.extend_from_slice(key);
+                let puts = [
+                    TxnOp::put(key, &self.value[..], None),
+                    TxnOp::put(self.key_buf.as_slice(), &self.value[..], None),
+                ];
+                self.kv.txn(Txn::new().and_then(puts)).await?;
+                Ok(Outcome::done(OpKind::Txn))
+            }
             Plan::Mixed { weights, range_width, consistency } => {
                 let kind = weights.pick(self.rng.random_range(0..weights.total()));
                 match kind {
