@@ -100,10 +100,12 @@ impl Forwarder {
     /// The leader's answer to a forwarded call, or `etcdserver: request timed out` once etcd's
     /// request timeout has passed without one (a leader that stopped answering: paused, or cut
     /// off after the request left), as etcd answers a proposal that does not apply in time.
+    /// Every forwarded call goes through here, and counts as forwarded.
     pub async fn answer<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T, tonic::Status> {
+        self.forwarded.fetch_add(1, Relaxed);
         tokio::time::timeout(self.request_timeout, call).await.unwrap_or_else(|_| Err(ApiError::Timeout.into()))
     }
 
@@ -142,7 +144,6 @@ impl Forwarder {
             let me = self.node.me();
             if !forwarded && leader != 0 && leader != me && !self.faults.drops(me, leader) {
                 if let Some(channel) = self.channel(leader) {
-                    self.forwarded.fetch_add(1, Relaxed);
                     return Ok(Route::Leader(channel));
                 }
             }
