@@ -1,7 +1,7 @@
 //! Test-only faults of the read path, to prove the linearizability checker can fail (issue 5's
 //! "a deliberately broken read path"). Debug builds only: release builds compile them out.
-//! Three of them: stale reads on any server, (in a cluster) follower reads, and a pause in a
-//! cross-shard write before its prepares or its decision.
+//! Four of them: stale reads on any server, (in a cluster) follower reads, a pause in a
+//! cross-shard write before its prepares or its decision, and a lost ReadIndex.
 //!
 //! With `COREKV_FAULT_STALE_READS` set in the environment, every read at the current revision
 //! reads the data of one revision earlier while its header still says the current revision: the
@@ -51,4 +51,19 @@ pub fn cross_pause(step: CrossStep) -> Option<std::time::Duration> {
         _ => return None,
     };
     (wanted == step).then_some(std::time::Duration::from_millis(ms.parse().ok()?))
+}
+
+/// The environment variable that makes a member drop the first ReadIndex it sends to a peer, as
+/// a message lost on the way would be (the round must be asked again).
+pub const DROP_READ_INDEX_ENV: &str = "COREKV_FAULT_DROP_READ_INDEX";
+
+/// Whether `m` is the first ReadIndex this process sends with the fault on, which is then
+/// dropped (never in a release build).
+pub fn drops_read_index(m: &raft::eraftpb::Message) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    static DROPPED: AtomicBool = AtomicBool::new(false);
+    cfg!(debug_assertions)
+        && m.msg_type() == raft::eraftpb::MessageType::MsgReadIndex
+        && std::env::var_os(DROP_READ_INDEX_ENV).is_some()
+        && !DROPPED.swap(true, SeqCst)
 }

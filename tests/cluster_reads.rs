@@ -221,3 +221,20 @@ async fn a_follower_that_installs_a_snapshot_sends_the_events_it_skipped() {
         "the follower caught up without a snapshot: the test did not test the gap"
     );
 }
+
+/// A follower's linearizable read whose ReadIndex was lost on the way (debug fault
+/// `COREKV_FAULT_DROP_READ_INDEX`: each member drops the first it sends) is asked again, and
+/// answered then — not after the caller's timeout (`request timed out`, 6 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_read_whose_read_index_was_lost_is_asked_again() {
+    let cluster = Cluster::start_with_env(3, &["--shards", "2"], &[("COREKV_FAULT_DROP_READ_INDEX", "1")]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    let follower = (leader + 1) % 3;
+    cluster.client_of(leader).await.put("K-lost", "1", None).await.expect("put");
+    let mut f = cluster.client_of(follower).await;
+    let started = std::time::Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(5), f.get("K-lost", None)).await;
+    let r = answered.expect("answered before the request timeout").expect("the read");
+    assert_eq!(r.kvs().first().and_then(|kv| kv.value_str().ok()), Some("1"));
+    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+}

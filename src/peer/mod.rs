@@ -560,7 +560,10 @@ impl Sender {
             }
             tokio::select! {
                 m = queue.recv_async() => match m {
-                    Ok(first) => (batch, carried) = fill_frame(first, queue),
+                    Ok(first) => {
+                        (batch, carried) = fill_frame(first, queue);
+                        batch.retain(|(_, m)| !crate::fault::drops_read_index(m));
+                    }
                     Err(_) => return Ended::Removed(conn),
                 },
                 write = dialed.recv_async() => match write {

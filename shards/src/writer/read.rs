@@ -3,7 +3,13 @@
 //! leader's own frontier). On a follower, Raft forwards the round to the leader, which answers
 //! once it confirmed the same; the follower then waits until it has applied up to the frontier
 //! the leader sent with that answer — every write acknowledged before the read began — and
-//! serves the read itself. Requests that arrive in one batch share a round.
+//! serves the read itself. Requests that arrive in one batch share a round. A round not
+//! answered within [`READ_RETRY`] is asked again (etcd's `readIndexRetryTime`): Raft drops a
+//! ReadIndex silently when the leader has not committed an entry in its term yet, and the
+//! transport drops it when the leader cannot be reached; without the retry such a read waited
+//! for the caller's timeout (`request timed out` after 6 s) however soon the leader could answer.
+
+use std::time::{Duration, Instant};
 
 use super::Writer;
 use crate::error::ShardError;
@@ -16,7 +22,12 @@ pub(super) struct ReadRound {
     /// follower's may have been lost on the way).
     leader: u64,
     waiters: Vec<Reply<i64>>,
+    /// When the round was (last) asked of Raft.
+    asked: Instant,
 }
+
+/// How long a round waits for its answer before it is asked again (etcd: 500 ms).
+const READ_RETRY: Duration = Duration::from_millis(500);
 
 /// Rounds a follower keeps waiting at most (a leader that drops them — it has not committed an
 /// entry in its term yet — never answers; the caller has given up after its timeout).
@@ -38,16 +49,41 @@ impl Writer {
         let round = match self.read_round {
             Some(r) => r,
             None => {
-                self.read_rounds += 1;
-                self.raft.read_index(round_context(self.cfg.cluster.members.me, self.read_rounds));
-                self.read_round = Some(self.read_rounds);
+                let r = self.ask_read_index();
+                self.read_round = Some(r);
                 if self.read_waiters.len() >= MAX_ROUNDS {
                     self.fail_rounds(|_| true);
                 }
-                self.read_rounds
+                r
             }
         };
-        self.read_waiters.entry(round).or_insert_with(|| ReadRound { leader, waiters: Vec::new() }).waiters.push(reply);
+        let asked = Instant::now();
+        self.read_waiters
+            .entry(round)
+            .or_insert_with(|| ReadRound { leader, waiters: Vec::new(), asked })
+            .waiters
+            .push(reply);
+    }
+
+    /// Starts a ReadIndex round in Raft; returns its number.
+    fn ask_read_index(&mut self) -> u64 {
+        self.read_rounds += 1;
+        self.raft.read_index(round_context(self.cfg.cluster.members.me, self.read_rounds));
+        self.read_rounds
+    }
+
+    /// Asks again, under a new number, every round unanswered for [`READ_RETRY`] (on ticks).
+    /// An answer to the old number finds no round and is ignored.
+    pub(super) fn retry_read_rounds(&mut self) {
+        let now = Instant::now();
+        let overdue: Vec<u64> =
+            self.read_waiters.iter().filter(|(_, r)| now - r.asked >= READ_RETRY).map(|(n, _)| *n).collect();
+        for old in overdue {
+            let Some(mut round) = self.read_waiters.remove(&old) else { continue };
+            let renewed = self.ask_read_index();
+            round.asked = now;
+            self.read_waiters.insert(renewed, round);
+        }
     }
 
     /// Answers the rounds Raft confirmed: on the leader with 0 (its own frontier will do), on a

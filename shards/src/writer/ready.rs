@@ -114,6 +114,7 @@ impl Writer {
                     self.raft.tick();
                     // Decisions applied by other shards may unblock a waiting prepare.
                     self.apply_queued();
+                    self.retry_read_rounds();
                 }
             }
             Wake::Msg(_) => {}
