@@ -86,15 +86,21 @@ impl Writer {
         }
     }
 
-    /// Answers the rounds Raft confirmed: on the leader with 0 (its own frontier will do), on a
-    /// follower with the frontier the leader sent with its answer.
+    /// Answers the rounds Raft confirmed: on a leader that serves with 0 (its own frontier will
+    /// do), on a follower with the frontier the leader sent with its answer.
     pub(super) fn answer_read_states(&mut self, states: Vec<raft::ReadState>) {
         for rs in states {
             // Another member's context (never handed to this one) or a malformed one: no round.
             let Some(round) = round_of(self.cfg.cluster.members.me, &rs.request_ctx) else { continue };
             let Some(r) = self.read_waiters.remove(&round) else { continue };
             let answer = if self.raft.is_leader() {
-                Ok(0)
+                // Its own frontier will do only once the node serves: a member just elected has
+                // not applied (or settled) its log yet, and reading at its visible revision could
+                // miss a write the previous leader acknowledged (found by tests/sim).
+                match self.cfg.cluster.node.serving() {
+                    true => Ok(0),
+                    false => Err(ShardError::LeaderChanged),
+                }
             } else {
                 // Frames carry a frontier only from a leader that serves: from any other (one
                 // that has not settled its groups yet), the read is refused.
