@@ -196,6 +196,10 @@ impl ShardPool {
         let (outbox, outgoing) = flume::unbounded();
         let (fetch, fetches) = flume::unbounded();
         let node = Arc::new(NodeState::new(cfg.cluster.me, n, clock.clone()));
+        // Decisions in any shard's log count for every shard's queued prepares.
+        for revision in &decided {
+            node.record_decided(*revision);
+        }
         let metrics = PoolMetrics::new(n);
         let mut incoming = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);

@@ -110,6 +110,42 @@ fn an_abandoned_cross_shard_write_leaves_no_trace_and_its_revision_is_not_reused
     pool.shutdown();
 }
 
+/// A decision the coordinator's shard logs is recorded for the whole node, as one applied from
+/// the log is: a participant that lost its leadership before its release puts its prepare back
+/// in its queue, and learns there from this record that the write was decided (without it, the
+/// prepare was later discarded as undecided: an acknowledged write lost on that member).
+#[test]
+fn a_decision_logged_by_the_coordinator_is_known_to_the_node() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (pool, io) = start(dir.path());
+    let h = pool.handles();
+    for shard in h {
+        block_on(shard.request(|reply| ShardMsg::Cross(Cross::Hold { reply }))).expect("hold");
+    }
+    let current = pool.clock().visible();
+    let (_, revision) =
+        block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Exec { op: put("a-d"), revision: None, current, reply })))
+            .expect("exec on shard 0");
+    let revision = revision.expect("a revision");
+    block_on(
+        h[1].request(|reply| ShardMsg::Cross(Cross::Exec { op: put("z-d"), revision: Some(revision), current, reply })),
+    )
+    .expect("exec on shard 1");
+    for shard in h {
+        let participants = vec![0, 1];
+        block_on(shard.request(|reply| ShardMsg::Cross(Cross::Prepare { revision, participants, reply })))
+            .expect("prepare");
+    }
+    assert!(!io.node.is_decided(revision));
+    block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply }))).expect("decide");
+    assert!(io.node.is_decided(revision), "the coordinator's decision is not known to the node");
+    for shard in h {
+        block_on(shard.request(|reply| ShardMsg::Cross(Cross::Release { aborted: false, reply }))).expect("release");
+    }
+    assert!(exists(&pool, 0, "a-d") && exists(&pool, 1, "z-d"));
+    pool.shutdown();
+}
+
 /// While a cross-shard write holds a shard, the requests queued behind it are bounded: past
 /// etcd's backlog bound (5000) more are refused with `too many requests` (`ShardError::Busy`)
 /// instead of growing the queue; the kept ones run after the release.

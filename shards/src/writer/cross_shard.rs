@@ -181,6 +181,13 @@ impl Writer {
                 let r = self.log_held(vec![BatchOp::Decide { revision }]).await;
                 if r.is_ok() {
                     self.decided.insert(revision);
+                    // For the node too, as when a decision is applied: a participant that loses
+                    // its leadership before its `Release` puts its prepare back in its queue,
+                    // where only the node's record tells it the write was decided. (Without it,
+                    // the prepare waited as undecided, and when this member led again its
+                    // settling discarded it — an acknowledged write lost here alone; found by
+                    // tests/sim.)
+                    self.cfg.cluster.node.record_decided(revision);
                 }
                 drop(reply.send(r));
             }
