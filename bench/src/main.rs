@@ -267,7 +267,7 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
         }
         Command::Watch(args) => {
             let pids: Vec<u32> = args.server_pid.into_iter().collect();
-            let report = watch::run(&args.plan, "watch", None, &[args.endpoint.clone()], &pids).await?;
+            let report = watch::run(&args.plan, "watch", None, std::slice::from_ref(&args.endpoint), &pids).await?;
             print!("{}", report.human());
             println!("{}", report.json_line());
             return Ok(());
