@@ -56,9 +56,11 @@ async fn followers_serve_linearizable_reads_themselves_and_refuse_them_without_a
     let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
     let follower = (leader + 1) % 3;
     cluster.wait_converged(follower, leader, Duration::from_secs(20)).await;
+    let forwarded_before = forwarded(&cluster, follower);
     reads_on_follower_see_writes_without_forwarding(&cluster, leader, follower).await;
     let (ok, out, err) = cluster.nodes[follower].etcdctl(&["get", "q-read", "--print-value-only"]);
     assert!(ok && out.trim() == "19", "etcdctl's linearizable get on the follower: {out} {err}");
+    assert_eq!(forwarded(&cluster, follower), forwarded_before, "the follower forwarded reads");
 }
 
 /// A read-only txn on a follower (compares and ranges only) is served there too, after a

@@ -170,8 +170,9 @@ impl Hub {
                 break;
             }
             if r.revision <= st.upto {
-                // Already history for every stream (a shard applying a write its peers had
-                // long made visible): delivering it now would go out of order.
+                // Already history for every stream: delivering it now would go out of order.
+                // None should come (a shard sends events before the frontier can cover them);
+                // one that does is a bug, and watchers miss it.
                 tracing::warn!(revision = r.revision, upto = st.upto, "late events dropped; history has them");
                 continue;
             }
