@@ -13,7 +13,7 @@ while [ "$rounds" -eq 0 ] || [ "$round" -lt "$rounds" ]; do
     seeds=$(for _ in $(seq 10); do echo -n "$((RANDOM * 32768 + RANDOM)),"; done)
     seeds="${seeds%,}"
     echo "round $round: seeds $seeds"
-    COREKV_SIM_SEEDS="$seeds" cargo test --test sim -- --nocapture 2>&1 | grep -E "^seed|panicked|reproduce"
+    COREKV_SIM_SEEDS="$seeds" cargo test --test sim -- --nocapture 2>&1 | grep -E "^seed|panicked|reproduce|^  member"
     if [ "${PIPESTATUS[0]}" -ne 0 ]; then
         exit 1
     fi
