@@ -69,25 +69,33 @@ fn write(pool: &ShardPool, shard: usize, key: &str) -> i64 {
         .revision
 }
 
-#[test]
-fn an_abandoned_cross_shard_write_leaves_no_trace_and_its_revision_is_not_reused() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let (pool, _io) = start(dir.path());
-    let before = write(&pool, 0, "a-before");
+/// Holds both shards and executes a put of `low` on shard 0 and of `high` on shard 1 as one
+/// cross-shard write, as the router does; returns the write's revision (shard 0 allocates it).
+fn hold_both_and_put(pool: &ShardPool, low: &str, high: &str) -> i64 {
     let h = pool.handles();
     for shard in h {
         block_on(shard.request(|reply| ShardMsg::Cross(Cross::Hold { reply }))).expect("hold");
     }
     let current = pool.clock().visible();
     let (result, revision) =
-        block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Exec { op: put("a-x"), revision: None, current, reply })))
+        block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Exec { op: put(low), revision: None, current, reply })))
             .expect("exec on shard 0");
     assert!(matches!(result, OpResult::Put { .. }));
     let revision = revision.expect("shard 0 allocated the write's revision");
     block_on(
-        h[1].request(|reply| ShardMsg::Cross(Cross::Exec { op: put("z-x"), revision: Some(revision), current, reply })),
+        h[1].request(|reply| ShardMsg::Cross(Cross::Exec { op: put(high), revision: Some(revision), current, reply })),
     )
     .expect("exec on shard 1");
+    revision
+}
+
+#[test]
+fn an_abandoned_cross_shard_write_leaves_no_trace_and_its_revision_is_not_reused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (pool, _io) = start(dir.path());
+    let before = write(&pool, 0, "a-before");
+    let h = pool.handles();
+    let revision = hold_both_and_put(&pool, "a-x", "z-x");
     // A write queued behind the hold waits for it.
     let queued = {
         let handle = h[0].clone();
@@ -119,18 +127,7 @@ fn a_decision_logged_by_the_coordinator_is_known_to_the_node() {
     let dir = tempfile::tempdir().expect("tmp");
     let (pool, io) = start(dir.path());
     let h = pool.handles();
-    for shard in h {
-        block_on(shard.request(|reply| ShardMsg::Cross(Cross::Hold { reply }))).expect("hold");
-    }
-    let current = pool.clock().visible();
-    let (_, revision) =
-        block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Exec { op: put("a-d"), revision: None, current, reply })))
-            .expect("exec on shard 0");
-    let revision = revision.expect("a revision");
-    block_on(
-        h[1].request(|reply| ShardMsg::Cross(Cross::Exec { op: put("z-d"), revision: Some(revision), current, reply })),
-    )
-    .expect("exec on shard 1");
+    let revision = hold_both_and_put(&pool, "a-d", "z-d");
     for shard in h {
         let participants = vec![0, 1];
         block_on(shard.request(|reply| ShardMsg::Cross(Cross::Prepare { revision, participants, reply })))
