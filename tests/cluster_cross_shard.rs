@@ -110,14 +110,9 @@ async fn a_leader_cut_off_before_its_prepares_are_logged_rolls_back_and_rejoins(
     let mut c = cluster.client_of(old).await;
     c.txn(two_shard_txn("warm")).await.expect("a cross-shard write");
     let followers: Vec<usize> = (0..3).filter(|i| *i != old).collect();
-    let txn = tokio::spawn(async move { c.txn(two_shard_txn("x")).await });
     // The write executes at once and pauses 3 s before its prepares, by when the followers are
     // paused.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.signal(&followers, "-STOP");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    cluster.signal(&followers, "-CONT");
-    let answer = tokio::time::timeout(Duration::from_secs(30), txn).await.expect("answered").expect("task");
+    let answer = cut_off_during(&cluster, &followers, c, "x").await;
     assert!(answer.is_err(), "a write no majority saw was acknowledged: {answer:?}");
     assert_settled(&mut cluster, old, "x", "leadership lost during a cross-shard write; rolled back").await;
 }
@@ -132,13 +127,24 @@ async fn a_leader_cut_off_before_its_decision_commits_leaves_it_to_the_next_lead
     let mut c = cluster.client_of(old).await;
     c.put("K-warm", "1", None).await.expect("put");
     let followers: Vec<usize> = (0..3).filter(|i| *i != old).collect();
-    let txn = tokio::spawn(async move { c.txn(two_shard_txn("y")).await });
     // The prepares commit at once; the decision waits 3 s, by when the followers are paused.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.signal(&followers, "-STOP");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    cluster.signal(&followers, "-CONT");
-    let answer = tokio::time::timeout(Duration::from_secs(30), txn).await.expect("answered").expect("task");
+    let answer = cut_off_during(&cluster, &followers, c, "y").await;
     assert!(answer.is_err(), "a write whose decision no majority saw was acknowledged: {answer:?}");
     assert_settled(&mut cluster, old, "y", "its prepare waits for the next leader's decision").await;
+}
+
+/// Starts a two-shard txn `name` through `c` (on the leader, whose debug fault pauses it 3 s at
+/// one step), pauses `followers` a second later for 5 s, and returns the txn's answer.
+async fn cut_off_during(
+    cluster: &Cluster,
+    followers: &[usize],
+    mut c: etcd_client::Client,
+    name: &'static str,
+) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+    let txn = tokio::spawn(async move { c.txn(two_shard_txn(name)).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.signal(followers, "-STOP");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.signal(followers, "-CONT");
+    tokio::time::timeout(Duration::from_secs(30), txn).await.expect("answered").expect("task")
 }

@@ -12,6 +12,14 @@ use std::time::Duration;
 use common::cluster::Cluster;
 use common::http::{scrape, value};
 
+/// Three members with two shards each, once they agree on a leader: (cluster, leader, a
+/// follower, the other follower).
+async fn three_members() -> (Cluster, usize, usize, usize) {
+    let cluster = Cluster::start(3, &["--shards", "2"]);
+    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
+    (cluster, leader, (leader + 1) % 3, (leader + 2) % 3)
+}
+
 /// The Range calls member `i` has answered itself (a forwarded read would count on the leader).
 fn ranges_answered(cluster: &Cluster, i: usize) -> f64 {
     value(&scrape(cluster.nodes[i].port), "grpc_server_handled_total", &[("grpc_method", "Range")])
@@ -35,10 +43,7 @@ async fn reads_on_follower_see_writes_without_forwarding(cluster: &Cluster, lead
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_serve_linearizable_reads_themselves_and_refuse_them_without_a_quorum() {
-    let cluster = Cluster::start(3, &["--shards", "2"]);
-    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
-    let follower = (leader + 1) % 3;
-    let other = (leader + 2) % 3;
+    let (cluster, leader, follower, other) = three_members().await;
     reads_on_follower_see_writes_without_forwarding(&cluster, leader, follower).await;
 
     // With the leader and the other member paused, the follower has no quorum behind any
@@ -69,9 +74,7 @@ async fn followers_serve_linearizable_reads_themselves_and_refuse_them_without_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_serve_read_only_txns_themselves() {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
-    let cluster = Cluster::start(3, &["--shards", "2"]);
-    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
-    let follower = (leader + 1) % 3;
+    let (cluster, leader, follower, _) = three_members().await;
     let mut l = cluster.client_of(leader).await;
     let mut f = cluster.client_of(follower).await;
     let txns_answered =
@@ -155,10 +158,7 @@ fn forwarded(cluster: &Cluster, i: usize) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_serve_watches_through_a_leader_change() {
     use etcd_client::WatchOptions;
-    let cluster = Cluster::start(3, &["--shards", "2"]);
-    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(15)).await;
-    let follower = (leader + 1) % 3;
-    let other = (leader + 2) % 3;
+    let (cluster, leader, follower, other) = three_members().await;
     let forwarded_before = forwarded(&cluster, follower);
     let mut f = cluster.client_of(follower).await;
     let mut stream = f.watch("K", Some(WatchOptions::new().with_range("r"))).await.expect("watch");
