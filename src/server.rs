@@ -107,6 +107,7 @@ pub async fn serve(
         data_dir: cfg.data_dir.clone(),
         shards: cfg.shards,
         fsync: !cfg.unsafe_no_fsync,
+        sim_disk: None,
         snapshot_entries: cfg.snapshot_count.max(1),
         initial_boundaries: cfg
             .initial_shard_boundaries

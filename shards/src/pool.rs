@@ -34,6 +34,8 @@ pub struct PoolConfig {
     /// `None`: the count stored in the data directory, or the number of online CPUs.
     pub shards: Option<usize>,
     pub fsync: bool,
+    /// Tests only: the simulated disk under every WAL (see `SimDisk`).
+    pub sim_disk: Option<Arc<crate::wal::sim_disk::SimDisk>>,
     pub snapshot_entries: u64,
     /// Shard boundaries for a new data directory (ignored once it has a map).
     pub initial_boundaries: Option<Vec<bytes::Bytes>>,
@@ -166,6 +168,7 @@ impl ShardPool {
         }
 
         let revisions = recovered.iter().map(|r| r.store.current_revision());
+        let highest = revisions.clone().max().unwrap_or(0);
         // A member of a group reads (serializable) at the lowest: each shard holds every revision
         // up to its own newest, but a shard may lack one between another's newest and its own.
         // Becoming leader moves the clock above the highest (`cluster::promote_when_ready`).
@@ -182,6 +185,13 @@ impl ShardPool {
 
         // Unbounded: a writer never waits for watchers; the hub drains it continuously.
         let (event_tx, events) = flume::unbounded();
+        if highest > current {
+            // Shards of a cluster member recover to different revisions (each replays its own
+            // committed log): the writes above the lowest were replayed without events, so
+            // watchers read them from history, as after a snapshot install. (Without this, a
+            // watch on a restarted follower missed them; found by tests/sim's crashes.)
+            let _ = event_tx.send(crate::msg::ShardEvents::Missed { revision: highest });
+        }
         let (expired_tx, expired) = flume::unbounded();
         let leases = Arc::new(LeaseRegistry::default());
         for r in &recovered {
@@ -242,14 +252,14 @@ impl ShardPool {
                 alarm_view: alarm_view.clone(),
             };
             let clock = clock.clone();
-            let fsync = cfg.fsync;
+            let (fsync, sim_disk) = (cfg.fsync, cfg.sim_disk.clone());
             let builder =
                 LocalExecutorBuilder::new(Placement::Fixed(i % cpus)).name(&format!("shard-{i}")).io_memory(1 << 20);
             let t = builder
                 .spawn(move || async move {
                     let (expired, checkpoint_every) = (shard_cfg.expired.clone(), shard_cfg.lease_checkpoint_interval);
                     let node = shard_cfg.cluster.node.clone();
-                    match start_shard(shard_cfg, rec, clock, fsync).await {
+                    match start_shard(shard_cfg, rec, clock, fsync, sim_disk).await {
                         Ok((writer, local, clock)) => {
                             writer.publish_size();
                             let (wtx, wrx) = mpsc::channel(WRITER_QUEUE);
@@ -366,11 +376,12 @@ async fn start_shard(
     rec: RecoveredShard,
     clock: Arc<RevisionClock>,
     fsync: bool,
+    sim_disk: Option<Arc<crate::wal::sim_disk::SimDisk>>,
 ) -> Result<Started, String> {
     let RecoveredShard { dirs, store, auth, alarms, leases, decided, raft, wal, unapplied, .. } = rec;
     std::fs::create_dir_all(&dirs.wal).map_err(|e| format!("{}: {e}", dirs.wal.display()))?;
     crate::dma::use_main_ring(&dirs.wal).await;
-    let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync).await.map_err(|e| e.to_string())?;
+    let writer_wal = WalWriter::open(&dirs.wal, &wal, fsync, sim_disk).await.map_err(|e| e.to_string())?;
     let members = cfg.cluster.members.clone();
     let group = RaftGroup::start(raft, &members).map_err(|e| e.to_string())?;
     let mut table = LeaseTable::default();

@@ -18,6 +18,7 @@ fn start(dir: &std::path::Path) -> (ShardPool, ClusterIo) {
         data_dir: dir.to_path_buf(),
         shards: Some(2),
         fsync: false,
+        sim_disk: None,
         snapshot_entries: 10_000,
         initial_boundaries: Some(vec![Bytes::from_static(b"m")]),
         lease_checkpoint_interval: Duration::from_secs(300),
@@ -140,6 +141,34 @@ fn a_decision_logged_by_the_coordinator_is_known_to_the_node() {
         block_on(shard.request(|reply| ShardMsg::Cross(Cross::Release { aborted: false, reply }))).expect("release");
     }
     assert!(exists(&pool, 0, "a-d") && exists(&pool, 1, "z-d"));
+    pool.shutdown();
+}
+
+/// A shutdown while a cross-shard write holds the shards ends the hold instead of waiting for a
+/// release that can no longer arrive (the pump forwards nothing after a shutdown; this used to
+/// hang the shutdown forever, found by tests/sim's crashes). A write decided before the shutdown
+/// is whole after the restart; its log has it.
+#[test]
+fn a_shutdown_during_a_cross_shard_write_ends_the_hold_and_keeps_a_decided_write() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (pool, _io) = start(dir.path());
+    let h = pool.handles();
+    let revision = hold_both_and_put(&pool, "a-s", "z-s");
+    for shard in h {
+        let participants = vec![0, 1];
+        block_on(shard.request(|reply| ShardMsg::Cross(Cross::Prepare { revision, participants, reply })))
+            .expect("prepare");
+    }
+    block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply }))).expect("decide");
+    let stopping = std::thread::spawn(move || pool.shutdown());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stopping.is_finished() {
+        assert!(Instant::now() < deadline, "the shutdown waited for the held write's release");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stopping.join().expect("shutdown");
+    let (pool, _io) = start(dir.path());
+    assert!(exists(&pool, 0, "a-s") && exists(&pool, 1, "z-s"), "the decided write is not whole after the restart");
     pool.shutdown();
 }
 

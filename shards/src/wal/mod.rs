@@ -13,6 +13,7 @@
 //! `crate::dma`) with group commit.
 
 pub mod fault;
+pub mod sim_disk;
 pub mod writer;
 
 use std::io::Read;

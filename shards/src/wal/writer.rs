@@ -12,11 +12,13 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use glommio::io::{DmaFile, OpenOptions};
 use wire::codec::frame::{self, RecordKind};
 use wire::record::wal::WalRecord;
 
+use super::sim_disk::SimDisk;
 use super::{segment_path, RecoveredWal, Segment, WalError, SEGMENT_BYTES};
 
 const BLOCK: u64 = 4096;
@@ -37,6 +39,8 @@ pub struct WalWriter {
     current_last_index: u64,
     fsync: bool,
     poisoned: Option<String>,
+    /// Tests only: the simulated disk's view of this log (see [`SimDisk`]).
+    sim_disk: Option<Arc<SimDisk>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(glommio::GlommioError<()>) -> WalError + '_ {
@@ -67,7 +71,12 @@ async fn open_segment(dir: &Path, seq: u64, create: bool, fsync: bool) -> Result
 
 impl WalWriter {
     /// Opens the log for appending where recovery left it (or creates the first segment).
-    pub async fn open(dir: &Path, recovered: &RecoveredWal, fsync: bool) -> Result<WalWriter, WalError> {
+    pub async fn open(
+        dir: &Path,
+        recovered: &RecoveredWal,
+        fsync: bool,
+        sim_disk: Option<Arc<SimDisk>>,
+    ) -> Result<WalWriter, WalError> {
         std::fs::create_dir_all(dir).map_err(|source| WalError::Io { path: dir.to_path_buf(), source })?;
         let mut sealed: VecDeque<Segment> = recovered.segments.iter().cloned().collect();
         let (seq, end, current_last_index) = match sealed.pop_back() {
@@ -82,6 +91,9 @@ impl WalWriter {
             let r = file.read_at_aligned(block_start, BLOCK as usize).await.map_err(io(&path))?;
             tail_block.extend_from_slice(&r[..(end - block_start) as usize]);
         }
+        if let Some(disk) = &sim_disk {
+            disk.durable(dir, seq, end);
+        }
         Ok(WalWriter {
             dir: dir.to_path_buf(),
             file,
@@ -94,6 +106,7 @@ impl WalWriter {
             current_last_index,
             fsync,
             poisoned: None,
+            sim_disk,
         })
     }
 
@@ -127,6 +140,9 @@ impl WalWriter {
             return Ok(());
         }
         super::fault::delay().await;
+        if let Some(held) = self.sim_disk.as_ref().and_then(|d| d.delay()) {
+            glommio::timer::sleep(held).await;
+        }
         match self.write_pending().await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -153,6 +169,9 @@ impl WalWriter {
         let new_block_start = new_end / BLOCK * BLOCK;
         let keep_from = (new_block_start - block_start) as usize;
         let new_tail = bytes[keep_from..(new_end - block_start) as usize].to_vec();
+        if let Some(disk) = &self.sim_disk {
+            disk.writing(&self.dir, self.seq, block_start + write_len);
+        }
         let written = self.file.write_at(buf, block_start).await.map_err(io(&path))?;
         if (written as u64) < write_len {
             return Err(WalError::Io {
@@ -165,6 +184,9 @@ impl WalWriter {
         self.tail_block = new_tail;
         self.pending.clear();
         self.current_last_index = self.pending_last_index;
+        if let Some(disk) = &self.sim_disk {
+            disk.durable(&self.dir, self.seq, self.end);
+        }
         Ok(())
     }
 

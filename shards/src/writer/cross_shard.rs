@@ -93,23 +93,39 @@ impl Writer {
                     continue;
                 }
             };
-            let ShardMsg::Cross(step) = msg else {
-                self.defer(msg);
-                continue;
+            let step = match msg {
+                ShardMsg::Cross(step) => step,
+                // The pump forwards nothing after a `Shutdown`, so this write's `Release` would
+                // never arrive: the hold ends here, as abandoned, and the shutdown goes on. A
+                // decision already logged still applies when the log is replayed at restart.
+                ShardMsg::Shutdown { .. } => {
+                    self.end_hold(true);
+                    self.deferred.push_front(msg);
+                    return;
+                }
+                other => {
+                    self.defer(other);
+                    continue;
+                }
             };
             if let Cross::Release { aborted, reply } = step {
-                if aborted {
-                    self.abandon_cross();
-                } else {
-                    self.release();
-                }
-                self.prepared = None;
-                self.hold = None;
+                self.end_hold(aborted);
                 drop(reply.send(Ok(())));
                 return;
             }
             self.cross_step(step).await;
         }
+        self.hold = None;
+    }
+
+    /// Ends the hold: what the write did here is kept, or with `aborted` undone.
+    fn end_hold(&mut self, aborted: bool) {
+        if aborted {
+            self.abandon_cross();
+        } else {
+            self.release();
+        }
+        self.prepared = None;
         self.hold = None;
     }
 

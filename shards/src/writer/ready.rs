@@ -77,7 +77,16 @@ impl Writer {
             rx => rx,
         };
         let link = &self.cfg.cluster;
-        let raft = link.inbox.recv_async().map(|m| m.map_or(Wake::Tick, Wake::Raft)).fuse();
+        // Once the transport is gone (its end dropped at shutdown) no message comes any more:
+        // waiting on it forever, not waking at once, keeps a writer from spinning on it and from
+        // never reaching `rx` below it in the biased select (a shutdown once hung that way).
+        let raft = async {
+            match link.inbox.recv_async().await {
+                Ok(m) => Wake::Raft(m),
+                Err(_) => futures::future::pending().await,
+            }
+        }
+        .fuse();
         let tick = (&mut self.tick_timer).map(|_| Wake::Tick).fuse();
         futures::pin_mut!(raft, tick);
         match rx {

@@ -1,0 +1,162 @@
+//! A simulation seam under the WAL: the disk as a test sees it. It knows where each log's durable
+//! bytes end, as its writer last knew it, so that a test can put a stopped member's logs back the
+//! way a power cut at that instant would have left them ([`SimDisk::cut_to_marks`]); and it can
+//! be slow, holding each WAL write back for a random while.
+//!
+//! A WAL write counts as durable once it completed (with `fsync`, the segment is O_DSYNC). The
+//! writer records the mark right after a write completes and before anything learns of it, so
+//! every record a client or a peer was told about is at or below the mark. A writer that let
+//! anyone know of a record before its write completed (the bug this seam exists to catch: an
+//! append acknowledged to the leader, a client answered) leaves that record above the mark, and
+//! the cut loses it. A slow disk widens that window.
+//!
+//! Only tests pass one (`PoolConfig::sim_disk`); the server passes none.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{list_segments, segment_path, WalError};
+
+/// What a power cut would leave of one log: everything up to offset `end` of segment `seq` is
+/// durable; the writer may have sent bytes up to `written` of that segment (and any bytes of
+/// later segments) that are not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub dir: PathBuf,
+    pub seq: u64,
+    pub end: u64,
+    pub written: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct SimDisk {
+    /// Per WAL directory: where its durable bytes end, and per segment how far writes reached.
+    logs: Mutex<HashMap<PathBuf, LogState>>,
+    /// The longest a WAL write is held back, in microseconds (0: not at all).
+    max_delay_us: AtomicU64,
+    /// State of the generator drawing the delays.
+    draws: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    seq: u64,
+    end: u64,
+    written: HashMap<u64, u64>,
+}
+
+impl SimDisk {
+    /// Holds every later WAL write back for a random time up to `max` (zero: none).
+    pub fn set_max_delay(&self, max: Duration) {
+        self.max_delay_us.store(max.as_micros() as u64, Relaxed);
+    }
+
+    /// How long to hold the next WAL write back, if at all.
+    pub(crate) fn delay(&self) -> Option<Duration> {
+        let max = self.max_delay_us.load(Relaxed);
+        if max == 0 {
+            return None;
+        }
+        // splitmix64 over a shared counter: cheap, and good enough to spread delays.
+        let mut z = self.draws.fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Some(Duration::from_micros((z ^ (z >> 31)) % (max + 1)))
+    }
+
+    /// A write to segment `seq` of `dir`'s log, reaching offset `upto`, is about to be sent.
+    pub(crate) fn writing(&self, dir: &Path, seq: u64, upto: u64) {
+        let mut logs = self.lock();
+        let reached = logs.entry(dir.to_path_buf()).or_default().written.entry(seq).or_default();
+        *reached = (*reached).max(upto);
+    }
+
+    /// Everything of `dir`'s log up to offset `end` of segment `seq` is durable.
+    pub(crate) fn durable(&self, dir: &Path, seq: u64, end: u64) {
+        let mut logs = self.lock();
+        let log = logs.entry(dir.to_path_buf()).or_default();
+        log.seq = seq;
+        log.end = end;
+        log.written.retain(|s, _| *s >= seq);
+    }
+
+    /// The mark of every log under `root` (a member's data directory), taken at once: what a
+    /// power cut now would leave.
+    pub fn marks_under(&self, root: &Path) -> Vec<Mark> {
+        let logs = self.lock();
+        let under = logs.iter().filter(|(dir, _)| dir.starts_with(root));
+        under
+            .map(|(dir, log)| Mark {
+                dir: dir.clone(),
+                seq: log.seq,
+                end: log.end,
+                written: log.written.get(&log.seq).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Puts the logs of a stopped member back as `marks` (from [`Self::marks_under`]) says they
+    /// were: segments begun later are removed, and the bytes past the durable end that writes
+    /// reached are zeroed (recovery reads zeros as the end of the log, as after a write that
+    /// never reached the disk).
+    pub fn cut_to_marks(marks: &[Mark]) -> Result<(), WalError> {
+        use std::os::unix::fs::FileExt;
+        for m in marks {
+            let io = |source| WalError::Io { path: m.dir.clone(), source };
+            for (s, path) in list_segments(&m.dir)? {
+                if s > m.seq {
+                    std::fs::remove_file(&path).map_err(io)?;
+                }
+            }
+            if m.written > m.end {
+                let file = std::fs::OpenOptions::new().write(true).open(segment_path(&m.dir, m.seq)).map_err(io)?;
+                file.write_all_at(&vec![0u8; (m.written - m.end) as usize], m.end).map_err(io)?;
+                file.sync_data().map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, LogState>> {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_stay_within_the_maximum_and_vary() {
+        let disk = SimDisk::default();
+        assert_eq!(disk.delay(), None);
+        disk.set_max_delay(Duration::from_micros(500));
+        let drawn: Vec<Duration> = (0..100).map(|_| disk.delay().expect("a delay")).collect();
+        assert!(drawn.iter().all(|d| *d <= Duration::from_micros(500)));
+        assert!(drawn.iter().any(|d| *d != drawn[0]), "every delay was {:?}", drawn[0]);
+    }
+
+    #[test]
+    fn a_cut_drops_what_follows_the_marks() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).expect("wal dir");
+        std::fs::write(segment_path(&wal, 1), [7u8; 8192]).expect("segment 1");
+        std::fs::write(segment_path(&wal, 2), [7u8; 4096]).expect("segment 2");
+        let disk = SimDisk::default();
+        disk.writing(&wal, 1, 4096);
+        disk.durable(&wal, 1, 100);
+        disk.writing(&wal, 1, 8192);
+        let marks = disk.marks_under(dir.path());
+        assert_eq!(marks, vec![Mark { dir: wal.clone(), seq: 1, end: 100, written: 8192 }]);
+        SimDisk::cut_to_marks(&marks).expect("cut");
+        let kept = std::fs::read(segment_path(&wal, 1)).expect("segment 1");
+        assert!(kept[..100].iter().all(|b| *b == 7));
+        assert!(kept[100..].iter().all(|b| *b == 0));
+        assert!(!segment_path(&wal, 2).exists());
+        assert!(disk.marks_under(&dir.path().join("elsewhere")).is_empty());
+    }
+}
