@@ -2,7 +2,7 @@
 # Runs the cluster simulation (tests/sim) on random seeds until it fails or for as many rounds as
 # asked (default: forever). Each round runs 10 seeds; a failure prints the seed to reproduce:
 #   COREKV_SIM_SEEDS=<seed> cargo test --test sim -- --nocapture
-# Usage: scripts/sim-seeds.sh [rounds]
+# Usage: [COREKV_SIM_CRASHES=1] scripts/sim-seeds.sh [rounds]   (with crashes and power cuts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-0}"
@@ -13,7 +13,7 @@ while [ "$rounds" -eq 0 ] || [ "$round" -lt "$rounds" ]; do
     seeds=$(for _ in $(seq 10); do echo -n "$((RANDOM * 32768 + RANDOM)),"; done)
     seeds="${seeds%,}"
     echo "round $round: seeds $seeds"
-    COREKV_SIM_SEEDS="$seeds" cargo test --test sim -- --nocapture 2>&1 | grep -E "^seed|panicked|reproduce|^  member"
+    COREKV_SIM_SEEDS="$seeds" cargo test --test sim -- --nocapture 2>&1 | grep -E "^seed|panicked|failed|reproduce|^  member"
     if [ "${PIPESTATUS[0]}" -ne 0 ]; then
         exit 1
     fi
