@@ -89,16 +89,20 @@ impl Member {
         Ok((member, io))
     }
 
-    /// Stops its shards (in a blocking task: `shutdown` joins their threads).
+    /// Stops its shards, on a thread of its own (`shutdown` joins their threads): one that does
+    /// not stop within 20 s is left behind, and the runtime does not wait for it.
     async fn stop(&self) -> Result<(), String> {
         if let Some(stop) = self.stop_promoting.lock().expect("promoting").take() {
             let _ = stop.send(());
         }
         let Some(pool) = self.pool.lock().expect("pool").take() else { return Ok(()) };
-        let stopping = tokio::task::spawn_blocking(move || pool.shutdown());
-        match tokio::time::timeout(Duration::from_secs(20), stopping).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
+        let (done, stopped) = futures::channel::oneshot::channel();
+        std::thread::spawn(move || {
+            pool.shutdown();
+            let _ = done.send(());
+        });
+        match tokio::time::timeout(Duration::from_secs(20), stopped).await {
+            Ok(_) => Ok(()),
             Err(_) => Err("a member did not stop within 20 s".into()),
         }
     }
@@ -160,8 +164,8 @@ impl Cluster {
     }
 
     /// Crashes the members `which` at one instant: no answer they give counts from here on,
-    /// nothing more of theirs reaches the network, their durable marks are taken; then they
-    /// stop and their logs are cut back to the marks.
+    /// nothing more of theirs reaches the network or their disk, their durable marks are taken;
+    /// then they stop and their logs are cut back to the marks.
     pub async fn crash(&self, which: &[usize]) -> Result<(), String> {
         let mut down = Vec::new();
         for &i in which {
@@ -170,10 +174,14 @@ impl Cluster {
             let member = slot.up.write().expect("slot").take();
             down.push((i, member, self.control.detach(i)));
         }
-        let marks: Vec<_> = which.iter().map(|&i| self.disk.marks_under(&self.dirs[i])).collect();
+        let marks: Vec<_> = which.iter().map(|&i| self.disk.crash_under(&self.dirs[i])).collect();
         for ((i, member, io), marks) in down.into_iter().zip(marks) {
             if let Some(m) = member {
-                m.stop().await.map_err(|e| format!("member {i} crashing: {e}"))?;
+                // Its disk is frozen: a member that does not stop can be left behind safely.
+                // (A crashed member's graceful stop sometimes hangs; an open lead, TESTING.md.)
+                if let Err(e) = m.stop().await {
+                    println!("member {i} crashing: {e}; left behind");
+                }
             }
             drop(io);
             SimDisk::cut_to_marks(&marks).map_err(|e| format!("member {i}: {e}"))?;

@@ -46,6 +46,10 @@ struct LogState {
     seq: u64,
     end: u64,
     written: HashMap<u64, u64>,
+    /// Bumped by a crash: a writer opened in an earlier epoch writes nothing more.
+    epoch: u64,
+    /// Writes sent and not completed.
+    in_flight: u32,
 }
 
 impl SimDisk {
@@ -67,20 +71,66 @@ impl SimDisk {
         Some(Duration::from_micros((z ^ (z >> 31)) % (max + 1)))
     }
 
-    /// A write to segment `seq` of `dir`'s log, reaching offset `upto`, is about to be sent.
-    pub(crate) fn writing(&self, dir: &Path, seq: u64, upto: u64) {
-        let mut logs = self.lock();
-        let reached = logs.entry(dir.to_path_buf()).or_default().written.entry(seq).or_default();
-        *reached = (*reached).max(upto);
+    /// The epoch a writer opening `dir`'s log belongs to (see [`Self::crash_under`]).
+    pub(crate) fn epoch(&self, dir: &Path) -> u64 {
+        self.lock().entry(dir.to_path_buf()).or_default().epoch
     }
 
-    /// Everything of `dir`'s log up to offset `end` of segment `seq` is durable.
-    pub(crate) fn durable(&self, dir: &Path, seq: u64, end: u64) {
+    /// A writer of `epoch` is about to send a write to segment `seq` of `dir`'s log, reaching
+    /// offset `upto`. `false` if its member crashed since: the write must not reach the file.
+    pub(crate) fn begin_write(&self, dir: &Path, epoch: u64, seq: u64, upto: u64) -> bool {
+        let mut logs = self.lock();
+        let log = logs.entry(dir.to_path_buf()).or_default();
+        if log.epoch != epoch {
+            return false;
+        }
+        log.in_flight += 1;
+        let reached = log.written.entry(seq).or_default();
+        *reached = (*reached).max(upto);
+        true
+    }
+
+    /// The write [`Self::begin_write`] allowed completed; with `durable`, everything of the
+    /// log up to that offset of segment `seq` is durable (unless its member crashed meanwhile:
+    /// the crash's marks were taken without it).
+    pub(crate) fn end_write(&self, dir: &Path, epoch: u64, seq: u64, durable: Option<u64>) {
+        let mut logs = self.lock();
+        let log = logs.entry(dir.to_path_buf()).or_default();
+        log.in_flight = log.in_flight.saturating_sub(1);
+        if let (Some(end), true) = (durable, log.epoch == epoch) {
+            log.seq = seq;
+            log.end = end;
+            log.written.retain(|s, _| *s >= seq);
+        }
+    }
+
+    /// Where a writer opening `dir`'s log starts: everything up to offset `end` of segment
+    /// `seq` is durable.
+    pub(crate) fn opened(&self, dir: &Path, seq: u64, end: u64) {
         let mut logs = self.lock();
         let log = logs.entry(dir.to_path_buf()).or_default();
         log.seq = seq;
         log.end = end;
         log.written.retain(|s, _| *s >= seq);
+    }
+
+    /// Crashes the member whose data directory is `root`: its writers send nothing more (their
+    /// later writes are swallowed), the writes already sent complete, and then the marks of its
+    /// logs are taken — what the power cut leaves (see [`Self::cut_to_marks`]).
+    pub fn crash_under(&self, root: &Path) -> Vec<Mark> {
+        for (dir, log) in self.lock().iter_mut() {
+            if dir.starts_with(root) {
+                log.epoch += 1;
+            }
+        }
+        let sent = |logs: &HashMap<PathBuf, LogState>| logs.iter().any(|(d, l)| d.starts_with(root) && l.in_flight > 0);
+        for _ in 0..5000 {
+            if !sent(&self.lock()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.marks_under(root)
     }
 
     /// The mark of every log under `root` (a member's data directory), taken at once: what a
@@ -147,9 +197,10 @@ mod tests {
         std::fs::write(segment_path(&wal, 1), [7u8; 8192]).expect("segment 1");
         std::fs::write(segment_path(&wal, 2), [7u8; 4096]).expect("segment 2");
         let disk = SimDisk::default();
-        disk.writing(&wal, 1, 4096);
-        disk.durable(&wal, 1, 100);
-        disk.writing(&wal, 1, 8192);
+        let epoch = disk.epoch(&wal);
+        assert!(disk.begin_write(&wal, epoch, 1, 4096));
+        disk.end_write(&wal, epoch, 1, Some(100));
+        assert!(disk.begin_write(&wal, epoch, 1, 8192));
         let marks = disk.marks_under(dir.path());
         assert_eq!(marks, vec![Mark { dir: wal.clone(), seq: 1, end: 100, written: 8192 }]);
         SimDisk::cut_to_marks(&marks).expect("cut");
@@ -158,5 +209,26 @@ mod tests {
         assert!(kept[100..].iter().all(|b| *b == 0));
         assert!(!segment_path(&wal, 2).exists());
         assert!(disk.marks_under(&dir.path().join("elsewhere")).is_empty());
+    }
+
+    #[test]
+    fn a_crashed_writer_writes_nothing_more_and_its_late_completions_do_not_count() {
+        let disk = SimDisk::default();
+        let wal = PathBuf::from("/m0/shard-0/wal");
+        let epoch = disk.epoch(&wal);
+        disk.opened(&wal, 1, 0);
+        assert!(disk.begin_write(&wal, epoch, 1, 4096));
+        disk.end_write(&wal, epoch, 1, Some(10));
+        assert!(disk.begin_write(&wal, epoch, 1, 4096));
+        // The crash waits for the write in flight: complete it from another thread.
+        let marks = std::thread::scope(|s| {
+            let crashing = s.spawn(|| disk.crash_under(Path::new("/m0")));
+            std::thread::sleep(Duration::from_millis(20));
+            disk.end_write(&wal, epoch, 1, Some(20));
+            crashing.join().expect("crash")
+        });
+        assert_eq!(marks, vec![Mark { dir: wal.clone(), seq: 1, end: 10, written: 4096 }]);
+        assert!(!disk.begin_write(&wal, epoch, 1, 8192), "a crashed writer wrote again");
+        assert!(disk.begin_write(&wal, disk.epoch(&wal), 1, 8192), "the next incarnation cannot write");
     }
 }

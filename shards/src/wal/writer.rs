@@ -39,8 +39,10 @@ pub struct WalWriter {
     current_last_index: u64,
     fsync: bool,
     poisoned: Option<String>,
-    /// Tests only: the simulated disk's view of this log (see [`SimDisk`]).
+    /// Tests only: the simulated disk's view of this log (see [`SimDisk`]), and the epoch this
+    /// writer belongs to there.
     sim_disk: Option<Arc<SimDisk>>,
+    sim_epoch: u64,
 }
 
 fn io(path: &Path) -> impl FnOnce(glommio::GlommioError<()>) -> WalError + '_ {
@@ -91,8 +93,9 @@ impl WalWriter {
             let r = file.read_at_aligned(block_start, BLOCK as usize).await.map_err(io(&path))?;
             tail_block.extend_from_slice(&r[..(end - block_start) as usize]);
         }
+        let sim_epoch = sim_disk.as_ref().map_or(0, |disk| disk.epoch(dir));
         if let Some(disk) = &sim_disk {
-            disk.durable(dir, seq, end);
+            disk.opened(dir, seq, end);
         }
         Ok(WalWriter {
             dir: dir.to_path_buf(),
@@ -107,6 +110,7 @@ impl WalWriter {
             fsync,
             poisoned: None,
             sim_disk,
+            sim_epoch,
         })
     }
 
@@ -169,10 +173,20 @@ impl WalWriter {
         let new_block_start = new_end / BLOCK * BLOCK;
         let keep_from = (new_block_start - block_start) as usize;
         let new_tail = bytes[keep_from..(new_end - block_start) as usize].to_vec();
-        if let Some(disk) = &self.sim_disk {
-            disk.writing(&self.dir, self.seq, block_start + write_len);
-        }
-        let written = self.file.write_at(buf, block_start).await.map_err(io(&path))?;
+        let written = match &self.sim_disk {
+            // Its member crashed: the write is swallowed (what it would have written is lost,
+            // and the crashed member stops without waiting on its disk).
+            Some(disk) if !disk.begin_write(&self.dir, self.sim_epoch, self.seq, block_start + write_len) => {
+                Ok(write_len as usize)
+            }
+            Some(disk) => {
+                let written = self.file.write_at(buf, block_start).await.map_err(io(&path));
+                let done = matches!(written, Ok(n) if n as u64 >= write_len);
+                disk.end_write(&self.dir, self.sim_epoch, self.seq, done.then_some(new_end));
+                written
+            }
+            None => self.file.write_at(buf, block_start).await.map_err(io(&path)),
+        }?;
         if (written as u64) < write_len {
             return Err(WalError::Io {
                 path,
@@ -184,9 +198,6 @@ impl WalWriter {
         self.tail_block = new_tail;
         self.pending.clear();
         self.current_last_index = self.pending_last_index;
-        if let Some(disk) = &self.sim_disk {
-            disk.durable(&self.dir, self.seq, self.end);
-        }
         Ok(())
     }
 
