@@ -1,7 +1,8 @@
 //! A simulation seam under the WAL: the disk as a test sees it. It knows where each log's durable
 //! bytes end, as its writer last knew it, so that a test can put a stopped member's logs back the
-//! way a power cut at that instant would have left them ([`SimDisk::cut_to_marks`]); and it can
-//! be slow, holding each WAL write back for a random while.
+//! way a power cut at that instant would have left them ([`SimDisk::cut_to_marks`]); a crash
+//! freezes the member's logs first ([`SimDisk::crash_under`]: its later writes are swallowed);
+//! and it can be slow, holding each WAL write back for a random while.
 //!
 //! A WAL write counts as durable once it completed (with `fsync`, the segment is O_DSYNC). The
 //! writer records the mark right after a write completes and before anything learns of it, so
