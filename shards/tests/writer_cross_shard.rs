@@ -90,6 +90,15 @@ fn hold_both_and_put(pool: &ShardPool, low: &str, high: &str) -> i64 {
     revision
 }
 
+/// Logs both shards' prepares of the write at `revision`, as the router does before deciding.
+fn prepare_both(pool: &ShardPool, revision: i64) {
+    for shard in pool.handles() {
+        let participants = vec![0, 1];
+        block_on(shard.request(|reply| ShardMsg::Cross(Cross::Prepare { revision, participants, reply })))
+            .expect("prepare");
+    }
+}
+
 #[test]
 fn an_abandoned_cross_shard_write_leaves_no_trace_and_its_revision_is_not_reused() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -129,11 +138,7 @@ fn a_decision_logged_by_the_coordinator_is_known_to_the_node() {
     let (pool, io) = start(dir.path());
     let h = pool.handles();
     let revision = hold_both_and_put(&pool, "a-d", "z-d");
-    for shard in h {
-        let participants = vec![0, 1];
-        block_on(shard.request(|reply| ShardMsg::Cross(Cross::Prepare { revision, participants, reply })))
-            .expect("prepare");
-    }
+    prepare_both(&pool, revision);
     assert!(!io.node.is_decided(revision));
     block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply }))).expect("decide");
     assert!(io.node.is_decided(revision), "the coordinator's decision is not known to the node");
@@ -154,11 +159,7 @@ fn a_shutdown_during_a_cross_shard_write_ends_the_hold_and_keeps_a_decided_write
     let (pool, _io) = start(dir.path());
     let h = pool.handles();
     let revision = hold_both_and_put(&pool, "a-s", "z-s");
-    for shard in h {
-        let participants = vec![0, 1];
-        block_on(shard.request(|reply| ShardMsg::Cross(Cross::Prepare { revision, participants, reply })))
-            .expect("prepare");
-    }
+    prepare_both(&pool, revision);
     block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply }))).expect("decide");
     let stopping = std::thread::spawn(move || pool.shutdown());
     let deadline = Instant::now() + Duration::from_secs(10);
