@@ -90,13 +90,21 @@ fn hold_both_and_put(pool: &ShardPool, low: &str, high: &str) -> i64 {
     revision
 }
 
-/// Logs both shards' prepares of the write at `revision`, as the router does before deciding.
-fn prepare_both(pool: &ShardPool, revision: i64) {
+/// [`hold_both_and_put`], then logs both shards' prepares of the write, as the router does
+/// before deciding; returns the write's revision.
+fn hold_put_and_prepare_both(pool: &ShardPool, low: &str, high: &str) -> i64 {
+    let revision = hold_both_and_put(pool, low, high);
     for shard in pool.handles() {
         let participants = vec![0, 1];
         block_on(shard.request(|reply| ShardMsg::Cross(Cross::Prepare { revision, participants, reply })))
             .expect("prepare");
     }
+    revision
+}
+
+/// Logs the decision of the write at `revision` on shard 0, its coordinator.
+fn decide(pool: &ShardPool, revision: i64) {
+    block_on(pool.handles()[0].request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply }))).expect("decide");
 }
 
 #[test]
@@ -137,10 +145,9 @@ fn a_decision_logged_by_the_coordinator_is_known_to_the_node() {
     let dir = tempfile::tempdir().expect("tmp");
     let (pool, io) = start(dir.path());
     let h = pool.handles();
-    let revision = hold_both_and_put(&pool, "a-d", "z-d");
-    prepare_both(&pool, revision);
+    let revision = hold_put_and_prepare_both(&pool, "a-d", "z-d");
     assert!(!io.node.is_decided(revision));
-    block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply }))).expect("decide");
+    decide(&pool, revision);
     assert!(io.node.is_decided(revision), "the coordinator's decision is not known to the node");
     for shard in h {
         block_on(shard.request(|reply| ShardMsg::Cross(Cross::Release { aborted: false, reply }))).expect("release");
@@ -157,10 +164,8 @@ fn a_decision_logged_by_the_coordinator_is_known_to_the_node() {
 fn a_shutdown_during_a_cross_shard_write_ends_the_hold_and_keeps_a_decided_write() {
     let dir = tempfile::tempdir().expect("tmp");
     let (pool, _io) = start(dir.path());
-    let h = pool.handles();
-    let revision = hold_both_and_put(&pool, "a-s", "z-s");
-    prepare_both(&pool, revision);
-    block_on(h[0].request(|reply| ShardMsg::Cross(Cross::Decide { revision, reply }))).expect("decide");
+    let revision = hold_put_and_prepare_both(&pool, "a-s", "z-s");
+    decide(&pool, revision);
     let stopping = std::thread::spawn(move || pool.shutdown());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !stopping.is_finished() {
