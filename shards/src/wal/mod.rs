@@ -3,12 +3,13 @@
 //! (`wire::codec::frame`) holding `WalRecord`s.
 //!
 //! [`recover`] reads the segments at startup (before the executors start, with plain reads, one
-//! segment in memory at a time) and applies etcd's tail policy: a last record that was never
-//! written in full (the file ends inside it, or a sector of it is still the preallocated zeros)
-//! is a crash during a write — it is cut off with a warning; a last record written in full whose
-//! bytes fail the checksum is corruption, and so is damage anywhere before the tail — recovery
-//! refuses to start and names the file and offset. [`cut_corrupt_tail`] is the operator's way
-//! to drop such a record knowingly (`corekv-wal-dump --cut-corrupt-tail`).
+//! segment in memory at a time) and applies etcd's tail policy: a record of the last segment
+//! that was never written in full (the file ends inside it, or a sector of it is still the
+//! preallocated zeros) is a crash during a write — the log is cut there with a warning, and
+//! whole records of that same write after it go too (see `frame::bad_end`); a last record
+//! written in full whose bytes fail the checksum is corruption, and so is damage anywhere before
+//! the tail — recovery refuses to start and names the file and offset. [`cut_corrupt_tail`] is
+//! the operator's way to drop such a record knowingly (`corekv-wal-dump --cut-corrupt-tail`).
 //! [`writer::WalWriter`] appends through io_uring (glommio DMA files on the main ring,
 //! `crate::dma`) with group commit.
 
@@ -399,6 +400,27 @@ mod tests {
         let (r, recs) = recover_all(d.path()).expect("a torn write is cut, not refused");
         assert_eq!(recs, [entry(1)]);
         assert!(r.torn_tail.is_some());
+    }
+
+    #[test]
+    fn wal_recover_torn_record_before_a_whole_one_of_its_write_cuts_both() {
+        let d = tempfile::tempdir().expect("tmp");
+        let big = WalRecord::Entry(LogEntry { index: 2, term: 1, entry_type: 0, data: vec![5; 4000] });
+        let p = write_segment(d.path(), 1, &[entry(1), big, entry(3)]);
+        let mut data = std::fs::read(&p).expect("read");
+        let scan = frame::scan(&data);
+        // The last write (records 2 and 3) reached the disk out of order: a sector inside record
+        // 2 did not, record 3 did.
+        let inside = (scan.frames[1].payload.start + 2000) / frame::SECTOR * frame::SECTOR;
+        data[inside..inside + frame::SECTOR].fill(0);
+        std::fs::write(&p, &data).expect("write");
+        let (r, recs) = recover_all(d.path()).expect("a torn write is cut, not refused");
+        assert_eq!(recs, [entry(1)]);
+        assert!(r.torn_tail.is_some());
+        // Record 3 is gone with the cut: later appends never sit before it.
+        let (again, recs) = recover_all(d.path()).expect("recover again");
+        assert_eq!(recs, [entry(1)]);
+        assert!(again.torn_tail.is_none());
     }
 
     #[test]

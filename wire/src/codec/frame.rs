@@ -171,10 +171,10 @@ pub fn decode_at(buf: &[u8], at: usize) -> Result<Frame, FrameError> {
 pub enum ScanEnd {
     /// Every frame was valid up to zeros or the end of the data.
     Clean,
-    /// The last frame was never written in full, and nothing valid follows it: the data ends
-    /// inside it, or one of its 512-byte sectors still holds only the zeros the file was
-    /// preallocated with. A crash during its write (it was never acknowledged); recovery cuts it
-    /// at `offset` with a warning.
+    /// The last frame was never written in full: the data ends inside it, or one of its 512-byte
+    /// sectors still holds only the zeros the file was preallocated with. Only frames of the same
+    /// write may follow it, whole (its sectors reached the disk out of order). A crash during
+    /// that write (never acknowledged); recovery cuts the log at `offset` with a warning.
     TornTail { offset: usize, error: FrameError },
     /// The last frame is all there but fails its checks (crc, header), and nothing valid
     /// follows it: its bytes were written and then changed. It may hold an acknowledged write,
@@ -203,7 +203,7 @@ fn has_unwritten_sector(buf: &[u8], at: usize, len: usize) -> bool {
     false
 }
 
-/// How a bad frame with nothing valid after it ended the log (see [`ScanEnd`]).
+/// How a bad frame ends the log if nothing valid follows it (see [`ScanEnd`]).
 fn classify_tail(buf: &[u8], at: usize, error: FrameError) -> ScanEnd {
     match error {
         FrameError::Truncated { .. } => ScanEnd::TornTail { offset: at, error },
@@ -243,27 +243,43 @@ pub fn scan(buf: &[u8]) -> Scan {
     }
 }
 
-/// How a log whose frame at `at` does not decode (with `error`) ends: damage if a valid frame
-/// follows, else a torn or corrupt tail. `buf` must start at a sector boundary of the file (the
-/// tail's sectors are judged by their offsets in it).
+/// How a log whose frame at `at` does not decode (with `error`) ends: a torn or corrupt tail
+/// if no valid frame follows; damage if one does, unless the frame is torn and the valid frames
+/// start past its end. `buf` must start at a sector boundary of the file (the tail's sectors are
+/// judged by their offsets in it).
+///
+/// The sectors of one write reach the disk in any order, so a crash can leave whole frames of
+/// the last write behind a torn one; nothing of that write was acknowledged, and the log ends
+/// at the torn frame (etcd cuts there without reading further). A valid frame *inside* the bad
+/// frame's announced extent means its length field is wrong (damage), not a torn write.
 pub fn bad_end(buf: &[u8], at: usize, error: FrameError) -> ScanEnd {
-    if valid_frame_after(buf, at + ALIGN) {
-        ScanEnd::Damaged { offset: at, error }
-    } else {
-        classify_tail(buf, at, error)
+    let end = classify_tail(buf, at, error);
+    let Some(next_valid) = valid_frame_after(buf, at + ALIGN) else { return end };
+    match end {
+        ScanEnd::TornTail { .. } if announced_end(buf, at).is_some_and(|e| next_valid >= e) => end,
+        ScanEnd::TornTail { offset, error } | ScanEnd::CorruptTail { offset, error } => {
+            ScanEnd::Damaged { offset, error }
+        }
+        other => other,
     }
 }
 
-/// Whether any valid frame starts at an aligned offset at or after `from`.
-fn valid_frame_after(buf: &[u8], from: usize) -> bool {
+/// Where the frame whose header is at `at` ends, by the length its header announces.
+fn announced_end(buf: &[u8], at: usize) -> Option<usize> {
+    let len = buf.get(at + 4..at + 8)?;
+    Some(at + framed_len(le_u32(len) as usize))
+}
+
+/// The offset of the first valid frame starting at an aligned offset at or after `from`.
+fn valid_frame_after(buf: &[u8], from: usize) -> Option<usize> {
     let mut at = padded(from);
     while at + HEADER_LEN <= buf.len() {
         if decode_at(buf, at).is_ok() {
-            return true;
+            return Some(at);
         }
         at += ALIGN;
     }
-    false
+    None
 }
 
 /// Why [`FrameFile::next`] could not return a frame.
@@ -404,6 +420,45 @@ mod tests {
         let sector = (second / SECTOR + 2) * SECTOR;
         buf[sector..sector + SECTOR].fill(0);
         assert!(matches!(scan(&buf).end, ScanEnd::TornTail { offset, .. } if offset == second));
+    }
+
+    /// A log of `first`, a three-sector frame whose third sector is still zeros, then `after`.
+    fn log_with_torn_frame_before(after: &[u8]) -> (Vec<u8>, usize) {
+        let big = vec![7u8; 3 * SECTOR];
+        let mut buf = log_of(&[b"first", &big, after]);
+        let second = framed_len(5);
+        let sector = (second / SECTOR + 2) * SECTOR;
+        buf[sector..sector + SECTOR].fill(0);
+        (buf, second)
+    }
+
+    #[test]
+    fn scan_a_torn_frame_before_whole_frames_of_its_write_is_a_torn_tail() {
+        // One write's sectors reached the disk out of order: the frame after the torn one did.
+        let (buf, second) = log_with_torn_frame_before(b"third, of the same write");
+        let s = scan(&buf);
+        assert_eq!(s.frames.len(), 1);
+        assert!(matches!(s.end, ScanEnd::TornTail { offset, .. } if offset == second), "{:?}", s.end);
+    }
+
+    #[test]
+    fn scan_a_frame_whose_length_grew_over_valid_frames_is_damaged() {
+        // A length field changed to cover later frames and the zeros past the log: the frame
+        // looks torn, but valid frames start inside it, so it is damage, not a torn write.
+        let mut buf = log_of(&[b"first", b"second", b"third"]);
+        let grown = (buf.len() + 3 * SECTOR) as u32;
+        buf[4..8].copy_from_slice(&grown.to_le_bytes());
+        buf.resize(buf.len() + 4 * SECTOR, 0);
+        let s = scan(&buf);
+        assert!(matches!(s.end, ScanEnd::Damaged { offset: 0, error: FrameError::BadCrc { .. } }), "{:?}", s.end);
+    }
+
+    #[test]
+    fn scan_a_changed_frame_before_valid_frames_stays_damaged_even_with_a_zero_sector_after() {
+        // Bytes changed in a frame written in full: no sector of its own is zeros.
+        let (mut buf, _) = log_with_torn_frame_before(b"third");
+        buf[HEADER_LEN] ^= 0x01;
+        assert!(matches!(scan(&buf).end, ScanEnd::Damaged { offset: 0, .. }));
     }
 
     #[test]
