@@ -178,6 +178,32 @@ fn a_shutdown_during_a_cross_shard_write_ends_the_hold_and_keeps_a_decided_write
     pool.shutdown();
 }
 
+/// A hold that reaches the writer in one batch with a shutdown is refused, and the shutdown goes
+/// on (it used to wait behind the hold for a release the pump never forwards: a crashed
+/// member's stop hung this way, found by tests/sim). Both are sent at once, so the pump hands
+/// them to the writer together.
+#[test]
+fn a_hold_batched_with_a_shutdown_does_not_keep_the_shard_from_stopping() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (pool, _io) = start(dir.path());
+    let h0 = pool.handles()[0].clone();
+    let stopping = std::thread::spawn(move || {
+        let hold = h0.request(|reply| ShardMsg::Cross(Cross::Hold { reply }));
+        let shutdown = h0.request(|reply| ShardMsg::Shutdown { reply });
+        block_on(futures::future::join(hold, shutdown))
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stopping.is_finished() {
+        assert!(Instant::now() < deadline, "the shutdown waited behind a hold batched with it");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (held, stopped) = stopping.join().expect("stopping");
+    assert!(stopped.is_ok(), "{stopped:?}");
+    // Refused if it came in one batch with the shutdown; else granted, and ended by it.
+    assert!(matches!(held, Ok(_) | Err(shards::ShardError::Stopped)), "{held:?}");
+    pool.shutdown();
+}
+
 /// While a cross-shard write holds a shard, the requests queued behind it are bounded: past
 /// etcd's backlog bound (5000) more are refused with `too many requests` (`ShardError::Busy`)
 /// instead of growing the queue; the kept ones run after the release.

@@ -446,6 +446,13 @@ impl Writer {
                         drop(reply.send(Err(ShardError::NotLeader)));
                         continue;
                     }
+                    // A shutdown later in this batch would wait behind the hold for a `Release`
+                    // the pump never forwards (it stops after a `Shutdown`): no hold then. (A
+                    // crashed member's stop hung this way; found by tests/sim.)
+                    if iter.as_slice().iter().any(|m| matches!(m, ShardMsg::Shutdown { .. })) {
+                        drop(reply.send(Err(ShardError::Stopped)));
+                        continue;
+                    }
                     // Messages after the hold in this batch wait until it is released.
                     self.deferred.extend(iter.by_ref());
                     self.held(reply, rx).await;
