@@ -18,7 +18,9 @@
 //! - `read.rs`: ReadIndex rounds, on the leader and on followers;
 //! - `cross_shard.rs`: this shard's part in a cross-shard write (between `Hold` and `Release`
 //!   the writer runs only that operation's steps and defers other writes);
-//! - `snapshots.rs`: local snapshots beside the writer, and installing the leader's;
+//! - `snapshots.rs`: local snapshots beside the writer;
+//! - `install.rs`: fetching and installing the leader's snapshot, a state the writer is in
+//!   while it goes on answering requests;
 //! - `lease.rs`, `auth.rs`, `alarm.rs`: lease requests, and group 0's auth store and alarms;
 //! - `pump.rs`: the pump and the lease timer.
 //!
@@ -31,6 +33,7 @@ mod alarm;
 mod apply;
 mod auth;
 mod cross_shard;
+mod install;
 mod leadership;
 mod lease;
 mod pump;
@@ -157,6 +160,8 @@ pub struct Writer {
     deferred: VecDeque<ShardMsg>,
     /// The snapshot being written beside the writer, if any.
     snapshot: Option<RunningSnapshot>,
+    /// The leader's snapshot being fetched, if any: Raft waits for it (see `install.rs`).
+    installing: Option<install::Installing>,
     /// The leases homed on this shard (shared with the pump and the lease timer).
     leases: Rc<RefCell<LeaseTable>>,
     /// Grants logged in the running batch, not yet live.
@@ -235,6 +240,8 @@ enum Wake {
     Msg(Option<ShardMsg>),
     Raft(raft::eraftpb::Message),
     Tick,
+    /// The fetch of the leader's snapshot ended.
+    Installed(install::Fetched),
 }
 
 struct RunningSnapshot {
@@ -292,6 +299,7 @@ impl Writer {
             entries_since_snapshot: 0,
             deferred: VecDeque::new(),
             snapshot: None,
+            installing: None,
             leases,
             pending_grants: HashSet::new(),
             writing_since,
@@ -483,8 +491,11 @@ impl Writer {
                     drop(reply.send(Ok(())));
                 }
                 ShardMsg::Shutdown { reply } => {
-                    // A restart resumes every lease with what it has left now.
-                    ops.extend(self.checkpoint_ops());
+                    // A restart resumes every lease with what it has left now. (Only a leader
+                    // logs it: a follower's leases follow the leader's checkpoints.)
+                    if self.raft.is_leader() {
+                        ops.extend(self.checkpoint_ops());
+                    }
                     self.commit(ops, acks).await;
                     self.finish_snapshot(true).await;
                     for m in iter.chain(self.deferred.drain(..)) {

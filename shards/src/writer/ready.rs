@@ -9,60 +9,72 @@ use wire::record::batch::Batch;
 
 use super::{Wake, Writer, STALL};
 use crate::msg::ShardMsg;
-use crate::raft_group::RaftGroup;
+use crate::raft_group::{RaftGroup, ReadyWork};
 use crate::recover;
 
 impl Writer {
+    /// The Ready loop: while Raft has work and no snapshot is being fetched, takes a Ready and
+    /// does what it asks ([`Self::persist_work`]); a Ready carrying the leader's snapshot is set
+    /// aside until the file is in (`install.rs`). Then completes the batches a majority
+    /// committed, applies what is queued, and publishes the group's state.
     pub(super) async fn persist_ready(&mut self) {
-        loop {
+        while self.installing.is_none() {
             self.step_down_if_deposed();
             self.fail_stale_read_rounds();
             let Some(work) = self.raft.take_ready() else { break };
             if RaftGroup::has_snapshot(&work.rd) {
-                let meta = work.rd.snapshot().get_metadata().clone();
-                self.install_snapshot(&meta).await;
+                self.start_install(work);
+                break;
             }
-            self.send(work.messages);
-            self.enqueue_committed(work.committed);
-            self.answer_read_states(work.read_states);
-            let recs = work.records;
-            let rd = work.rd;
-            for r in &recs {
-                self.wal.append(r);
-            }
-            let written = self.wal.pending_bytes();
-            let started = Instant::now();
-            self.writing_since.set(Some(started));
-            let synced = self.wal.sync().await;
-            self.writing_since.set(None);
-            if let Err(e) = synced {
-                self.fatal(e.to_string());
-            }
-            let took = started.elapsed();
-            if written > 0 {
-                self.cfg.metrics.wal_fsync.observe(took.as_secs_f64());
-                self.cfg.metrics.wal_written.inc_by(written as u64);
-            }
-            if took > STALL && !self.leases.borrow().is_empty() {
-                // Clients could not be sure their keepalives were served: give the time back.
-                tracing::warn!(
-                    shard = self.cfg.id.0,
-                    stalled_ms = took.as_millis() as u64,
-                    "WAL write stalled; extending lease deadlines"
-                );
-                self.leases.borrow_mut().refresh_after_stall(Instant::now());
-            }
-            match self.raft.on_persisted(rd) {
-                Ok(p) => {
-                    self.send(p.messages);
-                    self.enqueue_committed(p.committed);
-                }
-                Err(e) => self.fatal(e.to_string()),
-            }
+            self.persist_work(work).await;
         }
         self.complete_committed();
         self.apply_queued();
         self.after_step();
+    }
+
+    /// Does what one Ready asks, in this order: sends its messages (a leader's appends go out
+    /// before its own write is durable), queues its committed entries, answers its ReadIndex
+    /// rounds, makes its entries and hard state durable in one WAL write, and tells Raft, which
+    /// may release more messages and committed entries.
+    pub(super) async fn persist_work(&mut self, work: ReadyWork) {
+        self.send(work.messages);
+        self.enqueue_committed(work.committed);
+        self.answer_read_states(work.read_states);
+        let recs = work.records;
+        let rd = work.rd;
+        for r in &recs {
+            self.wal.append(r);
+        }
+        let written = self.wal.pending_bytes();
+        let started = Instant::now();
+        self.writing_since.set(Some(started));
+        let synced = self.wal.sync().await;
+        self.writing_since.set(None);
+        if let Err(e) = synced {
+            self.fatal(e.to_string());
+        }
+        let took = started.elapsed();
+        if written > 0 {
+            self.cfg.metrics.wal_fsync.observe(took.as_secs_f64());
+            self.cfg.metrics.wal_written.inc_by(written as u64);
+        }
+        if took > STALL && !self.leases.borrow().is_empty() {
+            // Clients could not be sure their keepalives were served: give the time back.
+            tracing::warn!(
+                shard = self.cfg.id.0,
+                stalled_ms = took.as_millis() as u64,
+                "WAL write stalled; extending lease deadlines"
+            );
+            self.leases.borrow_mut().refresh_after_stall(Instant::now());
+        }
+        match self.raft.on_persisted(rd) {
+            Ok(p) => {
+                self.send(p.messages);
+                self.enqueue_committed(p.committed);
+            }
+            Err(e) => self.fatal(e.to_string()),
+        }
     }
 
     /// Waits for the next message (if `rx` is given), Raft message from another node or tick.
@@ -76,6 +88,20 @@ impl Writer {
             Some(rx) if lone_leader => return Wake::Msg(rx.next().await),
             rx => rx,
         };
+        // Fetching the leader's snapshot: Raft waits for it (no message stepped, no tick).
+        if let Some(installing) = self.installing.as_mut() {
+            let installed = async {
+                let fetched = (&mut installing.done).await;
+                Wake::Installed(fetched.unwrap_or_else(|_| Err("the snapshot fetch stopped".into())))
+            };
+            return match rx {
+                Some(rx) => futures::select_biased! {
+                    w = installed.fuse() => w,
+                    m = rx.next() => Wake::Msg(m),
+                },
+                None => installed.await,
+            };
+        }
         let link = &self.cfg.cluster;
         // Once the transport is gone (its end dropped at shutdown) no message comes any more:
         // waiting on it forever, not waking at once, keeps a writer from spinning on it and from
@@ -126,6 +152,7 @@ impl Writer {
                     self.retry_read_rounds();
                 }
             }
+            Wake::Installed(fetched) => self.on_installed(fetched).await,
             Wake::Msg(_) => {}
         }
         self.persist_ready().await;
@@ -140,7 +167,7 @@ impl Writer {
             return;
         }
         // A snapshot message only names the file the follower then fetches (see
-        // `install_snapshot`); nobody could report its delivery, and Raft would wait for that
+        // `install.rs`); nobody could report its delivery, and Raft would wait for that
         // report forever if the message was lost (sent before the follower was up). So it is
         // reported as not delivered at once: Raft names the snapshot again on the follower's next
         // heartbeat response, until the follower has it (it ignores copies of one it installed).

@@ -1,96 +1,17 @@
-//! Snapshots: written beside the writer when enough entries were logged (or on Defragment), and
-//! the leader's, fetched and installed when this member fell behind its log.
+//! Local snapshots: written beside the writer when enough entries were logged (or on
+//! Defragment). Installing the leader's is `install.rs`.
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use wire::record::snapshot::{LeaseRecord, SnapshotHeader};
 
 use super::{RunningSnapshot, SnapshotDone, Writer};
 use crate::error::ShardError;
-use crate::lease::LeaseTable;
 use crate::snapshot;
 
 impl Writer {
-    /// This member fell behind what the leader's log still holds: fetches the leader's snapshot
-    /// file named by `meta`, loads it in place of the store, leases and decisions, and restarts
-    /// the log after it. Retries while the leader cannot hand it over; the shard serves nothing
-    /// meanwhile (it is a follower: clients are forwarded anyway).
-    pub(super) async fn install_snapshot(&mut self, meta: &raft::eraftpb::SnapshotMetadata) {
-        let link = &self.cfg.cluster;
-        let (group, from, index) = (self.cfg.id.0, self.raft.leader_id(), meta.index);
-        tracing::info!(shard = group, index, leader = format!("{from:x}"), "fetching the leader's snapshot");
-        let mut attempt = 0u32;
-        loop {
-            let (reply, answer) = futures::channel::oneshot::channel();
-            let fetch = crate::cluster::SnapshotFetch { group, from, index, dir: self.dirs.snap.clone(), reply };
-            let fetched = match link.fetch.send(fetch) {
-                Ok(()) => answer.await.unwrap_or_else(|_| Err("the transport stopped".into())),
-                Err(_) => Err("the transport stopped".into()),
-            };
-            let loaded = fetched.and_then(|()| {
-                snapshot::load_latest(&self.dirs.snap, group)
-                    .map_err(|e| e.to_string())?
-                    .filter(|s| s.header.index == index)
-                    .ok_or_else(|| format!("snapshot {index} missing after the fetch"))
-            });
-            match loaded {
-                Ok(s) => {
-                    self.replace_state(s, meta);
-                    return;
-                }
-                Err(e) if attempt < 50 => {
-                    attempt += 1;
-                    tracing::warn!(shard = group, index, error = %e, attempt, "snapshot fetch failed; retrying");
-                    glommio::timer::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => self.fatal(format!("could not fetch the leader's snapshot {index}: {e}")),
-            }
-        }
-    }
-
-    /// Puts a fetched snapshot in place of this shard's state (see [`Self::install_snapshot`]).
-    pub(super) fn replace_state(&mut self, s: snapshot::LoadedSnapshot, meta: &raft::eraftpb::SnapshotMetadata) {
-        let mut store = s.store;
-        store.set_capture(true);
-        *self.store.borrow_mut() = store;
-        let now = Instant::now();
-        let mut leases = LeaseTable::default();
-        for (id, _) in self.leases.borrow().granted() {
-            self.cfg.leases.remove(id);
-        }
-        for l in &s.leases {
-            leases.insert(l.id, l.ttl, l.remaining, now);
-            self.cfg.leases.insert(l.id);
-        }
-        *self.leases.borrow_mut() = leases;
-        self.restore_auth(s.auth);
-        self.restore_alarms(s.alarms);
-        self.decided = s.header.decided.iter().copied().collect();
-        for r in &self.decided {
-            self.cfg.cluster.node.record_decided(*r);
-        }
-        self.apply_queue.clear();
-        self.executed_upto = meta.index;
-        self.committed_revision = self.store.borrow().current_revision();
-        // The writes the snapshot brought came without events: watchers on this member read
-        // them from history (before the frontier can cover them, as events would be sent).
-        let missed = crate::msg::ShardEvents::Missed { revision: self.committed_revision };
-        let _ = self.cfg.events.send(missed);
-        self.entries_since_snapshot = 0;
-        if let Err(e) = self.raft.install_snapshot(meta) {
-            self.fatal(format!("could not install snapshot {}: {e}", meta.index));
-        }
-        self.wal.remove_covered(meta.index);
-        tracing::info!(
-            shard = self.cfg.id.0,
-            index = meta.index,
-            revision = self.committed_revision,
-            "installed the leader's snapshot"
-        );
-    }
-
     /// Starts a snapshot when enough entries were logged since the last one; takes in the
     /// result of one that finished.
     pub(super) async fn maybe_snapshot(&mut self) {
@@ -98,7 +19,9 @@ impl Writer {
         // Not while the store holds writes no log has committed yet (pipelined batches, a step
         // being logged, a cross-shard write holding the shard — whose prepare may still be
         // undone): a snapshot names the index its content is the state of.
-        let settled = self.in_flight.is_empty() && self.uncommitted.is_none() && self.hold.is_none();
+        // Nor while the leader's snapshot is being fetched: the store is about to be replaced.
+        let settled =
+            self.in_flight.is_empty() && self.uncommitted.is_none() && self.hold.is_none() && self.installing.is_none();
         let due = self.entries_since_snapshot >= self.cfg.snapshot_entries && settled;
         if self.snapshot.is_none() && due {
             self.start_snapshot();
@@ -107,6 +30,10 @@ impl Writer {
 
     /// Snapshots now (Defragment): waits for a running snapshot, then takes a new one.
     pub(super) async fn snapshot_now(&mut self) -> Result<(), ShardError> {
+        if self.installing.is_some() {
+            let reason = "this member is installing the leader's snapshot; try again once it is in".into();
+            return Err(ShardError::SnapshotFailed { reason });
+        }
         self.finish_snapshot(true).await;
         self.start_snapshot();
         match self.finish_snapshot(true).await {
