@@ -21,6 +21,7 @@ pub struct PoolMetrics {
     keys: IntGaugeVec,
     compactions: IntCounterVec,
     refused_held: IntCounterVec,
+    snapshot_fetch_failures: IntCounterVec,
     per_shard: Vec<ShardMetrics>,
 }
 
@@ -45,6 +46,9 @@ pub struct ShardMetrics {
     /// Requests refused because the shard was held by a cross-shard write with its queue of
     /// deferred requests full (`etcdserver: too many requests`).
     pub refused_held: IntCounter,
+    /// Installs of the leader's snapshot given up after its fetch kept failing (Raft went on
+    /// from the durable log).
+    pub snapshot_fetch_failures: IntCounter,
 }
 
 impl std::fmt::Debug for ShardMetrics {
@@ -61,13 +65,17 @@ impl PoolMetrics {
     pub fn new(shards: usize) -> PoolMetrics {
         let by_shard = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["shard"]);
         let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["shard"]);
-        let (wal_written, writes, compactions, refused_held, bytes, keys) = (
+        let (wal_written, writes, compactions, refused_held, snapshot_fetch_failures, bytes, keys) = (
             by_shard("corekv_shard_wal_written_bytes_total", "Bytes a shard wrote to its WAL."),
             by_shard("corekv_shard_writes_total", "Write requests that changed a shard's keys."),
             by_shard("corekv_shard_compaction_steps_total", "Background compaction steps a shard ran."),
             by_shard(
                 "corekv_shard_refused_while_held_total",
                 "Requests a shard refused (too many requests) while a cross-shard write held it.",
+            ),
+            by_shard(
+                "corekv_shard_snapshot_fetch_failures_total",
+                "Installs of the leader's snapshot a shard gave up because its fetch kept failing.",
             ),
             gauge("corekv_shard_bytes", "A shard's store size: retained keys and versions, with overheads."),
             gauge("corekv_shard_keys", "Keys a shard holds (live or with retained history)."),
@@ -77,8 +85,16 @@ impl PoolMetrics {
                 .buckets(prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid buckets")),
             &["shard"],
         );
-        let (Ok(wal_written), Ok(writes), Ok(compactions), Ok(refused_held), Ok(bytes), Ok(keys), Ok(batch_ops)) =
-            (wal_written, writes, compactions, refused_held, bytes, keys, batch_ops)
+        let (
+            Ok(wal_written),
+            Ok(writes),
+            Ok(compactions),
+            Ok(refused_held),
+            Ok(snapshot_fetch_failures),
+            Ok(bytes),
+            Ok(keys),
+            Ok(batch_ops),
+        ) = (wal_written, writes, compactions, refused_held, snapshot_fetch_failures, bytes, keys, batch_ops)
         else {
             unreachable!("the series' names and labels are constants")
         };
@@ -109,6 +125,7 @@ impl PoolMetrics {
                     keys: keys.with_label_values(&l),
                     compactions: compactions.with_label_values(&l),
                     refused_held: refused_held.with_label_values(&l),
+                    snapshot_fetch_failures: snapshot_fetch_failures.with_label_values(&l),
                 }
             })
             .collect();
@@ -123,6 +140,7 @@ impl PoolMetrics {
             keys,
             compactions,
             refused_held,
+            snapshot_fetch_failures,
             per_shard,
         }
     }
@@ -138,7 +156,8 @@ impl PoolMetrics {
         registry.register(Box::new(self.bytes.clone()))?;
         registry.register(Box::new(self.keys.clone()))?;
         registry.register(Box::new(self.compactions.clone()))?;
-        registry.register(Box::new(self.refused_held.clone()))
+        registry.register(Box::new(self.refused_held.clone()))?;
+        registry.register(Box::new(self.snapshot_fetch_failures.clone()))
     }
 
     pub fn shard(&self, i: usize) -> ShardMetrics {

@@ -95,6 +95,8 @@ pub struct Persisted {
 
 pub struct RaftGroup {
     node: RawNode<ShardStorage>,
+    /// What the node was started with (see [`RaftGroup::restart_from_durable`]).
+    cfg: Config,
     /// The group has no member but this one (see [`Membership::lone_voter`]).
     lone_voter: bool,
     /// No member but this one votes.
@@ -150,6 +152,11 @@ impl raft::Storage for ShardStorage {
             ..Default::default()
         })
     }
+}
+
+/// raft-rs's own log lines are not kept (the writer logs what matters).
+fn discard() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
 }
 
 /// Entries handed to the in-memory log at once when a group starts.
@@ -221,14 +228,26 @@ impl RaftGroup {
             ..Default::default()
         };
         cfg.validate()?;
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
         let storage = ShardStorage { mem: storage, latest_snapshot };
-        let mut node = RawNode::new(&cfg, storage, &logger)?;
+        let mut node = RawNode::new(&cfg, storage, &discard())?;
         if members.sole_voter() {
             node.campaign()?;
         }
         debug_assert!(last >= applied);
-        Ok(RaftGroup { node, lone_voter: members.lone_voter(), sole_voter: members.sole_voter() })
+        Ok(RaftGroup { node, cfg, lone_voter: members.lone_voter(), sole_voter: members.sole_voter() })
+    }
+
+    /// Forgets what Raft holds only in memory — entries not yet durable, a snapshot named by the
+    /// leader and not installed — and goes on from the durable log and hard state as a restart
+    /// would, as a follower that has not heard from any leader yet. For a follower that could
+    /// not fetch the snapshot its leader named: it votes and campaigns again, and whoever leads
+    /// names a snapshot again.
+    pub fn restart_from_durable(&mut self) -> Result<(), RaftError> {
+        let mut cfg = self.cfg.clone();
+        cfg.applied = self.node.raft.raft_log.applied;
+        let storage = ShardStorage { mem: self.mem(), latest_snapshot: self.node.store().latest_snapshot };
+        self.node = RawNode::new(&cfg, storage, &discard())?;
+        Ok(())
     }
 
     pub fn term(&self) -> u64 {

@@ -126,3 +126,25 @@ fn a_fetched_snapshot_replaces_the_followers_state_after_a_failed_fetch() {
     shutdown_within_10s(pool);
     leader.shutdown();
 }
+
+/// A fetch that keeps failing (the leader is gone, or no longer has the file) no longer stops the
+/// process: the follower gives the install up, counts it, goes on from its durable log, and
+/// fetches again when a leader names a snapshot again. (About 10 s: 50 retries, 200 ms apart.)
+#[test]
+fn a_follower_that_cannot_fetch_the_snapshot_gives_it_up_and_goes_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (pool, io) = start(dir.path(), 2, vec![1, 2]);
+    io.incoming[0].send(snapshot_message(100, 1)).expect("deliver");
+    let mut fetches = 0;
+    while let Ok(fetch) = io.fetches.recv_timeout(Duration::from_secs(2)) {
+        fetches += 1;
+        drop(fetch.reply.send(Err("cut off from the leader".into())));
+    }
+    assert_eq!(fetches, 51, "one fetch and 50 retries");
+    assert_eq!(pool.metrics().shard(0).snapshot_fetch_failures.get(), 1);
+    let s = status(&pool).expect("the follower stopped answering");
+    assert_eq!(s.raft_applied_index, 0, "nothing was installed");
+    io.incoming[0].send(snapshot_message(100, 1)).expect("deliver");
+    assert_eq!(next_fetch(&io).index, 100, "named again, the snapshot is fetched again");
+    shutdown_within_10s(pool);
+}

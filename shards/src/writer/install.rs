@@ -55,15 +55,30 @@ impl Writer {
     }
 
     /// The fetch ended: the snapshot replaces the shard's state, and the Ready that named it is
-    /// persisted. A fetch that gave up is fatal: Raft cannot go on without that snapshot, and a
-    /// restart asks the leader for a new one.
+    /// persisted. If the fetch gave up (the leader is gone, or no longer has that file), that
+    /// Ready is dropped — nothing of it was made durable or sent — and Raft goes on from the
+    /// durable log, as after a restart: the member votes again, and whoever leads names a
+    /// snapshot again. (It used to stop the process, status 70.)
     pub(super) async fn on_installed(&mut self, fetched: Fetched) {
         let Some(Installing { work, meta, .. }) = self.installing.take() else { return };
         match fetched {
-            Ok(s) => self.replace_state(*s, &meta),
-            Err(e) => self.fatal(format!("could not fetch the leader's snapshot {}: {e}", meta.index)),
+            Ok(s) => {
+                self.replace_state(*s, &meta);
+                self.persist_work(work).await;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    shard = self.cfg.id.0,
+                    index = meta.index,
+                    error = %e,
+                    "could not fetch the leader's snapshot; going on from the durable log until a leader names one again"
+                );
+                self.cfg.metrics.snapshot_fetch_failures.inc();
+                if let Err(e) = self.raft.restart_from_durable() {
+                    self.fatal(format!("could not restart Raft from the durable log: {e}"));
+                }
+            }
         }
-        self.persist_work(work).await;
     }
 
     /// Puts a fetched snapshot in place of this shard's state, leases, auth store, alarms and
