@@ -2,7 +2,7 @@
 # Runs the cluster simulation (tests/sim) on random seeds until it fails or for as many rounds as
 # asked (default: forever). Each round runs 10 seeds; a failure prints the seed to reproduce:
 #   COREKV_SIM_SEEDS=<seed> cargo test --test sim -- --nocapture
-# Usage: [COREKV_SIM_CRASHES=0] scripts/sim-seeds.sh [rounds]   (0: without crashes and power cuts)
+# Usage: [COREKV_SIM_CRASHES=0|power] scripts/sim-seeds.sh [rounds]   (0: without crashes and power cuts; power: power cuts only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-0}"

@@ -4,7 +4,7 @@
 //! have left it (only what its writers knew durable remains); a restart recovers it from what
 //! remains, as a new incarnation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -20,9 +20,6 @@ use shards::{ClusterConfig, ClusterIo, PoolConfig, ShardPool};
 use crate::network::Control;
 
 pub const MEMBERS: usize = 3;
-/// The longest the simulated disk holds a WAL write back: long enough that a crash often finds
-/// writes under way.
-const DISK_DELAY: Duration = Duration::from_millis(2);
 
 /// One incarnation of a member.
 pub struct Member {
@@ -90,7 +87,7 @@ impl Member {
     }
 
     /// Stops its shards, on a thread of its own (`shutdown` joins their threads): one that does
-    /// not stop within 20 s is left behind, and the runtime does not wait for it.
+    /// not stop within 20 s is an error (the run then exits; the runtime does not wait for it).
     async fn stop(&self) -> Result<(), String> {
         if let Some(stop) = self.stop_promoting.lock().expect("promoting").take() {
             let _ = stop.send(());
@@ -123,13 +120,17 @@ pub struct Cluster {
     pub control: Arc<Control>,
     /// Told each time a client records an acknowledged write.
     pub acked: tokio::sync::Notify,
+    /// Logs a crash cut in the middle of a write, and how many of those it tore.
+    pub cut_mid_write: AtomicU64,
+    pub torn: AtomicU64,
 }
 
 impl Cluster {
-    /// Starts every member; their traffic waits for [`crate::network::run`] on `control`.
-    pub fn start(dirs: Vec<PathBuf>) -> Result<Cluster, String> {
+    /// Starts every member; their traffic waits for [`crate::network::run`] on `control`. Each
+    /// WAL write takes up to `disk_delay`.
+    pub fn start(dirs: Vec<PathBuf>, disk_delay: Duration) -> Result<Cluster, String> {
         let disk = Arc::new(SimDisk::default());
-        disk.set_max_delay(DISK_DELAY);
+        disk.set_max_delay(disk_delay);
         let slots: Vec<Slot> = (0..MEMBERS).map(|_| Slot::default()).collect();
         let mut ios = Vec::new();
         for (i, dir) in dirs.iter().enumerate() {
@@ -137,7 +138,15 @@ impl Cluster {
             *slots[i].up.write().expect("slot") = Some(Arc::new(m));
             ios.push(io);
         }
-        Ok(Cluster { slots, dirs, disk, control: Arc::new(Control::new(ios)), acked: tokio::sync::Notify::new() })
+        Ok(Cluster {
+            slots,
+            dirs,
+            disk,
+            control: Arc::new(Control::new(ios)),
+            acked: tokio::sync::Notify::new(),
+            cut_mid_write: AtomicU64::new(0),
+            torn: AtomicU64::new(0),
+        })
     }
 
     /// Member `i` if it is up, with its crash count (see [`Self::same_incarnation`]).
@@ -165,8 +174,9 @@ impl Cluster {
 
     /// Crashes the members `which` at one instant: no answer they give counts from here on,
     /// nothing more of theirs reaches the network or their disk, their durable marks are taken;
-    /// then they stop and their logs are cut back to the marks.
-    pub async fn crash(&self, which: &[usize]) -> Result<(), String> {
+    /// then they stop and their logs are cut back to the marks. With `tear`, the write each log
+    /// had in progress is torn (some of its sectors reached the disk; see `SimDisk::cut_to_marks`).
+    pub async fn crash(&self, which: &[usize], tear: Option<u64>) -> Result<(), String> {
         let mut down = Vec::new();
         for &i in which {
             let slot = &self.slots[i];
@@ -174,17 +184,20 @@ impl Cluster {
             let member = slot.up.write().expect("slot").take();
             down.push((i, member, self.control.detach(i)));
         }
-        let marks: Vec<_> = which.iter().map(|&i| self.disk.crash_under(&self.dirs[i])).collect();
+        let roots: Vec<&Path> = which.iter().map(|&i| self.dirs[i].as_path()).collect();
+        let marks = self.disk.crash_under(&roots);
         for ((i, member, io), marks) in down.into_iter().zip(marks) {
             if let Some(m) = member {
-                // Its disk is frozen: a member that does not stop can be left behind safely.
-                // (A crashed member's graceful stop sometimes hangs; an open lead, TESTING.md.)
-                if let Err(e) = m.stop().await {
-                    println!("member {i} crashing: {e}; left behind");
-                }
+                m.stop().await.map_err(|e| format!("member {i} crashing: {e}"))?;
             }
             drop(io);
-            SimDisk::cut_to_marks(&marks).map_err(|e| format!("member {i}: {e}"))?;
+            let mid_write = marks.iter().filter(|m| m.unsynced).count() as u64;
+            self.cut_mid_write.fetch_add(mid_write, SeqCst);
+            if tear.is_some() {
+                self.torn.fetch_add(mid_write, SeqCst);
+            }
+            let tear = tear.map(|seed| seed ^ i as u64);
+            SimDisk::cut_to_marks(&marks, tear).map_err(|e| format!("member {i}: {e}"))?;
         }
         Ok(())
     }

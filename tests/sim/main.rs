@@ -22,9 +22,8 @@
 //!
 //! Seeds: `COREKV_SIM_SEEDS=1,2,3` (comma-separated) picks them, default a fixed set for CI;
 //! `scripts/sim-seeds.sh` runs random ones for as long as asked. A failure names its seed.
-//! `COREKV_SIM_CRASHES=0` leaves crashes and power cuts out (network faults only). A crashed
-//! member is stopped through its graceful shutdown, which sometimes hangs (an open lead,
-//! docs/TESTING.md): its disk is frozen at the crash, so it is then left behind, reported.
+//! `COREKV_SIM_CRASHES=0` leaves crashes and power cuts out (network faults only);
+//! `COREKV_SIM_CRASHES=power` makes every fault a power cut (to hunt lost unsynced writes).
 //!
 //! Not deterministic yet: the shards run on their own threads in real time, so one seed drives
 //! the same fault schedule but not the same interleaving (a Disk/Clock seam would make it so).
@@ -33,6 +32,7 @@ mod cluster;
 mod network;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -167,20 +167,21 @@ async fn client(cluster: Arc<Cluster>, c: u64, seed: u64, until: Instant, histor
     }
 }
 
-/// Cuts members off and heals — and with `crashes_on` crashes and restarts them — as the seed
+/// Cuts members off and heals — and, as `kinds` allows, crashes and restarts them — as the seed
 /// decides, until `until`. Every member is up again when it returns; returns how many crashes of
 /// one member and how many power cuts there were.
-async fn faults(cluster: Arc<Cluster>, seed: u64, crashes_on: bool, until: Instant) -> Result<(usize, usize), String> {
+async fn faults(cluster: Arc<Cluster>, seed: u64, kinds: Crashes, until: Instant) -> Result<(usize, usize), String> {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
     let (mut crashes, mut power_cuts) = (0, 0);
     let control = &cluster.control;
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..800))).await;
         let leader = cluster.serving().map(|(i, _, _)| i);
-        let pick = match rng.random_range(0..12) {
+        let pick = match (kinds, rng.random_range(0..12)) {
             // Without crashes, their share goes to the network faults.
-            p @ 7.. if !crashes_on => p - 7,
-            p => p,
+            (Crashes::Off, p @ 7..) => p - 7,
+            (Crashes::PowerCutsOnly, _) => 10,
+            (_, p) => p,
         };
         match pick {
             0..=2 => control.heal(),
@@ -191,7 +192,7 @@ async fn faults(cluster: Arc<Cluster>, seed: u64, crashes_on: bool, until: Insta
             },
             7..=9 => {
                 let which = leader.filter(|_| rng.random_bool(0.5)).unwrap_or(rng.random_range(0..MEMBERS));
-                cluster.crash(&[which]).await?;
+                cluster.crash(&[which], rng.random_bool(0.5).then(|| rng.random())).await?;
                 crashes += 1;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
                 cluster.restart(which)?;
@@ -200,7 +201,8 @@ async fn faults(cluster: Arc<Cluster>, seed: u64, crashes_on: bool, until: Insta
                 // A power cut: every member at once, right after a write was acknowledged, when
                 // what made it durable may still be under way on some member.
                 let _ = tokio::time::timeout(Duration::from_secs(1), cluster.acked.notified()).await;
-                cluster.crash(&(0..MEMBERS).collect::<Vec<_>>()).await?;
+                let tear = rng.random_bool(0.5).then(|| rng.random());
+                cluster.crash(&(0..MEMBERS).collect::<Vec<_>>(), tear).await?;
                 power_cuts += 1;
                 // Back in any order, a while apart: the members that were behind may elect a
                 // leader among themselves before the others are back.
@@ -292,10 +294,10 @@ async fn stream_of(m: &Member) -> Result<Vec<Seen>, String> {
 }
 
 /// Runs one seed; returns what went wrong, if anything.
-async fn simulate(seed: u64, crashes: bool) -> Result<(usize, usize), String> {
+async fn simulate(seed: u64, crashes: Crashes) -> Result<(usize, usize), String> {
     let tmp = tempfile::tempdir().expect("tmp");
     let dirs: Vec<_> = (0..MEMBERS).map(|i| tmp.path().join(format!("m{i}"))).collect();
-    let cluster = Arc::new(Cluster::start(dirs.clone())?);
+    let cluster = Arc::new(Cluster::start(dirs.clone(), crashes.disk_delay())?);
     let control = cluster.control.clone();
     control.set_faults(Faults { drop: 0.02, duplicate: 0.01, delay: 0.05, max_delay: Duration::from_millis(10) });
     let net = {
@@ -320,7 +322,7 @@ async fn simulate(seed: u64, crashes: bool) -> Result<(usize, usize), String> {
 async fn run_and_check(
     cluster: &Arc<Cluster>,
     seed: u64,
-    crashes: bool,
+    crashes: Crashes,
     history: &Arc<Mutex<History>>,
 ) -> Result<(usize, Result<(), String>), String> {
     let until = Instant::now() + LOAD;
@@ -331,7 +333,10 @@ async fn run_and_check(
         c.await.expect("client");
     }
     let (crashes, power_cuts) = faults?;
-    println!("seed {seed}: {crashes} members crashed, {power_cuts} power cuts");
+    let (mid_write, torn) = (cluster.cut_mid_write.load(SeqCst), cluster.torn.load(SeqCst));
+    println!(
+        "seed {seed}: {crashes} members crashed, {power_cuts} power cuts, {mid_write} logs cut mid-write ({torn} torn)"
+    );
     cluster.control.heal();
     cluster.control.set_faults(Faults::NONE);
     let members = cluster.all();
@@ -456,6 +461,44 @@ fn seeds() -> Vec<u64> {
     }
 }
 
+/// Which crashes a run has (`COREKV_SIM_CRASHES`: `0` none, `power` only power cuts, else both
+/// kinds among the network faults).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Crashes {
+    Off,
+    Mixed,
+    PowerCutsOnly,
+}
+
+impl Crashes {
+    fn from_env() -> Crashes {
+        match std::env::var("COREKV_SIM_CRASHES").as_deref() {
+            Ok("0") => Crashes::Off,
+            Ok("power") => Crashes::PowerCutsOnly,
+            _ => Crashes::Mixed,
+        }
+    }
+
+    /// The longest the simulated disk holds a WAL write back: long enough that a crash often
+    /// finds writes under way; runs of power cuts alone hold them longer, so that a write
+    /// acknowledged too early is still under way when the power goes.
+    fn disk_delay(self) -> Duration {
+        match self {
+            Crashes::PowerCutsOnly => Duration::from_millis(20),
+            Crashes::Off | Crashes::Mixed => Duration::from_millis(2),
+        }
+    }
+
+    /// The variable that gives this choice, for a reproduction line.
+    fn env(self) -> &'static str {
+        match self {
+            Crashes::Off => "COREKV_SIM_CRASHES=0 ",
+            Crashes::Mixed => "",
+            Crashes::PowerCutsOnly => "COREKV_SIM_CRASHES=power ",
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_cluster_simulations_keep_every_promise() {
     // `RUST_LOG=warn` shows what the shards report (every member's, interleaved).
@@ -463,7 +506,7 @@ async fn seeded_cluster_simulations_keep_every_promise() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let crashes = std::env::var("COREKV_SIM_CRASHES").map_or(true, |v| v != "0");
+    let crashes = Crashes::from_env();
     for seed in seeds() {
         let started = Instant::now();
         let outcome = tokio::time::timeout(Duration::from_secs(180), simulate(seed, crashes)).await;
@@ -476,7 +519,7 @@ async fn seeded_cluster_simulations_keep_every_promise() {
             Ok(Err(e)) => e,
             Err(_) => "the simulation did not end within 180 s".to_string(),
         };
-        let crashes = if crashes { "" } else { "COREKV_SIM_CRASHES=0 " };
+        let crashes = crashes.env();
         // Exits rather than panics: a member stuck in its shutdown would keep the runtime (and
         // CI) waiting for its blocking task forever.
         eprintln!("seed {seed} failed: {failed}\nreproduce: {crashes}COREKV_SIM_SEEDS={seed} cargo test --test sim");

@@ -30,6 +30,8 @@ pub struct Mark {
     pub seq: u64,
     pub end: u64,
     pub written: u64,
+    /// A write was under way (sent, not completed as durable): the cut loses or tears it.
+    pub unsynced: bool,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +53,8 @@ struct LogState {
     epoch: u64,
     /// Writes sent and not completed.
     in_flight: u32,
+    /// A write was sent since the last one that completed as durable.
+    unsynced: bool,
 }
 
 impl SimDisk {
@@ -65,11 +69,8 @@ impl SimDisk {
         if max == 0 {
             return None;
         }
-        // splitmix64 over a shared counter: cheap, and good enough to spread delays.
-        let mut z = self.draws.fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Some(Duration::from_micros((z ^ (z >> 31)) % (max + 1)))
+        let mut state = self.draws.fetch_add(GOLDEN_GAMMA, Relaxed);
+        Some(Duration::from_micros(splitmix(&mut state) % (max + 1)))
     }
 
     /// The epoch a writer opening `dir`'s log belongs to (see [`Self::crash_under`]).
@@ -86,6 +87,7 @@ impl SimDisk {
             return false;
         }
         log.in_flight += 1;
+        log.unsynced = true;
         let reached = log.written.entry(seq).or_default();
         *reached = (*reached).max(upto);
         true
@@ -102,6 +104,7 @@ impl SimDisk {
             log.seq = seq;
             log.end = end;
             log.written.retain(|s, _| *s >= seq);
+            log.unsynced = false;
         }
     }
 
@@ -113,25 +116,29 @@ impl SimDisk {
         log.seq = seq;
         log.end = end;
         log.written.retain(|s, _| *s >= seq);
+        log.unsynced = false;
     }
 
-    /// Crashes the member whose data directory is `root`: its writers send nothing more (their
-    /// later writes are swallowed), the writes already sent complete, and then the marks of its
-    /// logs are taken — what the power cut leaves (see [`Self::cut_to_marks`]).
-    pub fn crash_under(&self, root: &Path) -> Vec<Mark> {
+    /// Crashes the members whose data directories are `roots`, at one instant: their writers
+    /// send nothing more (their later writes are swallowed), the writes already sent complete,
+    /// and then the marks of their logs are taken, per member — what the power cut leaves (see
+    /// [`Self::cut_to_marks`]). All are frozen before any is waited for, so no member's write
+    /// completes durably while another's crash is under way.
+    pub fn crash_under(&self, roots: &[&Path]) -> Vec<Vec<Mark>> {
+        let under = |dir: &Path| roots.iter().any(|root| dir.starts_with(root));
         for (dir, log) in self.lock().iter_mut() {
-            if dir.starts_with(root) {
+            if under(dir) {
                 log.epoch += 1;
             }
         }
-        let sent = |logs: &HashMap<PathBuf, LogState>| logs.iter().any(|(d, l)| d.starts_with(root) && l.in_flight > 0);
+        let sent = |logs: &HashMap<PathBuf, LogState>| logs.iter().any(|(d, l)| under(d) && l.in_flight > 0);
         for _ in 0..5000 {
             if !sent(&self.lock()) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.marks_under(root)
+        roots.iter().map(|root| self.marks_under(root)).collect()
     }
 
     /// The mark of every log under `root` (a member's data directory), taken at once: what a
@@ -145,6 +152,7 @@ impl SimDisk {
                 seq: log.seq,
                 end: log.end,
                 written: log.written.get(&log.seq).copied().unwrap_or(0),
+                unsynced: log.unsynced,
             })
             .collect()
     }
@@ -153,8 +161,13 @@ impl SimDisk {
     /// were: segments begun later are removed, and the bytes past the durable end that writes
     /// reached are zeroed (recovery reads zeros as the end of the log, as after a write that
     /// never reached the disk).
-    pub fn cut_to_marks(marks: &[Mark]) -> Result<(), WalError> {
+    ///
+    /// With `tear`, the write in progress is torn instead: each of its 512-byte sectors reached
+    /// the disk or not, drawn from the seed, so whole frames of it can follow a torn one.
+    pub fn cut_to_marks(marks: &[Mark], tear: Option<u64>) -> Result<(), WalError> {
         use std::os::unix::fs::FileExt;
+        const SECTOR: u64 = wire::codec::frame::SECTOR as u64;
+        let mut draws = tear.unwrap_or(0);
         for m in marks {
             let io = |source| WalError::Io { path: m.dir.clone(), source };
             for (s, path) in list_segments(&m.dir)? {
@@ -162,11 +175,20 @@ impl SimDisk {
                     std::fs::remove_file(&path).map_err(io)?;
                 }
             }
-            if m.written > m.end {
-                let file = std::fs::OpenOptions::new().write(true).open(segment_path(&m.dir, m.seq)).map_err(io)?;
-                file.write_all_at(&vec![0u8; (m.written - m.end) as usize], m.end).map_err(io)?;
-                file.sync_data().map_err(io)?;
+            if m.written <= m.end {
+                continue;
             }
+            let file = std::fs::OpenOptions::new().write(true).open(segment_path(&m.dir, m.seq)).map_err(io)?;
+            // Sector by sector from the durable end (bytes before it are durable either way).
+            let mut at = m.end;
+            while at < m.written {
+                let stop = ((at / SECTOR + 1) * SECTOR).min(m.written);
+                if tear.is_none() || splitmix(&mut draws).is_multiple_of(2) {
+                    file.write_all_at(&vec![0u8; (stop - at) as usize], at).map_err(io)?;
+                }
+                at = stop;
+            }
+            file.sync_data().map_err(io)?;
         }
         Ok(())
     }
@@ -174,6 +196,17 @@ impl SimDisk {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, LogState>> {
         self.logs.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The next draw of splitmix64 from `state`: cheap, and good enough to spread delays and tears.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(GOLDEN_GAMMA);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -203,13 +236,33 @@ mod tests {
         disk.end_write(&wal, epoch, 1, Some(100));
         assert!(disk.begin_write(&wal, epoch, 1, 8192));
         let marks = disk.marks_under(dir.path());
-        assert_eq!(marks, vec![Mark { dir: wal.clone(), seq: 1, end: 100, written: 8192 }]);
-        SimDisk::cut_to_marks(&marks).expect("cut");
+        assert_eq!(marks, vec![Mark { dir: wal.clone(), seq: 1, end: 100, written: 8192, unsynced: true }]);
+        SimDisk::cut_to_marks(&marks, None).expect("cut");
         let kept = std::fs::read(segment_path(&wal, 1)).expect("segment 1");
         assert!(kept[..100].iter().all(|b| *b == 7));
         assert!(kept[100..].iter().all(|b| *b == 0));
         assert!(!segment_path(&wal, 2).exists());
         assert!(disk.marks_under(&dir.path().join("elsewhere")).is_empty());
+    }
+
+    #[test]
+    fn a_torn_cut_keeps_or_zeroes_whole_sectors_past_the_mark() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).expect("wal dir");
+        std::fs::write(segment_path(&wal, 1), [7u8; 16384]).expect("segment 1");
+        let mark = Mark { dir: wal.clone(), seq: 1, end: 100, written: 16384, unsynced: true };
+        SimDisk::cut_to_marks(&[mark], Some(42)).expect("cut");
+        let kept = std::fs::read(segment_path(&wal, 1)).expect("segment 1");
+        assert!(kept[..100].iter().all(|b| *b == 7), "durable bytes changed");
+        let sectors: Vec<bool> = (0..kept.len() / 512)
+            .map(|i| &kept[(i * 512).max(100)..(i + 1) * 512])
+            .map(|s| {
+                assert!(s.iter().all(|b| *b == s[0]), "a sector reached the disk in part");
+                s[0] == 7
+            })
+            .collect();
+        assert!(sectors.contains(&true) && sectors.contains(&false), "{sectors:?}");
     }
 
     #[test]
@@ -223,12 +276,12 @@ mod tests {
         assert!(disk.begin_write(&wal, epoch, 1, 4096));
         // The crash waits for the write in flight: complete it from another thread.
         let marks = std::thread::scope(|s| {
-            let crashing = s.spawn(|| disk.crash_under(Path::new("/m0")));
+            let crashing = s.spawn(|| disk.crash_under(&[Path::new("/m0")]).remove(0));
             std::thread::sleep(Duration::from_millis(20));
             disk.end_write(&wal, epoch, 1, Some(20));
             crashing.join().expect("crash")
         });
-        assert_eq!(marks, vec![Mark { dir: wal.clone(), seq: 1, end: 10, written: 4096 }]);
+        assert_eq!(marks, vec![Mark { dir: wal.clone(), seq: 1, end: 10, written: 4096, unsynced: true }]);
         assert!(!disk.begin_write(&wal, epoch, 1, 8192), "a crashed writer wrote again");
         assert!(disk.begin_write(&wal, disk.epoch(&wal), 1, 8192), "the next incarnation cannot write");
     }

@@ -144,9 +144,6 @@ impl WalWriter {
             return Ok(());
         }
         super::fault::delay().await;
-        if let Some(held) = self.sim_disk.as_ref().and_then(|d| d.delay()) {
-            glommio::timer::sleep(held).await;
-        }
         match self.write_pending().await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -180,6 +177,10 @@ impl WalWriter {
                 Ok(write_len as usize)
             }
             Some(disk) => {
+                // A slow disk: the write is under way (a crash now tears or loses it).
+                if let Some(held) = disk.delay() {
+                    glommio::timer::sleep(held).await;
+                }
                 let written = self.file.write_at(buf, block_start).await.map_err(io(&path));
                 let done = matches!(written, Ok(n) if n as u64 >= write_len);
                 disk.end_write(&self.dir, self.sim_epoch, self.seq, done.then_some(new_end));
