@@ -310,7 +310,14 @@ impl RaftGroup {
         self.is_leader() && self.node.raft.commit_to_current_term() && self.node.raft.lead_transferee.is_none()
     }
 
+    /// Proposes an entry; only a leader may. raft-rs would forward a follower's proposal to the
+    /// leader, to be logged there with what this member executed (revisions from its own
+    /// clock) while its caller is told the write failed: refused instead (a shard that lost its
+    /// leadership while its node still served). Requests reach the leader through the router.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), RaftError> {
+        if !self.is_leader() {
+            return Err(RaftError(raft::Error::ProposalDropped));
+        }
         Ok(self.node.propose(Vec::new(), data)?)
     }
 

@@ -124,6 +124,20 @@ fn three_members_elect_one_leader_and_commit_on_a_majority() {
     }
 }
 
+/// A follower's proposal is refused, not forwarded to the leader: a shard that lost its
+/// leadership but executed a write must not see it logged by someone else (its revision came
+/// from its own clock, and its caller is told it failed).
+#[test]
+fn a_follower_does_not_forward_proposals_to_the_leader() {
+    let mut sim = Sim::new();
+    let leader = sim.leader_among(&IDS);
+    let follower = *IDS.iter().find(|id| **id != leader).expect("a follower");
+    let before = sim.member(leader).group.last_index();
+    assert!(sim.member(follower).group.propose(b"forwarded?".to_vec()).is_err(), "the proposal was taken");
+    sim.settle();
+    assert_eq!(sim.member(leader).group.last_index(), before, "the leader logged a follower's proposal");
+}
+
 #[test]
 fn an_isolated_leader_steps_down_and_its_entry_never_commits() {
     let mut sim = Sim::new();
