@@ -223,12 +223,18 @@ mod tests {
         assert!(drawn.iter().any(|d| *d != drawn[0]), "every delay was {:?}", drawn[0]);
     }
 
-    #[test]
-    fn a_cut_drops_what_follows_the_marks() {
+    /// A data directory whose `wal/` holds segment 1 of `len` bytes of 7s; returns it and `wal/`.
+    fn wal_with_segment(len: usize) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("tmp");
         let wal = dir.path().join("wal");
         std::fs::create_dir_all(&wal).expect("wal dir");
-        std::fs::write(segment_path(&wal, 1), [7u8; 8192]).expect("segment 1");
+        std::fs::write(segment_path(&wal, 1), vec![7u8; len]).expect("segment 1");
+        (dir, wal)
+    }
+
+    #[test]
+    fn a_cut_drops_what_follows_the_marks() {
+        let (dir, wal) = wal_with_segment(8192);
         std::fs::write(segment_path(&wal, 2), [7u8; 4096]).expect("segment 2");
         let disk = SimDisk::default();
         let epoch = disk.epoch(&wal);
@@ -247,10 +253,7 @@ mod tests {
 
     #[test]
     fn a_torn_cut_keeps_or_zeroes_whole_sectors_past_the_mark() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let wal = dir.path().join("wal");
-        std::fs::create_dir_all(&wal).expect("wal dir");
-        std::fs::write(segment_path(&wal, 1), [7u8; 16384]).expect("segment 1");
+        let (_dir, wal) = wal_with_segment(16384);
         let mark = Mark { dir: wal.clone(), seq: 1, end: 100, written: 16384, unsynced: true };
         SimDisk::cut_to_marks(&[mark], Some(42)).expect("cut");
         let kept = std::fs::read(segment_path(&wal, 1)).expect("segment 1");
