@@ -9,15 +9,21 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use shards::cluster::SnapshotFetch;
 use shards::recover::ShardDirs;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wire::codec::peer::{self as frame, SnapshotRequest};
 
 use super::receive::{Refused, HELLO_TIMEOUT};
 use super::stream::{CertHosts, PeerLinks, PeerStream};
 use super::{faults, PeerDirectory, PeerNetwork};
+
+/// How long a snapshot transfer may go without moving a byte, either way, before it fails: a
+/// peer that stalls must not keep a fetch (and the install behind it) or a served file waiting
+/// forever. The fetching side retries, then gives the install up.
+const TRANSFER_IDLE: Duration = Duration::from_secs(10);
 
 /// The snapshot each member was last told to fetch, per group.
 #[derive(Debug, Default)]
@@ -73,7 +79,7 @@ pub(super) async fn serve(
     };
     let len = file.metadata().await?.len();
     stream.write_all(&len.to_le_bytes()).await?;
-    tokio::io::copy(&mut file, &mut stream).await?;
+    copy_unless_idle(&mut file, &mut stream, len, TRANSFER_IDLE).await?;
     stream.flush().await?;
     tracing::info!(
         member = format!("{:x}", req.from),
@@ -126,7 +132,7 @@ async fn fetch(
     let req = SnapshotRequest { cluster: directory.cluster(), from: directory.me(), group, index };
     stream.write_all(&req.encode()).await?;
     let mut len = [0u8; 8];
-    stream.read_exact(&mut len).await?;
+    tokio::time::timeout(TRANSFER_IDLE, stream.read_exact(&mut len)).await.map_err(|_| idle(TRANSFER_IDLE))??;
     let len = u64::from_le_bytes(len);
     if len == frame::NO_SNAPSHOT {
         return Err(fail(format!("member {from:x} does not serve snapshot {index} of group {group} to this member")));
@@ -135,7 +141,7 @@ async fn fetch(
     let name = shards::snapshot::snap_name(index);
     let tmp = dir.join(format!("{name}.tmp"));
     let mut file = tokio::fs::File::create(&tmp).await?;
-    let copied = tokio::io::copy(&mut (&mut stream).take(len), &mut file).await?;
+    let copied = copy_unless_idle(&mut stream, &mut file, len, TRANSFER_IDLE).await?;
     if copied != len {
         return Err(fail(format!("snapshot {index} cut short: {copied} of {len} bytes")));
     }
@@ -144,4 +150,48 @@ async fn fetch(
     tokio::fs::File::open(dir).await?.sync_all().await?;
     tracing::info!(group, index, bytes = len, "fetched a snapshot from the leader");
     Ok(())
+}
+
+/// Copies up to `len` bytes from `from` to `to` (fewer if `from` ends first); fails with
+/// `TimedOut` if a read or a write moves nothing for `idle`.
+async fn copy_unless_idle<R, W>(from: &mut R, to: &mut W, len: u64, idle: Duration) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 << 10];
+    let mut copied = 0u64;
+    while copied < len {
+        let want = (len - copied).min(buf.len() as u64) as usize;
+        let n = tokio::time::timeout(idle, from.read(&mut buf[..want])).await.map_err(|_| self::idle(idle))??;
+        if n == 0 {
+            break;
+        }
+        tokio::time::timeout(idle, to.write_all(&buf[..n])).await.map_err(|_| self::idle(idle))??;
+        copied += n as u64;
+    }
+    Ok(copied)
+}
+
+fn idle(after: Duration) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("the peer moved nothing for {after:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_copy_moves_what_was_announced_and_fails_on_a_peer_that_stalls() {
+        let (mut peer, mut ours) = tokio::io::duplex(8 << 10);
+        peer.write_all(&[7u8; 3000]).await.expect("send");
+        let mut got = Vec::new();
+        let copied = copy_unless_idle(&mut ours, &mut got, 3000, Duration::from_secs(5)).await.expect("copy");
+        assert_eq!((copied, got.len()), (3000, 3000));
+        // The peer sends part and then nothing: the copy fails instead of waiting forever.
+        peer.write_all(&[7u8; 100]).await.expect("send");
+        let stalled = copy_unless_idle(&mut ours, &mut Vec::new(), 3000, Duration::from_millis(50)).await;
+        assert_eq!(stalled.expect_err("a stalled copy").kind(), std::io::ErrorKind::TimedOut);
+        drop(peer);
+    }
 }
