@@ -20,9 +20,9 @@ use super::receive::{Refused, HELLO_TIMEOUT};
 use super::stream::{CertHosts, PeerLinks, PeerStream};
 use super::{faults, PeerDirectory, PeerNetwork};
 
-/// How long a snapshot transfer may go without moving a byte, either way, before it fails: a
-/// peer that stalls must not keep a fetch (and the install behind it) or a served file waiting
-/// forever. The fetching side retries, then gives the install up.
+/// How long a snapshot transfer may go without moving a byte, either way (connecting included),
+/// before it fails: a peer that stalls must not keep a fetch (and the install behind it) or a
+/// served file waiting forever. The fetching side retries, then gives the install up.
 const TRANSFER_IDLE: Duration = Duration::from_secs(10);
 
 /// The snapshot each member was last told to fetch, per group.
@@ -128,7 +128,10 @@ async fn fetch(
         return Err(fail(format!("no member {from:x}")));
     }
     let addr = crate::config::parse_url(&url).map_err(|e| fail(e.to_string()))?;
-    let mut stream = links.connect(addr, &url).await?;
+    // A host that is gone answers nothing: without a bound, the kernel's SYN retries (about two
+    // minutes) would hold every attempt.
+    let mut stream =
+        tokio::time::timeout(TRANSFER_IDLE, links.connect(addr, &url)).await.map_err(|_| idle(TRANSFER_IDLE))??;
     let req = SnapshotRequest { cluster: directory.cluster(), from: directory.me(), group, index };
     stream.write_all(&req.encode()).await?;
     let mut len = [0u8; 8];

@@ -23,6 +23,12 @@ use crate::snapshot::{self, LoadedSnapshot};
 /// gone, or no longer has that file).
 const FETCH_ATTEMPTS: u32 = 50;
 
+/// After this long since the first fetch, a failed one is not retried, however few there were:
+/// one attempt on a leader whose host is gone can take the transport's idle timeout (10 s). A
+/// transfer under way is never cut short by it (a large file may take long); if it fails late,
+/// the install is given up and the leader names the snapshot again.
+const FETCH_FAILING_FOR: Duration = Duration::from_secs(30);
+
 /// The pause between two fetches of a snapshot.
 const FETCH_RETRY: Duration = Duration::from_millis(200);
 
@@ -133,10 +139,11 @@ struct SnapshotFetchArgs {
 }
 
 /// Asks the transport for the snapshot file and loads it, again every [`FETCH_RETRY`] while the
-/// leader cannot hand it over, up to [`FETCH_ATTEMPTS`] times.
+/// leader cannot hand it over, up to [`FETCH_ATTEMPTS`] times or for [`FETCH_FAILING_FOR`].
 async fn fetch_and_load(fetch: flume::Sender<SnapshotFetch>, args: SnapshotFetchArgs) -> Fetched {
     let SnapshotFetchArgs { group, from, index, dir } = args;
     let mut attempt = 0u32;
+    let first_attempt = Instant::now();
     loop {
         let (reply, answer) = oneshot::channel();
         let request = SnapshotFetch { group, from, index, dir: dir.clone(), reply };
@@ -152,7 +159,7 @@ async fn fetch_and_load(fetch: flume::Sender<SnapshotFetch>, args: SnapshotFetch
         });
         match loaded {
             Ok(s) => return Ok(Box::new(s)),
-            Err(e) if attempt < FETCH_ATTEMPTS => {
+            Err(e) if attempt < FETCH_ATTEMPTS && first_attempt.elapsed() < FETCH_FAILING_FOR => {
                 attempt += 1;
                 tracing::warn!(shard = group, index, error = %e, attempt, "snapshot fetch failed; retrying");
                 glommio::timer::sleep(FETCH_RETRY).await;
