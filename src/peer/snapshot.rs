@@ -130,12 +130,11 @@ async fn fetch(
     let addr = crate::config::parse_url(&url).map_err(|e| fail(e.to_string()))?;
     // A host that is gone answers nothing: without a bound, the kernel's SYN retries (about two
     // minutes) would hold every attempt.
-    let mut stream =
-        tokio::time::timeout(TRANSFER_IDLE, links.connect(addr, &url)).await.map_err(|_| idle(TRANSFER_IDLE))??;
+    let mut stream = within(TRANSFER_IDLE, links.connect(addr, &url)).await?;
     let req = SnapshotRequest { cluster: directory.cluster(), from: directory.me(), group, index };
     stream.write_all(&req.encode()).await?;
     let mut len = [0u8; 8];
-    tokio::time::timeout(TRANSFER_IDLE, stream.read_exact(&mut len)).await.map_err(|_| idle(TRANSFER_IDLE))??;
+    within(TRANSFER_IDLE, stream.read_exact(&mut len)).await?;
     let len = u64::from_le_bytes(len);
     if len == frame::NO_SNAPSHOT {
         return Err(fail(format!("member {from:x} does not serve snapshot {index} of group {group} to this member")));
@@ -166,18 +165,21 @@ where
     let mut copied = 0u64;
     while copied < len {
         let want = (len - copied).min(buf.len() as u64) as usize;
-        let n = tokio::time::timeout(idle, from.read(&mut buf[..want])).await.map_err(|_| self::idle(idle))??;
+        let n = within(idle, from.read(&mut buf[..want])).await?;
         if n == 0 {
             break;
         }
-        tokio::time::timeout(idle, to.write_all(&buf[..n])).await.map_err(|_| self::idle(idle))??;
+        within(idle, to.write_all(&buf[..n])).await?;
         copied += n as u64;
     }
     Ok(copied)
 }
 
-fn idle(after: Duration) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("the peer moved nothing for {after:?}"))
+/// Runs one step of a transfer; fails with `TimedOut` if it moves nothing for `limit`.
+async fn within<T>(limit: Duration, step: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    tokio::time::timeout(limit, step).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("the peer moved nothing for {limit:?}")))
+    })
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ impl Writer {
         let (fetch, dir) = (self.cfg.cluster.fetch.clone(), self.dirs.snap.clone());
         let (answer, done) = oneshot::channel();
         let task = glommio::spawn_local(async move {
-            let _ = answer.send(fetch_and_load(fetch, SnapshotFetchArgs { group, from, index, dir }).await);
+            let _ = answer.send(fetch_and_load(fetch, group, from, index, dir).await);
         });
         self.installing = Some(Installing { work, meta, done, _fetch: task });
     }
@@ -130,18 +130,16 @@ impl Writer {
     }
 }
 
-/// Which snapshot to fetch, from whom, and where to put it.
-struct SnapshotFetchArgs {
+/// Asks the transport for the snapshot file and loads it, again every [`FETCH_RETRY`] while the
+/// leader cannot hand it over, up to [`FETCH_ATTEMPTS`] times or for [`FETCH_FAILING_FOR`].
+/// `group`'s snapshot `index` comes from member `from` into `dir`.
+async fn fetch_and_load(
+    fetch: flume::Sender<SnapshotFetch>,
     group: u16,
     from: u64,
     index: u64,
     dir: std::path::PathBuf,
-}
-
-/// Asks the transport for the snapshot file and loads it, again every [`FETCH_RETRY`] while the
-/// leader cannot hand it over, up to [`FETCH_ATTEMPTS`] times or for [`FETCH_FAILING_FOR`].
-async fn fetch_and_load(fetch: flume::Sender<SnapshotFetch>, args: SnapshotFetchArgs) -> Fetched {
-    let SnapshotFetchArgs { group, from, index, dir } = args;
+) -> Fetched {
     let mut attempt = 0u32;
     let first_attempt = Instant::now();
     loop {
